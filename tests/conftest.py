@@ -1,0 +1,55 @@
+"""Shared fixtures: real influxd servers on loopback, and a copy of the example config."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from federation.influx import InfluxClient
+from federation.localstack import InfluxServer, LocalStack
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def localstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """One LocalStack for the whole session; servers are started on first use."""
+    with LocalStack(tmp_path_factory.mktemp("influxd")) as stack:
+        yield stack
+
+
+@pytest.fixture
+def influxd(localstack: LocalStack, request: pytest.FixtureRequest) -> InfluxServer:
+    """A fresh, empty influxd for one test (each test gets its own server)."""
+    name = "t-" + request.node.name.replace("[", "-").replace("]", "").replace("/", "-")[:60]
+    server = InfluxServer(name, localstack.root / name, _port())
+    server.start()
+    request.addfinalizer(lambda: (server.stop(), shutil.rmtree(server.root, ignore_errors=True)))
+    return server
+
+
+def _port() -> int:
+    from federation.localstack import free_port
+
+    return free_port()
+
+
+@pytest.fixture
+def influx(influxd: InfluxServer) -> Iterator[InfluxClient]:
+    """A client for a fresh influxd."""
+    with InfluxClient(influxd.url) as client:
+        yield client
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    """A writable copy of the example federation's config (fleet, policies, tickscripts)."""
+    target = tmp_path / "config"
+    target.mkdir()
+    shutil.copy(REPO / "fleet.yaml", target / "fleet.yaml")
+    shutil.copytree(REPO / "policies", target / "policies")
+    shutil.copytree(REPO / "tickscripts", target / "tickscripts")
+    return target
