@@ -1,0 +1,137 @@
+"""From one window of raw values to the points a DC ships: summaries, histograms, manifest.
+
+This is the single implementation both executors use — the embedded executor and the Kapacitor
+UDF — so that for the same raw data they write identical points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from federation.plan import MANIFEST_MEASUREMENT, NONE_VALUE, AggregationPlan
+from federation.points import FieldValue, Point
+from federation.stats import summarize_groups
+
+DimensionColumn = Sequence[str | None]
+
+
+def _factorize(column: DimensionColumn) -> tuple[npt.NDArray[np.int64], list[str]]:
+    """Codes for a column of tag values; a missing or empty value is the `_none` group."""
+    index: dict[str | None, int] = {}
+    codes = np.fromiter(
+        (index.setdefault(value, len(index)) for value in column), dtype=np.int64, count=len(column)
+    )
+    labels = [value or NONE_VALUE for value in index]
+    return codes, labels
+
+
+def group_rows(
+    columns: Sequence[DimensionColumn], n_rows: int
+) -> tuple[npt.NDArray[np.int64], list[tuple[str, ...]]]:
+    """Assign every row a group code; return the codes and each group's dimension values.
+
+    Rows whose dimension values are equal after mapping missing/empty to `_none` share a group.
+    """
+    if not columns:
+        return np.zeros(n_rows, dtype=np.int64), [()]
+    combined = np.zeros(n_rows, dtype=np.int64)
+    per_column: list[tuple[npt.NDArray[np.int64], list[str]]] = []
+    for column in columns:
+        codes, labels = _factorize(column)
+        per_column.append((codes, labels))
+        combined = combined * max(len(labels), 1) + codes
+    unique, inverse = np.unique(combined, return_inverse=True)
+    keys: list[tuple[str, ...]] = []
+    for value in unique.tolist():
+        parts: list[str] = []
+        for _, labels in reversed(per_column):
+            value, code = divmod(value, max(len(labels), 1))
+            parts.append(labels[code])
+        keys.append(tuple(reversed(parts)))
+    # Groups whose raw values differed only as None vs "" map to the same key: merge them.
+    canonical: dict[tuple[str, ...], int] = {}
+    remap = np.fromiter((canonical.setdefault(k, len(canonical)) for k in keys), dtype=np.int64)
+    return remap[inverse.astype(np.int64)], list(canonical)
+
+
+def window_points(
+    plan: AggregationPlan,
+    window_start_ns: int,
+    values: npt.NDArray[np.float64],
+    dimensions: Sequence[DimensionColumn],
+    *,
+    run: int,
+) -> list[Point]:
+    """The points one DC ships for one whole window: a summary per group, then the manifest.
+
+    `values` are the window's raw values (float64, as both InfluxDB's JSON and Kapacitor
+    deliver them); `dimensions` holds one column per exported dimension, in plan order.
+    Groups below `plan.min_group_events` are not emitted; their events are counted in the
+    manifest's `suppressed_events`. Summaries come sorted by their tags, so the output is the
+    same for the same input whatever order the rows arrived in.
+    """
+    if len(dimensions) != len(plan.dimensions):
+        raise ValueError(
+            f"expected {len(plan.dimensions)} dimension columns, got {len(dimensions)}"
+        )
+    values = np.asarray(values, dtype=np.float64)
+    codes, keys = group_rows(dimensions, len(values))
+    summaries = summarize_groups(values, codes, len(keys), plan.percentiles, plan.accuracy)
+    points: list[Point] = []
+    suppressed = 0
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    for code in order:
+        summary = summaries[code]
+        if summary is None:
+            continue
+        if summary.count < plan.min_group_events:
+            suppressed += summary.count
+            continue
+        fields: dict[str, FieldValue] = {
+            "count": summary.count,
+            "sum": summary.sum,
+            "min": summary.min,
+            "max": summary.max,
+        }
+        fields.update(summary.percentiles)
+        fields["sketch"] = summary.sketch.encode()
+        tags = {"dc": plan.dc, **dict(zip(plan.dimensions, keys[code], strict=True))}
+        points.append(Point(plan.aggregation, tags, fields, window_start_ns))
+    points.append(
+        manifest_point(
+            plan,
+            window_start_ns,
+            events=len(values),
+            groups=len(points),
+            suppressed_events=suppressed,
+            run=run,
+        )
+    )
+    return points
+
+
+def manifest_point(
+    plan: AggregationPlan,
+    window_start_ns: int,
+    *,
+    events: int,
+    groups: int,
+    suppressed_events: int,
+    run: int,
+) -> Point:
+    """The manifest of one window; written for empty windows too, so empty differs from missing."""
+    return Point(
+        MANIFEST_MEASUREMENT,
+        {"aggregation": plan.aggregation, "dc": plan.dc},
+        {
+            "events": events,
+            "groups": groups,
+            "suppressed_events": suppressed_events,
+            "version": plan.version,
+            "run": run,
+        },
+        window_start_ns,
+    )

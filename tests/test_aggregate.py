@@ -1,0 +1,116 @@
+"""Window points from raw values: summaries, k-anonymity, manifest, against an independent computation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from federation.aggregate import group_rows, window_points
+from federation.config import load_config
+from federation.plan import resolve_plan
+from federation.sketch import Sketch
+
+REPO = Path(__file__).resolve().parent.parent
+PLAN = resolve_plan(load_config(REPO), "delivery_latency", "dub1")  # k = 5
+
+
+def reference_percentile(values: list[float], p: float) -> float | None:
+    ordered = sorted(values)
+    index = math.floor(len(ordered) * p / 100 + 0.5) - 1
+    return ordered[index] if 0 <= index < len(ordered) else None
+
+
+def test_summaries_match_an_independent_computation() -> None:
+    rng = np.random.default_rng(7)
+    n = 4000
+    values = rng.lognormal(5, 1, n)
+    direction = rng.choice(["inbound", "outbound"], n).tolist()
+    mailer = rng.choice(["mx1", "mx2", "mx3"], n).tolist()
+    customer = rng.choice([f"c{i}" for i in range(40)] + [None], n).tolist()  # type: ignore[list-item]
+    points = window_points(PLAN, 3600 * 10**9, values, [direction, mailer, customer], run=42)
+    manifest = points[-1]
+    assert manifest.measurement == "federation_manifest"
+    assert manifest.fields["events"] == n and manifest.fields["run"] == 42
+    assert manifest.fields["version"] == PLAN.version
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for v, d, m, c in zip(values.tolist(), direction, mailer, customer, strict=True):
+        groups.setdefault((d, m, c or "_none"), []).append(v)
+    kept = {k: v for k, v in groups.items() if len(v) >= 5}
+    summaries = points[:-1]
+    assert len(summaries) == len(kept) == manifest.fields["groups"]
+    assert manifest.fields["suppressed_events"] == sum(
+        len(v) for k, v in groups.items() if k not in kept
+    )
+    assert (
+        sum(int(p.fields["count"]) for p in summaries) + int(manifest.fields["suppressed_events"])
+        == n
+    )
+    for point in summaries:
+        key = (point.tags["direction"], point.tags["mailer"], point.tags["customer"])
+        raw = kept[key]
+        assert point.tags["dc"] == "dub1" and point.time_ns == 3600 * 10**9
+        assert point.fields["count"] == len(raw)
+        assert point.fields["sum"] == math.fsum(raw)
+        assert point.fields["min"] == min(raw) and point.fields["max"] == max(raw)
+        for p, name in zip(PLAN.percentiles, PLAN.percentile_fields, strict=True):
+            assert point.fields.get(name) == reference_percentile(raw, p)
+        sketch = Sketch.decode(str(point.fields["sketch"]), expected_alpha=PLAN.accuracy)
+        assert sketch.count == len(raw)
+    assert [p.tags for p in summaries] == sorted(
+        (p.tags for p in summaries), key=lambda t: tuple(t.values())
+    )
+
+
+def test_empty_window_still_has_a_manifest() -> None:
+    points = window_points(PLAN, 0, np.array([], dtype=np.float64), [[], [], []], run=1)
+    assert len(points) == 1
+    assert points[0].fields == {
+        "events": 0,
+        "groups": 0,
+        "suppressed_events": 0,
+        "version": PLAN.version,
+        "run": 1,
+    }
+
+
+def test_no_personal_key_or_value_in_output() -> None:
+    values = np.full(10, 12.0)
+    points = window_points(PLAN, 0, values, [["inbound"] * 10, ["mx1"] * 10, ["c1"] * 10], run=1)
+    for point in points:
+        assert not (set(point.tags) | set(point.fields)) & PLAN.personal_keys
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "", None]), st.sampled_from(["x", None])), max_size=60
+    )
+)
+def test_grouping_is_order_independent_and_maps_missing_to_none(
+    rows: list[tuple[str | None, str | None]],
+) -> None:
+    first = [r[0] for r in rows]
+    second = [r[1] for r in rows]
+    codes, keys = group_rows([first, second], len(rows))
+    for i, (a, b) in enumerate(rows):
+        assert keys[codes[i]] == (a or "_none", b or "_none")
+    assert len(set(keys)) == len(keys)
+
+
+def test_row_order_does_not_change_points() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.lognormal(4, 0.5, 500)
+    dims = [
+        rng.choice(["in", "out"], 500).tolist(),
+        rng.choice(["m1", "m2"], 500).tolist(),
+        ["c"] * 500,
+    ]
+    order = rng.permutation(500)
+    shuffled = [[col[i] for i in order] for col in dims]
+    assert window_points(PLAN, 0, values, dims, run=5) == window_points(
+        PLAN, 0, values[order], shuffled, run=5
+    )

@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from federation.errors import SketchDecodeError
+from federation.sketch import Sketch, merge_all
+from federation.stats import nearest_rank
+
+ALPHA = 0.01
+# The bound is exact in real arithmetic; float rounding may add a few ulps.
+TOLERANCE = 1e-9
+
+finite = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False)
+value_arrays = hnp.arrays(np.float64, st.integers(0, 200), elements=finite)
+alphas = st.sampled_from([0.001, 0.01, 0.02, 0.05, 0.3])
+percentiles = st.floats(min_value=0.0, max_value=100.0, exclude_min=True)
+
+
+def assert_within(estimate: float | None, exact: float | None, alpha: float) -> None:
+    assert (estimate is None) == (exact is None)
+    if exact is None or estimate is None:
+        return
+    if exact == 0:
+        assert estimate == 0.0
+    else:
+        assert math.copysign(1, estimate) == math.copysign(1, exact)
+        assert abs(estimate - exact) <= alpha * abs(exact) * (1 + TOLERANCE)
+
+
+@given(value_arrays, value_arrays, value_arrays, alphas)
+def test_merge_is_order_independent_and_equals_concatenation(a, b, c, alpha):
+    sa, sb, sc = (Sketch.from_values(x, alpha) for x in (a, b, c))
+    whole = Sketch.from_values(np.concatenate([a, b, c]), alpha)
+    assert sa.merge(sb).merge(sc) == whole
+    assert sc.merge(sa.merge(sb)) == whole
+    assert merge_all([sb, sc, sa]) == whole
+    assert merge_all([sa, sb, sc]).encode() == whole.encode()
+    assert whole.count == a.size + b.size + c.size
+
+
+@given(st.lists(value_arrays, max_size=8), alphas)
+def test_merge_all_equals_pairwise_merges(parts, alpha):
+    sketches = [Sketch.from_values(p, alpha) for p in parts]
+    expected = Sketch(alpha)
+    for s in sketches:
+        expected = expected.merge(s)
+    assert merge_all(sketches, alpha=alpha) == expected
+
+
+def test_merge_rejects_different_alpha():
+    with pytest.raises(ValueError, match="different accuracy"):
+        Sketch.from_values([1.0], 0.01).merge(Sketch.from_values([1.0], 0.02))
+    with pytest.raises(ValueError):
+        merge_all([])
+
+
+@given(value_arrays, alphas)
+def test_encode_decode_round_trip(values, alpha):
+    s = Sketch.from_values(values, alpha)
+    text = s.encode()
+    back = Sketch.decode(text, expected_alpha=alpha)
+    assert back == s
+    assert back.encode() == text
+    assert back.count == s.count == values.size
+
+
+@given(
+    st.dictionaries(st.integers(-2000, 2000), st.integers(1, 10**15), max_size=50),
+    st.dictionaries(st.integers(-2000, 2000), st.integers(1, 10**6), max_size=50),
+    st.integers(0, 10**6),
+)
+def test_round_trip_of_arbitrary_buckets(positive, negative, zeros):
+    s = Sketch.from_buckets(ALPHA, positive, negative, zeros)
+    back = Sketch.decode(s.encode(), ALPHA)
+    assert back.positive_buckets() == positive
+    assert back.negative_buckets() == negative
+    assert back.zero_count == zeros
+    assert back.count == zeros + sum(positive.values()) + sum(negative.values())
+
+
+def test_encoding_is_compact_and_names_alpha():
+    rng = np.random.default_rng(7)
+    s = Sketch.from_values(rng.lognormal(math.log(200), 1.0, 100_000), ALPHA)
+    text = s.encode()
+    assert text.startswith("v1:a=0.01:n=100000:p=")
+    assert len(s.positive_buckets()) > 300
+    assert len(text) < 3 * len(s.positive_buckets())
+    assert Sketch(ALPHA).encode() == "v1:a=0.01:n=0"
+    assert Sketch.from_values([0.0, -0.0], ALPHA).encode() == "v1:a=0.01:n=2:z=2"
+
+
+def test_encoding_spelled_out():
+    s = Sketch.from_buckets(0.01, {5: 1, 6: 3, 9: 40}, {-2: 2}, 1)
+    # 5:1 -> A, 6:3 -> E, gap of 2 -> D, 9:40 -> token 78 = 14 + 2*32 -> "uC"
+    assert s.encode() == "v1:a=0.01:n=47:z=1:p=5,AEDuC:m=-2,C"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "no version"),
+        ("hello", "no version"),
+        ("v2:a=0.01:n=0", "unknown encoding version 'v2'"),
+        ("v1:n=0", "missing"),
+        ("v1:a=0.01", "missing"),
+        ("v1:a=0.010:n=0", "canonical"),
+        ("v1:a=1.5:n=0", "canonical"),
+        ("v1:a=nan:n=0", "canonical"),
+        ("v1:a=x:n=0", "not a number"),
+        ("v1:a=0.01:n=-1", "non-negative"),
+        ("v1:a=0.01:n=01", "non-negative"),
+        ("v1:a=0.01:n=1:z=-1", "non-negative"),
+        ("v1:a=0.01:n=0:z=0", "omitted"),
+        ("v1:a=0.01:n=1", "sum to 0"),
+        ("v1:a=0.01:n=2:p=5,A", "sum to 1"),
+        ("v1:a=0.01:n=1:p=5", "first index"),
+        ("v1:a=0.01:n=1:p=5,", "no buckets"),
+        ("v1:a=0.01:n=1:p=x,A", "first index"),
+        ("v1:a=0.01:n=1:p=5,A!", "alphabet"),
+        ("v1:a=0.01:n=1:p=5,Aé", "alphabet"),
+        ("v1:a=0.01:n=1:p=5,g", "ends inside"),
+        ("v1:a=0.01:n=1:p=5,gA", "superfluous"),
+        ("v1:a=0.01:n=2:p=5,BA", "start and end"),
+        ("v1:a=0.01:n=2:p=5,ABBA", "two gaps"),
+        ("v1:a=0.01:n=1:p=99999999,A", "out of range"),
+        ("v1:a=0.01:n=1:p=5,A:p=5,A", "repeated or out of order"),
+        ("v1:a=0.01:p=5,A:n=1", "repeated or out of order"),
+        ("v1:a=0.01:n=1:q=5", "unknown key"),
+        ("v1:a=0.01:n=1:zz", "not key=value"),
+        ("v1:a=0.01:n=1:p=5," + "g" * 20 + "A", "too large"),
+    ],
+)
+def test_decode_rejects_malformed(text, message):
+    with pytest.raises(SketchDecodeError, match=message):
+        Sketch.decode(text)
+
+
+def test_decode_rejects_foreign_alpha_and_keeps_message_short():
+    text = Sketch.from_values(np.arange(1.0, 5000.0), 0.02).encode()
+    with pytest.raises(SketchDecodeError, match=r"expected 0\.01") as info:
+        Sketch.decode(text, expected_alpha=0.01)
+    assert len(str(info.value)) < 120
+    assert text[30:60] not in str(info.value)
+    assert Sketch.decode(text, expected_alpha=0.02).count == 4999
+
+
+@given(st.text(max_size=60))
+def test_decode_of_noise_never_raises_anything_else(text):
+    with contextlib.suppress(SketchDecodeError):
+        Sketch.decode(text)
+
+
+def _exact_check(values: np.ndarray, alpha: float, ps: list[float]) -> None:
+    s = Sketch.from_values(values, alpha)
+    ordered = np.sort(values)
+    for p in ps:
+        assert_within(s.quantile(p), nearest_rank(ordered, p), alpha)
+
+
+STANDARD_PS = [0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 99.99, 100]
+RNG = np.random.default_rng(12345)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param(RNG.lognormal(math.log(200), 1.0, 20_000), id="lognormal"),
+        pytest.param(
+            np.concatenate([RNG.normal(20, 2, 5000), RNG.normal(3000, 300, 5000)]), id="bimodal"
+        ),
+        pytest.param(RNG.pareto(1.1, 20_000) + 1, id="pareto"),
+        pytest.param(np.full(1000, 217.5), id="constant"),
+        pytest.param(np.array([42.0]), id="single"),
+        pytest.param(
+            np.concatenate([np.zeros(300), -RNG.lognormal(3, 2, 700), RNG.lognormal(3, 2, 700)]),
+            id="zeros-and-negatives",
+        ),
+        pytest.param(np.array([5e-324, 1e-300, 1.0, 1e300, 1.7e308]), id="extremes"),
+    ],
+)
+@pytest.mark.parametrize("alpha", [0.001, 0.01, 0.05])
+def test_quantile_within_alpha_of_exact_nearest_rank(values, alpha):
+    _exact_check(values, alpha, STANDARD_PS)
+
+
+@settings(max_examples=200)
+@given(hnp.arrays(np.float64, st.integers(0, 300), elements=finite), alphas, percentiles)
+def test_quantile_within_alpha_property(values, alpha, p):
+    _exact_check(values, alpha, [p])
+
+
+def test_quantile_out_of_range_is_none():
+    s = Sketch.from_values([1.0, 2.0, 3.0], ALPHA)
+    assert s.quantile(10) is None  # floor(0.3 + 0.5) - 1 = -1
+    assert s.quantile(0) is None
+    assert s.quantile(150) is None  # floor(4.5 + 0.5) - 1 = 4 >= N
+    assert Sketch(ALPHA).quantile(50) is None
+    with pytest.raises(ValueError):
+        s.quantile(math.nan)
+
+
+@given(value_arrays, alphas, finite)
+def test_fraction_at_most_bounds_the_exact_share(values, alpha, threshold):
+    s = Sketch.from_values(values, alpha)
+    bounds = s.fraction_at_most(threshold)
+    if values.size == 0:
+        assert bounds is None
+        return
+    assert bounds is not None
+    lower, upper = bounds
+    exact = float(np.count_nonzero(values <= threshold)) / values.size
+    assert lower <= exact <= upper
+    low_n, high_n = s.count_at_most(threshold)
+    # Only the one bucket holding the threshold is uncertain.
+    if threshold > 0:
+        k = math.ceil(math.log(threshold) / math.log((1 + alpha) / (1 - alpha)))
+        assert high_n - low_n <= s.positive_buckets().get(k, 0) + s.positive_buckets().get(
+            k + 1, 0
+        ) + s.positive_buckets().get(k - 1, 0)
+
+
+def test_fraction_at_most_edges():
+    s = Sketch.from_values([-1.0, 0.0, 0.0, 5.0], ALPHA)
+    assert s.fraction_at_most(0.0) == (0.75, 0.75)
+    assert s.fraction_at_most(math.inf) == (1.0, 1.0)
+    assert s.fraction_at_most(-math.inf) == (0.0, 0.0)
+    assert s.fraction_at_most(1000.0) == (1.0, 1.0)
+
+
+def test_from_values_rejects_non_finite():
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="finite"):
+            Sketch.from_values(np.array([1.0, bad]), ALPHA)
+    for alpha in (0.0, 1.0, -0.1, math.nan):
+        with pytest.raises(ValueError, match="alpha"):
+            Sketch.from_values([1.0], alpha)
+
+
+@given(value_arrays, alphas)
+def test_count_equals_sum_of_bucket_counts(values, alpha):
+    s = Sketch.from_values(values, alpha)
+    total = s.zero_count + sum(s.positive_buckets().values()) + sum(s.negative_buckets().values())
+    assert s.count == total == values.size
+
+
+def test_bucket_boundaries_follow_the_definition():
+    alpha = 0.5  # gamma = 3
+    s = Sketch.from_values([1.0, 2.0, 3.0, 3.5, 9.0, 10.0], alpha)
+    assert s.positive_buckets() == {0: 1, 1: 2, 2: 2, 3: 1}
+    assert s.representative(1) == pytest.approx(1.5)
