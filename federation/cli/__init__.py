@@ -1,0 +1,85 @@
+"""The `federation` command: a thin layer that parses arguments, calls one library function
+and prints. Errors are `FederationError`s, printed as `error: <message>` with exit code 1
+(2 for invalid input or config); `--debug` re-raises them with their traceback.
+
+Command groups live in their own modules under `federation.cli`; each exposes `register(app)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from federation.cli._common import ConfigOption, err, out
+from federation.errors import FederationError
+
+app = typer.Typer(
+    name="federation",
+    help="GDPR-aware federated aggregation of event-log time series kept in InfluxDB 1.x.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Modules under federation.cli whose `register(app)` adds their commands.
+COMMAND_MODULES: tuple[str, ...] = ("policy",)
+
+
+class _State:
+    debug = False
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
+) -> None:
+    _State.debug = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def validate(config: ConfigOption = Path(".")) -> None:
+    """Load fleet, policies and aggregations; explain every problem."""
+    from federation.validate import summarize, validate_config
+
+    out.print(summarize(validate_config(config)), markup=False)
+
+
+for _module in COMMAND_MODULES:
+    importlib.import_module(f"federation.cli.{_module}").register(app)
+
+
+def main() -> None:
+    """Entry point: run the app, turning FederationErrors into one-line messages."""
+    try:
+        app(standalone_mode=False)
+    except FederationError as exc:
+        if _State.debug:
+            raise
+        lines = str(exc).splitlines() or [exc.__class__.__name__]
+        if len(lines) == 1:
+            err.print(f"error: {lines[0]}", markup=False)
+        else:
+            err.print(f"error: {len(lines)} problems:", markup=False)
+            for line in lines:
+                err.print(f"  {line}", markup=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

@@ -1,0 +1,319 @@
+"""`federation policy plan|apply|audit` and `federation erase`: retention and personal data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from federation.cli._common import ConfigOption, FormatOption, OutputFormat, out, print_rows
+from federation.durations import format_duration, parse_duration
+from federation.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from federation.policy import AuditReport, PlanRow
+
+DcOption = Annotated[
+    str | None,
+    typer.Option("--dc", help="Only this DC ('central' for the central database)."),
+]
+DirectOption = Annotated[
+    bool,
+    typer.Option(
+        "--direct",
+        help="Apply the library functions straight to the InfluxDB endpoints in fleet.yaml. "
+        "This is the default until a coordinator is configured.",
+    ),
+]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for each InfluxDB request.")
+]
+
+_PLAN_COLUMNS = ("target", "url", "database", "status", "effect", "statement", "destructive")
+
+
+def _outcome_header(target: str, url: str, database: str) -> str:
+    return f"{target}  {url}  database {database}"
+
+
+def _print_outcomes(
+    plan_rows: Sequence[PlanRow], fmt: OutputFormat, *, applied: bool, title: str
+) -> None:
+    if fmt is not OutputFormat.table:
+        print_rows([row.as_dict() for row in plan_rows], _PLAN_COLUMNS, fmt, title)
+        return
+    current = None
+    for row in plan_rows:
+        if row.target != current:
+            current = row.target
+            out.print(_outcome_header(row.target, row.url, row.database), markup=False)
+        if row.status == "failed":
+            out.print(f"  FAILED: {row.effect}", markup=False)
+        elif row.status == "up to date":
+            out.print("  up to date, nothing changed" if applied else "  up to date", markup=False)
+        else:
+            mark = "!" if row.destructive else ("~" if row.statement.startswith("ALTER") else "+")
+            status = f"{row.status}: " if applied else ""
+            drift = " [drift]" if row.drift else ""
+            out.print(f"  {mark} {status}{row.statement}  -- {row.effect}{drift}", markup=False)
+
+
+def plan(
+    config: ConfigOption = Path("."),
+    dc: DcOption = None,
+    direct: DirectOption = False,
+    fmt: FormatOption = OutputFormat.table,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Show, per DC and central, the retention statements apply would run; changes nothing.
+
+    Each statement is marked with its effect: + create, ~ alter, ! destructive (a shrinking
+    retention deletes data, and apply refuses it without --allow-shrink). Exit 1 when a target
+    could not be reached. --direct is the default until a coordinator is configured.
+    """
+    from federation.config import load_config
+    from federation.policy import outcome_rows, plan_retention
+
+    outcomes = plan_retention(load_config(config), dc, timeout=timeout)
+    rows = outcome_rows(outcomes, applied=False)
+    _print_outcomes(rows, fmt, applied=False, title="retention plan")
+    failed = [o.target for o in outcomes if o.error is not None]
+    if fmt is OutputFormat.table:
+        changes = [r for r in rows if r.status == "planned"]
+        destructive = sum(1 for r in changes if r.destructive)
+        summary = f"plan: {len(changes)} change(s) on {len({r.target for r in changes})} of "
+        summary += f"{len(outcomes)} target(s)"
+        if destructive:
+            summary += f"; {destructive} destructive (apply refuses without --allow-shrink)"
+        if failed:
+            summary += f"; unreachable: {', '.join(failed)}"
+        out.print(summary, markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def apply(
+    config: ConfigOption = Path("."),
+    dc: DcOption = None,
+    allow_shrink: Annotated[
+        bool,
+        typer.Option("--allow-shrink", help="Also shrink retentions (deletes older data)."),
+    ] = False,
+    direct: DirectOption = False,
+    fmt: FormatOption = OutputFormat.table,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Apply the retention plan to every DC and central; idempotent.
+
+    A target that fails is reported and the others still converge. Exit 1 when any target
+    failed or a shrink was refused. --direct is the default until a coordinator is configured.
+    """
+    from federation.config import load_config
+    from federation.policy import apply_retention, outcome_rows
+
+    outcomes = apply_retention(load_config(config), dc, allow_shrink=allow_shrink, timeout=timeout)
+    rows = outcome_rows(outcomes, applied=True)
+    _print_outcomes(rows, fmt, applied=True, title="retention apply")
+    failed = [o.target for o in outcomes if o.error is not None]
+    refused = [o.target for o in outcomes if o.result is not None and o.result.refused]
+    if fmt is OutputFormat.table:
+        changed = [o.target for o in outcomes if o.result is not None and o.result.changed]
+        if not changed and not failed and not refused:
+            out.print(
+                f"apply: nothing changed; all {len(outcomes)} target(s) already match the policies",
+                markup=False,
+            )
+        else:
+            converged = sum(1 for o in outcomes if o.ok)
+            summary = f"apply: {converged} of {len(outcomes)} target(s) converged"
+            if failed:
+                summary += f"; failed: {', '.join(failed)}"
+            if refused:
+                summary += f"; shrink refused on {', '.join(refused)} (rerun with --allow-shrink)"
+            out.print(summary, markup=False)
+    if failed or refused:
+        raise typer.Exit(1)
+
+
+def audit(
+    config: ConfigOption = Path("."),
+    fmt: FormatOption = OutputFormat.table,
+    check_interval: Annotated[
+        str,
+        typer.Option(
+            "--check-interval",
+            help="InfluxDB's [retention] check-interval, part of a raw point's worst-case "
+            "lifetime.",
+        ),
+    ] = "30m",
+    tag_sample: Annotated[
+        int, typer.Option("--tag-sample", min=1, help="Tag values sampled per central tag key.")
+    ] = 1000,
+    field_sample: Annotated[
+        int,
+        typer.Option("--field-sample", min=1, help="Recent values sampled per string field."),
+    ] = 100,
+    direct: DirectOption = False,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Evidence for an auditor that every DC and central comply with the policies.
+
+    Exit 1 on any violation; each violation is printed on its own line and never quotes a
+    personal-data value. --format json carries the whole evidence with the audit time and
+    each policy file's sha256; --format csv lists the violations only.
+    --direct is the default until a coordinator is configured.
+    """
+    from federation.config import load_config
+    from federation.policy import audit as run_audit
+
+    try:
+        interval = parse_duration(check_interval)
+    except ValueError as exc:
+        raise InvalidInput(f"--check-interval: {exc}") from None
+    report = run_audit(
+        load_config(config),
+        check_interval_ns=interval,
+        tag_value_sample=tag_sample,
+        field_value_sample=field_sample,
+        timeout=timeout,
+    )
+    if fmt is OutputFormat.json:
+        out.print_json(json.dumps(report.as_dict()))
+    elif fmt is OutputFormat.csv:
+        print_rows(
+            [v.as_dict() for v in report.violations],
+            ("target", "check", "subject", "message", "remedy"),
+            fmt,
+        )
+    else:
+        _print_audit(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_audit(report: AuditReport) -> None:
+    hashes = ", ".join(
+        f"{region} sha256:{digest[:12]}" for region, digest in sorted(report.policy_hashes.items())
+    )
+    out.print(
+        f"audit at {report.as_dict()['time']} against policies {hashes}; "
+        f"check interval {format_duration(report.check_interval_ns)}",
+        markup=False,
+    )
+    retention = [d.retention.as_dict() for d in report.dcs if d.retention is not None]
+    retention += [r.as_dict() for r in report.central.retention]
+    columns: tuple[str, ...] = ("target", "retention_policy", "declared", "actual")
+    columns += ("declared_shard", "actual_shard", "is_default", "worst_case_lifetime")
+    columns += ("max_retention",)
+    print_rows(retention, columns, OutputFormat.table, "retention: declared vs actual")
+    oldest = [{"dc": d.dc, **p.as_dict()} for d in report.dcs for p in d.oldest]
+    if oldest:
+        columns = ("dc", "retention_policy", "measurement", "oldest", "age", "limit", "within")
+        print_rows(oldest, columns, OutputFormat.table, "oldest raw point per measurement")
+    erasures = [e.as_dict() for d in report.dcs for e in d.erasures]
+    if erasures:
+        columns = ("time", "dc", "subject_hash", "points", "deleted_points", "verified")
+        print_rows(erasures, columns, OutputFormat.table, "erasures")
+    central = report.central
+    out.print(
+        f"central {central.url} database {central.database}: {len(central.measurements)} "
+        f"measurement(s), {central.tag_values_sampled} tag value(s) and "
+        f"{central.field_values_sampled} string field value(s) sampled",
+        markup=False,
+    )
+    for warning in report.warnings:
+        out.print(f"warning: {warning}", markup=False)
+    for violation in report.violations:
+        out.print(violation.line(), markup=False)
+    verdict = f"{len(report.violations)} violation(s)" if report.violations else "no violations"
+    out.print(f"audit: {verdict}", markup=False)
+
+
+def erase(
+    dc: Annotated[str, typer.Option("--dc", help="The DC whose raw data holds the subject.")],
+    subject: Annotated[
+        str,
+        typer.Option(
+            "--subject",
+            help="The value to erase (an e-mail address, an IP address); '-' reads it from "
+            "the first line of stdin so it stays out of shell history.",
+        ),
+    ],
+    config: ConfigOption = Path("."),
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count the matching points.")
+    ] = False,
+    salt_env: Annotated[
+        str,
+        typer.Option(
+            "--salt-env",
+            help="The environment variable holding the salt the audit record hashes the "
+            "subject with.",
+        ),
+    ] = "FEDERATION_ERASURE_SALT",
+    fmt: FormatOption = OutputFormat.table,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Right to erasure: redact a subject's personal-data fields in one DC's raw data.
+
+    Rewrites every matching field with a redaction marker, proves nothing matches any more,
+    and records the erasure (a salted hash of the subject, never the subject) in the DC's own
+    InfluxDB, where `policy audit` reports it.
+    """
+    from federation.config import load_config
+    from federation.policy import erase_subject
+
+    if subject == "-":
+        subject = sys.stdin.readline().rstrip("\r\n")
+    result = erase_subject(
+        load_config(config), dc, subject, salt_env=salt_env, dry_run=dry_run, timeout=timeout
+    )
+    if fmt is not OutputFormat.table:
+        if fmt is OutputFormat.json:
+            out.print_json(json.dumps(result.as_dict()))
+        else:
+            print_rows(
+                result.as_dict()["redactions"],
+                ("retention_policy", "measurement", "key", "kind", "points"),
+                fmt,
+            )
+        return
+    verb = "would redact" if dry_run else "redacted"
+    out.print(
+        f"erase on {result.dc} (database {result.database}), subject hmac-sha256 "
+        f"{result.subject_hash}: {verb} {result.points} point(s)"
+        + (f", deleted {result.deleted_points}" if result.deleted_points else ""),
+        markup=False,
+    )
+    for item in result.redactions:
+        action = "points deleted" if item.kind == "tag" else "points"
+        out.print(
+            f"  {item.retention_policy}.{item.measurement} {item.kind} {item.key}: "
+            f"{item.points} {action}",
+            markup=False,
+        )
+    if dry_run:
+        out.print("dry run: nothing written, nothing recorded", markup=False)
+    else:
+        out.print(
+            "verified: no point matches any more; recorded in federation_audit.erasure",
+            markup=False,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `policy` command group and the top-level `erase` command to `app`."""
+    policy_app = typer.Typer(
+        name="policy",
+        help="Retention policies per region: plan, apply, and a compliance audit.",
+        no_args_is_help=True,
+    )
+    policy_app.command("plan")(plan)
+    policy_app.command("apply")(apply)
+    policy_app.command("audit")(audit)
+    app.add_typer(policy_app, name="policy")
+    app.command("erase")(erase)
