@@ -7,15 +7,38 @@ UDF — so that for the same raw data they write identical points.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from federation.plan import MANIFEST_MEASUREMENT, NONE_VALUE, AggregationPlan
+from federation.plan import MANIFEST_MEASUREMENT, NONE_VALUE
 from federation.points import FieldValue, Point
 from federation.stats import summarize_groups
 
 DimensionColumn = Sequence[str | None]
+
+
+class OutputSpec(Protocol):
+    """What computing a window's points needs to know; an AggregationPlan is one.
+
+    The Kapacitor UDF builds one from its TICKscript options, so it needs no config.
+    """
+
+    @property
+    def aggregation(self) -> str: ...
+    @property
+    def dc(self) -> str: ...
+    @property
+    def dimensions(self) -> tuple[str, ...]: ...
+    @property
+    def percentiles(self) -> tuple[float, ...]: ...
+    @property
+    def accuracy(self) -> float: ...
+    @property
+    def min_group_events(self) -> int: ...
+    @property
+    def version(self) -> str: ...
 
 
 def _factorize(column: DimensionColumn) -> tuple[npt.NDArray[np.int64], list[str]]:
@@ -58,7 +81,7 @@ def group_rows(
 
 
 def window_points(
-    plan: AggregationPlan,
+    plan: OutputSpec,
     window_start_ns: int,
     values: npt.NDArray[np.float64],
     dimensions: Sequence[DimensionColumn],
@@ -114,7 +137,7 @@ def window_points(
 
 
 def manifest_point(
-    plan: AggregationPlan,
+    plan: OutputSpec,
     window_start_ns: int,
     *,
     events: int,
