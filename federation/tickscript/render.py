@@ -1,0 +1,251 @@
+"""Render AggregationPlans into Kapacitor batch TICKscripts with Jinja.
+
+One `Environment` with `StrictUndefined`, templates loaded from the config's `tickscripts/`, and
+every value that enters a script passed through a filter registered here (`tick_string`,
+`tick_duration`, …), so that templates never escape anything by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from federation.config import FederationConfig
+from federation.durations import format_duration
+from federation.errors import TickScriptError
+from federation.plan import AggregationPlan, resolve_all, resolve_plan
+from federation.tickscript.lint import LintContext, LintProblem, lint
+
+UDF_NAME = "fedagg"
+"""The name the aggregation UDF is declared under in kapacitor.conf (`[udf.functions.fedagg]`)."""
+
+
+def tick_string(value: object) -> str:
+    """A single-quoted TICKscript string; `'` is the only character that needs escaping.
+
+    TICKscript keeps every other backslash literally, so a backslash before a quote is the one
+    sequence that cannot be represented; such values are refused.
+    """
+    text = str(value)
+    if "\\'" in text or text.endswith("\\"):
+        raise ValueError(f"cannot write {text!r} as a TICKscript string")
+    return "'" + text.replace("'", "\\'") + "'"
+
+
+def tick_query(value: object) -> str:
+    """InfluxQL inside a triple-quoted TICKscript string, which takes everything literally."""
+    text = str(value)
+    if "'''" in text:
+        raise ValueError("a query cannot contain three single quotes in a row")
+    return "'''" + text + "'''"
+
+
+def tick_reference(value: object) -> str:
+    """A double-quoted TICKscript reference (`"db"`), as `dbrp` statements take them."""
+    return '"' + str(value).replace('"', '\\"') + '"'
+
+
+def tick_duration(value: object) -> str:
+    """A TICKscript duration literal from nanoseconds (`1h`, `90m`); TICKscript has no `ns`."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"durations are integer nanoseconds, got {value!r}")
+    text = format_duration(value)
+    if text.endswith("ns"):
+        raise ValueError(f"{value} ns is not expressible in TICKscript (no ns unit)")
+    return text
+
+
+def tick_float(value: object) -> str:
+    """A TICKscript float literal: always with a `.`, never with an exponent (`95.0`, `0.01`)."""
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise ValueError(f"{number} is not a finite number")
+    # repr is the shortest exact spelling; Decimal writes it out without an exponent.
+    text = format(Decimal(repr(number)), "f")
+    if "." not in text:
+        text += ".0"
+    return text
+
+
+def tick_int(value: object) -> str:
+    """A TICKscript integer literal: decimal, no leading zero (which would make it octal)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return str(value)
+
+
+FILTERS = {
+    "tick_string": tick_string,
+    "tick_query": tick_query,
+    "tick_reference": tick_reference,
+    "tick_duration": tick_duration,
+    "tick_float": tick_float,
+    "tick_int": tick_int,
+}
+
+
+def environment(templates_dir: Path) -> jinja2.Environment:
+    """The one Jinja environment that renders TICKscripts."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(FILTERS)
+    return env
+
+
+@dataclass(frozen=True)
+class RenderedTask:
+    """One rendered Kapacitor task: the script plus what the task API needs to deploy it."""
+
+    plan: AggregationPlan
+    script: str
+
+    @property
+    def id(self) -> str:
+        return self.plan.task_id
+
+    @property
+    def filename(self) -> str:
+        return f"{self.plan.aggregation}.{self.plan.dc}.tick"
+
+    @property
+    def dbrps(self) -> list[dict[str, str]]:
+        return [{"db": self.plan.database, "rp": self.plan.retention_policy}]
+
+    def spec(self) -> dict[str, Any]:
+        """The JSON task spec: id, type, dbrps and plan version (the script is beside it)."""
+        return {
+            "id": self.id,
+            "type": "batch",
+            "dbrps": self.dbrps,
+            "version": self.plan.version,
+            "script": self.filename,
+        }
+
+    def spec_json(self) -> str:
+        return json.dumps(self.spec(), indent=2, sort_keys=True) + "\n"
+
+
+def lint_context(plan: AggregationPlan) -> LintContext:
+    """What the linter must know to check a script rendered from `plan`."""
+    return LintContext(
+        window_ns=plan.window_ns,
+        personal_keys=plan.personal_keys,
+        value_field=plan.value_field,
+        udf_name=UDF_NAME,
+    )
+
+
+class RenderLintError(TickScriptError):
+    """A rendered script that fails the linter: the template produced something unsafe."""
+
+    def __init__(self, problems: list[LintProblem]) -> None:
+        self.problems = problems
+        first = problems[0]
+        super().__init__(f"[{first.rule}] {first.message}", first.line, first.column, first.file)
+        self.args = ("\n".join(str(p) for p in problems),)
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+def render_plan(
+    plan: AggregationPlan, templates_dir: Path, *, gateway_cluster: str = "federation_gateway"
+) -> RenderedTask:
+    """Render one plan with its template and lint the result.
+
+    Raises TickScriptError naming the template when rendering fails, and RenderLintError with
+    every problem when the rendered script does not lint clean: nothing unsafe is ever returned.
+    """
+    env = environment(templates_dir)
+    try:
+        template = env.get_template(plan.template)
+        script = template.render(
+            plan=plan,
+            udf_name=UDF_NAME,
+            gateway_cluster=gateway_cluster,
+            template_name=plan.template,
+        )
+    except jinja2.TemplateSyntaxError as exc:
+        raise TickScriptError(
+            exc.message or "template syntax error", exc.lineno, 1, f"tickscripts/{plan.template}"
+        ) from None
+    except (jinja2.UndefinedError, ValueError) as exc:
+        raise TickScriptError(
+            f"rendering {plan.task_id}: {exc}", 1, 1, f"tickscripts/{plan.template}"
+        ) from None
+    problems = lint(script, lint_context(plan), file=f"{plan.aggregation}.{plan.dc}.tick")
+    if problems:
+        raise RenderLintError(problems)
+    return RenderedTask(plan, script)
+
+
+_HEADER_PREFIX = "// federation plan "
+
+
+def context_for_script(
+    config: FederationConfig, source: str, file: str
+) -> tuple[LintContext | None, str]:
+    """Find the aggregation and DC a script was rendered for: from its first-line comment
+    (`// federation plan <aggregation> dc=<dc> version=...`), else from a file named
+    `<aggregation>.<dc>.tick`. Returns the context (None if neither names a known plan) and a
+    note saying how it was found."""
+    first = source.split("\n", 1)[0]
+    aggregation = dc = None
+    if first.startswith(_HEADER_PREFIX):
+        parts = first[len(_HEADER_PREFIX) :].split()
+        if parts:
+            aggregation = parts[0]
+            for part in parts[1:]:
+                if part.startswith("dc="):
+                    dc = part[3:]
+    if aggregation is None or dc is None:
+        stem = Path(file).name.removesuffix(".tick")
+        if stem.count(".") == 1:
+            aggregation, dc = stem.split(".")
+    if aggregation in config.aggregations and dc in config.fleet.dcs:
+        plan = resolve_plan(config, aggregation, dc)
+        return lint_context(plan), f"checked against plan {plan.task_id} (version {plan.version})"
+    return None, "no plan found for this script: only the context-free rules ran"
+
+
+def render_all(
+    config: FederationConfig, *, dc: str | None = None, aggregation: str | None = None
+) -> list[RenderedTask]:
+    """Render every (aggregation, DC) task of the config, optionally only one DC or aggregation."""
+    plans = [
+        p for p in resolve_all(config, dc) if aggregation is None or p.aggregation == aggregation
+    ]
+    if aggregation is not None and aggregation not in config.aggregations:
+        known = ", ".join(sorted(config.aggregations))
+        raise TickScriptError(
+            f"no aggregation named {aggregation!r} (known: {known})", 1, 1, "tickscripts"
+        )
+    return [
+        render_plan(p, config.templates_dir, gateway_cluster=config.fleet.central.gateway_cluster)
+        for p in plans
+    ]
+
+
+def write_rendered(tasks: list[RenderedTask], out_dir: Path) -> list[Path]:
+    """Write each task's script and JSON spec into `out_dir`; return the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in tasks:
+        script_path = out_dir / task.filename
+        spec_path = out_dir / task.filename.replace(".tick", ".json")
+        script_path.write_text(task.script, encoding="utf-8")
+        spec_path.write_text(task.spec_json(), encoding="utf-8")
+        written += [script_path, spec_path]
+    return written
