@@ -1,0 +1,120 @@
+"""Deploying rendered tasks into a Kapacitor (the documented API, emulated)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from federation.config import load_config
+from federation.deploy import (
+    DeploymentError,
+    TaskSnapshot,
+    apply_tasks,
+    deployed_tasks,
+    script_version,
+    task_health,
+)
+from federation.kapacitor import KapacitorClient
+from federation.testing import KapacitorEmulator
+from federation.tickscript.render import render_all
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def desired(dc: str = "dub1") -> list[TaskSnapshot]:
+    return [TaskSnapshot.of_rendered(t) for t in render_all(load_config(REPO), dc=dc)]
+
+
+@pytest.fixture
+def emulator() -> KapacitorEmulator:
+    return KapacitorEmulator()
+
+
+@pytest.fixture
+def client(emulator: KapacitorEmulator) -> KapacitorClient:
+    return KapacitorClient("http://kapacitor.test:9092", transport=emulator.transport())
+
+
+FOREIGN = "stream\n    |from()\n        .measurement('cpu')\n    |log()\n"
+
+
+def test_first_deployment_creates_and_runs_every_task(
+    client: KapacitorClient, emulator: KapacitorEmulator
+) -> None:
+    tasks = desired()
+    result = apply_tasks(client, "dub1", tasks)
+    assert [c.action for c in result.changes] == ["create", "create"]
+    for task in tasks:
+        assert emulator.running_script(task.id) == task.script
+        assert result.health[task.id].executing
+    assert apply_tasks(client, "dub1", tasks).changed is False
+
+
+def test_update_reloads_the_running_script(
+    client: KapacitorClient, emulator: KapacitorEmulator
+) -> None:
+    old = desired()
+    apply_tasks(client, "dub1", old)
+    new = [
+        TaskSnapshot(t.id, t.script.replace(".accuracy(0.01)", ".accuracy(0.02)"), t.dbrps, True)
+        for t in old
+    ]
+    result = apply_tasks(client, "dub1", new)
+    assert {c.action for c in result.changes} == {"update"}
+    assert all(emulator.running_script(t.id) == t.script for t in new)
+    assert "-        .accuracy(0.01)" in result.changes[0].diff()
+
+
+def test_removed_plans_are_deleted_but_foreign_tasks_are_untouched(client: KapacitorClient) -> None:
+    client.create_task("cpu_alert", FOREIGN, [("telegraf", "autogen")], type="stream")
+    client.create_task("fed-delivery_latency-lon1", desired("lon1")[1].script, [])
+    apply_tasks(client, "dub1", desired())
+    result = apply_tasks(client, "dub1", desired()[:1])
+    assert [c.action for c in result.changes] == ["unchanged", "delete"]
+    ids = {t.id for t in client.list_tasks()}
+    assert {"cpu_alert", "fed-delivery_latency-lon1", "fed-delivery_direction-dub1"} == ids
+
+
+def test_a_refused_update_restores_the_previous_tasks(client: KapacitorClient) -> None:
+    old = desired()
+    apply_tasks(client, "dub1", old)
+    new = [
+        TaskSnapshot(t.id, t.script.replace(".accuracy(0.01)", ".accuracy(0.02)"), t.dbrps, True)
+        for t in old
+    ]
+    new[1] = TaskSnapshot(
+        new[1].id, new[1].script.replace(".align()", ".align(", 1), new[1].dbrps, True
+    )
+    with pytest.raises(DeploymentError, match=r"invalid TICKscript.*previous tasks restored"):
+        apply_tasks(client, "dub1", new)
+    now = deployed_tasks(client, "dub1")
+    assert {t.id: t.script for t in now.values()} == {t.id: t.script for t in old}
+
+
+def test_a_task_that_fails_to_start_leaves_the_dc_as_it_was(
+    client: KapacitorClient, emulator: KapacitorEmulator
+) -> None:
+    tasks = desired()
+    emulator.fail_enable(tasks[1].id, "failed to start: no such InfluxDB config federation_gateway")
+    with pytest.raises(DeploymentError, match="no such InfluxDB config"):
+        apply_tasks(client, "dub1", tasks)
+    assert deployed_tasks(client, "dub1") == {}
+
+
+def test_health_reports_node_errors_and_dead_udf(
+    client: KapacitorClient, emulator: KapacitorEmulator
+) -> None:
+    tasks = desired()
+    apply_tasks(client, "dub1", tasks)
+    emulator.set_node_stats(tasks[0].id, "influxdb_out4", write_errors=3)
+    emulator.fail_task(tasks[1].id, "udf process died")
+    health = task_health(client, "dub1")
+    assert health[tasks[0].id].write_errors == 3 and not health[tasks[0].id].ok
+    assert health[tasks[1].id].error == "udf process died" and not health[tasks[1].id].ok
+
+
+def test_script_version_is_read_from_the_header() -> None:
+    task = desired()[0]
+    assert script_version(task.script) is not None
+    assert script_version(FOREIGN) is None
