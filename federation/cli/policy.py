@@ -12,7 +12,7 @@ import typer
 
 from federation.cli._common import ConfigOption, FormatOption, OutputFormat, out, print_rows
 from federation.durations import format_duration, parse_duration
-from federation.errors import InvalidInput
+from federation.errors import FederationError, InvalidInput
 
 if TYPE_CHECKING:
     from federation.policy import AuditReport, PlanRow
@@ -32,6 +32,11 @@ DirectOption = Annotated[
 TimeoutOption = Annotated[
     float, typer.Option("--timeout", help="Seconds to wait for each InfluxDB request.")
 ]
+
+
+class CommandFailed(FederationError):
+    """The command ran and printed its result, which includes a failure (exit code 1)."""
+
 
 _PLAN_COLUMNS = ("target", "url", "database", "status", "effect", "statement", "destructive")
 
@@ -93,7 +98,7 @@ def plan(
             summary += f"; unreachable: {', '.join(failed)}"
         out.print(summary, markup=False)
     if failed:
-        raise typer.Exit(1)
+        raise CommandFailed(f"plan: unreachable: {', '.join(failed)}")
 
 
 def apply(
@@ -136,7 +141,9 @@ def apply(
                 summary += f"; shrink refused on {', '.join(refused)} (rerun with --allow-shrink)"
             out.print(summary, markup=False)
     if failed or refused:
-        raise typer.Exit(1)
+        problems = [f"failed: {', '.join(failed)}"] if failed else []
+        problems += [f"shrink refused on {', '.join(refused)}"] if refused else []
+        raise CommandFailed("apply: " + "; ".join(problems))
 
 
 def audit(
@@ -192,7 +199,7 @@ def audit(
     else:
         _print_audit(report)
     if not report.ok:
-        raise typer.Exit(1)
+        raise CommandFailed(f"audit: {len(report.violations)} violation(s)")
 
 
 def _print_audit(report: AuditReport) -> None:
@@ -290,7 +297,7 @@ def erase(
         markup=False,
     )
     for item in result.redactions:
-        action = "points deleted" if item.kind == "tag" else "points"
+        action = "point(s) deleted" if item.kind == "tag" else "point(s)"
         out.print(
             f"  {item.retention_policy}.{item.measurement} {item.kind} {item.key}: "
             f"{item.points} {action}",
