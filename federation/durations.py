@@ -24,8 +24,9 @@ HOUR_NS = NS_PER_UNIT["h"]
 DAY_NS = NS_PER_UNIT["d"]
 
 _DURATION = re.compile(r"^([0-9]+)(ns|u|µ|ms|s|m|h|d|w)$")
-# Largest unit first, so that formatting picks the most compact exact form.
-_FORMAT_ORDER = ("w", "d", "h", "m", "s", "ms", "u", "ns")
+# Largest unit first, so that formatting picks the most compact exact form; days rather than
+# weeks, which read more naturally in retention policies (28d, not 4w).
+_FORMAT_ORDER = ("d", "h", "m", "s", "ms", "u", "ns")
 
 
 def parse_duration(text: str) -> int:

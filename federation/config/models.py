@@ -16,7 +16,10 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from federation.durations import DAY_NS, format_duration, parse_duration
+from federation.durations import DAY_NS, HOUR_NS, NS_PER_UNIT, format_duration, parse_duration
+
+CHECK_INTERVAL_NS = 30 * NS_PER_UNIT["m"]
+"""InfluxDB's default retention check interval, part of a raw point's worst-case lifetime."""
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -168,6 +171,18 @@ class RawRetention(Model):
             )
         if self.retention and self.shard_duration >= self.retention:
             raise ValueError("shard_duration must be shorter than retention")
+        # InfluxDB 1.x drops whole shard groups once all of a group is past the retention, so a
+        # point can outlive the declared retention by one shard duration (plus the retention
+        # check interval, 30m by default, which the audit adds to its evidence).
+        budget = self.max_retention - CHECK_INTERVAL_NS - self.shard_duration
+        if self.max_retention and self.retention > budget:
+            raise ValueError(
+                f"a raw point can live up to retention + shard duration + InfluxDB's retention "
+                f"check interval ({format_duration(self.retention)} + "
+                f"{format_duration(self.shard_duration)} + 30m), beyond the region's maximum "
+                f"{format_duration(self.max_retention)}: declare a retention of at most "
+                f"{format_duration(max(budget, 0) // HOUR_NS * HOUR_NS)}"
+            )
         return self
 
 

@@ -385,10 +385,16 @@ def _audit_dc(
             )
             worst = evidence.worst_case_lifetime_ns
             if worst is not None and raw.max_retention and worst > raw.max_retention:
-                warn(
-                    f"{name}: a raw point can live up to {_text(worst)} "
-                    f"(retention + shard duration + check interval), beyond the region's "
-                    f"maximum {format_duration(raw.max_retention)}"
+                # InfluxDB drops whole shard groups, so this is how long a point really lives.
+                report(
+                    Violation(
+                        name,
+                        "lifetime",
+                        f"retention policy {quote_ident(raw.retention_policy)}",
+                        f"a raw point can live up to {_text(worst)} (retention + shard duration "
+                        f"+ check interval), beyond the region's maximum "
+                        f"{format_duration(raw.max_retention)}",
+                    )
                 )
             others = tuple(rp.name for rp in actual if rp.name != raw.retention_policy)
             oldest: list[OldestPoint] = []

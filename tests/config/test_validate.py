@@ -48,7 +48,7 @@ def test_unknown_key(config_dir: Path) -> None:
         "  shard_duration: 1d\n  shards: 3\n",
     )
     assert any(
-        p.startswith("policies/eu.yaml:9: raw.shards: unknown key") for p in problems(config_dir)
+        p.startswith("policies/eu.yaml:11: raw.shards: unknown key") for p in problems(config_dir)
     )
 
 
@@ -67,7 +67,19 @@ def test_retention_above_region_maximum(config_dir: Path) -> None:
     assert any(
         p.startswith("policies/eu.yaml:")
         and ": raw: " in p
-        and "longer than the region's maximum 30d" in p
+        and "longer than the region's maximum 32d" in p
+        for p in found
+    ), found
+
+
+def test_worst_case_lifetime_must_fit_the_maximum(config_dir: Path) -> None:
+    # 31d + 1d shard + 30m check interval outlives the 32d maximum although 31d < 32d.
+    edit(config_dir / "policies/eu.yaml", "  retention: 30d", "  retention: 31d")
+    found = problems(config_dir)
+    assert any(
+        p.startswith("policies/eu.yaml:")
+        and ": raw: " in p
+        and "declare a retention of at most 30d" in p
         for p in found
     ), found
 
