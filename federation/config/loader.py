@@ -171,7 +171,7 @@ def load_config(root: Path | str = ".") -> FederationConfig:
         _check_policy(policy, *policy_lines[region], problems.append)
 
     if fleet is not None:
-        _check_fleet(fleet, rel(fleet_path), fleet_lines, policies, problems.append)
+        _check_fleet(fleet, rel(fleet_path), fleet_lines, policies, problems.append, root)
         for name, aggregation in aggregations.items():
             file, lines = aggregation_lines[name]
             _check_aggregation(aggregation, fleet, policies, file, lines, problems.append)
@@ -209,10 +209,16 @@ def _check_policy(policy: Policy, file: str, lines: KeyLines, report: Report) ->
 
 
 def _check_fleet(
-    fleet: Fleet, file: str, lines: KeyLines, policies: dict[str, Policy], report: Report
+    fleet: Fleet,
+    file: str,
+    lines: KeyLines,
+    policies: dict[str, Policy],
+    report: Report,
+    root: Path,
 ) -> None:
     for region in fleet.regions:
-        if region not in policies:
+        # A policy file that exists but failed to load has its own problems reported already.
+        if region not in policies and not (root / "policies" / f"{region}.yaml").exists():
             path = f"regions.{region}"
             report(
                 ConfigError(

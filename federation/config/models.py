@@ -181,9 +181,15 @@ class RawRetention(Model):
                 f"check interval ({format_duration(self.retention)} + "
                 f"{format_duration(self.shard_duration)} + 30m), beyond the region's maximum "
                 f"{format_duration(self.max_retention)}: declare a retention of at most "
-                f"{format_duration(max(budget, 0) // HOUR_NS * HOUR_NS)}"
+                f"{format_duration(_floor_readable(budget))}"
             )
         return self
+
+
+def _floor_readable(ns: int) -> int:
+    """Round a duration down to whole days (whole hours below a day), for advice in messages."""
+    unit = DAY_NS if ns >= DAY_NS else HOUR_NS
+    return max(ns, 0) // unit * unit
 
 
 class CentralRetention(Model):
