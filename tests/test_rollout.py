@@ -1,0 +1,191 @@
+"""Rollout across DCs' Kapacitors: canary first, stop at the first failure, rollback, drift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from federation.config import FederationConfig, load_config
+from federation.deploy import deployed_tasks, script_version
+from federation.errors import FederationError
+from federation.kapacitor import KapacitorClient
+from federation.rollout import (
+    RolloutState,
+    rollout_apply,
+    rollout_plan,
+    rollout_rollback,
+    rollout_status,
+)
+from federation.testing import KapacitorEmulator
+
+
+@pytest.fixture
+def fleet(config_dir: Path) -> FederationConfig:
+    """The example federation with Kapacitor in dub1, fra1 and lon1."""
+    path = config_dir / "fleet.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["dcs"]["fra1"]["kapacitor"] = {"url": "http://kapacitor.fra1.mail.internal:9092"}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_config(config_dir)
+
+
+@pytest.fixture
+def emulators() -> dict[str, KapacitorEmulator]:
+    return {dc: KapacitorEmulator() for dc in ("dub1", "fra1", "lon1")}
+
+
+def factory(emulators: dict[str, KapacitorEmulator]):  # type: ignore[no-untyped-def]
+    return lambda dc: KapacitorClient(
+        f"http://kapacitor.{dc}:9092", transport=emulators[dc].transport()
+    )
+
+
+def bump_accuracy(config_dir: Path) -> FederationConfig:
+    path = config_dir / "tickscripts/delivery_latency.yaml"
+    path.write_text(path.read_text().replace("accuracy: 0.01", "accuracy: 0.02"))
+    return load_config(config_dir)
+
+
+def versions(emulators: dict[str, KapacitorEmulator], dc: str) -> set[str | None]:
+    with factory(emulators)(dc) as client:
+        return {
+            script_version(t.script)
+            for t in deployed_tasks(client, dc).values()
+            if "latency" in t.id
+        }
+
+
+def test_plan_shows_diffs_and_changes_nothing(
+    fleet: FederationConfig, emulators: dict[str, KapacitorEmulator]
+) -> None:
+    plans = rollout_plan(fleet, clients=factory(emulators))
+    assert [p.dc for p in plans] == ["dub1", "fra1", "lon1"]
+    assert all(c.action == "create" for p in plans for c in p.pending)
+    assert "+batch" in plans[0].pending[0].diff()
+    assert all(not e.tasks for e in emulators.values())
+
+
+def test_canary_first_then_the_rest(
+    fleet: FederationConfig, emulators: dict[str, KapacitorEmulator], tmp_path: Path
+) -> None:
+    order: list[str] = []
+    result = rollout_apply(
+        fleet,
+        state=RolloutState(tmp_path / "state.json"),
+        canary="lon1",
+        clients=factory(emulators),
+        gate=order.append,
+    )
+    assert result.ok and result.done == ["lon1", "dub1", "fra1"] == order
+    again = rollout_apply(
+        fleet, state=RolloutState(tmp_path / "state.json"), clients=factory(emulators)
+    )
+    assert again.done == [] and again.unchanged == ["dub1", "fra1", "lon1"]
+
+
+def test_failure_mid_wave_stops_it_and_every_dc_runs_one_whole_version(
+    fleet: FederationConfig,
+    config_dir: Path,
+    emulators: dict[str, KapacitorEmulator],
+    tmp_path: Path,
+) -> None:
+    state = RolloutState(tmp_path / "state.json")
+    assert rollout_apply(fleet, state=state, clients=factory(emulators)).ok
+    old = versions(emulators, "dub1")
+    new_config = bump_accuracy(config_dir)
+    emulators["fra1"].fail_enable(
+        "fed-delivery_latency-fra1", "failed to start task: udf fedagg not found"
+    )
+    result = rollout_apply(new_config, state=state, canary="dub1", clients=factory(emulators))
+    assert not result.ok and result.failed == "fra1" and result.done == ["dub1"]
+    assert result.not_reached == ["lon1"]
+    assert "udf fedagg not found" in (result.error or "")
+    assert versions(emulators, "dub1") != old  # the canary went ahead
+    emulators["fra1"].clear_enable_failure("fed-delivery_latency-fra1")
+    assert versions(emulators, "fra1") == old == versions(emulators, "lon1")
+    for dc in ("dub1", "fra1", "lon1"):
+        assert len(versions(emulators, dc)) == 1
+
+
+def test_health_gate_failure_restores_the_canary(
+    fleet: FederationConfig,
+    config_dir: Path,
+    emulators: dict[str, KapacitorEmulator],
+    tmp_path: Path,
+) -> None:
+    state = RolloutState(tmp_path / "state.json")
+    rollout_apply(fleet, state=state, clients=factory(emulators))
+    old = versions(emulators, "dub1")
+
+    def gate(dc: str) -> None:
+        raise FederationError("next window not verified within 2 windows")
+
+    result = rollout_apply(
+        bump_accuracy(config_dir), state=state, canary="dub1", clients=factory(emulators), gate=gate
+    )
+    assert result.failed == "dub1" and result.done == [] and "not verified" in (result.error or "")
+    assert versions(emulators, "dub1") == old
+
+
+def test_rollback_restores_the_previous_version(
+    fleet: FederationConfig,
+    config_dir: Path,
+    emulators: dict[str, KapacitorEmulator],
+    tmp_path: Path,
+) -> None:
+    state = RolloutState(tmp_path / "state.json")
+    rollout_apply(fleet, state=state, clients=factory(emulators))
+    old = versions(emulators, "lon1")
+    new_config = bump_accuracy(config_dir)
+    assert rollout_apply(new_config, state=state, clients=factory(emulators)).ok
+    assert versions(emulators, "lon1") != old
+    outcome = rollout_rollback(new_config, state=state, clients=factory(emulators))
+    assert all(v.startswith("restored") for v in outcome.values()), outcome
+    assert versions(emulators, "lon1") == old
+    assert emulators["lon1"].running_script("fed-delivery_latency-lon1") is not None
+
+
+def test_status_reports_versions_and_drift(
+    fleet: FederationConfig, emulators: dict[str, KapacitorEmulator], tmp_path: Path
+) -> None:
+    rollout_apply(fleet, state=RolloutState(tmp_path / "s.json"), clients=factory(emulators))
+    with factory(emulators)("dub1") as client:
+        task = client.get_task("fed-delivery_latency-dub1")
+        assert task is not None
+        client.update_task(
+            task.id, script=task.script.replace(".minGroupEvents(5)", ".minGroupEvents(1)")
+        )
+    rows = {(r.dc, r.task_id): r for r in rollout_status(fleet, clients=factory(emulators))}
+    assert rows[("dub1", "fed-delivery_latency-dub1")].state == "drift"
+    assert rows[("lon1", "fed-delivery_latency-lon1")].state == "current"
+    assert rows[("lon1", "fed-delivery_latency-lon1")].healthy is True
+
+
+def test_rollout_commands_over_http(config_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from federation.cli import app
+
+    emulator = KapacitorEmulator()
+    with emulator.serve() as url:
+        path = config_dir / "fleet.yaml"
+        data = yaml.safe_load(path.read_text())
+        data["dcs"]["dub1"]["kapacitor"] = {"url": url}
+        del data["dcs"]["lon1"]["kapacitor"]
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        runner = CliRunner()
+        state = str(tmp_path / "state.json")
+        planned = runner.invoke(app, ["rollout", "plan", "-c", str(config_dir)])
+        assert planned.exit_code == 0, planned.output
+        assert "dub1: create fed-delivery_latency-dub1" in planned.output
+        applied = runner.invoke(app, ["rollout", "apply", "-c", str(config_dir), "--state", state])
+        assert applied.exit_code == 0 and "dub1: deployed and healthy" in applied.output
+        status = runner.invoke(app, ["rollout", "status", "-c", str(config_dir), "--format", "csv"])
+        assert "dub1,fed-delivery_latency-dub1," in status.output and ",current," in status.output
+        emulator.fail_enable("fed-delivery_latency-dub1")
+        bump_accuracy(config_dir)
+        failed = runner.invoke(app, ["rollout", "apply", "-c", str(config_dir), "--state", state])
+        assert failed.exit_code == 1
+        assert "rollout stopped at dub1" in str(failed.exception)
