@@ -1,0 +1,272 @@
+"""Benchmark the coordinator: planner pass and status query on a year-sized ledger, and gateway
+throughput against direct writes to the same influxd.
+
+Run with ``python bench/coordinator.py`` (``--quick`` for a smaller ledger). The ledger holds
+10 DCs x 20 aggregations x one year of hourly windows (1.75 M rows), bulk-inserted into a
+SQLite file. Gateway throughput is measured with realistic summary points (sketches included)
+in batches of 5,000, and printed as a ratio to writing the same bytes straight to the same
+influxd in the same run. Targets: planner pass < 1 s, status < 0.5 s, gateway >= 20k points/s
+and >= 50% of direct writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import random
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import uvicorn
+import yaml
+
+from federation.aggregate import window_points
+from federation.clock import FakeClock
+from federation.config import FederationConfig, load_config
+from federation.coordinator.api import build_app
+from federation.coordinator.app import ensure_central
+from federation.coordinator.desired import sync_desired
+from federation.coordinator.ledger import open_ledger
+from federation.coordinator.planner import plan_backfills
+from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
+from federation.coordinator.status import status_report
+from federation.influx import InfluxClient
+from federation.lineprotocol import serialize
+from federation.localstack import LocalStack, free_port
+from federation.plan import resolve_plan
+
+REPO = Path(__file__).resolve().parent.parent
+HOUR = 3600 * 10**9
+DCS = 10
+AGGREGATIONS = 20
+BATCH = 5_000
+SENDERS = 4
+SEED = 20261128
+
+
+def make_config(root: Path, central_url: str, ledger_url: str) -> FederationConfig:
+    """A federation of 10 DCs (over the example's regions) and 20 hourly aggregations."""
+    shutil.copytree(REPO / "policies", root / "policies")
+    (root / "tickscripts").mkdir()
+    shutil.copy(REPO / "tickscripts" / "aggregation.tick.j2", root / "tickscripts")
+    regions = ["eu", "uk", "na"]
+    fleet = {
+        "name": "bench",
+        "regions": {r: {"description": r} for r in regions},
+        "dcs": {
+            f"dc{i:02d}": {
+                "region": regions[i % 3],
+                "influxdb": {"url": f"http://dc{i:02d}.invalid:8086"},
+                "agent_token_env": f"BENCH_DC{i:02d}_TOKEN",
+            }
+            for i in range(DCS)
+        },
+        "central": {
+            "influxdb": {"url": central_url},
+            "database": "federation",
+            "coordinator_url": "http://127.0.0.1:1",
+            "ledger_url": ledger_url,
+            "reader_token_env": "BENCH_READER_TOKEN",
+        },
+    }
+    (root / "fleet.yaml").write_text(yaml.safe_dump(fleet))
+    dimension_sets = [["direction"], ["direction", "mailer"], ["direction", "mailer", "customer"]]
+    for i in range(AGGREGATIONS):
+        spec = {
+            "name": f"agg{i:02d}",
+            "source": {"measurement": "delivery", "field": "latency_ms"},
+            "dimensions": dimension_sets[i % 3],
+            "window": "1h",
+            "lookback": "3h",
+            "percentiles": [50, 95, 99],
+            "accuracy": 0.01,
+        }
+        (root / "tickscripts" / f"agg{i:02d}.yaml").write_text(yaml.safe_dump(spec))
+    return load_config(root)
+
+
+def fill_ledger(path: Path, config: FederationConfig, now_ns: int, hours: int) -> int:
+    """Bulk-insert `hours` classified hourly windows per (dc, aggregation), ending 4 h ago."""
+    rng = random.Random(SEED)
+    last = now_ns - now_ns % HOUR - 4 * HOUR
+    first = last - hours * HOUR
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE tracking SET start_ns = ?, watermark_ns = ?", (first, last))
+    rows = []
+    total = 0
+    for dc in sorted(config.fleet.dcs):
+        for agg in sorted(config.aggregations):
+            for start in range(first, last, HOUR):
+                roll = rng.random()
+                if roll < 0.0005:
+                    state, events, reason = "missing", None, "nothing shipped by the deadline"
+                elif roll < 0.0008:
+                    state, events, reason = "inconsistent", 1000, "manifest says 1000 events"
+                elif roll < 0.01:
+                    state, events, reason = "empty", 0, None
+                else:
+                    state, events, reason = "verified", 1000, None
+                rows.append((dc, agg, start, state, "v", 1, events, 10, 0, reason, start))
+            if len(rows) >= 200_000:
+                total += _insert(conn, rows)
+                rows = []
+    total += _insert(conn, rows)
+    conn.commit()
+    conn.execute("ANALYZE")
+    conn.close()
+    return total
+
+
+def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> int:
+    conn.executemany(
+        "INSERT INTO windows (dc, aggregation, start_ns, state, version, run, events, groups, "
+        "suppressed_events, reason, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    return len(rows)
+
+
+def best_of(n: int, fn: object) -> float:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()  # type: ignore[operator]
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def gateway_batches(config: FederationConfig, now_ns: int, windows: int) -> list[bytes]:
+    """Realistic shipments of dc00 for the 3-dimension aggregation: ~10k groups per window."""
+    plan = resolve_plan(config, "agg02", "dc00")
+    rng = np.random.default_rng(SEED)
+    bodies = []
+    for k in range(windows):
+        start = now_ns - now_ns % HOUR - (k + 1) * HOUR
+        n = 150_000
+        values = rng.lognormal(5.0, 1.0, n)
+        dims = [
+            list(rng.choice(["in", "out"], n)),
+            [f"mx{i}" for i in rng.integers(0, 5, n)],
+            [f"c{i}" for i in rng.integers(0, 1000, n)],
+        ]
+        points = window_points(plan, start, values, dims, run=1)
+        for i in range(0, len(points), BATCH):
+            bodies.append(serialize(points[i : i + BATCH]))
+    return bodies
+
+
+def bench_gateway(config: FederationConfig, coordinator: Coordinator, influx_url: str) -> None:
+    now = coordinator.clock.now_ns()
+    bodies = gateway_batches(config, now, 4)
+    points = sum(b.count(b"\n") for b in bodies)
+    rp = config.policy_for("dc00").central.retention_policy
+    with InfluxClient(influx_url) as influx:
+        influx.execute('CREATE DATABASE "direct"')
+        influx.execute(f'CREATE RETENTION POLICY "{rp}" ON "direct" DURATION 400d REPLICATION 1')
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(build_app(coordinator), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    auth = base64.b64encode(b"dc00:bench-token-dc00").decode()
+    gateway_url = f"http://127.0.0.1:{port}/write"
+    try:
+        with httpx.Client(timeout=120) as client, ThreadPoolExecutor(SENDERS) as pool:
+
+            def send(url: str, params: dict[str, str], headers: dict[str, str]) -> None:
+                def one(b: bytes) -> None:
+                    r = client.post(url, params=params, content=b, headers=headers)
+                    assert r.status_code == 204, r.text
+
+                list(pool.map(one, bodies))
+
+            def direct() -> None:
+                send(f"{influx_url}/write", {"db": "direct", "rp": rp}, {})
+
+            def gateway() -> None:
+                send(
+                    gateway_url,
+                    {"db": "federation", "rp": rp},
+                    {"Authorization": f"Basic {auth}"},
+                )
+
+            direct()  # warm up: series are created once
+            gateway()
+            t_direct = best_of(3, direct)
+            t_gateway = best_of(3, gateway)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    mean_bytes = sum(len(b) for b in bodies) / points
+    print(f"gateway: {points} summary points in {len(bodies)} batches of <= {BATCH} "
+          f"(~{mean_bytes:.0f} bytes/point, sketches included), {SENDERS} concurrent senders "
+          "(DCs ship at the same time after each hour)")  # fmt: skip
+    print(f"  direct to influxd: {points / t_direct:10,.0f} points/s")
+    print(f"  through gateway:   {points / t_gateway:10,.0f} points/s "
+          f"({100 * t_direct / t_gateway:.0f}% of direct; targets >= 20,000/s and >= 50%)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="30 days instead of a year")
+    args = parser.parse_args()
+    hours = 30 * 24 if args.quick else 365 * 24
+    root = Path(tempfile.mkdtemp(prefix="federation-bench-"))
+    try:
+        with LocalStack(root / "influxd") as stack:
+            central = stack.influxd("central")
+            ledger_path = root / "ledger.sqlite"
+            ledger_url = f"sqlite:///{ledger_path}"
+            config = make_config(root / "config", central.url, ledger_url)
+            now = time.time_ns()
+            clock = FakeClock(now)
+            with open_ledger(ledger_url) as ledger:
+                sync_desired(ledger, config, now)
+                t = time.perf_counter()
+                total = fill_ledger(ledger_path, config, now, hours)
+                print(f"ledger: {total:,} windows ({DCS} DCs x {AGGREGATIONS} aggregations x "
+                      f"{hours} hours) bulk-inserted in {time.perf_counter() - t:.1f} s")  # fmt: skip
+                t = time.perf_counter()
+                first = plan_backfills(ledger, config, now)
+                t_first = time.perf_counter() - t
+                print(f"planner, first pass:  {t_first:.3f} s ({first.missing} new missing, "
+                      f"{len(first.requested)} requests, {first.throttled} windows throttled)")  # fmt: skip
+                t_steady = best_of(3, lambda: plan_backfills(ledger, config, now))
+                print(f"planner, steady pass: {t_steady:.3f} s (target < 1 s)")
+                clock.set(now + HOUR)
+                t_next = best_of(1, lambda: plan_backfills(ledger, config, now + HOUR))
+                print(f"planner, next hour:   {t_next:.3f} s")
+                t_status = best_of(3, lambda: status_report(ledger, config, now))
+                print(f"status (all aggregations, 24 windows): {t_status:.3f} s (target < 0.5 s)")
+                t_status_year = best_of(
+                    1,
+                    lambda: status_report(
+                        ledger, config, now, aggregation="agg00", since_ns=now - hours * HOUR
+                    ),
+                )
+                print(f"status (one aggregation, the whole year): {t_status_year:.3f} s")
+                with InfluxClient(central.url) as influx:
+                    ensure_central(config, influx)
+                tokens = Tokens({dc: f"bench-token-{dc}" for dc in config.fleet.dcs}, "reader")
+                coordinator = Coordinator(
+                    config, ledger, tokens, clock=clock, settings=CoordinatorSettings()
+                )
+                coordinator.refresh_plans()
+                bench_gateway(config, coordinator, central.url)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

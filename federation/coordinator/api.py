@@ -1,0 +1,604 @@
+"""The coordinator's HTTP surface: the gateway, the agent API, status, metrics and the page.
+
+    GET  /ping                                  204, X-Influxdb-Version (no auth, as InfluxDB)
+    POST /write?db=&rp=&precision=              gateway (see federation.coordinator.gateway)
+    GET  /api/v1/dcs/{dc}/desired               agent token of {dc}
+    POST /api/v1/dcs/{dc}/report                agent token of {dc}; 204
+    GET  /api/v1/dcs/{dc}/backfills             agent token of {dc}; leases queued requests
+    POST /api/v1/backfills/{id}/result          agent token of the request's DC; 204
+    GET  /api/v1/dcs/{dc}/windows?aggregation=&since=   agent token of {dc}
+    GET  /api/v1/status?aggregation=&since=&dc= reader token
+    GET  /metrics                               reader token (Prometheus text format)
+    GET  /                                      reader token (bearer, or ?token= for a browser)
+
+Agent endpoints answer 401 without a valid agent token and 403 when the token is another DC's.
+Read endpoints answer 401 without the reader token. Bodies that do not parse get 400 with
+`{"error": ...}`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from federation.clock import TimeInputError, format_rfc3339, parse_instant
+from federation.coordinator.backfills import (
+    BackfillNotFound,
+    NotYourBackfill,
+    lease_backfills,
+    record_backfill_result,
+)
+from federation.coordinator.desired import desired_state, record_report
+from federation.coordinator.gateway import CheckedBatch, Refusal, log_refusal, parse_body
+from federation.coordinator.ledger import BackfillRow, DcRow
+from federation.coordinator.planner import BACKFILL_STATES
+from federation.coordinator.service import Coordinator, parse_basic
+from federation.coordinator.status import StatusReport, status_report
+from federation.coordinator.tracking import (
+    dc_windows,
+    find_stale,
+    record_manifests,
+    window_state_counts,
+)
+from federation.errors import FederationError, InvalidInput
+
+log = logging.getLogger(__name__)
+
+INFLUXDB_VERSION = "1.6.7"
+"""What `/ping` reports in X-Influxdb-Version: the InfluxDB 1.x API the gateway speaks."""
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _coordinator(request: Request) -> Coordinator:
+    coordinator: Coordinator = request.app.state.coordinator
+    return coordinator
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+# --- gateway --------------------------------------------------------------------------------
+
+
+async def ping(request: Request) -> Response:
+    return Response(status_code=204, headers={"X-Influxdb-Version": INFLUXDB_VERSION})
+
+
+def _gateway_dc(request: Request, coordinator: Coordinator) -> str | None:
+    """The DC a write authenticates as: basic auth, bearer token, or u/p query parameters."""
+    tokens = coordinator.tokens
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "basic":
+        creds = parse_basic(value)
+        if creds and tokens.check_dc(creds[0], creds[1]):
+            return creds[0]
+        return None
+    if scheme.lower() in ("bearer", "token") and value.strip():
+        return tokens.dc_for_token(value.strip())
+    user, password = request.query_params.get("u"), request.query_params.get("p")
+    if user and password and tokens.check_dc(user, password):
+        return user
+    return None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Refusal("size", f"body larger than {limit} bytes", status=413)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refusal("size", f"body larger than {limit} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _gunzip(raw: bytes, limit: int) -> bytes:
+    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        body = decompressor.decompress(raw, limit + 1)
+    except zlib.error:
+        raise Refusal("line-protocol", "body is not valid gzip") from None
+    if len(body) > limit or decompressor.unconsumed_tail:
+        raise Refusal("size", f"uncompressed body larger than {limit} bytes", status=413)
+    return body
+
+
+async def _forward(
+    request: Request, coordinator: Coordinator, raw: bytes, encoding: str, rp: str, precision: str
+) -> Refusal | None:
+    """Write the batch to central; None when central answered 204, else why not."""
+    central = coordinator.config.fleet.central
+    params = {"db": central.database, "rp": rp}
+    if precision:
+        params["precision"] = precision
+    headers = {"Content-Type": "text/plain; charset=utf-8"}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    client: httpx.AsyncClient = request.app.state.central
+    try:
+        response = await client.post("/write", params=params, content=raw, headers=headers)
+    except httpx.HTTPError as exc:
+        log.error("central InfluxDB unreachable: %s", exc.__class__.__name__)
+        return Refusal("central", "central InfluxDB is unavailable; retry later", status=503)
+    if response.status_code == 204:
+        return None
+    if response.status_code == 400:
+        # InfluxDB's message names series keys and field types, not values.
+        try:
+            message = str(response.json().get("error", ""))
+        except ValueError:
+            message = response.text[:300]
+        log.error("central InfluxDB refused a batch: HTTP 400")
+        return Refusal("central", f"central InfluxDB refused the batch: {message[:300]}")
+    log.error("central InfluxDB failed a write: HTTP %d", response.status_code)
+    return Refusal(
+        "central",
+        f"central InfluxDB answered HTTP {response.status_code}; retry later",
+        status=503,
+    )
+
+
+async def write(request: Request) -> Response:
+    coordinator = _coordinator(request)
+    dc = _gateway_dc(request, coordinator)
+    if dc is None:
+        coordinator.metrics.refused("auth")
+        return JSONResponse(
+            {"error": "authorization failed", "rule": "auth"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Basic realm="federation"'},
+        )
+    try:
+        batch = await _accept(request, coordinator, dc)
+    except Refusal as refusal:
+        if refusal.status == 503:
+            coordinator.metrics.outcome("unavailable")
+        else:
+            coordinator.metrics.refused(refusal.rule)
+            log_refusal(dc, refusal)
+        return JSONResponse(refusal.body(), status_code=refusal.status)
+    coordinator.metrics.outcome("accepted", len(batch.lines))
+    return Response(status_code=204, headers={"X-Influxdb-Version": INFLUXDB_VERSION})
+
+
+async def _accept(request: Request, coordinator: Coordinator, dc: str) -> CheckedBatch:
+    limit = coordinator.settings.max_body_bytes
+    central = coordinator.config.fleet.central
+    expected_rp = coordinator.central_rp(dc)
+    db = request.query_params.get("db", "")
+    rp = request.query_params.get("rp") or expected_rp
+    if db != central.database or rp != expected_rp:
+        raise Refusal(
+            "database",
+            f"write to db {central.database!r} and rp {expected_rp!r} (this DC's region)",
+            key="db" if db != central.database else "rp",
+        )
+    precision = request.query_params.get("precision", "")
+    raw = await _read_body(request, limit)
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity", "gzip"):
+        raise Refusal("line-protocol", f"unsupported Content-Encoding {encoding!r}", status=415)
+    body = _gunzip(raw, limit) if encoding == "gzip" else raw
+    now_ns = coordinator.clock.now_ns()
+
+    def check() -> CheckedBatch:
+        lines = parse_body(body, precision or "ns", now_ns)
+        batch = coordinator.checker().check(dc, lines)
+        stale = find_stale(coordinator.ledger, batch.manifests)
+        if stale is not None:
+            raise Refusal(
+                "stale-reshipment",
+                stale.message,
+                measurement="federation_manifest",
+                key="run" if stale.manifest.run < stale.held_run else "events",
+                line=next(
+                    (
+                        ln.line
+                        for ln in batch.lines
+                        if ln.point.measurement == "federation_manifest"
+                        and ln.point.tags.get("aggregation") == stale.manifest.aggregation
+                        and ln.point.time_ns == stale.manifest.start_ns
+                    ),
+                    None,
+                ),
+            )
+        return batch
+
+    batch = await run_in_threadpool(check)
+    if not batch.lines:
+        return batch
+    failure = await _forward(
+        request, coordinator, raw, "gzip" if encoding == "gzip" else "", rp, precision
+    )
+    if failure is not None:
+        raise failure
+    if batch.manifests:
+        try:
+            await run_in_threadpool(
+                record_manifests, coordinator.ledger, batch.manifests, coordinator.clock.now_ns()
+            )
+        except Exception as exc:  # the data is in central; the sender's retry is idempotent
+            log.error("ledger update after a stored batch failed: %s", exc.__class__.__name__)
+            raise Refusal("ledger", "ledger unavailable; retry later", status=503) from None
+    return batch
+
+
+# --- agent API ------------------------------------------------------------------------------
+
+
+def _agent(request: Request, dc: str | None) -> str | Response:
+    """The authenticated DC (which must be `dc` when given), or the 401/403 answer."""
+    coordinator = _coordinator(request)
+    token = _bearer(request)
+    owner = coordinator.tokens.dc_for_token(token) if token else None
+    if owner is None:
+        return _error(401, "a DC agent token is required")
+    if dc is not None and owner != dc:
+        return _error(403, f"this token may act only for DC {owner}")
+    return owner
+
+
+async def desired(request: Request) -> Response:
+    dc = request.path_params["dc"]
+    who = _agent(request, dc)
+    if isinstance(who, Response):
+        return who
+    return JSONResponse(desired_state(_coordinator(request).config, dc))
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        data = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("body is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("body must be a JSON object")
+    return data
+
+
+async def report(request: Request) -> Response:
+    dc = request.path_params["dc"]
+    who = _agent(request, dc)
+    if isinstance(who, Response):
+        return who
+    coordinator = _coordinator(request)
+    try:
+        data = await _json_body(request)
+        await run_in_threadpool(
+            record_report, coordinator.ledger, coordinator.config, dc, data,
+            coordinator.clock.now_ns(),
+        )  # fmt: skip
+    except InvalidInput as exc:
+        return _error(400, str(exc))
+    return Response(status_code=204)
+
+
+async def backfills(request: Request) -> Response:
+    dc = request.path_params["dc"]
+    who = _agent(request, dc)
+    if isinstance(who, Response):
+        return who
+    coordinator = _coordinator(request)
+    leased = await run_in_threadpool(
+        lease_backfills,
+        coordinator.ledger,
+        dc,
+        coordinator.clock.now_ns(),
+        settings=coordinator.settings.planner,
+    )
+    return JSONResponse(
+        {
+            "backfills": [
+                {
+                    "id": b.id,
+                    "aggregation": b.aggregation,
+                    "version": b.version,
+                    "start_ns": b.start_ns,
+                    "end_ns": b.end_ns,
+                }
+                for b in leased
+            ]
+        }
+    )
+
+
+async def backfill_result(request: Request) -> Response:
+    who = _agent(request, None)
+    if isinstance(who, Response):
+        return who
+    coordinator = _coordinator(request)
+    try:
+        backfill_id = int(request.path_params["id"])
+        data = await _json_body(request)
+        await run_in_threadpool(
+            record_backfill_result,
+            coordinator.ledger,
+            who,
+            backfill_id,
+            data,
+            coordinator.clock.now_ns(),
+            settings=coordinator.settings.planner,
+        )
+    except ValueError:
+        return _error(400, "backfill id must be an integer")
+    except InvalidInput as exc:
+        return _error(400, str(exc))
+    except BackfillNotFound as exc:
+        return _error(404, str(exc))
+    except NotYourBackfill as exc:
+        return _error(403, str(exc))
+    return Response(status_code=204)
+
+
+def _instant(request: Request, name: str) -> int | None:
+    text = request.query_params.get(name)
+    if not text:
+        return None
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return parse_instant(text, _coordinator(request).clock)
+
+
+async def windows(request: Request) -> Response:
+    dc = request.path_params["dc"]
+    who = _agent(request, dc)
+    if isinstance(who, Response):
+        return who
+    coordinator = _coordinator(request)
+    try:
+        since = _instant(request, "since")
+    except TimeInputError as exc:
+        return _error(400, str(exc))
+    result = await run_in_threadpool(
+        dc_windows, coordinator.ledger, dc, request.query_params.get("aggregation"), since
+    )
+    return JSONResponse(result)
+
+
+# --- readers --------------------------------------------------------------------------------
+
+
+def _reader(request: Request) -> Response | None:
+    token = _bearer(request) or request.query_params.get("token")
+    if token and _coordinator(request).tokens.check_reader(token):
+        return None
+    return _error(401, "the reader token is required")
+
+
+async def _status(request: Request) -> StatusReport:
+    coordinator = _coordinator(request)
+    since = _instant(request, "since")
+    return await run_in_threadpool(
+        lambda: status_report(
+            coordinator.ledger,
+            coordinator.config,
+            coordinator.clock.now_ns(),
+            aggregation=request.query_params.get("aggregation") or None,
+            since_ns=since,
+            dc=request.query_params.get("dc") or None,
+        )
+    )
+
+
+async def status(request: Request) -> Response:
+    denied = _reader(request)
+    if denied is not None:
+        return denied
+    try:
+        result = await _status(request)
+    except (InvalidInput, FederationError) as exc:
+        return _error(400, str(exc))
+    return JSONResponse(result.to_dict())
+
+
+def _metrics_text(coordinator: Coordinator) -> str:
+    ledger = coordinator.ledger
+    window_counts = window_state_counts(ledger)
+    with ledger.session() as session:
+        backfill_rows = session.execute(
+            select(BackfillRow.state, func.count()).group_by(BackfillRow.state)
+        ).all()
+        seen = session.execute(select(DcRow.name, DcRow.last_seen_ns)).all()
+    backfill_counts = dict.fromkeys(BACKFILL_STATES, 0)
+    backfill_counts.update({state: int(n) for state, n in backfill_rows})
+    refusals, batches, points = coordinator.metrics.snapshot()
+    lines = [
+        "# HELP federation_windows Windows stored in the ledger, by state.",
+        "# TYPE federation_windows gauge",
+    ]
+    lines += [f'federation_windows{{state="{s}"}} {n}' for s, n in sorted(window_counts.items())]
+    lines += [
+        "# HELP federation_backfills Backfill requests, by state.",
+        "# TYPE federation_backfills gauge",
+    ]
+    lines += [
+        f'federation_backfills{{state="{s}"}} {n}' for s, n in sorted(backfill_counts.items())
+    ]
+    lines += [
+        "# HELP federation_gateway_refusals_total Batches the gateway refused, by rule.",
+        "# TYPE federation_gateway_refusals_total counter",
+    ]
+    lines += [
+        f'federation_gateway_refusals_total{{rule="{r}"}} {n}' for r, n in sorted(refusals.items())
+    ]
+    lines += [
+        "# HELP federation_gateway_batches_total Write batches, by outcome.",
+        "# TYPE federation_gateway_batches_total counter",
+    ]
+    lines += [
+        f'federation_gateway_batches_total{{outcome="{o}"}} {n}' for o, n in sorted(batches.items())
+    ]
+    lines += [
+        "# HELP federation_gateway_points_total Points accepted and stored in central.",
+        "# TYPE federation_gateway_points_total counter",
+        f"federation_gateway_points_total {points}",
+        "# HELP federation_agent_last_seen_seconds When each DC's agent last reported (Unix time).",
+        "# TYPE federation_agent_last_seen_seconds gauge",
+    ]
+    lines += [
+        f'federation_agent_last_seen_seconds{{dc="{dc}"}} {last / 1e9:.3f}'
+        for dc, last in sorted(seen)
+        if last is not None
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def metrics(request: Request) -> Response:
+    denied = _reader(request)
+    if denied is not None:
+        return denied
+    text = await run_in_threadpool(_metrics_text, _coordinator(request))
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+_COLOURS = {
+    "verified": "#2e7d32",
+    "empty": "#81c784",
+    "shipped": "#64b5f6",
+    "expected": "#e0e0e0",
+    "backfilling": "#ffb74d",
+    "missing": "#e53935",
+    "inconsistent": "#8e24aa",
+    "unrecoverable": "#424242",
+    "-": "#ffffff",
+}
+
+
+def render_html(report: StatusReport) -> str:
+    """The status report as one self-contained HTML page: a DC × window grid per aggregation."""
+    esc = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>federation status</title>",
+        "<style>body{font-family:sans-serif}td.c{width:10px;height:14px}"
+        "table{border-collapse:collapse}td,th{padding:1px 4px;font-size:12px}</style>",
+        f"</head><body><h1>federation status</h1><p>at {esc(format_rfc3339(report.now_ns))}</p>",
+        "<p>" + " ".join(
+            f"<span style='background:{c};padding:0 6px'>&nbsp;</span> {esc(s)}"
+            for s, c in _COLOURS.items() if s != "-"
+        ) + "</p>",
+    ]  # fmt: skip
+    for agg in report.aggregations:
+        parts.append(f"<h2>{esc(agg.aggregation)}</h2><table><tr><th>DC</th>")
+        if agg.starts:
+            parts.append(
+                f"<th colspan='{len(agg.starts)}'>{esc(format_rfc3339(agg.starts[0]))} … "
+                f"{esc(format_rfc3339(agg.starts[-1]))}</th>"
+            )
+        parts.append("<th>counts</th></tr>")
+        for d in agg.dcs:
+            cells = "".join(
+                f"<td class='c' style='background:{_COLOURS.get(state, '#fff')}' "
+                f"title='{esc(format_rfc3339(start))} {esc(state)}'></td>"
+                for start, state in zip(agg.starts, d.cells, strict=True)
+            )
+            counts = ", ".join(f"{esc(s)} {n}" for s, n in sorted(d.counts.items()))
+            parts.append(f"<tr><th>{esc(d.dc)}</th>{cells}<td>{counts}</td></tr>")
+        parts.append("</table><ul>")
+        for d in agg.dcs:
+            for p in d.problems[:20]:
+                parts.append(
+                    f"<li>{esc(d.dc)} {esc(format_rfc3339(p.start_ns))} "
+                    f"<b>{esc(p.state)}</b>: {esc(p.reason)}</li>"
+                )
+            if len(d.problems) > 20 or d.more_problems:
+                more = len(d.problems) - 20 + d.more_problems
+                parts.append(f"<li>{esc(d.dc)}: {max(more, 0)} more</li>")
+        parts.append("</ul>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+async def page(request: Request) -> Response:
+    denied = _reader(request)
+    if denied is not None:
+        return denied
+    try:
+        result = await _status(request)
+    except (InvalidInput, FederationError) as exc:
+        return _error(400, str(exc))
+    return HTMLResponse(render_html(result))
+
+
+def _central_client(coordinator: Coordinator, transport: httpx.AsyncBaseTransport | None) -> Any:
+    from federation.influx import credentials_from_env
+
+    central = coordinator.config.fleet.central.influxdb
+    timeout = coordinator.settings.central_timeout_s
+    return httpx.AsyncClient(
+        base_url=central.url.rstrip("/"),
+        auth=credentials_from_env(central),
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        transport=transport,
+    )
+
+
+def build_app(
+    coordinator: Coordinator,
+    *,
+    central_url: str | None = None,
+    central_transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """The coordinator's ASGI app (gateway, agent API, status, metrics, page).
+
+    `central_url` overrides fleet.yaml's central InfluxDB URL (tests and the demo point it at
+    a local influxd); `central_transport` replaces the network for the forwarding client.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = _central_client(coordinator, central_transport)
+        if central_url is not None:
+            client.base_url = httpx.URL(central_url.rstrip("/"))
+        app.state.central = client
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = Starlette(
+        routes=[
+            Route("/ping", ping, methods=["GET", "HEAD"]),
+            Route("/write", write, methods=["POST"]),
+            Route("/api/v1/dcs/{dc}/desired", desired, methods=["GET"]),
+            Route("/api/v1/dcs/{dc}/report", report, methods=["POST"]),
+            Route("/api/v1/dcs/{dc}/backfills", backfills, methods=["GET"]),
+            Route("/api/v1/backfills/{id}/result", backfill_result, methods=["POST"]),
+            Route("/api/v1/dcs/{dc}/windows", windows, methods=["GET"]),
+            Route("/api/v1/status", status, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/", page, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.coordinator = coordinator
+    return app
+
+
+__all__ = ["INFLUXDB_VERSION", "build_app", "render_html"]

@@ -1,0 +1,196 @@
+"""Running the coordinator: preflight, scheduled jobs (planner, verification), uvicorn.
+
+`run_coordinator` starts in three steps: the config is already loaded and validated by the
+caller; preflight checks central InfluxDB answers, brings the ledger to the Alembic head, reads
+the tokens and makes sure central's database and retention policies exist; then it records the
+desired state, schedules the jobs and serves. A failed preflight raises one `PreflightError`
+whose message is one line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
+
+from federation.clock import Clock, SystemClock
+from federation.config import FederationConfig
+from federation.coordinator.api import build_app
+from federation.coordinator.ledger import Ledger, LedgerError, open_ledger, safe_url
+from federation.coordinator.planner import PlannerResult, plan_backfills
+from federation.coordinator.service import (
+    Coordinator,
+    CoordinatorSettings,
+    MissingTokens,
+    Tokens,
+    load_tokens,
+)
+from federation.coordinator.tracking import VerifyResult, verify_shipped
+from federation.durations import format_influx_duration
+from federation.errors import FederationError, InfluxError
+from federation.influx import InfluxClient, credentials_from_env, quote_ident
+
+log = logging.getLogger(__name__)
+
+
+class PreflightError(FederationError):
+    """A check before serving failed; the message is one line saying which and why."""
+
+
+def central_client(config: FederationConfig, url: str | None = None) -> InfluxClient:
+    """A client for central InfluxDB (credentials from the environment variables it names)."""
+    central = config.fleet.central.influxdb
+    return InfluxClient(url or central.url, auth=credentials_from_env(central), timeout=30.0)
+
+
+def ensure_central(config: FederationConfig, client: InfluxClient) -> None:
+    """Create central's database and one retention policy per region's aggregate retention.
+
+    Idempotent; existing policies are left as they are (changing them is a policy decision).
+    """
+    database = config.fleet.central.database
+    client.create_database(database)
+    existing = {rp.name for rp in client.retention_policies(database)}
+    for policy in sorted(config.policies.values(), key=lambda p: p.central.retention_policy):
+        name = policy.central.retention_policy
+        if name in existing:
+            continue
+        client.execute(
+            f"CREATE RETENTION POLICY {quote_ident(name)} ON {quote_ident(database)} "
+            f"DURATION {format_influx_duration(policy.central.retention)} REPLICATION 1 "
+            f"SHARD DURATION {format_influx_duration(policy.central.shard_duration)}"
+        )
+        existing.add(name)
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What preflight established: the open ledger and the tokens."""
+
+    ledger: Ledger
+    tokens: Tokens
+    central_version: str
+
+
+def preflight(
+    config: FederationConfig,
+    *,
+    ledger_url: str | None = None,
+    central_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Preflight:
+    """Check central answers, upgrade the ledger to head, read tokens, prepare central.
+
+    Raises PreflightError with a one-line message naming what failed.
+    """
+    url = ledger_url or config.fleet.central.ledger_url
+    try:
+        tokens = load_tokens(config, environ)
+    except MissingTokens as exc:
+        raise PreflightError(f"preflight: {exc}") from None
+    try:
+        with central_client(config, central_url) as client:
+            version = client.ping()
+            ensure_central(config, client)
+    except InfluxError as exc:
+        raise PreflightError(f"preflight: central InfluxDB: {exc}") from None
+    try:
+        ledger = open_ledger(url)
+    except LedgerError as exc:
+        raise PreflightError(f"preflight: {exc}") from None
+    except Exception as exc:
+        raise PreflightError(
+            f"preflight: ledger {safe_url(url)}: {exc.__class__.__name__}: {exc}"
+        ) from None
+    return Preflight(ledger, tokens, version)
+
+
+def run_planner(coordinator: Coordinator) -> PlannerResult:
+    """One planner pass at the coordinator's clock."""
+    return plan_backfills(
+        coordinator.ledger,
+        coordinator.config,
+        coordinator.clock.now_ns(),
+        coordinator.settings.planner,
+    )
+
+
+def run_verification(coordinator: Coordinator, central: InfluxClient) -> VerifyResult:
+    """One verification pass at the coordinator's clock."""
+    return verify_shipped(
+        coordinator.ledger,
+        coordinator.config,
+        central,
+        coordinator.clock.now_ns(),
+        settle_ns=coordinator.settings.verify_settle_ns,
+    )
+
+
+def schedule_jobs(coordinator: Coordinator, central: InfluxClient) -> BackgroundScheduler:
+    """Start the planner and verification jobs (each never overlaps itself)."""
+    scheduler = BackgroundScheduler(timezone="UTC")
+
+    def guarded(name: str, job: object) -> object:
+        def run() -> None:
+            try:
+                job()  # type: ignore[operator]
+            except FederationError as exc:
+                log.error("%s job failed: %s", name, exc)
+            except Exception:
+                log.exception("%s job failed", name)
+
+        return run
+
+    settings = coordinator.settings
+    scheduler.add_job(
+        guarded("planner", lambda: run_planner(coordinator)),
+        "interval",
+        seconds=settings.planner_interval_s,
+        id="planner",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        guarded("verification", lambda: run_verification(coordinator, central)),
+        "interval",
+        seconds=settings.verify_interval_s,
+        id="verification",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.start()
+    return scheduler
+
+
+def run_coordinator(
+    config: FederationConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8086,
+    ledger_url: str | None = None,
+    central_url: str | None = None,
+    clock: Clock | None = None,
+    settings: CoordinatorSettings | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Preflight, record desired state, schedule the jobs and serve until interrupted."""
+    import uvicorn
+
+    ready = preflight(config, ledger_url=ledger_url, central_url=central_url, environ=environ)
+    coordinator = Coordinator(
+        config, ready.ledger, ready.tokens, clock=clock or SystemClock(), settings=settings
+    )
+    coordinator.sync()
+    central = central_client(config, central_url)
+    scheduler = schedule_jobs(coordinator, central)
+    app = build_app(coordinator, central_url=central_url)
+    log.info("coordinator serving on http://%s:%d (central InfluxDB %s)", host, port,
+             ready.central_version)  # fmt: skip
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        scheduler.shutdown(wait=False)
+        central.close()
+        ready.ledger.close()

@@ -1,0 +1,217 @@
+"""Desired state per DC (plans, retention, where to ship) and what each agent reports back.
+
+The config directory is the source of truth. `sync_desired` records in the ledger every plan
+version the config asks for, moving the previously desired version to `previous_version` when it
+changes, so that the gateway keeps accepting the old version's last windows during a rollout.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+
+from federation.config import FederationConfig
+from federation.coordinator.ledger import (
+    DcRow,
+    DeploymentRow,
+    Ledger,
+    PlanVersionRow,
+    TrackingRow,
+    upsert,
+)
+from federation.errors import InvalidInput
+from federation.plan import AggregationPlan, plan_from_dict, plan_to_dict, resolve_all
+from federation.windows import align
+
+PlanBook = dict[tuple[str, str], list[AggregationPlan]]
+"""(dc, aggregation) -> the plans the gateway accepts, desired version first."""
+
+
+def desired_state(config: FederationConfig, dc: str) -> dict[str, Any]:
+    """What the agent of `dc` should run: its plans, its raw retention, where it ships.
+
+    The shape is the body of `GET /api/v1/dcs/{dc}/desired`. Retention is never shrunk by an
+    agent unless `allow_shrink` says so, and the coordinator never says so.
+    """
+    dc_config = config.dc(dc)
+    policy = config.policy_for(dc)
+    plans = resolve_all(config, dc)
+    return {
+        "dc": dc,
+        "region": dc_config.region,
+        "plans": [
+            {"aggregation": p.aggregation, "version": p.version, "plan": plan_to_dict(p)}
+            for p in plans
+        ],
+        "retention": {
+            "database": dc_config.raw_database,
+            "policies": [
+                {
+                    "name": policy.raw.retention_policy,
+                    "duration_ns": policy.raw.retention,
+                    "shard_duration_ns": policy.raw.shard_duration,
+                    "default": True,
+                }
+            ],
+            "allow_shrink": False,
+        },
+        "gateway": {
+            "url": config.fleet.central.coordinator_url,
+            "database": config.fleet.central.database,
+            "retention_policy": policy.central.retention_policy,
+        },
+    }
+
+
+def sync_desired(
+    ledger: Ledger, config: FederationConfig, now_ns: int, *, track_from_ns: int | None = None
+) -> None:
+    """Record the config's DCs, plan versions and desired versions in the ledger; idempotent.
+
+    A (dc, aggregation) seen for the first time starts being tracked at the window holding
+    `track_from_ns` (default: now), so a new coordinator never declares a year of history
+    missing. Windows of an existing tracking row are never forgotten.
+    """
+    plans = resolve_all(config)
+    with ledger.session(write=True) as session:
+        upsert(
+            session,
+            DcRow.__table__,  # type: ignore[arg-type]
+            [{"name": name, "region": dc.region} for name, dc in config.fleet.dcs.items()],
+            key=("name",),
+            update=("region",),
+        )
+        upsert(
+            session,
+            PlanVersionRow.__table__,  # type: ignore[arg-type]
+            [
+                {
+                    "dc": p.dc,
+                    "aggregation": p.aggregation,
+                    "version": p.version,
+                    "plan": plan_to_dict(p),
+                    "created_ns": now_ns,
+                }
+                for p in plans
+            ],
+            key=("dc", "aggregation", "version"),
+            update=(),
+        )
+        deployments = {
+            (d.dc, d.aggregation): d
+            for d in session.scalars(select(DeploymentRow).with_for_update())
+        }
+        tracking = {(t.dc, t.aggregation) for t in session.scalars(select(TrackingRow))}
+        start_at = now_ns if track_from_ns is None else track_from_ns
+        for p in plans:
+            key = (p.dc, p.aggregation)
+            deployment = deployments.get(key)
+            if deployment is None:
+                session.add(
+                    DeploymentRow(
+                        dc=p.dc,
+                        aggregation=p.aggregation,
+                        desired_version=p.version,
+                        previous_version=None,
+                        changed_ns=now_ns,
+                    )
+                )
+            elif deployment.desired_version != p.version:
+                deployment.previous_version = deployment.desired_version
+                deployment.desired_version = p.version
+                deployment.changed_ns = now_ns
+            if key not in tracking:
+                start = align(start_at, p.window_ns)
+                session.add(
+                    TrackingRow(
+                        dc=p.dc,
+                        aggregation=p.aggregation,
+                        window_ns=p.window_ns,
+                        start_ns=start,
+                        watermark_ns=start,
+                    )
+                )
+
+
+def known_plans(ledger: Ledger) -> PlanBook:
+    """Every plan the gateway accepts per (dc, aggregation): desired, then previous version."""
+    with ledger.session() as session:
+        deployments = session.execute(
+            select(
+                DeploymentRow.dc,
+                DeploymentRow.aggregation,
+                DeploymentRow.desired_version,
+                DeploymentRow.previous_version,
+            )
+        ).all()
+        stored = session.execute(
+            select(
+                PlanVersionRow.dc,
+                PlanVersionRow.aggregation,
+                PlanVersionRow.version,
+                PlanVersionRow.plan,
+            )
+        ).all()
+    by_version = {(r.dc, r.aggregation, r.version): r.plan for r in stored}
+    book: PlanBook = defaultdict(list)
+    for d in deployments:
+        for version in (d.desired_version, d.previous_version):
+            data = by_version.get((d.dc, d.aggregation, version)) if version else None
+            if data is not None:
+                book[(d.dc, d.aggregation)].append(plan_from_dict(data))
+    return dict(book)
+
+
+def _expect(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise InvalidInput(f"report: {where}{key}: expected {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def record_report(
+    ledger: Ledger, config: FederationConfig, dc: str, report: Mapping[str, Any], now_ns: int
+) -> None:
+    """Store what the agent of `dc` reports: last seen, mode, running versions and health.
+
+    The report body is `{"mode": "embedded"|"kapacitor", "plans": [{"aggregation", "version",
+    "healthy", "detail"}], "retention": {...}, "agent_version"}`; InvalidInput (nothing stored)
+    when it is malformed or names an aggregation the DC does not run.
+    """
+    config.dc(dc)
+    mode = _expect(report, "mode", str, "")
+    if mode not in ("embedded", "kapacitor"):
+        raise InvalidInput("report: mode: must be 'embedded' or 'kapacitor'")
+    plans = _expect(report, "plans", list, "")
+    agent_version = str(report.get("agent_version", ""))[:64]
+    entries: list[tuple[str, str, bool, str]] = []
+    for index, item in enumerate(plans):
+        if not isinstance(item, Mapping):
+            raise InvalidInput(f"report: plans.{index}: expected an object")
+        aggregation = _expect(item, "aggregation", str, f"plans.{index}.")
+        if aggregation not in config.aggregations:
+            raise InvalidInput(f"report: plans.{index}.aggregation: unknown aggregation")
+        version = _expect(item, "version", str, f"plans.{index}.")
+        healthy = _expect(item, "healthy", bool, f"plans.{index}.")
+        detail = str(item.get("detail", ""))[:2000]
+        entries.append((aggregation, version, healthy, detail))
+    with ledger.session(write=True) as session:
+        row = session.get(DcRow, dc, with_for_update=True)
+        if row is None:
+            row = DcRow(name=dc, region=config.dc(dc).region)
+            session.add(row)
+        row.last_seen_ns = now_ns
+        row.mode = mode
+        row.agent_version = agent_version
+        row.last_report = dict(report)
+        for aggregation, version, healthy, detail in entries:
+            deployment = session.get(DeploymentRow, (dc, aggregation), with_for_update=True)
+            if deployment is None:
+                continue
+            deployment.running_version = version
+            deployment.healthy = healthy
+            deployment.detail = detail
+            deployment.reported_ns = now_ns

@@ -1,0 +1,455 @@
+"""The gateway: an InfluxDB-1.x-compatible write endpoint that refuses what a plan does not allow.
+
+Every DC ships here (`POST /write`, `GET /ping`). A batch is checked as a whole and refused as a
+whole — nothing forwarded — when any point breaks a rule; the answer names the rule, the
+measurement, the key and the line, never the offending value, and the log line says only rule,
+DC, measurement and key. Rules (HTTP status):
+
+    auth              401  missing or wrong DC credentials
+    dc-identity       403  a point's `dc` tag is not the authenticated DC
+    size              413  body (or its gunzipped form) over the limit
+    database          400  db/rp other than the central database and the DC region's RP
+    line-protocol     400  the body does not parse (line:column)
+    measurement       400  not an output of a plan of that DC
+    tag-key           400  a tag key outside the plan's schema, or a schema tag missing
+    field-key         400  a field key outside the plan's schema, or a schema field missing
+    field-type        400  a field of the wrong type (integer vs float vs string vs boolean)
+    plan-version      400  a manifest naming a version the ledger does not know for it
+    timestamp         400  a point not at the start of one of its plan's windows
+    personal-data     400  a tag value or string field that looks like an e-mail or IP address
+    k-anonymity       400  a summary whose `count` is below the plan's min_group_events
+    sketch            400  a `sketch` that does not decode, has a foreign accuracy, or whose
+                           total differs from `count`
+    stale-reshipment  400  a manifest with an older run or fewer events than the ledger holds
+    central           400  central refused the batch as invalid (e.g. a field type conflict)
+                      503  central is down or failed: nothing recorded, the sender retries
+
+Accepted batches are forwarded byte for byte to central; their manifests update the ledger only
+after central answered 204.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from federation.coordinator.desired import PlanBook
+from federation.coordinator.pii import personal_data_kind
+from federation.coordinator.tracking import Manifest
+from federation.coordinator.wire import Line, parse_lines, sketch_checker
+from federation.errors import InvalidInput, LineProtocolError, SketchDecodeError
+from federation.lineprotocol import parse
+from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan, FieldType
+from federation.points import FieldValue
+from federation.sketch import Sketch
+
+log = logging.getLogger(__name__)
+
+_TYPE_NAMES: dict[type, FieldType] = {
+    int: "integer",
+    float: "float",
+    str: "string",
+    bool: "boolean",
+}
+_CLEAN_CACHE_LIMIT = 200_000
+
+
+class Refusal(Exception):
+    """Why a whole batch is refused. Carries no personal-data value."""
+
+    def __init__(
+        self,
+        rule: str,
+        message: str,
+        *,
+        status: int = 400,
+        measurement: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+        self.status = status
+        self.measurement = measurement
+        self.key = key
+        self.line = line
+
+    def body(self) -> dict[str, Any]:
+        """The JSON answer: `error` first, as InfluxDB clients expect, then the details."""
+        return {
+            "error": self.message,
+            "rule": self.rule,
+            "measurement": self.measurement,
+            "key": self.key,
+            "line": self.line,
+        }
+
+
+@dataclass
+class _PlanCheck:
+    plan: AggregationPlan
+    version: str
+    summary_tags: frozenset[str]
+    summary_fields: Mapping[str, FieldType]
+    sketch_total: Any
+
+
+@dataclass
+class CheckedBatch:
+    """A batch that passed every content check: its points and the manifests it carries."""
+
+    lines: list[Line]
+    manifests: list[Manifest] = field(default_factory=list)
+
+
+def parse_body(body: bytes, precision: str, default_time_ns: int) -> list[Line]:
+    """Parse a write body into points with their line numbers; Refusal `line-protocol`.
+
+    Plain bodies take the fast path; anything else is read by `lineprotocol.parse`, whose
+    errors carry line and column.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        fast = parse_lines(text, precision, default_time_ns)
+        if fast is not None:
+            return fast
+    try:
+        points = parse(body, precision, default_time_ns)
+    except LineProtocolError as exc:
+        raise Refusal(
+            "line-protocol", f"line {exc.line}:{exc.column}: {exc.message}", line=exc.line
+        ) from None
+    except InvalidInput as exc:
+        raise Refusal("line-protocol", str(exc)) from None
+    return [Line(p, n) for p, n in zip(points, _line_numbers(text, len(points)), strict=True)]
+
+
+def _line_numbers(text: str | None, count: int) -> list[int | Any]:
+    """Line numbers for points the general parser read: exact when each point is one line."""
+    if text is not None:
+        numbers = [
+            i
+            for i, raw in enumerate(text.split("\n"), start=1)
+            if raw.strip(" \t\r") and not raw.lstrip(" \t").startswith("#")
+        ]
+        if len(numbers) == count:
+            return list(numbers)
+    return [None] * count
+
+
+class GatewayChecker:
+    """The content rules for every DC, derived from the plans the ledger knows.
+
+    Thread-safe: it holds only read-only plan data and caches of already-checked shapes and
+    tag values.
+    """
+
+    def __init__(self, book: PlanBook) -> None:
+        self._plans: dict[str, dict[str, list[_PlanCheck]]] = {}
+        checkers: dict[float, Any] = {}
+        for (dc, aggregation), plans in book.items():
+            entries = []
+            for plan in plans:
+                schema = plan.summary_schema
+                if plan.accuracy not in checkers:
+                    checkers[plan.accuracy] = sketch_checker(plan.accuracy)
+                entries.append(
+                    _PlanCheck(
+                        plan,
+                        plan.version,
+                        frozenset(schema.tags),
+                        dict(schema.fields),
+                        checkers[plan.accuracy],
+                    )
+                )
+            self._plans.setdefault(dc, {})[aggregation] = entries
+        self._shapes: dict[tuple[Any, ...], list[_PlanCheck] | Refusal] = {}
+        self._clean: set[str] = set()
+        self._lock = threading.Lock()
+
+    def plans_for(self, dc: str) -> Mapping[str, list[_PlanCheck]]:
+        return self._plans.get(dc, {})
+
+    def check(self, dc: str, lines: Sequence[Line]) -> CheckedBatch:
+        """Check every point of a batch from the authenticated `dc`; Refusal on the first
+        point that breaks a rule (see the module docstring)."""
+        plans = self._plans.get(dc, {})
+        batch = CheckedBatch(list(lines))
+        versions: dict[tuple[str, int], str] = {}
+        for ln in lines:
+            if ln.point.measurement == MANIFEST_MEASUREMENT:
+                manifest = self._check_manifest(dc, plans, ln)
+                batch.manifests.append(manifest)
+                versions[(manifest.aggregation, manifest.start_ns)] = manifest.version
+        for ln in lines:
+            if ln.point.measurement != MANIFEST_MEASUREMENT:
+                self._check_summary(dc, plans, ln, versions)
+        return batch
+
+    # -- manifests ----------------------------------------------------------------------------
+
+    def _check_manifest(self, dc: str, plans: Mapping[str, list[_PlanCheck]], ln: Line) -> Manifest:
+        point = ln.point
+        m = MANIFEST_MEASUREMENT
+        aggregation = point.tags.get("aggregation")
+        entries = plans.get(aggregation or "")
+        if not entries:
+            raise Refusal(
+                "measurement",
+                "manifest for an aggregation that is not a plan of this DC",
+                measurement=m,
+                key="aggregation",
+                line=ln.line,
+            )
+        schema = entries[0].plan.manifest_schema
+        self._check_keys(point.tags, frozenset(schema.tags), point.fields, schema.fields, m, ln)
+        self._check_identity(dc, point.tags, m, ln)
+        self._check_values(point.tags, point.fields, m, ln)
+        version = point.fields["version"]
+        entry = next((e for e in entries if e.version == version), None)
+        if entry is None:
+            raise Refusal(
+                "plan-version",
+                "manifest names a plan version the coordinator does not know for this "
+                "DC and aggregation",
+                measurement=m,
+                key="version",
+                line=ln.line,
+            )
+        self._check_alignment(entry.plan, point.time_ns, m, ln)
+        for name in ("events", "groups", "suppressed_events", "run"):
+            value = point.fields[name]
+            if isinstance(value, int) and value < 0:
+                raise Refusal(
+                    "field-type", f"{name} must not be negative", measurement=m, key=name,
+                    line=ln.line,
+                )  # fmt: skip
+        return Manifest.from_point(point)
+
+    # -- summaries ----------------------------------------------------------------------------
+
+    def _check_summary(
+        self,
+        dc: str,
+        plans: Mapping[str, list[_PlanCheck]],
+        ln: Line,
+        versions: Mapping[tuple[str, int], str],
+    ) -> None:
+        point = ln.point
+        measurement = point.measurement
+        entries = plans.get(measurement)
+        if not entries:
+            raise Refusal(
+                "measurement",
+                "measurement is not an output of any plan of this DC",
+                measurement=measurement,
+                line=ln.line,
+            )
+        fitting = self._fitting(entries, point.tags, point.fields, measurement, ln)
+        self._check_identity(dc, point.tags, measurement, ln)
+        version = versions.get((measurement, point.time_ns))
+        entry = next((e for e in fitting if e.version == version), fitting[0])
+        self._check_alignment(entry.plan, point.time_ns, measurement, ln)
+        self._check_values(point.tags, point.fields, measurement, ln, skip="sketch")
+        count = point.fields["count"]
+        assert isinstance(count, int)
+        if count < entry.plan.min_group_events:
+            raise Refusal(
+                "k-anonymity",
+                f"a group of fewer than {entry.plan.min_group_events} events may not be exported",
+                measurement=measurement,
+                key="count",
+                line=ln.line,
+            )
+        text = point.fields["sketch"]
+        assert isinstance(text, str)
+        total = entry.sketch_total(text)
+        if total is None:
+            try:
+                total = Sketch.decode(text, expected_alpha=entry.plan.accuracy).count
+            except SketchDecodeError as exc:
+                raise Refusal(
+                    "sketch",
+                    f"sketch does not decode with accuracy {entry.plan.accuracy!r}: {exc}",
+                    measurement=measurement,
+                    key="sketch",
+                    line=ln.line,
+                ) from None
+        if total != count:
+            raise Refusal(
+                "sketch",
+                f"sketch holds {total} values but count is {count}",
+                measurement=measurement,
+                key="sketch",
+                line=ln.line,
+            )
+
+    def _fitting(
+        self,
+        entries: list[_PlanCheck],
+        tags: Mapping[str, str],
+        fields: Mapping[str, FieldValue],
+        measurement: str,
+        ln: Line,
+    ) -> list[_PlanCheck]:
+        shape = (
+            measurement,
+            tuple(tags),
+            tuple((k, type(v)) for k, v in fields.items()),
+        )
+        cached = self._shapes.get(shape)
+        if cached is None:
+            fitting: list[_PlanCheck] = []
+            first_refusal: Refusal | None = None
+            for entry in entries:
+                try:
+                    self._check_keys(
+                        tags, entry.summary_tags, fields, entry.summary_fields, measurement, ln
+                    )
+                except Refusal as refusal:
+                    first_refusal = first_refusal or refusal
+                else:
+                    fitting.append(entry)
+            cached = fitting if fitting else first_refusal
+            assert cached is not None
+            with self._lock:
+                self._shapes[shape] = cached
+        if isinstance(cached, Refusal):
+            raise Refusal(
+                cached.rule,
+                cached.message,
+                measurement=measurement,
+                key=cached.key,
+                line=ln.line,
+            )
+        return cached
+
+    # -- shared rules -------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_keys(
+        tags: Mapping[str, str],
+        tag_schema: frozenset[str],
+        fields: Mapping[str, FieldValue],
+        field_schema: Mapping[str, FieldType],
+        measurement: str,
+        ln: Line,
+    ) -> None:
+        for key in tags:
+            if key not in tag_schema:
+                raise Refusal(
+                    "tag-key",
+                    "tag key is not in the plan's output schema",
+                    measurement=measurement,
+                    key=key,
+                    line=ln.line,
+                )
+        for key in sorted(tag_schema):
+            if key not in tags:
+                raise Refusal(
+                    "tag-key",
+                    "a tag of the plan's output schema is missing",
+                    measurement=measurement,
+                    key=key,
+                    line=ln.line,
+                )
+        for key, value in fields.items():
+            expected = field_schema.get(key)
+            if expected is None:
+                raise Refusal(
+                    "field-key",
+                    "field key is not in the plan's output schema",
+                    measurement=measurement,
+                    key=key,
+                    line=ln.line,
+                )
+            actual = _TYPE_NAMES[type(value)]
+            if actual != expected:
+                raise Refusal(
+                    "field-type",
+                    f"field must be {expected}, not {actual}",
+                    measurement=measurement,
+                    key=key,
+                    line=ln.line,
+                )
+        for key in field_schema:
+            if key not in fields:
+                raise Refusal(
+                    "field-key",
+                    "a field of the plan's output schema is missing",
+                    measurement=measurement,
+                    key=key,
+                    line=ln.line,
+                )
+
+    @staticmethod
+    def _check_identity(dc: str, tags: Mapping[str, str], measurement: str, ln: Line) -> None:
+        if tags.get("dc") != dc:
+            raise Refusal(
+                "dc-identity",
+                "the dc tag differs from the authenticated DC",
+                status=403,
+                measurement=measurement,
+                key="dc",
+                line=ln.line,
+            )
+
+    @staticmethod
+    def _check_alignment(plan: AggregationPlan, time_ns: int, measurement: str, ln: Line) -> None:
+        if time_ns % plan.window_ns:
+            raise Refusal(
+                "timestamp",
+                "timestamp is not the start of a window of the plan",
+                measurement=measurement,
+                line=ln.line,
+            )
+
+    def _check_values(
+        self,
+        tags: Mapping[str, str],
+        fields: Mapping[str, FieldValue],
+        measurement: str,
+        ln: Line,
+        skip: str | None = None,
+    ) -> None:
+        clean = self._clean
+        for key, value in tags.items():
+            if value not in clean:
+                self._check_value(key, value, measurement, ln)
+        for key, field_value in fields.items():
+            if isinstance(field_value, str) and key != skip and field_value not in clean:
+                self._check_value(key, field_value, measurement, ln)
+
+    def _check_value(self, key: str, value: str, measurement: str, ln: Line) -> None:
+        kind = personal_data_kind(value)
+        if kind is not None:
+            raise Refusal(
+                "personal-data",
+                f"value looks like personal data ({kind})",
+                measurement=measurement,
+                key=key,
+                line=ln.line,
+            )
+        with self._lock:
+            if len(self._clean) >= _CLEAN_CACHE_LIMIT:
+                self._clean.clear()
+            self._clean.add(value)
+
+
+def log_refusal(dc: str, refusal: Refusal) -> None:
+    """Log a refused batch by rule, DC, measurement and key only: never a value."""
+    log.warning(
+        "gateway refused a batch from %s: rule=%s measurement=%s key=%s line=%s",
+        dc,
+        refusal.rule,
+        refusal.measurement,
+        refusal.key,
+        refusal.line,
+    )

@@ -1,0 +1,377 @@
+"""The coordinator's ledger: SQLAlchemy models, engine and session helpers, Alembic upgrades.
+
+The ledger is the coordinator's only state (DCs, plan versions and their rollout, windows,
+backfill requests), so gateways, planners and verifiers may run as several processes against one
+database. SQLite is the default (a file in WAL mode, foreign keys on); PostgreSQL is supported by
+URL. Expected windows are never materialised up front: each (dc, aggregation) has a tracking row
+whose start and watermark let every expected window be derived by arithmetic, and a `windows`
+row is inserted only when a window ships, goes missing or is otherwise classified.
+
+Write transactions on SQLite start with `BEGIN IMMEDIATE`, so two writers serialise at the start
+of a transaction instead of failing half-way; on PostgreSQL rows that are claimed are read with
+`FOR UPDATE SKIP LOCKED`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from federation.errors import FederationError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+"""The Alembic script directory (`migrations/` at the repository root)."""
+
+# An auto-incrementing 64-bit key: SQLite only auto-increments INTEGER PRIMARY KEY.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class LedgerError(FederationError):
+    """The ledger cannot be opened, migrated or queried; names the database (without password)."""
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+        }
+    )
+
+
+class DcRow(Base):
+    """A DC as the coordinator knows it: its region and what its agent last reported."""
+
+    __tablename__ = "dcs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    region: Mapped[str] = mapped_column(String(64))
+    last_seen_ns: Mapped[int | None] = mapped_column(BigInteger)
+    mode: Mapped[str | None] = mapped_column(String(16))
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    last_report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class PlanVersionRow(Base):
+    """Every plan version the coordinator has ever desired for a (dc, aggregation)."""
+
+    __tablename__ = "plan_versions"
+    __table_args__ = (UniqueConstraint("dc", "aggregation", "version"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    dc: Mapped[str] = mapped_column(ForeignKey("dcs.name", ondelete="CASCADE"))
+    aggregation: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeploymentRow(Base):
+    """Where a (dc, aggregation) stands in a rollout: desired, previous and running versions."""
+
+    __tablename__ = "deployments"
+
+    dc: Mapped[str] = mapped_column(ForeignKey("dcs.name", ondelete="CASCADE"), primary_key=True)
+    aggregation: Mapped[str] = mapped_column(String(128), primary_key=True)
+    desired_version: Mapped[str] = mapped_column(String(64))
+    previous_version: Mapped[str | None] = mapped_column(String(64))
+    running_version: Mapped[str | None] = mapped_column(String(64))
+    healthy: Mapped[bool | None] = mapped_column(Boolean)
+    detail: Mapped[str | None] = mapped_column(Text)
+    changed_ns: Mapped[int] = mapped_column(BigInteger)
+    reported_ns: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class TrackingRow(Base):
+    """Per (dc, aggregation): which windows are expected, without a row for each.
+
+    Every window of `window_ns` starting at or after `start_ns` is expected. Every expected
+    window starting before `watermark_ns` has a `windows` row (the planner inserts `missing` or
+    `unrecoverable` rows as it moves the watermark past each window's deadline).
+    """
+
+    __tablename__ = "tracking"
+
+    dc: Mapped[str] = mapped_column(ForeignKey("dcs.name", ondelete="CASCADE"), primary_key=True)
+    aggregation: Mapped[str] = mapped_column(String(128), primary_key=True)
+    window_ns: Mapped[int] = mapped_column(BigInteger)
+    start_ns: Mapped[int] = mapped_column(BigInteger)
+    watermark_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+class BackfillRow(Base):
+    """A request for a DC's agent to recompute and re-ship `[start_ns, end_ns)`."""
+
+    __tablename__ = "backfills"
+    __table_args__ = (
+        Index(None, "dc", "state"),
+        Index(None, "state", "next_attempt_ns"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    dc: Mapped[str] = mapped_column(ForeignKey("dcs.name", ondelete="CASCADE"))
+    aggregation: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str | None] = mapped_column(String(64))
+    start_ns: Mapped[int] = mapped_column(BigInteger)
+    end_ns: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    origin: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_ns: Mapped[int | None] = mapped_column(BigInteger)
+    lease_expires_ns: Mapped[int | None] = mapped_column(BigInteger)
+    windows_reported: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+class WindowRow(Base):
+    """One classified window of one (dc, aggregation)."""
+
+    __tablename__ = "windows"
+    __table_args__ = (
+        UniqueConstraint("dc", "aggregation", "start_ns"),
+        # The status query reads one aggregation over a time range; the planner and the
+        # verifier read the few rows in a given state.
+        Index(None, "aggregation", "start_ns"),
+        Index(None, "state", "dc", "aggregation", "start_ns"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    dc: Mapped[str] = mapped_column(ForeignKey("dcs.name", ondelete="CASCADE"))
+    aggregation: Mapped[str] = mapped_column(String(128))
+    start_ns: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str | None] = mapped_column(String(64))
+    run: Mapped[int | None] = mapped_column(BigInteger)
+    events: Mapped[int | None] = mapped_column(BigInteger)
+    groups: Mapped[int | None] = mapped_column(BigInteger)
+    suppressed_events: Mapped[int | None] = mapped_column(BigInteger)
+    summary_count: Mapped[int | None] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(Text)
+    backfill_id: Mapped[int | None] = mapped_column(ForeignKey("backfills.id", ondelete="SET NULL"))
+    shipped_ns: Mapped[int | None] = mapped_column(BigInteger)
+    verified_ns: Mapped[int | None] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+def windows_table() -> Table:
+    """The `windows` table object, for bulk Core statements."""
+    return WindowRow.__table__  # type: ignore[return-value]
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<invalid ledger URL>"
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the driver so that `begin` below decides
+        # between BEGIN and BEGIN IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("ledger_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def create_ledger_engine(url: str) -> Engine:
+    """An Engine for the ledger at `url`; SQLite connections get WAL, foreign keys and a busy
+    timeout, and write transactions there begin IMMEDIATE."""
+    try:
+        parsed = make_url(url)
+    except SQLAlchemyError as exc:
+        raise LedgerError(f"invalid ledger URL: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        _sqlite_setup(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Ledger:
+    """An open ledger: an engine and two kinds of session (read, write)."""
+
+    def __init__(self, url: str, engine: Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine if engine is not None else create_ledger_engine(url)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(
+            self.engine.execution_options(ledger_write=True), expire_on_commit=False
+        )
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        """A session in one transaction, committed on success and rolled back on an error.
+
+        `write=True` marks a transaction that will write: on SQLite it takes the write lock at
+        its start, so concurrent writers queue instead of failing with `database is locked`.
+        """
+        maker = self._write if write else self._read
+        with maker.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def upsert(
+    session: Session,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]] | Mapping[str, Any],
+    key: Sequence[str],
+    update: Sequence[str],
+    where: Any = None,
+) -> None:
+    """INSERT … ON CONFLICT (key) DO UPDATE SET the `update` columns from the new row.
+
+    Works on SQLite and PostgreSQL alike; `where` (an expression over the table and the
+    statement's `excluded` row, given as a callable of the insert statement) limits the update.
+    With no `update` columns a conflicting row is left alone.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt: Any = sqlite_insert(table)
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(table)
+    else:  # pragma: no cover - only the two supported dialects reach here
+        raise LedgerError(f"unsupported ledger database {dialect!r}")
+    if not update:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
+    else:
+        condition = where(stmt) if callable(where) else where
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(key),
+            set_={name: stmt.excluded[name] for name in update},
+            where=condition,
+        )
+    session.execute(stmt, list(rows) if not isinstance(rows, Mapping) else [rows])
+
+
+# --- Alembic ------------------------------------------------------------------------------------
+
+
+def alembic_config(url: str) -> Any:
+    """The Alembic Config for the ledger at `url`, pointing at `migrations/`."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade_ledger(url: str, revision: str = "head") -> None:
+    """Bring the ledger at `url` to `revision` (default: the newest); idempotent.
+
+    Raises LedgerError naming the database if it cannot be reached or a migration fails.
+    """
+    from alembic import command
+
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except SQLAlchemyError as exc:
+        raise LedgerError(
+            f"ledger {safe_url(url)}: migration failed: {exc.__class__.__name__}: {exc}"
+        ) from None
+
+
+def downgrade_ledger(url: str, revision: str = "base") -> None:
+    """Take the ledger at `url` back to `revision` (default: empty)."""
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+
+
+def ledger_revision(url: str) -> str | None:
+    """The Alembic revision the ledger at `url` is at (None for an empty database)."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = create_ledger_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise LedgerError(f"ledger {safe_url(url)}: cannot read its revision: {exc}") from None
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str:
+    """The newest revision in `migrations/`."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    if head is None:  # pragma: no cover - the project ships at least one revision
+        raise LedgerError("migrations/ holds no revision")
+    return head
+
+
+def open_ledger(url: str, *, upgrade: bool = True) -> Ledger:
+    """Open the ledger at `url`, first upgrading it to head unless `upgrade` is False.
+
+    With `upgrade=False` the ledger must already be at head (LedgerError otherwise), which is
+    what read-only tools (status) check.
+    """
+    if upgrade:
+        upgrade_ledger(url)
+    else:
+        current = ledger_revision(url)
+        if current != head_revision():
+            raise LedgerError(
+                f"ledger {safe_url(url)} is at revision {current or 'none (empty)'}, "
+                f"not {head_revision()}: start the coordinator once to upgrade it"
+            )
+    return Ledger(url)

@@ -1,0 +1,396 @@
+"""The backfill planner: classify overdue windows, and queue re-runs of what is missing.
+
+One pass (`plan_backfills`), per (dc, aggregation):
+
+1. Every expected window whose deadline (end + look-back + grace) has passed since the last pass
+   and that has no row gets one: `missing`, or `unrecoverable` when its raw data may already be
+   gone (its end is not younger than the DC's raw retention minus one shard duration).
+2. Missing and inconsistent windows that aged past retention become `unrecoverable`.
+3. Failed backfills whose back-off has expired go back to the queue; expired leases too.
+4. The remaining missing and inconsistent windows are coalesced into ranges, each widened by the
+   look-back (it starts look-back earlier, as a live run would recompute) and cut into requests
+   of at most `max_windows` windows; a DC never has more than `max_outstanding` open requests.
+   Claimed windows become `backfilling`, so no window is ever requested twice at once.
+
+A pass is one write transaction: on SQLite writers serialise (BEGIN IMMEDIATE); on PostgreSQL
+claimed rows are read `FOR UPDATE SKIP LOCKED`, so two planner processes never both claim a
+window.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from federation.config import FederationConfig
+from federation.coordinator.ledger import (
+    BackfillRow,
+    DeploymentRow,
+    Ledger,
+    TrackingRow,
+    WindowRow,
+    windows_table,
+)
+from federation.coordinator.tracking import NEEDS_BACKFILL, WindowState
+from federation.durations import format_duration
+from federation.plan import AggregationPlan, resolve_all
+from federation.windows import Window, align, coalesce, widen
+
+log = logging.getLogger(__name__)
+
+QUEUED = "queued"
+RUNNING = "running"
+DONE = "done"
+FAILED = "failed"
+BACKFILL_STATES = (QUEUED, RUNNING, DONE, FAILED)
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    """Limits of the planner and the backfill queue."""
+
+    max_windows: int = 24
+    """Windows per request, look-back overlap included."""
+    max_outstanding: int = 4
+    """Open (queued, running, or failed and waiting to retry) requests per DC."""
+    retry_base_ns: int = 60 * 10**9
+    retry_max_ns: int = 3600 * 10**9
+    max_attempts: int = 8
+    lease_ns: int = 15 * 60 * 10**9
+
+
+@dataclass(frozen=True)
+class BackfillRequest:
+    """One queued request: re-run `[start_ns, end_ns)` of an aggregation in a DC."""
+
+    id: int
+    dc: str
+    aggregation: str
+    version: str | None
+    start_ns: int
+    end_ns: int
+
+
+@dataclass
+class PlannerResult:
+    """What one planner pass did."""
+
+    missing: int = 0
+    unrecoverable: int = 0
+    retried: int = 0
+    requeued: int = 0
+    throttled: int = 0
+    requested: list[BackfillRequest] = field(default_factory=list)
+
+
+def recoverable_after(plan: AggregationPlan, config: FederationConfig, now_ns: int) -> int | None:
+    """The earliest window end that may still be recomputed (None: retention is infinite).
+
+    A window is recoverable iff `now - end < retention - shard_duration`, i.e. its end is
+    strictly after the returned instant.
+    """
+    raw = config.policy_for(plan.dc).raw
+    if raw.retention == 0:
+        return None
+    return now_ns - (raw.retention - raw.shard_duration)
+
+
+def _unrecoverable_reason(config: FederationConfig, dc: str) -> str:
+    raw = config.policy_for(dc).raw
+    return (
+        f"raw data past {dc}'s retention ({format_duration(raw.retention)} minus one "
+        f"{format_duration(raw.shard_duration)} shard): cannot be recomputed"
+    )
+
+
+def _advance(
+    session: Session,
+    config: FederationConfig,
+    tracking: TrackingRow,
+    plan: AggregationPlan,
+    now_ns: int,
+    result: PlannerResult,
+) -> None:
+    """Insert rows for the windows whose deadline passed since the watermark; move it."""
+    w = plan.window_ns
+    # A window is overdue iff end + look-back + grace <= now; ends are multiples of w.
+    limit = now_ns - plan.lookback_ns - plan.grace_ns
+    limit -= limit % w
+    low = max(tracking.watermark_ns, tracking.start_ns)
+    if limit <= low:
+        return
+    existing = set(
+        session.scalars(
+            select(WindowRow.start_ns).where(
+                WindowRow.dc == plan.dc,
+                WindowRow.aggregation == plan.aggregation,
+                WindowRow.start_ns >= low,
+                WindowRow.start_ns < limit,
+            )
+        )
+    )
+    cutoff = recoverable_after(plan, config, now_ns)
+    lost = _unrecoverable_reason(config, plan.dc)
+    rows = []
+    for start in range(low, limit, w):
+        if start in existing:
+            continue
+        gone = cutoff is not None and start + w <= cutoff
+        rows.append(
+            {
+                "dc": plan.dc,
+                "aggregation": plan.aggregation,
+                "start_ns": start,
+                "state": (WindowState.UNRECOVERABLE if gone else WindowState.MISSING).value,
+                "reason": lost if gone else "nothing shipped by the deadline",
+                "updated_ns": now_ns,
+            }
+        )
+        if gone:
+            result.unrecoverable += 1
+        else:
+            result.missing += 1
+    for chunk in range(0, len(rows), 5_000):
+        session.execute(insert(windows_table()), rows[chunk : chunk + 5_000])
+    tracking.watermark_ns = limit
+
+
+def _age_out(
+    session: Session,
+    config: FederationConfig,
+    plan: AggregationPlan,
+    now_ns: int,
+    result: PlannerResult,
+) -> None:
+    cutoff = recoverable_after(plan, config, now_ns)
+    if cutoff is None:
+        return
+    outcome = session.execute(
+        update(WindowRow)
+        .where(
+            WindowRow.state.in_(NEEDS_BACKFILL),
+            WindowRow.dc == plan.dc,
+            WindowRow.aggregation == plan.aggregation,
+            WindowRow.start_ns <= cutoff - plan.window_ns,
+        )
+        .values(
+            state=WindowState.UNRECOVERABLE.value,
+            reason=_unrecoverable_reason(config, plan.dc),
+            updated_ns=now_ns,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    result.unrecoverable += int(getattr(outcome, "rowcount", 0) or 0)
+
+
+def _requeue(
+    session: Session, settings: PlannerSettings, now_ns: int, result: PlannerResult
+) -> None:
+    retried = session.execute(
+        update(BackfillRow)
+        .where(
+            BackfillRow.state == FAILED,
+            BackfillRow.next_attempt_ns.is_not(None),
+            BackfillRow.next_attempt_ns <= now_ns,
+        )
+        .values(state=QUEUED, next_attempt_ns=None, updated_ns=now_ns)
+        .execution_options(synchronize_session=False)
+    )
+    result.retried += int(getattr(retried, "rowcount", 0) or 0)
+    expired = session.execute(
+        update(BackfillRow)
+        .where(BackfillRow.state == RUNNING, BackfillRow.lease_expires_ns < now_ns)
+        .values(state=QUEUED, lease_expires_ns=None, updated_ns=now_ns)
+        .execution_options(synchronize_session=False)
+    )
+    result.requeued += int(getattr(expired, "rowcount", 0) or 0)
+
+
+def _outstanding(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(BackfillRow.dc, func.count())
+        .where(
+            or_(
+                BackfillRow.state.in_((QUEUED, RUNNING)),
+                and_(BackfillRow.state == FAILED, BackfillRow.next_attempt_ns.is_not(None)),
+            )
+        )
+        .group_by(BackfillRow.dc)
+    ).all()
+    return {dc: int(n) for dc, n in rows}
+
+
+def _candidates(session: Session) -> dict[tuple[str, str], list[tuple[int, int]]]:
+    """(dc, aggregation) -> [(window id, start)] of missing or inconsistent windows to request.
+
+    A window whose last request failed for good is left alone until someone asks again by hand
+    (`request_backfill`); its reason says so.
+    """
+    given_up = (
+        select(BackfillRow.id)
+        .where(BackfillRow.state == FAILED, BackfillRow.next_attempt_ns.is_(None))
+        .scalar_subquery()
+    )
+    query = (
+        select(WindowRow.id, WindowRow.dc, WindowRow.aggregation, WindowRow.start_ns)
+        .where(
+            WindowRow.state.in_(NEEDS_BACKFILL),
+            or_(WindowRow.backfill_id.is_(None), WindowRow.backfill_id.not_in(given_up)),
+        )
+        .order_by(WindowRow.dc, WindowRow.aggregation, WindowRow.start_ns)
+        .with_for_update(skip_locked=True)
+    )
+    found: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    for row_id, dc, aggregation, start in session.execute(query):
+        found[(dc, aggregation)].append((row_id, start))
+    return found
+
+
+def queue_request(
+    session: Session,
+    *,
+    dc: str,
+    aggregation: str,
+    version: str | None,
+    start_ns: int,
+    end_ns: int,
+    origin: str,
+    now_ns: int,
+) -> int:
+    backfill = BackfillRow(
+        dc=dc,
+        aggregation=aggregation,
+        version=version,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        state=QUEUED,
+        origin=origin,
+        attempts=0,
+        created_ns=now_ns,
+        updated_ns=now_ns,
+    )
+    session.add(backfill)
+    session.flush()
+    return backfill.id
+
+
+def claim_windows(
+    session: Session, ids: list[int], backfill_id: int, now_ns: int, from_states: tuple[str, ...]
+) -> int:
+    claimed = 0
+    for chunk in range(0, len(ids), 500):
+        outcome = session.execute(
+            update(WindowRow)
+            .where(WindowRow.id.in_(ids[chunk : chunk + 500]), WindowRow.state.in_(from_states))
+            .values(
+                state=WindowState.BACKFILLING.value,
+                backfill_id=backfill_id,
+                reason=f"backfill #{backfill_id} requested",
+                updated_ns=now_ns,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        claimed += int(getattr(outcome, "rowcount", 0) or 0)
+    return claimed
+
+
+def desired_versions(session: Session) -> dict[tuple[str, str], str]:
+    rows = session.execute(
+        select(DeploymentRow.dc, DeploymentRow.aggregation, DeploymentRow.desired_version)
+    ).all()
+    return {(dc, aggregation): version for dc, aggregation, version in rows}
+
+
+def plan_backfills(
+    ledger: Ledger,
+    config: FederationConfig,
+    now_ns: int,
+    settings: PlannerSettings | None = None,
+) -> PlannerResult:
+    """Run one planner pass (see the module docstring) and return what it did.
+
+    Idempotent: a second pass at the same instant finds nothing new and queues nothing.
+    """
+    settings = settings or PlannerSettings()
+    plans = {(p.dc, p.aggregation): p for p in resolve_all(config)}
+    result = PlannerResult()
+    with ledger.session(write=True) as session:
+        trackers = session.scalars(
+            select(TrackingRow)
+            .order_by(TrackingRow.dc, TrackingRow.aggregation)
+            .with_for_update(skip_locked=True)
+        ).all()
+        active = []
+        for tracking in trackers:
+            plan = plans.get((tracking.dc, tracking.aggregation))
+            if plan is None or plan.window_ns != tracking.window_ns:
+                continue
+            active.append(plan)
+            _advance(session, config, tracking, plan, now_ns, result)
+            _age_out(session, config, plan, now_ns, result)
+        _requeue(session, settings, now_ns, result)
+        outstanding = _outstanding(session)
+        versions = desired_versions(session)
+        candidates = _candidates(session)
+        for plan in active:
+            found = candidates.get((plan.dc, plan.aggregation))
+            if not found:
+                continue
+            w = plan.window_ns
+            by_start = {start: row_id for row_id, start in found}
+            cutoff = recoverable_after(plan, config, now_ns)
+            for span in coalesce(Window(start, w) for start in by_start):
+                for piece_start, piece_end in widen(
+                    span, plan.lookback_ns, settings.max_windows * w, size_ns=w
+                ):
+                    if cutoff is not None:
+                        # The look-back overlap never reaches into data retention may have
+                        # dropped: the earliest recoverable window starts at align(cutoff).
+                        piece_start = max(piece_start, align(cutoff, w))
+                    ids = [by_start[s] for s in range(piece_start, piece_end, w) if s in by_start]
+                    if not ids or piece_start >= piece_end:
+                        continue
+                    if outstanding.get(plan.dc, 0) >= settings.max_outstanding:
+                        result.throttled += len(ids)
+                        continue
+                    backfill_id = queue_request(
+                        session,
+                        dc=plan.dc,
+                        aggregation=plan.aggregation,
+                        version=versions.get((plan.dc, plan.aggregation), plan.version),
+                        start_ns=piece_start,
+                        end_ns=piece_end,
+                        origin="planner",
+                        now_ns=now_ns,
+                    )
+                    claimed = claim_windows(session, ids, backfill_id, now_ns, NEEDS_BACKFILL)
+                    if claimed != len(ids):
+                        # Another planner got some of them first (only possible without locks);
+                        # a request that re-runs already-claimed windows is harmless.
+                        log.warning(
+                            "backfill #%d claimed %d of %d windows", backfill_id, claimed, len(ids)
+                        )
+                    outstanding[plan.dc] = outstanding.get(plan.dc, 0) + 1
+                    result.requested.append(
+                        BackfillRequest(
+                            backfill_id,
+                            plan.dc,
+                            plan.aggregation,
+                            versions.get((plan.dc, plan.aggregation), plan.version),
+                            piece_start,
+                            piece_end,
+                        )
+                    )
+    if result.requested or result.missing or result.unrecoverable:
+        log.info(
+            "planner: %d missing, %d unrecoverable, %d requests queued, %d windows throttled",
+            result.missing,
+            result.unrecoverable,
+            len(result.requested),
+            result.throttled,
+        )
+    return result

@@ -1,0 +1,174 @@
+"""What the coordinator's HTTP handlers and jobs share: config, ledger, clock, tokens, metrics.
+
+Nothing here holds state that matters across restarts: the ledger does. The gateway's plan
+rules are derived from the ledger's known plan versions and refreshed every few seconds (and at
+once after a desired-state sync), so several replicas agree without talking to each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import os
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from federation.clock import Clock, SystemClock
+from federation.config import FederationConfig
+from federation.coordinator.desired import known_plans, sync_desired
+from federation.coordinator.gateway import GatewayChecker
+from federation.coordinator.ledger import Ledger
+from federation.coordinator.planner import PlannerSettings
+from federation.errors import FederationError
+
+SECOND = 10**9
+
+
+class MissingTokens(FederationError):
+    """Environment variables named in fleet.yaml for tokens are not set."""
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The secrets the coordinator checks: one agent token per DC, one reader token."""
+
+    agents: Mapping[str, str]
+    reader: str | None = None
+
+    def dc_for_token(self, token: str) -> str | None:
+        """The DC whose agent token this is (constant-time per comparison), or None."""
+        found = None
+        for dc, secret in self.agents.items():
+            if secret and hmac.compare_digest(secret.encode(), token.encode()):
+                found = dc
+        return found
+
+    def check_dc(self, dc: str, token: str) -> bool:
+        """Whether `token` is the agent token of `dc`."""
+        secret = self.agents.get(dc)
+        return bool(secret) and hmac.compare_digest(str(secret).encode(), token.encode())
+
+    def check_reader(self, token: str) -> bool:
+        """Whether `token` is the reader token."""
+        return bool(self.reader) and hmac.compare_digest(str(self.reader).encode(), token.encode())
+
+
+def load_tokens(config: FederationConfig, environ: Mapping[str, str] | None = None) -> Tokens:
+    """Read every token from the environment variables fleet.yaml names.
+
+    Raises MissingTokens naming each variable that is not set: a DC without a token could never
+    ship, and starting anyway would hide the mistake.
+    """
+    env = os.environ if environ is None else environ
+    agents: dict[str, str] = {}
+    missing = []
+    for name, dc in sorted(config.fleet.dcs.items()):
+        value = env.get(dc.agent_token_env)
+        if value:
+            agents[name] = value
+        else:
+            missing.append(dc.agent_token_env)
+    reader = env.get(config.fleet.central.reader_token_env)
+    if not reader:
+        missing.append(config.fleet.central.reader_token_env)
+    if missing:
+        raise MissingTokens("token environment variables not set: " + ", ".join(missing))
+    return Tokens(agents, reader)
+
+
+def parse_basic(header_value: str) -> tuple[str, str] | None:
+    """(user, password) of an `Authorization: Basic …` value, or None if malformed."""
+    try:
+        decoded = base64.b64decode(header_value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    """Tunables of one coordinator process."""
+
+    max_body_bytes: int = 32 * 1024 * 1024
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
+    planner_interval_s: float = 60.0
+    verify_interval_s: float = 30.0
+    verify_settle_ns: int = 10 * SECOND
+    plan_refresh_ns: int = 10 * SECOND
+    central_timeout_s: float = 30.0
+
+
+class Metrics:
+    """In-process counters for `/metrics` (per replica, as Prometheus expects)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.refusals: Counter[str] = Counter()
+        self.batches: Counter[str] = Counter()
+        self.points = 0
+
+    def refused(self, rule: str) -> None:
+        with self._lock:
+            self.refusals[rule] += 1
+            self.batches["refused"] += 1
+
+    def outcome(self, outcome: str, points: int = 0) -> None:
+        with self._lock:
+            self.batches[outcome] += 1
+            self.points += points
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, int], int]:
+        with self._lock:
+            return dict(self.refusals), dict(self.batches), self.points
+
+
+class Coordinator:
+    """One coordinator process: the shared objects every handler and job uses."""
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        ledger: Ledger,
+        tokens: Tokens,
+        *,
+        clock: Clock | None = None,
+        settings: CoordinatorSettings | None = None,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.tokens = tokens
+        self.clock: Clock = clock or SystemClock()
+        self.settings = settings or CoordinatorSettings()
+        self.metrics = Metrics()
+        self._checker: GatewayChecker | None = None
+        self._checker_at = 0
+        self._lock = threading.Lock()
+
+    def sync(self, *, track_from_ns: int | None = None) -> None:
+        """Record the config's desired state in the ledger and refresh the gateway's rules."""
+        sync_desired(self.ledger, self.config, self.clock.now_ns(), track_from_ns=track_from_ns)
+        self.refresh_plans()
+
+    def refresh_plans(self) -> GatewayChecker:
+        """Rebuild the gateway's rules from the plan versions the ledger knows."""
+        checker = GatewayChecker(known_plans(self.ledger))
+        with self._lock:
+            self._checker = checker
+            self._checker_at = self.clock.now_ns()
+        return checker
+
+    def checker(self) -> GatewayChecker:
+        """The gateway's current rules, refreshed when older than `plan_refresh_ns`."""
+        with self._lock:
+            checker, at = self._checker, self._checker_at
+        if checker is None or self.clock.now_ns() - at > self.settings.plan_refresh_ns:
+            return self.refresh_plans()
+        return checker
+
+    def central_rp(self, dc: str) -> str:
+        """The central retention policy the points of `dc` go to."""
+        return self.config.policy_for(dc).central.retention_policy

@@ -1,0 +1,290 @@
+"""The status report: a DC × window grid per aggregation, counts per state, and reasons.
+
+Windows without a ledger row are derived from the tracking rows: `expected` until their
+deadline, `missing` after it (until a planner pass stores them). The report is plain data with
+`to_dict`/`from_dict`, so the CLI renders the same thing read from the ledger or the API.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import case, func, select
+
+from federation.config import FederationConfig
+from federation.coordinator.ledger import Ledger, TrackingRow, WindowRow
+from federation.coordinator.tracking import DONE_STATES, WindowState
+from federation.errors import InvalidInput
+from federation.windows import align
+
+DEFAULT_WINDOWS = 24
+MAX_GRID_WINDOWS = 168
+MAX_PROBLEMS = 200
+NOT_TRACKED = "-"
+
+
+@dataclass
+class Problem:
+    """A window that is not (yet) verified or empty, and why."""
+
+    start_ns: int
+    state: str
+    reason: str
+
+
+@dataclass
+class DcStatus:
+    dc: str
+    cells: list[str]
+    """The state of each grid column ('-' where the DC was not tracked yet)."""
+    counts: dict[str, int]
+    """Windows per state over the whole requested range."""
+    problems: list[Problem] = field(default_factory=list)
+    more_problems: int = 0
+
+
+@dataclass
+class AggregationStatus:
+    aggregation: str
+    window_ns: int
+    since_ns: int
+    starts: list[int]
+    """Grid columns: the newest complete windows of the range (at most MAX_GRID_WINDOWS)."""
+    dcs: list[DcStatus]
+
+
+@dataclass
+class StatusReport:
+    now_ns: int
+    aggregations: list[AggregationStatus]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (the body of `GET /api/v1/status`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StatusReport:
+        """The report `to_dict` produced; InvalidInput if the data is not one."""
+        try:
+            return cls(
+                now_ns=int(data["now_ns"]),
+                aggregations=[
+                    AggregationStatus(
+                        aggregation=a["aggregation"],
+                        window_ns=int(a["window_ns"]),
+                        since_ns=int(a["since_ns"]),
+                        starts=[int(s) for s in a["starts"]],
+                        dcs=[
+                            DcStatus(
+                                dc=d["dc"],
+                                cells=list(d["cells"]),
+                                counts={k: int(v) for k, v in d["counts"].items()},
+                                problems=[Problem(**p) for p in d["problems"]],
+                                more_problems=int(d["more_problems"]),
+                            )
+                            for d in a["dcs"]
+                        ],
+                    )
+                    for a in data["aggregations"]
+                ],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(f"malformed status report: {exc!r}") from None
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Windows per state over every aggregation and DC."""
+        total: dict[str, int] = defaultdict(int)
+        for a in self.aggregations:
+            for d in a.dcs:
+                for state, n in d.counts.items():
+                    total[state] += n
+        return dict(total)
+
+
+def _derived_reason(state: str) -> str:
+    if state == WindowState.MISSING:
+        return "nothing shipped by the deadline (not yet classified by the planner)"
+    return "not due yet"
+
+
+def status_report(
+    ledger: Ledger,
+    config: FederationConfig,
+    now_ns: int,
+    *,
+    aggregation: str | None = None,
+    since_ns: int | None = None,
+    dc: str | None = None,
+) -> StatusReport:
+    """The status of every (or one) aggregation's windows that ended in `[since, now)`.
+
+    Default range: the last 24 windows of each aggregation. Counts cover the whole range; the
+    grid shows its newest windows (at most 168); problems list every window of the range that
+    is not verified or empty, newest first (at most 200 per DC, the rest counted).
+    """
+    if aggregation is not None and aggregation not in config.aggregations:
+        raise InvalidInput(f"unknown aggregation {aggregation!r}")
+    names = [aggregation] if aggregation else sorted(config.aggregations)
+    dcs = [dc] if dc else sorted(config.fleet.dcs)
+    with ledger.session() as session:
+        tracking = {
+            (t.dc, t.aggregation): t.start_ns for t in session.scalars(select(TrackingRow)).all()
+        }
+        reports = [
+            _aggregation_status(session, config, name, dcs, tracking, now_ns, since_ns)
+            for name in names
+        ]
+    return StatusReport(now_ns=now_ns, aggregations=reports)
+
+
+def _aggregation_status(
+    session: Any,
+    config: FederationConfig,
+    name: str,
+    dcs: list[str],
+    tracking: dict[tuple[str, str], int],
+    now_ns: int,
+    since_ns: int | None,
+) -> AggregationStatus:
+    spec = config.aggregations[name]
+    w = spec.window
+    end = align(now_ns, w)  # windows ending at or before now are complete
+    since = end - DEFAULT_WINDOWS * w if since_ns is None else align(since_ns, w)
+    since = min(since, end)
+    deadline_limit = now_ns - spec.lookback - spec.grace_ns
+    deadline_limit -= deadline_limit % w
+    grid_from = max(since, end - MAX_GRID_WINDOWS * w)
+    starts = list(range(grid_from, end, w))
+
+    overdue = case((WindowRow.start_ns < deadline_limit, 1), else_=0)
+    counted = session.execute(
+        select(WindowRow.dc, WindowRow.state, overdue, func.count())
+        .where(
+            WindowRow.aggregation == name,
+            WindowRow.start_ns >= since,
+            WindowRow.start_ns < end,
+        )
+        .group_by(WindowRow.dc, WindowRow.state, overdue)
+    ).all()
+    stored: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    stored_overdue: dict[str, int] = defaultdict(int)
+    stored_due: dict[str, int] = defaultdict(int)
+    for dc_name, state, is_overdue, n in counted:
+        stored[dc_name][state] += int(n)
+        if is_overdue:
+            stored_overdue[dc_name] += int(n)
+        else:
+            stored_due[dc_name] += int(n)
+
+    rows = session.execute(
+        select(WindowRow.dc, WindowRow.start_ns, WindowRow.state, WindowRow.reason)
+        .where(
+            WindowRow.aggregation == name,
+            WindowRow.start_ns >= since,
+            WindowRow.start_ns < end,
+            WindowRow.state.not_in([s.value for s in DONE_STATES]),
+        )
+        .order_by(WindowRow.start_ns.desc())
+        .limit(MAX_PROBLEMS * max(len(dcs), 1) * 2)
+    ).all()
+    problem_rows: dict[str, list[Problem]] = defaultdict(list)
+    for dc_name, start, state, reason in rows:
+        problem_rows[dc_name].append(Problem(start, state, reason or ""))
+    grid_rows = session.execute(
+        select(WindowRow.dc, WindowRow.start_ns, WindowRow.state).where(
+            WindowRow.aggregation == name,
+            WindowRow.start_ns >= grid_from,
+            WindowRow.start_ns < end,
+        )
+    ).all()
+    cells_by_dc: dict[str, dict[int, str]] = defaultdict(dict)
+    for dc_name, start, state in grid_rows:
+        cells_by_dc[dc_name][start] = state
+
+    result = []
+    for dc_name in dcs:
+        tracked_from = tracking.get((dc_name, name))
+        if tracked_from is None:
+            result.append(DcStatus(dc_name, [NOT_TRACKED] * len(starts), {}))
+            continue
+        lo = max(since, tracked_from)
+        n_overdue = max(0, (max(deadline_limit, lo) - lo) // w) if deadline_limit > lo else 0
+        n_overdue = min(n_overdue, max(0, (end - lo) // w))
+        n_total = max(0, (end - lo) // w)
+        counts = dict(stored.get(dc_name, {}))
+        derived_missing = max(0, n_overdue - stored_overdue.get(dc_name, 0))
+        derived_expected = max(0, n_total - n_overdue - stored_due.get(dc_name, 0))
+        if derived_missing:
+            counts[WindowState.MISSING.value] = counts.get(WindowState.MISSING.value, 0) + (
+                derived_missing
+            )
+        if derived_expected:
+            counts[WindowState.EXPECTED.value] = derived_expected
+        known = cells_by_dc.get(dc_name, {})
+        cells = []
+        derived_problems = []
+        for s in starts:
+            if s < tracked_from:
+                cells.append(NOT_TRACKED)
+            elif s in known:
+                cells.append(known[s])
+            else:
+                state = (
+                    WindowState.MISSING.value if s < deadline_limit else WindowState.EXPECTED.value
+                )
+                cells.append(state)
+                if state == WindowState.MISSING.value:
+                    derived_problems.append(Problem(s, state, _derived_reason(state)))
+        problems = sorted(
+            problem_rows.get(dc_name, []) + derived_problems, key=lambda p: -p.start_ns
+        )
+        open_windows = sum(
+            n for st, n in counts.items() if st not in DONE_STATES and st != WindowState.EXPECTED
+        )
+        result.append(
+            DcStatus(
+                dc=dc_name,
+                cells=cells,
+                counts=counts,
+                problems=problems[:MAX_PROBLEMS],
+                more_problems=max(0, open_windows - min(len(problems), MAX_PROBLEMS)),
+            )
+        )
+    return AggregationStatus(name, w, since, starts, result)
+
+
+def status_from_api(
+    url: str,
+    token: str,
+    *,
+    aggregation: str | None = None,
+    since: str | None = None,
+    dc: str | None = None,
+    transport: Any = None,
+    timeout: float = 30.0,
+) -> StatusReport:
+    """The status report as a coordinator serves it (`GET /api/v1/status`, reader token).
+
+    Raises CoordinatorError with the URL, status and body when the request fails.
+    """
+    import httpx
+
+    from federation.errors import CoordinatorError
+
+    params = {k: v for k, v in (("aggregation", aggregation), ("since", since), ("dc", dc)) if v}
+    target = url.rstrip("/") + "/api/v1/status"
+    try:
+        with httpx.Client(timeout=timeout, transport=transport) as client:
+            response = client.get(
+                target, params=params, headers={"Authorization": f"Bearer {token}"}
+            )
+    except httpx.HTTPError as exc:
+        raise CoordinatorError(target, f"request failed: {exc.__class__.__name__}") from None
+    if response.status_code != 200:
+        raise CoordinatorError(
+            target, response.text[:300], status=response.status_code, body=response.text[:500]
+        )
+    return StatusReport.from_dict(response.json())

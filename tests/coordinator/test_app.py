@@ -1,0 +1,38 @@
+"""Preflight: each failure is one line naming what failed; success leaves the ledger at head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from federation.config import FederationConfig
+from federation.coordinator.app import PreflightError, preflight
+from federation.coordinator.ledger import head_revision, ledger_revision
+from federation.localstack import free_port
+
+from .helpers import READER, token
+
+
+def _environ(config: FederationConfig) -> dict[str, str]:
+    env = {dc.agent_token_env: token(name) for name, dc in config.fleet.dcs.items()}
+    env[config.fleet.central.reader_token_env] = READER
+    return env
+
+
+def test_preflight_upgrades_the_ledger_and_prepares_central(
+    config: FederationConfig, ledger_url: str
+) -> None:
+    ready = preflight(config, environ=_environ(config))
+    ready.ledger.close()
+    assert ledger_revision(ledger_url) == head_revision()
+    assert ready.tokens.check_dc("dub1", token("dub1"))
+
+
+def test_preflight_failures_are_one_line(config: FederationConfig, tmp_path: Path) -> None:
+    with pytest.raises(PreflightError, match="FEDERATION_READER_TOKEN") as missing:
+        preflight(config, environ={})
+    assert "\n" not in str(missing.value)
+    with pytest.raises(PreflightError, match="central InfluxDB") as down:
+        preflight(config, environ=_environ(config), central_url=f"http://127.0.0.1:{free_port()}")
+    assert "\n" not in str(down.value)

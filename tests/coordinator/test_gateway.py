@@ -1,0 +1,332 @@
+"""The gateway: what it accepts lands in central; what it refuses is refused whole."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import gzip
+
+import pytest
+from starlette.testclient import TestClient
+
+from federation.config import FederationConfig
+from federation.coordinator.ledger import Ledger, WindowRow
+from federation.coordinator.service import Coordinator
+from federation.influx import InfluxClient
+from federation.localstack import InfluxServer
+from federation.plan import MANIFEST_MEASUREMENT
+from federation.points import Point
+from federation.sketch import Sketch
+
+from .helpers import HOUR, body, central_params, plan_of, token, window_batch
+
+DC = "dub1"
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+def stored(influx: InfluxClient, config: FederationConfig, dc: str = DC) -> int:
+    """How many points central holds for `dc` (summaries and manifests)."""
+    rp = config.policy_for(dc).central.retention_policy
+    total = 0
+    for measurement in ("delivery_direction", "delivery_latency", MANIFEST_MEASUREMENT):
+        q = f'SELECT count("{"events" if measurement == MANIFEST_MEASUREMENT else "count"}") FROM "federation"."{rp}"."{measurement}"'
+        for series in influx.query(q, database="federation"):
+            total += sum(int(row[1]) for row in series.values)
+    return total
+
+
+def ledger_windows(ledger: Ledger) -> list[WindowRow]:
+    from sqlalchemy import select
+
+    with ledger.session() as session:
+        return list(session.scalars(select(WindowRow)))
+
+
+def write(
+    client: TestClient, config: FederationConfig, payload: bytes, dc: str = DC, **kw: object
+) -> object:
+    headers = kw.pop("headers", None) or basic(dc, token(dc))
+    params = kw.pop("params", None) or central_params(config, dc)
+    return client.post("/write", params=params, content=payload, headers=headers)  # type: ignore[arg-type]
+
+
+def with_fields(point: Point, **changes: object) -> Point:
+    return dataclasses.replace(point, fields={**point.fields, **changes})
+
+
+def with_tags(point: Point, **changes: str) -> Point:
+    return dataclasses.replace(point, tags={**point.tags, **changes})
+
+
+def test_ping_answers_like_influxdb(client: TestClient) -> None:
+    response = client.get("/ping")
+    assert response.status_code == 204
+    assert response.headers["X-Influxdb-Version"]
+
+
+def test_accepted_write_lands_in_central_and_marks_the_window_shipped(
+    client: TestClient, config: FederationConfig, influx: InfluxClient, ledger: Ledger, hour0: int
+) -> None:
+    points = window_batch(plan_of(config, DC), hour0 - HOUR)
+    response = write(client, config, body(points))
+    assert response.status_code == 204, response.text  # type: ignore[attr-defined]
+    assert stored(influx, config) == len(points)
+    (row,) = ledger_windows(ledger)
+    assert (row.dc, row.aggregation, row.start_ns, row.state) == (
+        DC, "delivery_direction", hour0 - HOUR, "shipped",
+    )  # fmt: skip
+    assert row.events == 40 and row.run == 1
+
+
+@pytest.mark.parametrize("how", ["bearer", "query", "gzip"])
+def test_bearer_token_query_credentials_and_gzip_are_accepted(
+    client: TestClient, config: FederationConfig, influx: InfluxClient, hour0: int, how: str
+) -> None:
+    points = window_batch(plan_of(config, DC), hour0 - HOUR)
+    payload = body(points)
+    params = central_params(config, DC)
+    headers: dict[str, str] = {}
+    if how == "bearer":
+        headers["Authorization"] = f"Bearer {token(DC)}"
+    elif how == "query":
+        params.update(u=DC, p=token(DC))
+    else:
+        headers.update(basic(DC, token(DC)), **{"Content-Encoding": "gzip"})
+        payload = gzip.compress(payload)
+    response = client.post("/write", params=params, content=payload, headers=headers)
+    assert response.status_code == 204, response.text
+    assert stored(influx, config) == len(points)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, basic(DC, "wrong"), basic("fra1", token(DC)), {"Authorization": "Bearer nope"}],
+    ids=["none", "wrong-password", "other-dcs-name", "bad-bearer"],
+)
+def test_missing_or_wrong_credentials_get_401(
+    client: TestClient, config: FederationConfig, influx: InfluxClient, hour0: int,
+    headers: dict[str, str],
+) -> None:  # fmt: skip
+    points = window_batch(plan_of(config, DC), hour0 - HOUR)
+    response = client.post(
+        "/write", params=central_params(config, DC), content=body(points), headers=headers
+    )
+    assert response.status_code == 401
+    assert stored(influx, config) == 0
+
+
+def test_dc_a_writing_as_dc_b_is_forbidden(
+    client: TestClient, config: FederationConfig, influx: InfluxClient, ledger: Ledger, hour0: int
+) -> None:
+    # fra1 is in the same region, so db/rp match: only the identity differs.
+    points = window_batch(plan_of(config, "fra1"), hour0 - HOUR)
+    response = write(client, config, body(points), dc=DC)
+    assert response.status_code == 403  # type: ignore[attr-defined]
+    assert response.json()["rule"] == "dc-identity"  # type: ignore[attr-defined]
+    assert stored(influx, config, "fra1") == 0
+    assert ledger_windows(ledger) == []
+
+
+def _refused(response: object, rule: str, status: int = 400) -> dict[str, object]:
+    assert response.status_code == status, response.text  # type: ignore[attr-defined]
+    data: dict[str, object] = response.json()  # type: ignore[attr-defined]
+    assert data["rule"] == rule, data
+    assert data["error"]
+    return data
+
+
+def _bad_batch(
+    config: FederationConfig, hour0: int, change: str
+) -> tuple[list[Point], str, str | None]:
+    """A good window batch with one point broken: the points, the rule, the key named."""
+    plan = plan_of(config, DC)
+    points = window_batch(plan, hour0 - HOUR)
+    summary = points[0]
+    index = 0
+    rule, key = change, None
+    if change == "measurement":
+        broken = dataclasses.replace(summary, measurement="raw_delivery")
+    elif change == "tag-key":
+        broken, key = with_tags(summary, mailer="mx1"), "mailer"
+    elif change == "field-key":
+        broken, key = with_fields(summary, recipient_count=3), "recipient_count"
+    elif change == "field-type":
+        broken, key = with_fields(summary, count=float(summary.fields["count"])), "count"
+    elif change == "email":
+        broken, key, rule = (
+            with_tags(summary, direction="jane.doe@example.com"),
+            "direction",
+            "personal-data",
+        )
+    elif change == "ipv4":
+        broken, key, rule = (
+            with_tags(summary, direction="192.168.10.4"),
+            "direction",
+            "personal-data",
+        )
+    elif change == "ipv6":
+        broken, key, rule = (
+            with_tags(summary, direction="2001:db8::8a2e:370:7334"),
+            "direction",
+            "personal-data",
+        )
+    elif change == "k-anonymity":
+        small = Sketch.from_values([1.0, 2.0], plan.accuracy).encode()
+        broken, key = with_fields(summary, count=2, sketch=small), "count"
+    elif change == "sketch-garbage":
+        broken, key, rule = with_fields(summary, sketch="v1:a=0.01:n=zz"), "sketch", "sketch"
+    elif change == "sketch-accuracy":
+        n = int(summary.fields["count"])  # type: ignore[arg-type]
+        foreign = Sketch.from_values([5.0] * n, 0.02).encode()
+        broken, key, rule = with_fields(summary, sketch=foreign), "sketch", "sketch"
+    elif change == "sketch-count":
+        n = int(summary.fields["count"])  # type: ignore[arg-type]
+        other = Sketch.from_values([5.0] * (n + 1), plan.accuracy).encode()
+        broken, key, rule = with_fields(summary, sketch=other), "sketch", "sketch"
+    elif change == "plan-version":
+        index = len(points) - 1
+        broken, key = with_fields(points[index], version="0123456789ab"), "version"
+    elif change == "timestamp":
+        broken = dataclasses.replace(summary, time_ns=summary.time_ns + 1)
+    else:  # pragma: no cover
+        raise AssertionError(change)
+    points[index] = broken
+    # The broken point comes after a good one: the whole batch must still be refused.
+    points.insert(0, points.pop(index)) if index else points.append(points.pop(0))
+    return points, rule, key
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "measurement", "tag-key", "field-key", "field-type", "email", "ipv4", "ipv6",
+        "k-anonymity", "sketch-garbage", "sketch-accuracy", "sketch-count", "plan-version",
+        "timestamp",
+    ],
+)  # fmt: skip
+def test_each_content_rule_refuses_the_whole_batch(
+    client: TestClient, config: FederationConfig, influx: InfluxClient, ledger: Ledger,
+    hour0: int, change: str, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    points, rule, key = _bad_batch(config, hour0, change)
+    data = _refused(write(client, config, body(points)), rule)
+    if key is not None:
+        assert data["key"] == key
+    assert isinstance(data["line"], int)
+    assert stored(influx, config) == 0
+    assert ledger_windows(ledger) == []
+    for value in ("jane.doe@example.com", "192.168.10.4", "2001:db8::8a2e:370:7334"):
+        assert value not in caplog.text
+        assert value not in str(data)
+
+
+def test_a_body_that_does_not_parse_is_refused_with_line_and_column(
+    client: TestClient, config: FederationConfig, influx: InfluxClient, hour0: int
+) -> None:
+    good = body(window_batch(plan_of(config, DC), hour0 - HOUR))
+    data = _refused(
+        write(client, config, good + b"delivery_direction,dc=dub1 count=\n"), "line-protocol"
+    )
+    assert data["line"] == good.count(b"\n") + 1
+    assert "line " in str(data["error"]) and ":" in str(data["error"])
+    assert stored(influx, config) == 0
+
+
+@pytest.mark.parametrize("param", ["db", "rp"])
+def test_writes_to_another_database_or_retention_policy_are_refused(
+    client: TestClient, config: FederationConfig, influx: InfluxClient, hour0: int, param: str
+) -> None:
+    params = central_params(config, DC)
+    params[param] = "agg_800d" if param == "rp" else "mail"
+    points = window_batch(plan_of(config, DC), hour0 - HOUR)
+    data = _refused(write(client, config, body(points), params=params), "database")
+    assert data["key"] == param
+    assert stored(influx, config) == 0
+
+
+def test_an_oversized_body_gets_413(
+    coordinator: Coordinator, client: TestClient, config: FederationConfig, hour0: int
+) -> None:
+    payload = body(window_batch(plan_of(config, DC), hour0 - HOUR)) * 50
+    compressed = gzip.compress(payload)
+    limit = len(compressed) + 10
+    assert limit < len(payload)
+    coordinator.settings = dataclasses.replace(coordinator.settings, max_body_bytes=limit)
+    _refused(write(client, config, payload), "size", 413)
+    # A small gzip body that inflates past the limit is refused as well.
+    headers = {**basic(DC, token(DC)), "Content-Encoding": "gzip"}
+    _refused(write(client, config, compressed, headers=headers), "size", 413)
+
+
+def test_stale_reshipments_are_refused_and_equal_ones_accepted(
+    client: TestClient, config: FederationConfig, influx: InfluxClient, ledger: Ledger, hour0: int
+) -> None:
+    plan = plan_of(config, DC)
+    start = hour0 - HOUR
+    assert (
+        write(client, config, body(window_batch(plan, start, run=5, events=40))).status_code == 204
+    )  # type: ignore[attr-defined]
+    # The same shipment again (a sender retrying) is fine.
+    assert (
+        write(client, config, body(window_batch(plan, start, run=5, events=40))).status_code == 204
+    )  # type: ignore[attr-defined]
+    data = _refused(
+        write(client, config, body(window_batch(plan, start, run=4, events=40))), "stale-reshipment"
+    )
+    assert data["key"] == "run"
+    data = _refused(
+        write(client, config, body(window_batch(plan, start, run=6, events=30))), "stale-reshipment"
+    )
+    assert data["key"] == "events"
+    assert (
+        write(client, config, body(window_batch(plan, start, run=6, events=50))).status_code == 204
+    )  # type: ignore[attr-defined]
+    (row,) = ledger_windows(ledger)
+    assert (row.run, row.events) == (6, 50)
+
+
+def test_previous_plan_version_is_accepted_during_a_rollout(
+    coordinator: Coordinator, client: TestClient, config: FederationConfig, hour0: int
+) -> None:
+    from sqlalchemy import update
+
+    from federation.coordinator.ledger import DeploymentRow
+
+    plan = plan_of(config, DC)
+    # Pretend the desired version moved on: the plan of the config is now only "previous".
+    with coordinator.ledger.session(write=True) as session:
+        session.execute(
+            update(DeploymentRow)
+            .where(DeploymentRow.dc == DC, DeploymentRow.aggregation == plan.aggregation)
+            .values(previous_version=plan.version, desired_version="ffffffffffff")
+        )
+    coordinator.refresh_plans()
+    assert write(client, config, body(window_batch(plan, hour0 - HOUR))).status_code == 204  # type: ignore[attr-defined]
+
+
+def test_central_down_gives_503_and_records_nothing(
+    client: TestClient, config: FederationConfig, influxd: InfluxServer, ledger: Ledger, hour0: int
+) -> None:
+    influxd.stop()
+    try:
+        points = window_batch(plan_of(config, DC), hour0 - HOUR)
+        response = write(client, config, body(points))
+        assert response.status_code == 503  # type: ignore[attr-defined]
+        assert ledger_windows(ledger) == []
+    finally:
+        influxd.start()
+    assert write(client, config, body(points)).status_code == 204  # type: ignore[attr-defined]
+    assert [r.state for r in ledger_windows(ledger)] == ["shipped"]
+
+
+def test_refusals_are_counted_in_metrics(
+    client: TestClient, config: FederationConfig, hour0: int
+) -> None:
+    points, _, _ = _bad_batch(config, hour0, "email")
+    write(client, config, body(points))
+    text = client.get("/metrics", headers={"Authorization": "Bearer reader-secret"}).text
+    assert 'federation_gateway_refusals_total{rule="personal-data"} 1' in text
