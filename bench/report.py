@@ -1,0 +1,298 @@
+"""Benchmark a monthly p99-per-customer report read from daily rollups, against reading the
+same rollup points, and the time to re-merge one day after a late window.
+
+Run with ``python bench/report.py [--customers N]``. It starts its own influxd, writes a month of
+per-customer daily rollups for 10 DCs straight into it (with the manifests and markers that make
+them current), then times:
+
+1. ``percentile_report`` for the month, per customer (reads the `customer` rollups);
+2. a chunked read of exactly the rollup points that report uses (the floor for any report);
+3. ``refresh_rollups`` of one DC-day after one of its hourly windows was re-shipped with more
+   events (its 24 hourly windows at full group count written first).
+
+The real fleet has 2,000 customers x 16 direction/mailer pairs; the default here is 200
+customers (a printed scale factor), so that the month of rollups is written in under a minute
+on a 2-core machine. Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from federation.aggregate import manifest_point, window_points
+from federation.calendar import periods
+from federation.config import FederationConfig, load_config
+from federation.durations import HOUR_NS, format_influx_duration
+from federation.influx import InfluxClient, quote_ident
+from federation.lineprotocol import serialize
+from federation.localstack import LocalStack
+from federation.plan import AggregationPlan, resolve_plan
+from federation.points import Point
+from federation.reporting import percentile_report, refresh_rollups
+from federation.reporting._central import WindowManifest, fingerprint
+from federation.reporting.rollups import (
+    ROLLUP_MARKER_MEASUREMENT,
+    dims_tag,
+    rollup_dimension_sets,
+    rollup_measurement,
+)
+from federation.sketch import Sketch
+
+REPO = Path(__file__).resolve().parent.parent
+AGG = "delivery_latency"
+REAL_CUSTOMERS = 2_000
+PAIRS = [(d, f"mx{m}") for d in ("in", "out") for m in range(1, 9)]  # 16 direction/mailer pairs
+DCS = 10
+DAYS = 30
+EVENTS_PER_GROUP_HOUR = 31  # 10^6 events an hour over 32k groups
+SEED = 20261101
+POOL = 256
+BATCH = 5_000
+
+
+def bench_config(root: Path) -> FederationConfig:
+    """The example config with 10 DCs (the extra ones in the EU and North America)."""
+    for name in ("policies", "tickscripts"):
+        shutil.copytree(REPO / name, root / name)
+    fleet = yaml.safe_load((REPO / "fleet.yaml").read_text())
+    for i in range(len(fleet["dcs"]), DCS):
+        fleet["dcs"][f"dc{i:02d}"] = {
+            "region": "eu" if i % 2 else "na",
+            "influxdb": {"url": f"http://influxdb.dc{i:02d}.mail.internal:8086"},
+            "agent_token_env": f"FEDERATION_DC{i:02d}_AGENT_TOKEN",
+        }
+    fleet["central"]["reporting_timezones"] = ["UTC"]
+    (root / "fleet.yaml").write_text(yaml.safe_dump(fleet))
+    return load_config(root)
+
+
+def write(central: InfluxClient, plan: AggregationPlan, points: list[Point]) -> None:
+    for i in range(0, len(points), BATCH):
+        central.write(
+            serialize(points[i : i + BATCH]),
+            database=plan.central_database,
+            retention_policy=plan.central_retention_policy,
+        )
+
+
+def daily_pool(rng: np.random.Generator, alpha: float) -> list[Sketch]:
+    """Daily per-customer histograms: 16 pairs x 24 hours x 31 events of lognormal latency."""
+    n = len(PAIRS) * 24 * EVENTS_PER_GROUP_HOUR
+    return [
+        Sketch.from_values(rng.lognormal(math.log(200 * rng.uniform(0.5, 3)), 0.8, n), alpha)
+        for _ in range(POOL)
+    ]
+
+
+def fill_month(
+    central: InfluxClient, config: FederationConfig, customers: int, rng: np.random.Generator
+) -> int:
+    """Manifests for every hourly window, and current `customer` rollups + markers per DC-day."""
+    days = periods("day", "2026-11-01", "2026-11-30", "UTC")
+    alpha = config.aggregations[AGG].accuracy
+    pool = daily_pool(rng, alpha)
+    encoded = [s.encode() for s in pool]
+    dims_list = "|".join(
+        dims_tag(s) for s in rollup_dimension_sets(config.aggregations[AGG].dimensions)
+    )
+    written = 0
+    for dc in sorted(config.fleet.dcs):
+        plan = resolve_plan(config, AGG, dc)
+        points: list[Point] = []
+        for day in days:
+            manifests = []
+            for start in range(day.start_ns, day.end_ns, HOUR_NS):
+                events = customers * len(PAIRS) * EVENTS_PER_GROUP_HOUR
+                manifests.append(WindowManifest(dc, start, plan.version, 1, events, 0))
+                points.append(
+                    manifest_point(
+                        plan, start, events=events, groups=customers * len(PAIRS),
+                        suppressed_events=0, run=1,
+                    )
+                )  # fmt: skip
+            build = fingerprint(manifests)
+            picks = rng.integers(0, POOL, customers)
+            for c in range(customers):
+                k = int(picks[c])
+                tags = {"tz": "UTC", "dims": "customer", "dc": dc, "customer": f"cust{c:04d}"}
+                fields: dict[str, Any] = {
+                    "count": pool[k].count,
+                    "sketch": encoded[k],
+                    "version": plan.version,
+                    "build": build,
+                }
+                points.append(Point(rollup_measurement(AGG), tags, fields, day.start_ns))
+            points.append(
+                Point(
+                    ROLLUP_MARKER_MEASUREMENT,
+                    {"aggregation": AGG, "tz": "UTC", "dc": dc},
+                    {
+                        "fingerprint": build,
+                        "version": plan.version,
+                        "windows": len(manifests),
+                        "events": sum(m.events for m in manifests),
+                        "dims": dims_list,
+                    },
+                    day.start_ns,
+                )
+            )
+        write(central, plan, points)
+        written += len(points)
+    return written
+
+
+def hourly_day(
+    central: InfluxClient, plan: AggregationPlan, day_start: int, customers: int,
+    rng: np.random.Generator,
+) -> tuple[list[np.ndarray], list[list[list[str]]]]:  # fmt: skip
+    """24 hourly windows of one DC at full group count, shipped with `window_points`."""
+    n = customers * len(PAIRS) * EVENTS_PER_GROUP_HOUR
+    group = np.repeat(np.arange(customers * len(PAIRS)), EVENTS_PER_GROUP_HOUR)
+    direction = [PAIRS[g % len(PAIRS)][0] for g in group.tolist()]
+    mailer = [PAIRS[g % len(PAIRS)][1] for g in group.tolist()]
+    customer = [f"cust{g // len(PAIRS):04d}" for g in group.tolist()]
+    columns = [direction, mailer, customer]
+    all_values = []
+    for h in range(24):
+        values = rng.lognormal(math.log(200), 0.8, n)
+        all_values.append(values)
+        write(central, plan, window_points(plan, day_start + h * HOUR_NS, values, columns, run=1))
+    return all_values, [columns] * 24
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def read_rollup_points(central: InfluxClient, config: FederationConfig) -> int:
+    """Stream exactly the rollup points the report reads (same query shape), decoding nothing."""
+    database = config.fleet.central.database
+    days = periods("month", "2026-11-01", "2026-11-01", "UTC")[0]
+    rows = 0
+    rps = sorted({config.policy_for(dc).central.retention_policy for dc in config.fleet.dcs})
+    for rp in rps:
+        dcs = [
+            d
+            for d in sorted(config.fleet.dcs)
+            if config.policy_for(d).central.retention_policy == rp
+        ]
+        source = ".".join(quote_ident(p) for p in (database, rp, rollup_measurement(AGG)))
+        dc_cond = " OR ".join(f"\"dc\" = '{d}'" for d in dcs)
+        q = (
+            f'SELECT "sketch", "version", "build" FROM {source} WHERE "tz" = \'UTC\' AND '
+            f"\"dims\" = 'customer' AND ({dc_cond}) AND time >= {days.start_ns} "
+            f'AND time < {days.end_ns} GROUP BY "customer", "dc"'
+        )
+        for series in central.iter_series(q, database=database, chunk_size=10_000):
+            rows += len(series.values)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=200)
+    args = parser.parse_args()
+    customers = args.customers
+    rng = np.random.default_rng(SEED)
+    root = Path(tempfile.mkdtemp(prefix="federation-bench-"))
+    try:
+        config = bench_config(root / "config")
+        with LocalStack(root / "servers") as stack:
+            central = InfluxClient(stack.influxd("central").url, timeout=300)
+            database = config.fleet.central.database
+            central.create_database(database)
+            for policy in config.policies.values():
+                central.execute(
+                    f"CREATE RETENTION POLICY {quote_ident(policy.central.retention_policy)} ON "
+                    f"{quote_ident(database)} DURATION "
+                    f"{format_influx_duration(policy.central.retention)} REPLICATION 1"
+                )
+            print(
+                f"monthly p99 per customer: {customers} customers x {len(PAIRS)} direction/mailer"
+                f" pairs x {DCS} DCs x {DAYS} days, hourly windows"
+            )
+            print(
+                f"  scaled down {REAL_CUSTOMERS / customers:g}x from {REAL_CUSTOMERS} customers "
+                f"(≈{REAL_CUSTOMERS * len(PAIRS) * DCS * DAYS * 24 / 1e6:.0f}M hourly group points "
+                "in reality)"
+            )
+            t_fill, points = timed(lambda: fill_month(central, config, customers, rng))
+            print(f"  wrote {points:,} points (rollups, markers, manifests) in {t_fill:.1f} s")
+
+            t_read, rows = timed(lambda: read_rollup_points(central, config))
+            runs = []
+            report = None
+            for _ in range(2):
+                t, report = timed(
+                    lambda: percentile_report(
+                        config,
+                        central,
+                        AGG,
+                        period="month",
+                        from_date="2026-11-01",
+                        to_date="2026-11-30",
+                        tz="UTC",
+                        by=["customer"],
+                        percentiles=[99],
+                    )
+                )
+                runs.append(t)
+            t_read2, _ = timed(lambda: read_rollup_points(central, config))
+            assert report is not None
+            t_read = min(t_read, t_read2)
+            t_report = min(runs)
+            print(f"  read the {rows:,} rollup points it uses: {t_read:.2f} s (best of 2)")
+            print(
+                f"  report (p99 per customer, month, from rollups): {t_report:.2f} s (best of 2; "
+                f"runs {', '.join(f'{r:.2f}' for r in runs)} s) = {t_report / t_read:.2f}x the read"
+            )
+            print(f"  {len(report.rows)} rows; sources: {report.periods[0].sources}")
+            print("  targets: report < 10 s, within 3x of the read")
+
+            dc = "dub1"
+            plan = resolve_plan(config, AGG, dc)
+            day = periods("day", "2026-11-12", "2026-11-12", "UTC")[0]
+            t_hourly, _ = timed(lambda: hourly_day(central, plan, day.start_ns, customers, rng))
+            print(
+                f"re-merge one day: {dc} {day.label}, 24 hourly windows x "
+                f"{customers * len(PAIRS)} groups shipped in {t_hourly:.1f} s"
+            )
+            late = day.start_ns + 5 * HOUR_NS
+            n = customers * len(PAIRS) * (EVENTS_PER_GROUP_HOUR + 1)
+            group = np.repeat(np.arange(customers * len(PAIRS)), EVENTS_PER_GROUP_HOUR + 1)
+            columns = [
+                [PAIRS[g % len(PAIRS)][0] for g in group.tolist()],
+                [PAIRS[g % len(PAIRS)][1] for g in group.tolist()],
+                [f"cust{g // len(PAIRS):04d}" for g in group.tolist()],
+            ]
+            values = rng.lognormal(math.log(200), 0.8, n)
+            write(central, plan, window_points(plan, late, values, columns, run=2))
+            t_merge, outcomes = timed(
+                lambda: refresh_rollups(config, central, AGG, [(dc, late)], zones=["UTC"])
+            )
+            [outcome] = outcomes
+            print(
+                f"  late window {day.label}T05:00Z re-shipped (run 2); refresh_rollups: "
+                f"{t_merge:.2f} s ({outcome.status}, {outcome.windows} windows, "
+                f"{outcome.groups:,} rollup points over {len(rollup_dimension_sets(plan.dimensions))}"
+                " dimension sets)"
+            )
+            central.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

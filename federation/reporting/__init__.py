@@ -1,0 +1,64 @@
+"""Central reports over merged histograms: percentiles, SLA attainment, worst groups,
+completeness, daily rollups, their HTTP routes and a Grafana dashboard.
+
+Library first: every report is a function taking the loaded config, a central InfluxDB client
+and optionally the coordinator's ledger, returning a value object with `table_rows()` and
+`to_json()`; the CLI and the HTTP routes only call these.
+"""
+
+from __future__ import annotations
+
+from federation.reporting.completeness import Completeness, completeness
+from federation.reporting.reports import (
+    Metric,
+    PercentileReport,
+    PercentileRow,
+    PeriodStatus,
+    SlaReport,
+    SlaRow,
+    VersionChange,
+    WorstReport,
+    WorstRow,
+    parse_last,
+    parse_metric,
+    parse_threshold,
+    percentile_report,
+    sla_report,
+    worst_report,
+)
+from federation.reporting.rollups import (
+    ROLLUP_MARKER_MEASUREMENT,
+    RemergeOutcome,
+    covering_dimension_set,
+    refresh_rollups,
+    remerge_day,
+    rollup_dimension_sets,
+    rollup_measurement,
+)
+
+__all__ = [
+    "ROLLUP_MARKER_MEASUREMENT",
+    "Completeness",
+    "Metric",
+    "PercentileReport",
+    "PercentileRow",
+    "PeriodStatus",
+    "RemergeOutcome",
+    "SlaReport",
+    "SlaRow",
+    "VersionChange",
+    "WorstReport",
+    "WorstRow",
+    "completeness",
+    "covering_dimension_set",
+    "parse_last",
+    "parse_metric",
+    "parse_threshold",
+    "percentile_report",
+    "refresh_rollups",
+    "remerge_day",
+    "rollup_dimension_sets",
+    "rollup_measurement",
+    "sla_report",
+    "worst_report",
+]

@@ -1,0 +1,221 @@
+"""Reading the central InfluxDB for reports: manifests, summary points and rollup points.
+
+Every read names the series it needs (a WHERE on tags), the time range it needs and only the
+fields it needs, and is streamed in chunks, so memory follows the merged histograms, never the
+number of points read. Each DC's aggregates live in its region's central retention policy, so a
+read is one query per retention policy, restricted to the DCs stored there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from federation.config import FederationConfig
+from federation.errors import FederationError, InvalidInput, SketchDecodeError
+from federation.influx import InfluxClient, Series, credentials_from_env, quote_ident, quote_string
+from federation.plan import MANIFEST_MEASUREMENT, NONE_VALUE
+from federation.sketch import Sketch, merge_all
+
+CHUNK_SIZE = 10_000
+# Sketches waiting to be merged into a key's running histogram: merging in batches keeps the
+# vectorised merge efficient while holding at most this many unmerged histograms per key.
+_MERGE_BATCH = 64
+
+
+class CentralReader(Protocol):
+    """What reports need from central InfluxDB (an `InfluxClient` fits)."""
+
+    def iter_series(
+        self,
+        q: str,
+        *,
+        database: str | None = None,
+        epoch: str = "ns",
+        chunked: bool = True,
+        chunk_size: int = 10_000,
+    ) -> Iterator[Series]:
+        """Stream a query's series chunk by chunk."""
+        ...
+
+
+class CentralWriter(CentralReader, Protocol):
+    """A central client that also writes line protocol (rollups write their points)."""
+
+    def write(
+        self,
+        body: bytes,
+        *,
+        database: str,
+        retention_policy: str | None = None,
+        precision: str = "ns",
+    ) -> None:
+        """Write line protocol; raise unless every point was stored."""
+        ...
+
+
+@dataclass(frozen=True)
+class WindowManifest:
+    """What the manifest of one (dc, window) says."""
+
+    dc: str
+    start_ns: int
+    version: str
+    run: int
+    events: int
+    suppressed_events: int
+
+
+def dcs_by_retention_policy(
+    config: FederationConfig, dcs: Iterable[str]
+) -> list[tuple[str, list[str]]]:
+    """The central retention policy of each DC's aggregates, and the DCs stored in it, sorted."""
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for dc in sorted(set(dcs)):
+        grouped[config.policy_for(dc).central.retention_policy].append(dc)
+    return sorted(grouped.items())
+
+
+def dc_condition(dcs: Sequence[str]) -> str:
+    """`("dc" = 'a' OR "dc" = 'b')`: a WHERE on the dc tag."""
+    return "(" + " OR ".join(f'"dc" = {quote_string(dc)}' for dc in dcs) + ")"
+
+
+def select_query(
+    database: str,
+    rp: str,
+    measurement: str,
+    fields: Sequence[str],
+    where: Sequence[str],
+    start_ns: int,
+    end_ns: int,
+    group_by: Sequence[str],
+) -> str:
+    """`SELECT fields FROM db.rp.m WHERE … AND time range GROUP BY tags` (group_by `*`: all)."""
+    source = ".".join(quote_ident(p) for p in (database, rp, measurement))
+    columns = ", ".join(quote_ident(f) for f in fields)
+    conditions = [*where, f"time >= {start_ns}", f"time < {end_ns}"]
+    q = f"SELECT {columns} FROM {source} WHERE {' AND '.join(conditions)}"
+    if list(group_by) == ["*"]:
+        return q + " GROUP BY *"
+    if group_by:
+        q += " GROUP BY " + ", ".join(quote_ident(t) for t in group_by)
+    return q
+
+
+def stream_rows(
+    central: CentralReader, q: str, database: str
+) -> Iterator[tuple[dict[str, str], list[Any]]]:
+    """Each row of a query as (series tags, [time, fields…]), chunk by chunk."""
+    for series in central.iter_series(q, database=database, chunk_size=CHUNK_SIZE):
+        tags = series.tags
+        for row in series.values:
+            yield tags, row
+
+
+def read_manifests(
+    central: CentralReader,
+    config: FederationConfig,
+    aggregation: str,
+    dcs: Sequence[str],
+    start_ns: int,
+    end_ns: int,
+) -> dict[tuple[str, int], WindowManifest]:
+    """Every manifest of `aggregation` from `dcs` for windows starting in [start, end)."""
+    database = config.fleet.central.database
+    found: dict[tuple[str, int], WindowManifest] = {}
+    for rp, rp_dcs in dcs_by_retention_policy(config, dcs):
+        q = select_query(
+            database,
+            rp,
+            MANIFEST_MEASUREMENT,
+            ("events", "suppressed_events", "version", "run"),
+            (f'"aggregation" = {quote_string(aggregation)}', dc_condition(rp_dcs)),
+            start_ns,
+            end_ns,
+            ("dc",),
+        )
+        for tags, (t, events, suppressed, version, run) in stream_rows(central, q, database):
+            dc = tags.get("dc", "")
+            found[(dc, int(t))] = WindowManifest(
+                dc=dc,
+                start_ns=int(t),
+                version=str(version or ""),
+                run=int(run or 0),
+                events=int(events or 0),
+                suppressed_events=int(suppressed or 0),
+            )
+    return found
+
+
+def fingerprint(manifests: Iterable[WindowManifest]) -> str:
+    """A short digest of which computations (window, run, version, events) a set of manifests
+    names; a rollup built from the same manifests carries the same digest, whatever the order."""
+    text = ";".join(
+        f"{m.start_ns}:{m.run}:{m.version}:{m.events}"
+        for m in sorted(manifests, key=lambda m: m.start_ns)
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tag_value(tags: dict[str, str], key: str) -> str:
+    """A series' value of tag `key`; a point without the tag is in the `_none` group."""
+    return tags.get(key) or NONE_VALUE
+
+
+def decode_sketch(text: Any, where: str) -> Sketch:
+    """The histogram of a `sketch` field; InvalidInput naming the point when it does not decode."""
+    try:
+        return Sketch.decode(text)
+    except SketchDecodeError as exc:
+        raise InvalidInput(f"central point {where}: {exc}") from None
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class SketchMerger(Generic[K]):
+    """Running merges of histograms per key, holding one merged histogram per key plus a small
+    batch of pending ones, however many are added."""
+
+    def __init__(self) -> None:
+        self._merged: dict[K, Sketch] = {}
+        self._pending: dict[K, list[Sketch]] = {}
+
+    def add(self, key: K, sketch: Sketch) -> None:
+        """Add one histogram to `key`'s merge."""
+        pending = self._pending.get(key)
+        if pending is None:
+            self._pending[key] = [sketch]
+            return
+        pending.append(sketch)
+        if len(pending) >= _MERGE_BATCH:
+            self._flush(key, pending)
+
+    def _flush(self, key: K, pending: list[Sketch]) -> None:
+        held = self._merged.get(key)
+        items = pending if held is None else [held, *pending]
+        try:
+            self._merged[key] = merge_all(items)
+        except ValueError as exc:
+            raise FederationError(f"cannot merge the histograms of {key!r}: {exc}") from None
+        pending.clear()
+
+    def results(self) -> dict[K, Sketch]:
+        """Every key's merged histogram."""
+        for key, pending in self._pending.items():
+            if pending:
+                self._flush(key, pending)
+        return self._merged
+
+
+def open_central(
+    config: FederationConfig, url: str | None = None, timeout: float = 60.0
+) -> InfluxClient:
+    """An `InfluxClient` for central InfluxDB (`url` overrides the fleet's), with the
+    credentials the fleet names; the caller closes it."""
+    endpoint = config.fleet.central.influxdb
+    return InfluxClient(url or endpoint.url, auth=credentials_from_env(endpoint), timeout=timeout)

@@ -1,0 +1,278 @@
+"""Merge an aggregation's histograms over a time range, per plan version and group.
+
+The range is covered by the coarsest source that fits: whole local days of one reporting time
+zone come from daily rollups, and windows are read only at the edges (where the range does not
+start or end on a rollup day boundary) and for (dc, day) pairs whose rollup is missing or stale.
+Histograms of different plan versions are never merged: every figure is keyed by version.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from federation.calendar import CalendarPeriod, period_of, periods
+from federation.config import FederationConfig
+from federation.influx import quote_string
+from federation.reporting._central import (
+    CentralReader,
+    SketchMerger,
+    WindowManifest,
+    dc_condition,
+    dcs_by_retention_policy,
+    decode_sketch,
+    fingerprint,
+    read_manifests,
+    select_query,
+    stream_rows,
+    tag_value,
+)
+from federation.reporting.rollups import (
+    ROLLUP_MARKER_MEASUREMENT,
+    covering_dimension_set,
+    dims_tag,
+    rollup_measurement,
+)
+from federation.sketch import Sketch
+
+UNKNOWN_VERSION = "unknown"
+"""The version of summary points whose window has no manifest at central."""
+
+GroupKey = tuple[str, ...]
+FigureKey = tuple[str, GroupKey]
+"""(plan version, group values in `by` order)."""
+
+
+@dataclass
+class Collected:
+    """Merged histograms of one range, and where they came from."""
+
+    sketches: dict[FigureKey, Sketch]
+    manifests: dict[tuple[str, int], WindowManifest]
+    rollup_zone: str | None = None
+    rollup_dc_days: int = 0
+    window_dc_days: int = 0
+    points_read: dict[str, int] = field(default_factory=lambda: {"rollup": 0, "window": 0})
+
+    def describe_sources(self) -> str:
+        """`rollups (Europe/London) 29 dc-days, windows 1 dc-day + edges`-style summary."""
+        if self.rollup_zone is None:
+            return f"windows ({self.points_read['window']} points)"
+        return (
+            f"rollups {self.rollup_zone}: {self.rollup_dc_days} dc-days "
+            f"({self.points_read['rollup']} points); windows: {self.window_dc_days} dc-days "
+            f"+ edges ({self.points_read['window']} points)"
+        )
+
+
+@dataclass(frozen=True)
+class _Range:
+    start_ns: int
+    end_ns: int
+    dcs: tuple[str, ...]
+
+
+def rollup_days(
+    start_ns: int, end_ns: int, zones: Sequence[str]
+) -> tuple[str | None, list[CalendarPeriod]]:
+    """The zone whose whole local days cover most of [start, end), and those days in order;
+    (None, []) when no zone has a whole day inside the range. Earlier zones win ties."""
+    best: tuple[str | None, list[CalendarPeriod]] = (None, [])
+    best_cover = 0
+    if end_ns <= start_ns:
+        return best
+    for tz in zones:
+        first = period_of(start_ns, "day", tz)
+        last = period_of(end_ns - 1, "day", tz)
+        days = [
+            d
+            for d in periods("day", first.label, last.label, tz)
+            if d.start_ns >= start_ns and d.end_ns <= end_ns
+        ]
+        cover = sum(d.duration_ns for d in days)
+        if cover > best_cover:
+            best, best_cover = (tz, days), cover
+    return best
+
+
+def collect(
+    config: FederationConfig,
+    central: CentralReader,
+    aggregation: str,
+    start_ns: int,
+    end_ns: int,
+    *,
+    by: Sequence[str],
+    dcs: Sequence[str],
+    zones: Sequence[str] = (),
+) -> Collected:
+    """Per (version, group of `by`), the histogram of every event of the windows starting in
+    [start, end) from `dcs`, each (dc, window) counted exactly once.
+
+    Rollups of `zones` are used where a whole local day lies in the range and the DC's rollup
+    of that day matches the manifests central holds now; everything else is read from windows.
+    Only the needed series (dc and rollup tags in the WHERE), time range and fields are read,
+    streamed, so memory follows the number of figures, not of points.
+    """
+    dimensions = config.aggregations[aggregation].dimensions
+    manifests = read_manifests(central, config, aggregation, dcs, start_ns, end_ns)
+    result = Collected({}, manifests)
+    merger: SketchMerger[FigureKey] = SketchMerger()
+    ranges: list[_Range] = []
+
+    dimension_set = covering_dimension_set(dimensions, by)
+    zone, days = (None, []) if dimension_set is None else rollup_days(start_ns, end_ns, zones)
+    if zone is not None and dimension_set is not None:
+        dims = dims_tag(dimension_set)
+        usable = _usable_rollups(central, config, aggregation, zone, dims, dcs, days, manifests)
+        result.rollup_zone = zone
+        result.rollup_dc_days = len(usable)
+        result.window_dc_days = len(dcs) * len(days) - len(usable)
+        if usable:
+            _read_rollups(
+                central, config, aggregation, zone, dims, by, days, usable, merger, result
+            )
+        stale: dict[tuple[int, int], list[str]] = defaultdict(list)
+        for dc in dcs:
+            for span in _spans([d for d in days if (dc, d.start_ns) not in usable]):
+                stale[span].append(dc)
+        ranges += [_Range(lo, hi, tuple(ds)) for (lo, hi), ds in sorted(stale.items())]
+        edges = [(start_ns, days[0].start_ns), (days[-1].end_ns, end_ns)]
+    else:
+        edges = [(start_ns, end_ns)]
+    ranges += [_Range(lo, hi, tuple(dcs)) for lo, hi in edges if hi > lo]
+    for r in ranges:
+        _read_windows(central, config, aggregation, by, r, manifests, merger, result)
+    result.sketches = merger.results()
+    return result
+
+
+def _spans(days: Sequence[CalendarPeriod]) -> list[tuple[int, int]]:
+    """Contiguous runs of days as [start, end) ranges."""
+    spans: list[tuple[int, int]] = []
+    for d in days:
+        if spans and spans[-1][1] == d.start_ns:
+            spans[-1] = (spans[-1][0], d.end_ns)
+        else:
+            spans.append((d.start_ns, d.end_ns))
+    return spans
+
+
+def _usable_rollups(
+    central: CentralReader,
+    config: FederationConfig,
+    aggregation: str,
+    zone: str,
+    dims: str,
+    dcs: Sequence[str],
+    days: Sequence[CalendarPeriod],
+    manifests: dict[tuple[str, int], WindowManifest],
+) -> dict[tuple[str, int], str]:
+    """(dc, day start) -> build of each rollup that holds `dims` and matches the manifests."""
+    starts = [d.start_ns for d in days]
+    per_day: dict[tuple[str, int], list[WindowManifest]] = defaultdict(list)
+    for (dc, t), m in manifests.items():
+        i = bisect.bisect_right(starts, t) - 1
+        if i >= 0 and t < days[i].end_ns:
+            per_day[(dc, starts[i])].append(m)
+    database = config.fleet.central.database
+    usable: dict[tuple[str, int], str] = {}
+    for rp, rp_dcs in dcs_by_retention_policy(config, dcs):
+        q = select_query(
+            database,
+            rp,
+            ROLLUP_MARKER_MEASUREMENT,
+            ("fingerprint", "dims"),
+            (
+                f'"aggregation" = {quote_string(aggregation)}',
+                f'"tz" = {quote_string(zone)}',
+                dc_condition(rp_dcs),
+            ),
+            days[0].start_ns,
+            days[-1].end_ns,
+            ("dc",),
+        )
+        for tags, (t, build, marker_dims) in stream_rows(central, q, database):
+            key = (tags.get("dc", ""), int(t))
+            held = per_day.get(key)
+            if held and dims in str(marker_dims).split("|") and build == fingerprint(held):
+                usable[key] = str(build)
+    return usable
+
+
+def _group(tags: dict[str, str], by: Sequence[str]) -> GroupKey:
+    return tuple(tags.get("dc", "") if d == "dc" else tag_value(tags, d) for d in by)
+
+
+def _read_rollups(
+    central: CentralReader,
+    config: FederationConfig,
+    aggregation: str,
+    zone: str,
+    dims: str,
+    by: Sequence[str],
+    days: Sequence[CalendarPeriod],
+    usable: dict[tuple[str, int], str],
+    merger: SketchMerger[FigureKey],
+    result: Collected,
+) -> None:
+    database = config.fleet.central.database
+    group_by = tuple(dict.fromkeys([*by, "dc"]))
+    measurement = rollup_measurement(aggregation)
+    used_dcs = sorted({dc for dc, _ in usable})
+    for rp, rp_dcs in dcs_by_retention_policy(config, used_dcs):
+        q = select_query(
+            database,
+            rp,
+            measurement,
+            ("sketch", "version", "build"),
+            (
+                f'"tz" = {quote_string(zone)}',
+                f'"dims" = {quote_string(dims)}',
+                dc_condition(rp_dcs),
+            ),
+            days[0].start_ns,
+            days[-1].end_ns,
+            group_by,
+        )
+        for tags, (t, text, version, build) in stream_rows(central, q, database):
+            dc = tags.get("dc", "")
+            if usable.get((dc, int(t))) != build:
+                continue
+            sketch = decode_sketch(text, f"{measurement} dc={dc} time={t}")
+            merger.add((str(version), _group(tags, by)), sketch)
+            result.points_read["rollup"] += 1
+
+
+def _read_windows(
+    central: CentralReader,
+    config: FederationConfig,
+    aggregation: str,
+    by: Sequence[str],
+    span: _Range,
+    manifests: dict[tuple[str, int], WindowManifest],
+    merger: SketchMerger[FigureKey],
+    result: Collected,
+) -> None:
+    database = config.fleet.central.database
+    group_by = tuple(dict.fromkeys([*by, "dc"]))
+    for rp, rp_dcs in dcs_by_retention_policy(config, span.dcs):
+        q = select_query(
+            database,
+            rp,
+            aggregation,
+            ("sketch",),
+            (dc_condition(rp_dcs),),
+            span.start_ns,
+            span.end_ns,
+            group_by,
+        )
+        for tags, (t, text) in stream_rows(central, q, database):
+            dc = tags.get("dc", "")
+            manifest = manifests.get((dc, int(t)))
+            version = manifest.version if manifest is not None else UNKNOWN_VERSION
+            sketch = decode_sketch(text, f"{aggregation} dc={dc} time={t}")
+            merger.add((version, _group(tags, by)), sketch)
+            result.points_read["window"] += 1

@@ -1,0 +1,681 @@
+"""Central reports: calendar-locked percentiles, SLA attainment and the worst groups.
+
+Every figure is read from merged histograms (`sketch` fields), never from InfluxDB's own
+percentiles or time grouping: periods come from `federation.calendar` (ISO weeks start on
+Monday, months are months, DST days are 23 or 25 hours), and the windows of each period are
+merged exactly, each (dc, window) once. A percentile is within relative error alpha of the exact
+nearest-rank percentile of the raw events; an SLA share comes as bounds that contain the true
+share. Histograms of different plan versions are never merged: a period whose windows carry
+several versions yields one row per version and says where the version changes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from federation.calendar import CalendarPeriod, period_windows, periods
+from federation.clock import format_rfc3339
+from federation.config import FederationConfig
+from federation.durations import parse_duration
+from federation.errors import InvalidInput
+from federation.reporting._central import CentralReader, WindowManifest
+from federation.reporting._collect import Collected, FigureKey, collect
+from federation.reporting.completeness import Completeness, completeness
+from federation.sketch import Sketch
+from federation.stats import percentile_field
+from federation.windows import align
+
+__all__ = [
+    "Metric",
+    "PercentileReport",
+    "PercentileRow",
+    "PeriodStatus",
+    "SlaReport",
+    "SlaRow",
+    "VersionChange",
+    "WorstReport",
+    "WorstRow",
+    "parse_last",
+    "parse_metric",
+    "parse_threshold",
+    "percentile_report",
+    "sla_report",
+    "worst_report",
+]
+
+Ledger = Session | Engine
+
+_UNIT_NS = {"ns": 1.0, "us": 1e3, "µs": 1e3, "u": 1e3, "ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9}
+_THRESHOLD = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ns|us|µs|u|ms|s|m|h)?\s*$")
+
+
+def parse_threshold(text: str, unit: str = "ms") -> float:
+    """A threshold in the aggregation's `unit`: `30s` -> 30000.0 for `ms`; a bare number is
+    already in `unit`. InvalidInput for anything else, or a duration when `unit` is not a time
+    unit."""
+    match = _THRESHOLD.match(text)
+    if match is None:
+        raise InvalidInput(
+            f"threshold {text!r}: write a number in {unit} or a duration such as 250ms or 30s"
+        )
+    number, suffix = float(match.group(1)), match.group(2)
+    if suffix is None or suffix == unit:
+        return number
+    if unit not in _UNIT_NS:
+        raise InvalidInput(f"threshold {text!r}: the aggregation's unit {unit!r} is not a time")
+    return number * _UNIT_NS[suffix] / _UNIT_NS[unit]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What `worst` ranks by: a percentile (`p99`) or the count of events over a threshold."""
+
+    text: str
+    percentile: float | None = None
+    threshold: float | None = None
+
+
+def parse_metric(text: str, unit: str = "ms") -> Metric:
+    """`p99`, `p99.9`, `p99_9` or `count_over:<threshold>`; InvalidInput otherwise."""
+    if text.startswith("count_over:"):
+        return Metric(text, threshold=parse_threshold(text.removeprefix("count_over:"), unit))
+    match = re.fullmatch(r"p([0-9]+(?:[._][0-9]+)?)", text)
+    if match is not None:
+        p = float(match.group(1).replace("_", "."))
+        if 0 < p <= 100:
+            return Metric(text, percentile=p)
+    raise InvalidInput(f"metric {text!r}: use p50, p95, p99, p99.9 or count_over:<threshold>")
+
+
+@dataclass(frozen=True)
+class VersionChange:
+    """A DC's plan version changing between two consecutive windows of a period."""
+
+    dc: str
+    at_ns: int
+    before: str
+    after: str
+
+    def describe(self) -> str:
+        return f"{self.dc}: {self.before} -> {self.after} at {format_rfc3339(self.at_ns)}"
+
+
+@dataclass(frozen=True)
+class PeriodStatus:
+    """What a report knows about one period beyond its figures."""
+
+    period: CalendarPeriod
+    windows: int
+    """Windows per DC that tile the period."""
+    manifests: int
+    events: int
+    suppressed_events: int
+    versions: dict[str, tuple[str, ...]]
+    """Each plan version seen and the DCs that shipped it."""
+    version_changes: tuple[VersionChange, ...]
+    completeness: Completeness | None
+    sources: str
+
+    @property
+    def suppressed_share(self) -> float | None:
+        """Share of the period's events in groups suppressed by k-anonymity."""
+        return self.suppressed_events / self.events if self.events else None
+
+    @property
+    def complete(self) -> bool | None:
+        """Whether every expected (dc, window) is verified or empty; None without a ledger."""
+        return None if self.completeness is None else self.completeness.complete
+
+    @property
+    def flags(self) -> list[str]:
+        """Human-readable warnings: incompleteness, version changes, several versions."""
+        flags: list[str] = []
+        if self.completeness is not None and not self.completeness.complete:
+            flags.append(f"incomplete {self.completeness.describe()}")
+        if self.version_changes:
+            flags.append(
+                "version changes: " + "; ".join(c.describe() for c in self.version_changes)
+            )
+        elif len(self.versions) > 1:
+            parts = [f"{v} ({', '.join(dcs)})" for v, dcs in sorted(self.versions.items())]
+            flags.append("versions differ between DCs: " + "; ".join(parts))
+        return flags
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.completeness
+        return {
+            "period": self.period.label,
+            "start": format_rfc3339(self.period.start_ns),
+            "end": format_rfc3339(self.period.end_ns),
+            "windows_per_dc": self.windows,
+            "manifests": self.manifests,
+            "events": self.events,
+            "suppressed_events": self.suppressed_events,
+            "suppressed_share": self.suppressed_share,
+            "completeness": None
+            if c is None
+            else {"expected": c.expected, "done": c.done, "ratio": c.ratio, "states": c.states},
+            "versions": {v: list(d) for v, d in self.versions.items()},
+            "version_changes": [
+                {"dc": x.dc, "at": format_rfc3339(x.at_ns), "from": x.before, "to": x.after}
+                for x in self.version_changes
+            ],
+            "sources": self.sources,
+            "flags": self.flags,
+        }
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{x * 100:.2f}%"
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.6g}"
+
+
+@dataclass(frozen=True)
+class PercentileRow:
+    """Merged percentiles of one group in one period and plan version."""
+
+    period: str
+    version: str
+    group: dict[str, str]
+    count: int
+    alpha: float
+    values: dict[str, float | None]
+
+    def bounds(self, name: str) -> tuple[float, float] | None:
+        """Where the exact percentile lies: [v / (1 + alpha), v / (1 - alpha)] for v >= 0."""
+        v = self.values.get(name)
+        if v is None:
+            return None
+        lo, hi = v / (1 + self.alpha), v / (1 - self.alpha)
+        return (lo, hi) if v >= 0 else (hi, lo)
+
+
+@dataclass(frozen=True)
+class PercentileReport:
+    """`federation report percentiles`: per period and group, merged percentiles."""
+
+    aggregation: str
+    kind: str
+    tz: str
+    by: tuple[str, ...]
+    percentiles: tuple[float, ...]
+    periods: list[PeriodStatus]
+    rows: list[PercentileRow]
+
+    @property
+    def fields(self) -> list[str]:
+        return [percentile_field(p) for p in self.percentiles]
+
+    def columns(self) -> list[str]:
+        return [
+            "period", "version", *self.by, "events", *self.fields, "error", "suppressed",
+            "complete", "flags",
+        ]  # fmt: skip
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        """One flat row per (period, version, group), period notes repeated on each."""
+        status = {s.period.label: s for s in self.periods}
+        out: list[dict[str, Any]] = []
+        for r in self.rows:
+            s = status[r.period]
+            row: dict[str, Any] = {"period": r.period, "version": r.version, **r.group}
+            row["events"] = r.count
+            row.update({f: _num(r.values.get(f)) for f in self.fields})
+            row["error"] = f"±{r.alpha:.2%}" if r.count else ""
+            row["suppressed"] = _pct(s.suppressed_share)
+            row["complete"] = _pct(s.completeness.ratio) if s.completeness else "unknown"
+            row["flags"] = " | ".join(s.flags)
+            out.append(row)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole report as JSON-able data: meta, periods (notes) and rows."""
+        starts = {s.period.label: format_rfc3339(s.period.start_ns) for s in self.periods}
+        return {
+            "report": "percentiles",
+            "aggregation": self.aggregation,
+            "period": self.kind,
+            "tz": self.tz,
+            "by": list(self.by),
+            "percentiles": list(self.percentiles),
+            "periods": [s.to_json() for s in self.periods],
+            "rows": [
+                {
+                    "period": r.period,
+                    "start": starts[r.period],
+                    "version": r.version,
+                    **r.group,
+                    "count": r.count,
+                    "alpha": r.alpha,
+                    **{f: r.values.get(f) for f in self.fields},
+                    "bounds": {f: r.bounds(f) for f in self.fields},
+                }
+                for r in self.rows
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class SlaRow:
+    """Share of one group's events at or under the threshold, as bounds."""
+
+    period: str
+    version: str
+    group: dict[str, str]
+    count: int
+    within_low: int
+    within_high: int
+
+    @property
+    def share(self) -> tuple[float, float] | None:
+        if not self.count:
+            return None
+        return self.within_low / self.count, self.within_high / self.count
+
+
+@dataclass(frozen=True)
+class SlaReport:
+    """`federation report sla`: per period and group, the share of events within threshold."""
+
+    aggregation: str
+    kind: str
+    tz: str
+    by: tuple[str, ...]
+    threshold: float
+    unit: str
+    periods: list[PeriodStatus]
+    rows: list[SlaRow]
+
+    def columns(self) -> list[str]:
+        return [
+            "period", "version", *self.by, "events", "within", "share_low", "share_high",
+            "suppressed", "complete", "flags",
+        ]  # fmt: skip
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        status = {s.period.label: s for s in self.periods}
+        out: list[dict[str, Any]] = []
+        for r in self.rows:
+            s = status[r.period]
+            share = r.share
+            out.append(
+                {
+                    "period": r.period,
+                    "version": r.version,
+                    **r.group,
+                    "events": r.count,
+                    "within": f"{r.within_low}..{r.within_high}",
+                    "share_low": _pct(share[0]) if share else "",
+                    "share_high": _pct(share[1]) if share else "",
+                    "suppressed": _pct(s.suppressed_share),
+                    "complete": _pct(s.completeness.ratio) if s.completeness else "unknown",
+                    "flags": " | ".join(s.flags),
+                }
+            )
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole report as JSON-able data: meta, periods (notes) and rows."""
+        starts = {s.period.label: format_rfc3339(s.period.start_ns) for s in self.periods}
+        return {
+            "report": "sla",
+            "aggregation": self.aggregation,
+            "period": self.kind,
+            "tz": self.tz,
+            "by": list(self.by),
+            "threshold": self.threshold,
+            "unit": self.unit,
+            "periods": [s.to_json() for s in self.periods],
+            "rows": [
+                {
+                    "period": r.period,
+                    "start": starts[r.period],
+                    "version": r.version,
+                    **r.group,
+                    "count": r.count,
+                    "within_low": r.within_low,
+                    "within_high": r.within_high,
+                    "share_low": r.share[0] if r.share else None,
+                    "share_high": r.share[1] if r.share else None,
+                }
+                for r in self.rows
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class WorstRow:
+    """One group ranked by a metric: `value` and the bounds the exact figure lies within."""
+
+    rank: int
+    version: str
+    group: dict[str, str]
+    count: int
+    value: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class WorstReport:
+    """`federation report worst`: the groups with the worst metric over the last range."""
+
+    aggregation: str
+    metric: str
+    by: tuple[str, ...]
+    start_ns: int
+    end_ns: int
+    rows: list[WorstRow]
+    status: PeriodStatus | None = field(default=None)
+
+    def columns(self) -> list[str]:
+        return ["rank", "version", *self.by, "events", self.metric, "low", "high"]
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "rank": r.rank,
+                "version": r.version,
+                **r.group,
+                "events": r.count,
+                self.metric: _num(r.value),
+                "low": _num(r.low),
+                "high": _num(r.high),
+            }
+            for r in self.rows
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "report": "worst",
+            "aggregation": self.aggregation,
+            "metric": self.metric,
+            "by": list(self.by),
+            "start": format_rfc3339(self.start_ns),
+            "end": format_rfc3339(self.end_ns),
+            "status": None if self.status is None else self.status.to_json(),
+            "rows": [
+                {
+                    "rank": r.rank,
+                    "version": r.version,
+                    **r.group,
+                    "count": r.count,
+                    "value": r.value,
+                    "low": r.low,
+                    "high": r.high,
+                }
+                for r in self.rows
+            ],
+        }
+
+
+# --- building ------------------------------------------------------------------------------
+
+
+def _check(
+    config: FederationConfig, aggregation: str, by: Sequence[str], dcs: Sequence[str] | None
+) -> tuple[tuple[str, ...], list[str]]:
+    spec = config.aggregations.get(aggregation)
+    if spec is None:
+        known = ", ".join(sorted(config.aggregations))
+        raise InvalidInput(f"unknown aggregation {aggregation!r} (known: {known})")
+    allowed = ("dc", *spec.dimensions)
+    by_ = tuple(dict.fromkeys(b.strip() for b in by if b.strip()))
+    for b in by_:
+        if b not in allowed:
+            raise InvalidInput(f"--by {b!r}: {aggregation} is split by {', '.join(allowed)}")
+    chosen = sorted(config.fleet.dcs) if not dcs else sorted(set(dcs))
+    for dc in chosen:
+        config.dc(dc)
+    return by_, chosen
+
+
+def _zones(config: FederationConfig, tz: str, use_rollups: bool) -> list[str]:
+    if not use_rollups:
+        return []
+    zones = list(config.fleet.central.reporting_timezones)
+    return [tz, *[z for z in zones if z != tz]] if tz in zones else zones
+
+
+def _version_changes(manifests: Sequence[WindowManifest]) -> tuple[VersionChange, ...]:
+    per_dc: dict[str, list[WindowManifest]] = defaultdict(list)
+    for m in manifests:
+        per_dc[m.dc].append(m)
+    changes: list[VersionChange] = []
+    for dc, items in sorted(per_dc.items()):
+        items.sort(key=lambda m: m.start_ns)
+        for before, after in itertools.pairwise(items):
+            if before.version != after.version:
+                changes.append(VersionChange(dc, after.start_ns, before.version, after.version))
+    return tuple(changes)
+
+
+def _status(
+    period: CalendarPeriod,
+    windows: int,
+    collected: Collected,
+    ledger: Ledger | None,
+    aggregation: str,
+    dcs: Sequence[str],
+) -> PeriodStatus:
+    manifests = list(collected.manifests.values())
+    versions: dict[str, set[str]] = defaultdict(set)
+    for m in manifests:
+        versions[m.version].add(m.dc)
+    return PeriodStatus(
+        period=period,
+        windows=windows,
+        manifests=len(manifests),
+        events=sum(m.events for m in manifests),
+        suppressed_events=sum(m.suppressed_events for m in manifests),
+        versions={v: tuple(sorted(d)) for v, d in sorted(versions.items())},
+        version_changes=_version_changes(manifests),
+        completeness=None
+        if ledger is None
+        else completeness(ledger, aggregation, dcs, period.start_ns, period.end_ns),
+        sources=collected.describe_sources(),
+    )
+
+
+def _periods(
+    config: FederationConfig,
+    aggregation: str,
+    kind: str,
+    from_date: date | str,
+    to_date: date | str,
+    tz: str,
+) -> list[tuple[CalendarPeriod, int]]:
+    window_ns = config.aggregations[aggregation].window
+    return [(p, len(period_windows(p, window_ns))) for p in periods(kind, from_date, to_date, tz)]
+
+
+def _figures(
+    config: FederationConfig,
+    central: CentralReader,
+    aggregation: str,
+    kind: str,
+    from_date: date | str,
+    to_date: date | str,
+    tz: str,
+    by: Sequence[str],
+    dcs: Sequence[str] | None,
+    ledger: Ledger | None,
+    use_rollups: bool,
+) -> tuple[tuple[str, ...], list[tuple[PeriodStatus, dict[FigureKey, Sketch]]]]:
+    by_, chosen = _check(config, aggregation, by, dcs)
+    zones = _zones(config, tz, use_rollups)
+    out: list[tuple[PeriodStatus, dict[FigureKey, Sketch]]] = []
+    for period, windows in _periods(config, aggregation, kind, from_date, to_date, tz):
+        collected = collect(
+            config, central, aggregation, period.start_ns, period.end_ns,
+            by=by_, dcs=chosen, zones=zones,
+        )  # fmt: skip
+        status = _status(period, windows, collected, ledger, aggregation, chosen)
+        out.append((status, collected.sketches))
+    return by_, out
+
+
+def percentile_report(
+    config: FederationConfig,
+    central: CentralReader,
+    aggregation: str,
+    *,
+    period: str,
+    from_date: date | str,
+    to_date: date | str,
+    tz: str = "UTC",
+    by: Sequence[str] = (),
+    dcs: Sequence[str] | None = None,
+    percentiles: Sequence[float] | None = None,
+    ledger: Ledger | None = None,
+    use_rollups: bool = True,
+) -> PercentileReport:
+    """Percentiles per calendar period (`day|week|month|quarter` in `tz`) and group of `by`.
+
+    Guarantees: each period covers exactly the windows that tile it (CalendarError when they
+    cannot), each (dc, window) merged once, from rollups or windows; every percentile lies
+    within relative error alpha of the exact nearest-rank percentile of the period's exported
+    events of that group; one row per (period, version, group), groups sorted, and one row with
+    no events for a period without data. Each period says its suppressed share (manifests),
+    its completeness (the ledger, when given) and where the plan version changes.
+    """
+    spec = config.aggregations.get(aggregation)
+    ps = tuple(float(p) for p in (percentiles or (spec.percentiles if spec else ())))
+    for p in ps:
+        if not 0 < p <= 100:
+            raise InvalidInput(f"percentile {p:g} must be in (0, 100]")
+    by_, figures = _figures(
+        config, central, aggregation, period, from_date, to_date, tz, by, dcs, ledger, use_rollups
+    )
+    names = [percentile_field(p) for p in ps]
+    rows: list[PercentileRow] = []
+    for status, sketches in figures:
+        if not sketches:
+            rows.append(PercentileRow(status.period.label, "", {b: "" for b in by_}, 0, 0.0, {}))
+        for (version, key), sketch in sorted(sketches.items()):
+            values = {n: sketch.quantile(p) for n, p in zip(names, ps, strict=True)}
+            group = dict(zip(by_, key, strict=True))
+            rows.append(
+                PercentileRow(
+                    status.period.label, version, group, sketch.count, sketch.alpha, values
+                )
+            )
+    return PercentileReport(aggregation, period, tz, by_, ps, [s for s, _ in figures], rows)
+
+
+def sla_report(
+    config: FederationConfig,
+    central: CentralReader,
+    aggregation: str,
+    *,
+    threshold: float,
+    period: str,
+    from_date: date | str,
+    to_date: date | str,
+    tz: str = "UTC",
+    by: Sequence[str] = (),
+    dcs: Sequence[str] | None = None,
+    ledger: Ledger | None = None,
+    use_rollups: bool = True,
+) -> SlaReport:
+    """Share of events at or under `threshold` (in the aggregation's unit) per period and group.
+
+    Guarantees: `within_low <= exact count of events <= threshold <= within_high` for each
+    row, from the merged histogram's `count_at_most` (only the bucket straddling the threshold
+    is uncertain); periods, versions and notes as in `percentile_report`.
+    """
+    if math.isnan(threshold):
+        raise InvalidInput("threshold must be a number")
+    by_, figures = _figures(
+        config, central, aggregation, period, from_date, to_date, tz, by, dcs, ledger, use_rollups
+    )
+    rows: list[SlaRow] = []
+    for status, sketches in figures:
+        if not sketches:
+            rows.append(SlaRow(status.period.label, "", {b: "" for b in by_}, 0, 0, 0))
+        for (version, key), sketch in sorted(sketches.items()):
+            lo, hi = sketch.count_at_most(threshold)
+            group = dict(zip(by_, key, strict=True))
+            rows.append(SlaRow(status.period.label, version, group, sketch.count, lo, hi))
+    unit = config.aggregations[aggregation].source.unit
+    return SlaReport(aggregation, period, tz, by_, threshold, unit, [s for s, _ in figures], rows)
+
+
+def worst_report(
+    config: FederationConfig,
+    central: CentralReader,
+    aggregation: str,
+    *,
+    last_ns: int,
+    now_ns: int,
+    by: Sequence[str] = ("customer",),
+    top: int = 20,
+    metric: Metric | str = "p99",
+    dcs: Sequence[str] | None = None,
+    ledger: Ledger | None = None,
+    use_rollups: bool = True,
+) -> WorstReport:
+    """The `top` groups of `by` with the highest metric over the whole windows of the last
+    `last_ns` before `now_ns` (the range ends at the last complete window).
+
+    Guarantees: rows are ordered by the metric, worst first (a percentile's estimate; for
+    `count_over`, the certain count, then the possible one), ties broken by group; each row's
+    `low`..`high` contains the exact figure of the group's exported events. Versions are never
+    merged, so a group may appear once per version.
+    """
+    if top < 1:
+        raise InvalidInput("--top must be at least 1")
+    if last_ns <= 0:
+        raise InvalidInput("--last must be a positive duration")
+    spec = config.aggregations.get(aggregation)
+    unit = spec.source.unit if spec else "ms"
+    chosen_metric = parse_metric(metric, unit) if isinstance(metric, str) else metric
+    by_, chosen = _check(config, aggregation, by, dcs)
+    assert spec is not None
+    end = align(now_ns, spec.window)
+    start = -(-(end - last_ns) // spec.window) * spec.window
+    zones = _zones(config, "UTC", use_rollups)
+    collected = collect(config, central, aggregation, start, end, by=by_, dcs=chosen, zones=zones)
+    ranked: list[tuple[float, float, FigureKey, Sketch, float, float]] = []
+    for key, sketch in collected.sketches.items():
+        if chosen_metric.percentile is not None:
+            q = sketch.quantile(chosen_metric.percentile)
+            if q is None:
+                continue
+            a, b = q / (1 + sketch.alpha), q / (1 - sketch.alpha)
+            ranked.append((q, q, key, sketch, min(a, b), max(a, b)))
+        else:
+            assert chosen_metric.threshold is not None
+            at_most_lo, at_most_hi = sketch.count_at_most(chosen_metric.threshold)
+            over_lo, over_hi = sketch.count - at_most_hi, sketch.count - at_most_lo
+            ranked.append((over_lo, over_hi, key, sketch, over_lo, over_hi))
+    ranked.sort(key=lambda r: (-r[0], -r[1], r[2]))
+    rows: list[WorstRow] = []
+    for rank, (value, _, (version, values), sketch, low, high) in enumerate(ranked[:top], 1):
+        group = dict(zip(by_, values, strict=True))
+        rows.append(WorstRow(rank, version, group, sketch.count, value, low, high))
+    label = f"{format_rfc3339(start)}/{format_rfc3339(end)}"
+    period = CalendarPeriod("day", label, start, end, "UTC")
+    status = _status(period, (end - start) // spec.window, collected, ledger, aggregation, chosen)
+    return WorstReport(aggregation, chosen_metric.text, by_, start, end, rows, status)
+
+
+def parse_last(text: str) -> int:
+    """A `--last` duration (`24h`, `7d`) in nanoseconds; InvalidInput otherwise."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise InvalidInput(f"--last: {exc}") from None
