@@ -30,6 +30,7 @@ import httpx
 from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -54,6 +55,8 @@ from federation.coordinator.tracking import (
     window_state_counts,
 )
 from federation.errors import FederationError, InvalidInput
+from federation.influx import InfluxClient, credentials_from_env
+from federation.reporting.http import routes as reporting_routes
 
 log = logging.getLogger(__name__)
 
@@ -571,6 +574,16 @@ def build_app(
     a local influxd); `central_transport` replaces the network for the forwarding client.
     """
 
+    central = coordinator.config.fleet.central.influxdb
+    # Reports read central synchronously in worker threads; the gateway forwards asynchronously.
+    reader = InfluxClient(
+        (central_url or central.url).rstrip("/"), auth=credentials_from_env(central), timeout=60.0
+    )
+
+    async def authorize_reader(request: Request) -> None:
+        if _reader(request) is not None:
+            raise HTTPException(401, "the reader token is required")
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = _central_client(coordinator, central_transport)
@@ -581,6 +594,15 @@ def build_app(
             yield
         finally:
             await client.aclose()
+            reader.close()
+
+    report_routes = reporting_routes(
+        coordinator.config,
+        central=reader,
+        authorize=authorize_reader,
+        ledger=coordinator.ledger.engine,
+        clock=coordinator.clock,
+    )
 
     app = Starlette(
         routes=[
@@ -594,6 +616,7 @@ def build_app(
             Route("/api/v1/status", status, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/", page, methods=["GET"]),
+            *report_routes,
         ],
         lifespan=lifespan,
     )

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
+from sqlalchemy import select
 
 from federation.clock import Clock, SystemClock
 from federation.config import FederationConfig
 from federation.coordinator.api import build_app
-from federation.coordinator.ledger import Ledger, LedgerError, open_ledger, safe_url
+from federation.coordinator.ledger import Ledger, LedgerError, WindowRow, open_ledger, safe_url
 from federation.coordinator.planner import PlannerResult, plan_backfills
 from federation.coordinator.service import (
     Coordinator,
@@ -27,10 +28,11 @@ from federation.coordinator.service import (
     Tokens,
     load_tokens,
 )
-from federation.coordinator.tracking import VerifyResult, verify_shipped
+from federation.coordinator.tracking import VerifyResult, WindowState, verify_shipped
 from federation.durations import format_influx_duration
 from federation.errors import FederationError, InfluxError
 from federation.influx import InfluxClient, credentials_from_env, quote_ident
+from federation.reporting.rollups import refresh_rollups
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,39 @@ def run_verification(coordinator: Coordinator, central: InfluxClient) -> VerifyR
     )
 
 
+class RollupJob:
+    """Re-merges the daily rollups under every window verified since its previous pass.
+
+    Holds only a watermark: after a restart it looks back `initial_lookback_ns`, and re-merging
+    a day twice is harmless (a rollup is rebuilt from the windows central holds).
+    """
+
+    def __init__(self, coordinator: Coordinator, central: InfluxClient, *,
+                 initial_lookback_ns: int = 2 * 86_400 * 10**9) -> None:  # fmt: skip
+        self.coordinator = coordinator
+        self.central = central
+        self.since_ns = coordinator.clock.now_ns() - initial_lookback_ns
+
+    def __call__(self) -> int:
+        """One pass; returns how many windows it found changed."""
+        now = self.coordinator.clock.now_ns()
+        with self.coordinator.ledger.session() as session:
+            rows = session.execute(
+                select(WindowRow.aggregation, WindowRow.dc, WindowRow.start_ns).where(
+                    WindowRow.verified_ns >= self.since_ns,
+                    WindowRow.state.in_([WindowState.VERIFIED.value, WindowState.EMPTY.value]),
+                )
+            ).all()
+        changed: dict[str, list[tuple[str, int]]] = {}
+        for aggregation, dc, start_ns in rows:
+            changed.setdefault(aggregation, []).append((dc, start_ns))
+        for aggregation, windows in changed.items():
+            if aggregation in self.coordinator.config.aggregations:
+                refresh_rollups(self.coordinator.config, self.central, aggregation, windows)
+        self.since_ns = now
+        return len(rows)
+
+
 def schedule_jobs(coordinator: Coordinator, central: InfluxClient) -> BackgroundScheduler:
     """Start the planner and verification jobs (each never overlaps itself)."""
     scheduler = BackgroundScheduler(timezone="UTC")
@@ -157,6 +192,14 @@ def schedule_jobs(coordinator: Coordinator, central: InfluxClient) -> Background
         "interval",
         seconds=settings.verify_interval_s,
         id="verification",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        guarded("rollups", RollupJob(coordinator, central)),
+        "interval",
+        seconds=settings.rollup_interval_s,
+        id="rollups",
         max_instances=1,
         coalesce=True,
     )

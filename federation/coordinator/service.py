@@ -100,6 +100,7 @@ class CoordinatorSettings:
     verify_settle_ns: int = 10 * SECOND
     plan_refresh_ns: int = 10 * SECOND
     central_timeout_s: float = 30.0
+    rollup_interval_s: float = 300.0
 
 
 class Metrics:
