@@ -149,7 +149,7 @@ class RollupJob:
         with self.coordinator.ledger.session() as session:
             rows = session.execute(
                 select(WindowRow.aggregation, WindowRow.dc, WindowRow.start_ns).where(
-                    WindowRow.verified_ns >= self.since_ns,
+                    WindowRow.verified_ns > self.since_ns,
                     WindowRow.state.in_([WindowState.VERIFIED.value, WindowState.EMPTY.value]),
                 )
             ).all()
