@@ -1,0 +1,416 @@
+"""The embedded executor: read whole windows of raw data, compute their points, ship them.
+
+For one plan and a list of whole windows, each window is read with exactly one query,
+`plan.query_between(window.start, window.end)` (the query a Kapacitor branch runs), computed with
+`window_points` (the code the Kapacitor UDF runs), and handed to a `WindowSink` (the gateway
+`Shipper`) only once every point of it is computed. Memory is bounded by one window: the raw
+values become one float64 array and one list per exported dimension whose equal strings share
+one object, and the JSON chunks they came from are dropped as they are converted.
+
+Re-running a window writes the same points again (same measurement, tags and timestamp, same
+fields), except the manifest's `run`, which increases with every computation of a window, so
+central always tells which computation it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from federation.agent.shipper import ShipmentRefused
+from federation.aggregate import window_points
+from federation.clock import Clock
+from federation.errors import FederationError
+from federation.influx import InfluxClient
+from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan
+from federation.points import Point
+from federation.windows import Window, windows_between
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 10_000
+"""Rows per chunk InfluxDB streams; one chunk is the most raw JSON held at once."""
+
+
+class WindowSink(Protocol):
+    """Where a computed window goes: the gateway `Shipper` in production, anything in tests."""
+
+    def ship_window(
+        self,
+        plan: AggregationPlan,
+        points: Sequence[Point],
+        *,
+        stop: threading.Event | None = None,
+    ) -> bool:
+        """Ship one window's points, the manifest (the last point) last of all.
+
+        Returns True once every point was accepted, False when `stop` was set before the
+        manifest went out (the window then stays unshipped). Raises FederationError when the
+        gateway refuses or cannot be reached.
+        """
+        ...
+
+
+class RunIds:
+    """Run ids from a clock: `clock.now_ns()` at computation, strictly increasing.
+
+    Two computations at the same clock reading (a FakeClock that did not move) still get
+    increasing ids, so a later computation of a window always carries the larger `run`.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._last = -1
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        """A run id larger than every one this object returned before."""
+        with self._lock:
+            self._last = max(self._clock.now_ns(), self._last + 1)
+            return self._last
+
+
+@dataclass
+class WindowData:
+    """One window of raw data: its values and one column per exported dimension (plan order)."""
+
+    values: npt.NDArray[np.float64]
+    dimensions: list[list[str | None]]
+
+    @property
+    def events(self) -> int:
+        return int(self.values.shape[0])
+
+
+def read_window(
+    source: InfluxClient,
+    plan: AggregationPlan,
+    window: Window,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> WindowData:
+    """Read one whole window of `plan`'s raw data with the plan's query, chunk by chunk.
+
+    Only the value field and the exported dimensions are read. A dimension tag a point lacks
+    arrives as None (the `_none` group). Rows without a value are skipped. Raises InfluxError
+    when the local InfluxDB fails.
+    """
+    if window.size_ns != plan.window_ns:
+        raise ValueError(f"window {window} is not a {plan.aggregation} window")
+    query = plan.query_between(window.start_ns, window.end_ns)
+    n_dims = len(plan.dimensions)
+    value_parts: list[npt.NDArray[np.float64]] = []
+    columns: list[list[str | None]] = [[] for _ in range(n_dims)]
+    # One shared object per distinct tag value: a window's dimension columns then cost one
+    # pointer per row instead of one string object per row.
+    canonical: list[dict[str | None, str | None]] = [{None: None} for _ in range(n_dims)]
+    for series in source.iter_series(query, database=plan.database, chunk_size=chunk_size):
+        if not series.values:
+            continue
+        index = {name: i for i, name in enumerate(series.columns)}
+        value_at = index.get(plan.value_field, 1)
+        transposed = list(zip(*series.values, strict=True))
+        values = np.array(transposed[value_at], dtype=np.float64)
+        keep: npt.NDArray[np.bool_] | None = None
+        if np.isnan(values).any():  # a null value arrives as None, which numpy makes NaN
+            keep = ~np.isnan(values)
+            values = values[keep]
+        value_parts.append(values)
+        for d, name in enumerate(plan.dimensions):
+            at = index.get(name)
+            column: Sequence[str | None] = (
+                transposed[at] if at is not None else [None] * len(transposed[0])
+            )
+            if keep is not None:
+                column = [v for v, k in zip(column, keep.tolist(), strict=True) if k]
+            lookup = canonical[d].setdefault
+            columns[d].extend(map(lookup, column, column))
+        del transposed
+    values_all = np.concatenate(value_parts) if value_parts else np.empty(0, dtype=np.float64)
+    return WindowData(values_all, columns)
+
+
+@dataclass(frozen=True)
+class ComputedWindow:
+    """One window's points, ready to ship, and how long reading and computing took."""
+
+    window: Window
+    points: list[Point]
+    run: int
+    read_s: float
+    compute_s: float
+
+    @property
+    def manifest(self) -> Point:
+        return self.points[-1]
+
+    @property
+    def events(self) -> int:
+        return int(self.manifest.fields["events"])
+
+    @property
+    def groups(self) -> int:
+        return int(self.manifest.fields["groups"])
+
+    @property
+    def suppressed_events(self) -> int:
+        return int(self.manifest.fields["suppressed_events"])
+
+
+def compute_window(
+    source: InfluxClient,
+    plan: AggregationPlan,
+    window: Window,
+    *,
+    run_ids: RunIds,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> ComputedWindow:
+    """Read and compute one window: summaries sorted by tags, then the manifest, last.
+
+    The run id is taken once the raw data is read, so it is later than every event the
+    computation saw.
+    """
+    started = time.perf_counter()
+    data = read_window(source, plan, window, chunk_size=chunk_size)
+    read_done = time.perf_counter()
+    run = run_ids.next()
+    points = window_points(plan, window.start_ns, data.values, data.dimensions, run=run)
+    del data
+    computed = time.perf_counter()
+    if points[-1].measurement != MANIFEST_MEASUREMENT:  # the ordering shipping relies on
+        raise AssertionError("window_points must end with the manifest")
+    return ComputedWindow(window, points, run, read_done - started, computed - read_done)
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """What happened to one window of a run."""
+
+    window: Window
+    events: int
+    groups: int
+    suppressed_events: int
+    points: int
+    run: int
+    shipped: bool
+    read_s: float = 0.0
+    compute_s: float = 0.0
+    ship_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    """The windows of one run (scheduled, catch-up, backfill or `agent once`), oldest first.
+
+    `stopped` is True when a stop request ended the run early; `error` names the failure that
+    ended it early. Windows after the one that ended the run are not listed.
+    """
+
+    aggregation: str
+    version: str
+    windows: tuple[WindowResult, ...] = ()
+    stopped: bool = False
+    error: str | None = None
+    requested: int = 0
+
+    @property
+    def shipped(self) -> int:
+        """How many windows were shipped completely (manifest accepted)."""
+        return sum(1 for w in self.windows if w.shipped)
+
+    @property
+    def ok(self) -> bool:
+        """Every requested window was shipped."""
+        return self.error is None and not self.stopped and self.shipped == self.requested
+
+    def summary(self) -> str:
+        """One line for logs and reports; never holds a data value."""
+        text = f"{self.aggregation}: {self.shipped}/{self.requested} windows shipped"
+        if self.stopped:
+            text += ", stopped"
+        if self.error:
+            text += f", error: {self.error}"
+        return text
+
+
+@dataclass
+class WindowRunner:
+    """Runs windows of plans against one DC's InfluxDB and one sink, one window at a time.
+
+    Shared by the scheduled runs, the catch-up, backfills and `agent once`. A lock per
+    aggregation keeps two runs of the same aggregation from interleaving, so a window is never
+    shipped by an older computation after a newer one.
+    """
+
+    source: InfluxClient
+    sink: WindowSink
+    clock: Clock
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    run_ids: RunIds = field(init=False)
+    _locks: dict[str, threading.Lock] = field(init=False, default_factory=dict)
+    _locks_guard: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.run_ids = RunIds(self.clock)
+
+    def _lock(self, aggregation: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(aggregation, threading.Lock())
+
+    def run_windows(
+        self,
+        plan: AggregationPlan,
+        windows: Sequence[Window],
+        *,
+        stop: threading.Event | None = None,
+        on_window: Callable[[WindowResult], None] | None = None,
+    ) -> RangeResult:
+        """Compute and ship each window, oldest first; see `run_windows`."""
+        with self._lock(plan.aggregation):
+            return run_windows(
+                plan,
+                windows,
+                source=self.source,
+                sink=self.sink,
+                run_ids=self.run_ids,
+                stop=stop,
+                chunk_size=self.chunk_size,
+                on_window=on_window,
+            )
+
+
+def run_windows(
+    plan: AggregationPlan,
+    windows: Sequence[Window],
+    *,
+    source: InfluxClient,
+    sink: WindowSink,
+    run_ids: RunIds,
+    stop: threading.Event | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_window: Callable[[WindowResult], None] | None = None,
+) -> RangeResult:
+    """Compute and ship each window of `plan`, oldest first, one window at a time.
+
+    A window is computed completely before any of its points is shipped, and counts as shipped
+    only when the sink accepted all of them, manifest last. A gateway refusal of one window
+    (InvalidInput-like refusal) is recorded and the next window is tried; any other failure
+    (local InfluxDB, gateway unreachable after retries) ends the run with `error` set. When
+    `stop` is set the run ends before the next window, or abandons the current one before its
+    manifest: half a window is never recorded as shipped.
+    """
+    ordered = sorted(set(windows))
+    results: list[WindowResult] = []
+
+    def finish(*, stopped: bool = False, error: str | None = None) -> RangeResult:
+        return RangeResult(
+            plan.aggregation, plan.version, tuple(results), stopped, error, len(ordered)
+        )
+
+    for window in ordered:
+        if stop is not None and stop.is_set():
+            return finish(stopped=True)
+        try:
+            computed = compute_window(source, plan, window, run_ids=run_ids, chunk_size=chunk_size)
+        except (FederationError, ValueError) as exc:
+            # ValueError: values numpy or window_points cannot take (a non-numeric field).
+            log.error("%s window %s: computing failed: %s", plan.aggregation, window, exc)
+            return finish(error=f"window {window.label}: {exc}")
+        if stop is not None and stop.is_set():
+            log.info("%s window %s: stopped before shipping", plan.aggregation, window)
+            return finish(stopped=True)
+        ship_started = time.perf_counter()
+        error: str | None = None
+        fatal = False
+        try:
+            shipped = sink.ship_window(plan, computed.points, stop=stop)
+        except FederationError as exc:
+            shipped = False
+            error = str(exc)
+            fatal = not isinstance(exc, ShipmentRefused)
+        result = WindowResult(
+            window,
+            computed.events,
+            computed.groups,
+            computed.suppressed_events,
+            len(computed.points),
+            computed.run,
+            shipped,
+            computed.read_s,
+            computed.compute_s,
+            time.perf_counter() - ship_started,
+            error,
+        )
+        results.append(result)
+        if on_window is not None:
+            on_window(result)
+        if error is not None:
+            log.error("%s window %s: not shipped: %s", plan.aggregation, window, error)
+            if fatal:
+                return finish(error=f"window {window.label}: {error}")
+            continue
+        if not shipped:
+            log.info("%s window %s: abandoned before its manifest", plan.aggregation, window)
+            return finish(stopped=True)
+        log.debug(
+            "%s window %s: %d events, %d groups shipped (run %d)",
+            plan.aggregation,
+            window,
+            computed.events,
+            computed.groups,
+            computed.run,
+        )
+    refused = [r for r in results if r.error is not None]
+    if refused:
+        return finish(error=f"{len(refused)} window(s) refused by the gateway")
+    return finish()
+
+
+def run_range(
+    plan: AggregationPlan,
+    start_ns: int,
+    end_ns: int,
+    *,
+    source: InfluxClient,
+    sink: WindowSink,
+    clock: Clock,
+    run_ids: RunIds | None = None,
+    stop: threading.Event | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_window: Callable[[WindowResult], None] | None = None,
+) -> RangeResult:
+    """Compute and ship every whole window of `plan` inside `[start_ns, end_ns)`.
+
+    Partial windows at either edge are left out (a window is never computed from a range that
+    cuts it). Run ids are `clock.now_ns()` at each computation (pass the same `run_ids` to
+    several calls to keep them strictly increasing under a clock that does not move). Running
+    the same range twice leaves central holding the same points, with only the manifests'
+    `run` increased.
+    """
+    windows = windows_between(start_ns, end_ns, plan.window_ns)
+    return run_windows(
+        plan,
+        windows,
+        source=source,
+        sink=sink,
+        run_ids=run_ids or RunIds(clock),
+        stop=stop,
+        chunk_size=chunk_size,
+        on_window=on_window,
+    )
+
+
+def events_per_second(result: RangeResult) -> float:
+    """Raw events read and computed per second of read + compute time (nan when none)."""
+    seconds = sum(w.read_s + w.compute_s for w in result.windows)
+    events = sum(w.events for w in result.windows)
+    return events / seconds if seconds > 0 else math.nan

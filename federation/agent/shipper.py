@@ -1,0 +1,321 @@
+"""The gateway write client: ships a window's points to the coordinator's gateway.
+
+The gateway speaks InfluxDB 1.x's `POST /write` and authenticates the DC (HTTP basic auth, user
+= DC name, password = the DC's agent token). What each answer means here:
+
+    204            stored
+    400, 403       refused (a point breaks a rule): `ShipmentRefused`, never retried
+    401            bad credentials: `ShipmentError`, never retried
+    413            too big: the batch is split in halves and each half sent
+    429, 5xx,      retried with exponential backoff, a bounded number of times, then
+    network errors `ShipmentError`
+
+A window is shipped in batches of summaries and then, alone and last, its manifest: a manifest
+at central therefore means all of its window's summaries are there too.
+
+    ShipmentError (CoordinatorError)   a write failed: URL, status, body
+    └── ShipmentRefused                the gateway refused the batch: rule, measurement, key
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from federation.errors import CoordinatorError
+from federation.lineprotocol import serialize
+from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan
+from federation.points import Point
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_POINTS = 5_000
+DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
+
+
+class ShipmentError(CoordinatorError):
+    """A write to the gateway failed (after retries, where retrying made sense)."""
+
+    service = "gateway"
+
+
+class ShipmentRefused(ShipmentError):
+    """The gateway refused a batch: nothing of it was stored, and resending will not help.
+
+    `rule`, `measurement` and `key` are what the gateway named (never a data value).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        message: str,
+        status: int,
+        body: str,
+        *,
+        rule: str = "",
+        measurement: str = "",
+        key: str = "",
+    ) -> None:
+        self.rule = rule
+        self.measurement = measurement
+        self.key = key
+        super().__init__(url, message, status, body)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: `initial_s`, times `multiplier` per retry, capped at `max_s`.
+
+    `attempts` bounds the tries of one request (the first one included).
+    """
+
+    attempts: int = 6
+    initial_s: float = 0.5
+    multiplier: float = 2.0
+    max_s: float = 30.0
+
+    def delays(self) -> Iterator[float]:
+        """The waits before the 2nd, 3rd, … attempt: `attempts - 1` of them."""
+        delay = self.initial_s
+        for _ in range(max(self.attempts - 1, 0)):
+            yield min(delay, self.max_s)
+            delay *= self.multiplier
+
+
+@dataclass
+class ShipStats:
+    """Counters of what a shipper did, for logs and the bench."""
+
+    points: int = 0
+    requests: int = 0
+    retries: int = 0
+    splits: int = 0
+
+
+class _Stopped(Exception):
+    """A stop request arrived while waiting to retry."""
+
+
+class Shipper:
+    """Writes windows to one gateway as one DC; safe to share between threads.
+
+    `database` and `retention_policy`, when given (the coordinator's desired state names
+    them), override the plan's central database and retention policy. `sleep`, when given,
+    replaces the real wait between retries (tests pass a recorder); by default the wait ends
+    early when the window's stop event is set.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        dc: str,
+        token: str,
+        database: str | None = None,
+        retention_policy: str | None = None,
+        batch_points: int = DEFAULT_BATCH_POINTS,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if batch_points < 1 or batch_bytes < 1:
+            raise ValueError("batch sizes must be positive")
+        self.url = url.rstrip("/")
+        self.dc = dc
+        self.database = database
+        self.retention_policy = retention_policy
+        self.batch_points = batch_points
+        self.batch_bytes = batch_bytes
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._client = httpx.Client(
+            base_url=self.url,
+            auth=(dc, token),
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            transport=transport,
+        )
+        self._stats_lock = threading.Lock()
+        self.stats = ShipStats()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Shipper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ping(self) -> None:
+        """Check the gateway answers `/ping`; ShipmentError otherwise."""
+        try:
+            response = self._client.get("/ping")
+        except httpx.HTTPError as exc:
+            raise ShipmentError(self.url + "/ping", _describe(exc)) from None
+        if response.status_code >= 300:
+            raise ShipmentError(
+                self.url + "/ping", "unexpected answer", response.status_code, response.text[:500]
+            )
+
+    def ship_window(
+        self,
+        plan: AggregationPlan,
+        points: Sequence[Point],
+        *,
+        stop: threading.Event | None = None,
+    ) -> bool:
+        """Ship one window: its summaries in batches, then its manifest (the last point) alone.
+
+        Returns True when every point was accepted; False when `stop` was set before the
+        manifest was sent (summaries already sent stay at central, harmlessly: without the
+        manifest the window is not shipped, and the next computation overwrites them).
+        Raises ShipmentRefused when the gateway refuses a batch, ShipmentError when it cannot
+        be reached after the retries or refuses the credentials.
+        """
+        if not points or points[-1].measurement != MANIFEST_MEASUREMENT:
+            raise ValueError("a window's points must end with its manifest")
+        database = self.database or plan.central_database
+        rp = self.retention_policy or plan.central_retention_policy
+        try:
+            for batch in self._batches(points[:-1]):
+                if stop is not None and stop.is_set():
+                    return False
+                self._write(batch, database, rp, stop)
+            if stop is not None and stop.is_set():
+                return False
+            self._write([serialize(points[-1:])], database, rp, stop)
+        except _Stopped:
+            return False
+        return True
+
+    def write_points(
+        self, points: Sequence[Point], *, database: str, retention_policy: str
+    ) -> None:
+        """Write points in batches, with the same retries and errors as `ship_window`."""
+        for batch in self._batches(points):
+            self._write(batch, database, retention_policy, None)
+
+    def _batches(self, points: Sequence[Point]) -> Iterator[list[bytes]]:
+        """Serialized points grouped into batches of at most batch_points and ~batch_bytes."""
+        batch: list[bytes] = []
+        size = 0
+        for start in range(0, len(points), 1_000):
+            for line in serialize(points[start : start + 1_000]).splitlines(keepends=True):
+                if batch and (
+                    len(batch) >= self.batch_points or size + len(line) > self.batch_bytes
+                ):
+                    yield batch
+                    batch, size = [], 0
+                batch.append(line)
+                size += len(line)
+        if batch:
+            yield batch
+
+    def _write(
+        self, lines: list[bytes], database: str, rp: str, stop: threading.Event | None
+    ) -> None:
+        """Write one batch with retries; a 413 splits it in halves, each written the same way."""
+        params = {"db": database, "rp": rp, "precision": "ns"}
+        body = b"".join(lines)
+        delays = self.retry.delays()
+        while True:
+            failure = self._post(params, body)
+            if failure is None:
+                with self._stats_lock:
+                    self.stats.points += len(lines)
+                return
+            status, message, response_body = failure
+            if status == 413 and len(lines) > 1:
+                with self._stats_lock:
+                    self.stats.splits += 1
+                half = len(lines) // 2
+                self._write(lines[:half], database, rp, stop)
+                self._write(lines[half:], database, rp, stop)
+                return
+            if status in (400, 403):
+                raise _refusal(self.url + "/write", status, message, response_body)
+            if status is not None and status < 500 and status != 429:
+                raise ShipmentError(self.url + "/write", message, status, response_body)
+            delay = next(delays, None)
+            if delay is None:
+                raise ShipmentError(
+                    self.url + "/write",
+                    f"{message} (gave up after {self.retry.attempts} attempts)",
+                    status,
+                    response_body,
+                )
+            with self._stats_lock:
+                self.stats.retries += 1
+            log.warning(
+                "gateway write failed (%s), retrying in %.2fs",
+                message if status is None else f"HTTP {status}",
+                delay,
+            )
+            self._wait(delay, stop)
+
+    def _post(self, params: dict[str, str], body: bytes) -> tuple[int | None, str, str] | None:
+        """None when stored (204/200); otherwise (status or None, message, body excerpt)."""
+        with self._stats_lock:
+            self.stats.requests += 1
+        try:
+            response = self._client.post("/write", params=params, content=body)
+        except httpx.HTTPError as exc:
+            return None, _describe(exc), ""
+        if response.status_code in (200, 204):
+            return None
+        text = response.text[:1000]
+        return response.status_code, _message(response) or response.reason_phrase, text
+
+    def _wait(self, delay: float, stop: threading.Event | None) -> None:
+        if self._sleep is not None:
+            self._sleep(delay)
+            if stop is not None and stop.is_set():
+                raise _Stopped
+        elif stop is not None:
+            if stop.wait(delay):
+                raise _Stopped
+        else:
+            time.sleep(delay)
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    return f"request failed: {exc.__class__.__name__}: {exc}"
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _message(response: httpx.Response) -> str:
+    return str(_json(response).get("error") or response.text[:200]).strip()
+
+
+def _refusal(url: str, status: int, message: str, body: str) -> ShipmentRefused:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    return ShipmentRefused(
+        url,
+        message,
+        status,
+        body,
+        rule=str(data.get("rule") or ""),
+        measurement=str(data.get("measurement") or ""),
+        key=str(data.get("key") or ""),
+    )

@@ -1,0 +1,225 @@
+"""The agent daemon end to end: a DC influxd, the real coordinator (gateway + Agent API) and a
+central influxd; hour windows driven by a FakeClock, so a day of behaviour takes seconds."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from federation.agent import Agent, AgentSettings, build_agent, catch_up_windows
+from federation.agent.coordinator_client import DesiredRetentionState
+from federation.clock import FakeClock
+from federation.config import FederationConfig
+from federation.coordinator import request_backfill
+from federation.influx import InfluxClient
+from federation.localstack import InfluxServer
+from federation.plan import resolve_plan
+from federation.policy import RetentionSpec
+from federation.windows import Window
+from tests.agent.conftest import DAY, HOUR, SECOND, Event, central_points
+from tests.agent.federation_fixture import DC, Served, federation_config, serve_coordinator, token
+
+MINUTE = 60 * SECOND
+
+
+@pytest.fixture
+def hour0() -> int:
+    """An hour boundary a day ago: every window of the test is in the past and within retention."""
+    now = time.time_ns()
+    return now - now % HOUR - DAY
+
+
+@pytest.fixture
+def clock(hour0: int) -> FakeClock:
+    return FakeClock(hour0 + 5 * SECOND, auto_advance=False)
+
+
+@pytest.fixture
+def config(
+    config_dir: Path, dc_influxd: InfluxServer, central_influxd: InfluxServer
+) -> tuple[FederationConfig, int]:
+    return federation_config(config_dir, dc_influxd.url, central_influxd.url)
+
+
+@pytest.fixture
+def served(
+    config: tuple[FederationConfig, int],
+    central_influxd: InfluxServer,
+    clock: FakeClock,
+    hour0: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Served]:
+    fed, port = config
+    for name, dc in fed.fleet.dcs.items():
+        monkeypatch.setenv(dc.agent_token_env, token(name))
+    yield from serve_coordinator(fed, central_influxd.url, clock, port, hour0 - 3 * HOUR)
+
+
+def write_raw(dc_url: str, start: int, hours: int, per_hour: int = 60) -> None:
+    """Raw events for every hour from `start`: 2 directions x 2 mailers x 3 customers."""
+    from tests.agent.conftest import write_events
+
+    rng = random.Random(start)
+    events = [
+        Event(
+            start + h * HOUR + rng.randrange(HOUR),
+            rng.lognormvariate(4, 1),
+            rng.choice(["in", "out"]),
+            rng.choice(["m1", "m2"]),
+            rng.choice(["c1", "c2", "c3"]),
+        )
+        for h in range(hours)
+        for _ in range(per_hour)
+    ]
+    with InfluxClient(dc_url) as client:
+        client.execute('CREATE DATABASE "mail"')
+        client.execute(
+            'CREATE RETENTION POLICY "raw_30d" ON "mail" DURATION 30d REPLICATION 1 '
+            "SHARD DURATION 1d DEFAULT"
+        )
+        write_events(client, events)
+
+
+def new_agent(fed: FederationConfig, clock: FakeClock) -> Agent:
+    settings = AgentSettings(poll_interval_s=0.05, mode="embedded", max_jitter_s=0)
+    agent, _ = build_agent(fed, DC, clock=clock, settings=settings)
+    return agent
+
+
+def manifest_hours(central: InfluxClient, aggregation: str, hour0: int) -> dict[int, object]:
+    return {
+        (int(m["time"]) - hour0) // HOUR: m["events"]  # type: ignore[call-overload]
+        for m in central_points(central, "federation_manifest")
+        if m["aggregation"] == aggregation
+    }
+
+
+def test_start_catch_up_after_six_hours_down_and_backfill(
+    served: Served,
+    config: tuple[FederationConfig, int],
+    dc_influxd: InfluxServer,
+    central: InfluxClient,
+    clock: FakeClock,
+    hour0: int,
+) -> None:
+    fed, _ = config
+    with InfluxClient(dc_influxd.url) as dc:
+        dc.execute('CREATE DATABASE "mail"')
+        # The agent reconciles the region's raw RP (the default RP raw data is written to).
+        agent = new_agent(fed, clock)
+        agent.preflight()
+        agent.reconcile()
+        assert {rp.name for rp in dc.retention_policies("mail")} >= {"raw_30d"}
+    write_raw(dc_influxd.url, hour0 - 4 * HOUR, 12)
+
+    # First start, nothing at central yet: the look-back of each aggregation.
+    agent.catch_up(threading.Event())
+    assert sorted(manifest_hours(central, "delivery_latency", hour0)) == [-3, -2, -1]
+    assert sorted(manifest_hours(central, "delivery_direction", hour0)) == [-2, -1]
+    agent.close()
+
+    # Down for six hours; on restart every window since the last one central holds is computed.
+    clock.set(hour0 + 6 * HOUR + 5 * SECOND)
+    agent = new_agent(fed, clock)
+    agent.preflight()
+    agent.reconcile()
+    results = agent.catch_up(threading.Event())
+    assert all(r.ok for r in results)
+    assert sorted(manifest_hours(central, "delivery_latency", hour0)) == list(range(-3, 6))
+    assert sorted(manifest_hours(central, "delivery_direction", hour0)) == list(range(-2, 6))
+    assert set(manifest_hours(central, "delivery_latency", hour0).values()) == {60}
+    view = agent.coordinator.windows(DC, "delivery_latency")
+    assert view.latest_shipped_ns == hour0 + 5 * HOUR
+    assert {w.state for w in view.windows} <= {"shipped", "verified"}
+
+    # Late data for hour 1, long past the look-back: a backfill request ships it.
+    from tests.agent.conftest import write_events
+
+    with InfluxClient(dc_influxd.url) as dc:
+        write_events(dc, [Event(hour0 + HOUR + i * MINUTE, 5000.0) for i in range(7)])
+    request_backfill(
+        served.coordinator.ledger,
+        fed,
+        DC,
+        "delivery_latency",
+        hour0 + HOUR,
+        hour0 + 2 * HOUR,
+        clock.now_ns(),
+    )
+    clock.advance(MINUTE)
+    assert agent.process_backfills(threading.Event()) == 1
+    assert manifest_hours(central, "delivery_latency", hour0)[1] == 67
+    assert agent.coordinator.backfills(DC) == []
+    agent.close()
+
+
+def test_run_loop_serves_until_stopped(
+    served: Served,
+    config: tuple[FederationConfig, int],
+    dc_influxd: InfluxServer,
+    central: InfluxClient,
+    clock: FakeClock,
+    hour0: int,
+) -> None:
+    fed, _ = config
+    write_raw(dc_influxd.url, hour0 - 4 * HOUR, 4)
+    agent = new_agent(fed, clock)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,))
+    thread.start()
+    try:
+        for _ in range(200):
+            if len(manifest_hours(central, "delivery_direction", hour0)) == 2:
+                break
+            threading.Event().wait(0.05)
+        assert sorted(manifest_hours(central, "delivery_direction", hour0)) == [-2, -1]
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    agent.close()
+
+
+def test_preflight_names_what_does_not_answer(
+    config: tuple[FederationConfig, int],
+    dc_influxd: InfluxServer,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from federation.agent import PreflightError
+
+    fed, _ = config
+    monkeypatch.setenv(fed.dc(DC).agent_token_env, token(DC))
+    agent = new_agent(fed, clock)
+    with pytest.raises(PreflightError, match=f"DC {DC}: coordinator is not reachable"):
+        agent.run(threading.Event())
+    agent.close()
+
+
+def test_catch_up_skips_windows_past_raw_retention() -> None:
+    plan = resolve_plan(_example_config(), "delivery_latency", DC)
+    retention = DesiredRetentionState(
+        "mail", (RetentionSpec("raw_30d", 30 * DAY, DAY, default=True),)
+    )
+    now = 100 * DAY + 5 * SECOND
+    windows = catch_up_windows(plan, 60 * DAY, now, retention)
+    # Raw data older than retention - one shard duration may already be gone.
+    assert windows[0] == Window(71 * DAY, HOUR)
+    assert windows[-1] == Window(100 * DAY - HOUR, HOUR)
+    assert len(windows) == 29 * 24
+    # Nothing at central yet: the look-back only.
+    assert catch_up_windows(plan, None, now, retention) == [
+        Window(100 * DAY - k * HOUR, HOUR) for k in (3, 2, 1)
+    ]
+
+
+def _example_config() -> FederationConfig:
+    from federation.config import load_config
+    from tests.conftest import REPO
+
+    return load_config(REPO)

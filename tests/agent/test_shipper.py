@@ -1,0 +1,195 @@
+"""The gateway write client: batches, manifest last, retries, refusals, splitting."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from federation.agent import RetryPolicy, ShipmentError, ShipmentRefused, Shipper
+from federation.influx import InfluxClient
+from federation.localstack import InfluxServer
+from federation.plan import MANIFEST_MEASUREMENT
+from federation.points import Point
+from tests.agent.conftest import SECOND, base_time, central_points, make_plan
+from tests.agent.helpers import Forwarding
+
+
+def window_of_points(groups: int, start: int) -> list[Point]:
+    plan = make_plan()
+    points = [
+        Point(plan.aggregation, {"dc": "dc1", "customer": f"c{i}"}, {"count": 5, "sum": 1.5}, start)
+        for i in range(groups)
+    ]
+    points.append(
+        Point(
+            MANIFEST_MEASUREMENT,
+            {"dc": "dc1", "aggregation": plan.aggregation},
+            {
+                "events": 5 * groups,
+                "groups": groups,
+                "suppressed_events": 0,
+                "run": 1,
+                "version": plan.version,
+            },
+            start,
+        )
+    )
+    return points
+
+
+def test_batches_go_out_in_order_with_the_manifest_alone_and_last(
+    central: InfluxClient, central_influxd: InfluxServer
+) -> None:
+    recorder = Forwarding()
+    start = base_time()
+    with Shipper(central_influxd.url, dc="dc1", token="t", batch_points=4, transport=recorder) as s:
+        assert s.ship_window(make_plan(), window_of_points(10, start))
+    lines = [body.decode().splitlines() for body in recorder.bodies]
+    assert [len(batch) for batch in lines] == [4, 4, 2, 1]
+    assert lines[-1][0].startswith(MANIFEST_MEASUREMENT)
+    assert not any(line.startswith(MANIFEST_MEASUREMENT) for batch in lines[:-1] for line in batch)
+    assert len(central_points(central, "delivery_latency")) == 10
+    assert s.stats.points == 11 and s.stats.requests == 4
+
+
+def test_503_is_retried_with_exponential_backoff(
+    central: InfluxClient, central_influxd: InfluxServer
+) -> None:
+    def unavailable_twice(n: int, request: httpx.Request) -> httpx.Response | None:
+        return httpx.Response(503, json={"error": "central busy"}) if n <= 2 else None
+
+    sleeps: list[float] = []
+    recorder = Forwarding(unavailable_twice)
+    retry = RetryPolicy(attempts=5, initial_s=0.5, multiplier=2.0, max_s=30)
+    with Shipper(
+        central_influxd.url,
+        dc="dc1",
+        token="t",
+        retry=retry,
+        sleep=sleeps.append,
+        transport=recorder,
+    ) as shipper:
+        assert shipper.ship_window(make_plan(), window_of_points(3, base_time()))
+    assert sleeps == [0.5, 1.0]
+    assert recorder.statuses == [503, 503, 204, 204]
+    assert len(central_points(central, MANIFEST_MEASUREMENT)) == 1
+    assert shipper.stats.retries == 2
+
+
+def test_retries_are_bounded() -> None:
+    sleeps: list[float] = []
+    transport = httpx.MockTransport(lambda request: httpx.Response(502, text="bad gateway"))
+    retry = RetryPolicy(attempts=4, initial_s=1, multiplier=3, max_s=5)
+    with (
+        Shipper(
+            "http://gateway.test",
+            dc="dc1",
+            token="t",
+            retry=retry,
+            sleep=sleeps.append,
+            transport=transport,
+        ) as shipper,
+        pytest.raises(ShipmentError) as caught,
+    ):
+        shipper.ship_window(make_plan(), window_of_points(2, base_time()))
+    assert sleeps == [1, 3, 5]
+    assert caught.value.status == 502
+    assert "gave up after 4 attempts" in str(caught.value)
+    assert not isinstance(caught.value, ShipmentRefused)
+
+
+@pytest.mark.parametrize("status", [400, 403])
+def test_a_refusal_is_not_retried_and_names_the_rule(status: int) -> None:
+    requests: list[httpx.Request] = []
+    refusal = {
+        "error": "tag value looks like personal data",
+        "rule": "pii_tag_value",
+        "measurement": "delivery_latency",
+        "key": "customer",
+    }
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(status, json=refusal)
+
+    with (
+        Shipper(
+            "http://gateway.test",
+            dc="dc1",
+            token="t",
+            sleep=lambda _s: pytest.fail("retried"),
+            transport=httpx.MockTransport(refuse),
+        ) as shipper,
+        pytest.raises(ShipmentRefused) as caught,
+    ):
+        shipper.ship_window(make_plan(), window_of_points(2, base_time()))
+    assert len(requests) == 1  # and the manifest was never sent
+    error = caught.value
+    assert (error.status, error.rule, error.measurement, error.key) == (
+        status,
+        "pii_tag_value",
+        "delivery_latency",
+        "customer",
+    )
+    assert "gateway http://gateway.test/write" in str(error)
+
+
+def test_bad_credentials_are_not_retried() -> None:
+    seen: list[httpx.Request] = []
+
+    def unauthorized(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(401, json={"error": "authorization failed"})
+
+    with (
+        Shipper(
+            "http://gateway.test",
+            dc="dc1",
+            token="s3cret",
+            transport=httpx.MockTransport(unauthorized),
+        ) as shipper,
+        pytest.raises(ShipmentError) as caught,
+    ):
+        shipper.ship_window(make_plan(), window_of_points(1, base_time()))
+    assert len(seen) == 1 and caught.value.status == 401
+    assert "s3cret" not in str(caught.value)
+    # HTTP basic auth: user = the DC, password = its agent token.
+    assert seen[0].headers["authorization"].startswith("Basic ")
+    params = dict(seen[0].url.params)
+    assert params == {"db": "federation", "rp": "agg_400d", "precision": "ns"}
+
+
+def test_a_batch_too_big_is_split(central: InfluxClient, central_influxd: InfluxServer) -> None:
+    def too_big(n: int, request: httpx.Request) -> httpx.Response | None:
+        if len(request.content.splitlines()) > 3:
+            return httpx.Response(413, json={"error": "request entity too large"})
+        return None
+
+    recorder = Forwarding(too_big)
+    with Shipper(central_influxd.url, dc="dc1", token="t", transport=recorder) as shipper:
+        assert shipper.ship_window(make_plan(), window_of_points(12, base_time()))
+    assert len(central_points(central, "delivery_latency")) == 12
+    assert shipper.stats.splits == 3  # 12 -> 6 + 6 -> 3 + 3 + 3 + 3
+    assert recorder.bodies[-1].startswith(MANIFEST_MEASUREMENT.encode())
+
+
+def test_the_coordinators_gateway_target_overrides_the_plans(
+    central_influxd: InfluxServer,
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def accept(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    with Shipper(
+        "http://gateway.test",
+        dc="dc1",
+        token="t",
+        database="fed2",
+        retention_policy="agg_800d",
+        transport=httpx.MockTransport(accept),
+    ) as shipper:
+        shipper.ship_window(make_plan(), window_of_points(1, SECOND))
+    assert {r.url.params["db"] for r in seen} == {"fed2"}
+    assert {r.url.params["rp"] for r in seen} == {"agg_800d"}
