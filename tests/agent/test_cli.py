@@ -20,9 +20,10 @@ from federation.clock import SystemClock, format_rfc3339
 from federation.config import FederationConfig
 from federation.influx import InfluxClient
 from federation.localstack import InfluxServer
-from tests.agent.conftest import HOUR, SECOND, central_points, make_plan
-from tests.agent.federation_fixture import DC, Served, federation_config, serve_coordinator, token
-from tests.agent.test_daemon import write_raw
+
+from .conftest import HOUR, SECOND, central_points, make_plan
+from .federation_fixture import DC, Served, federation_config, serve_coordinator, token
+from .test_daemon import write_raw
 
 
 @pytest.fixture
@@ -139,7 +140,7 @@ def test_agent_run_without_a_coordinator_is_one_line_and_exit_1(
 def test_the_scheduler_runs_the_lookback_at_every_window_boundary(
     dc_influxd: InfluxServer, central: InfluxClient, central_influxd: InfluxServer
 ) -> None:
-    from tests.agent.conftest import Event, write_events
+    from .conftest import Event, write_events
 
     plan = make_plan()  # one-second windows, a look-back of three
     with InfluxClient(dc_influxd.url) as dc:

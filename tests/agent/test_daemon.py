@@ -21,8 +21,9 @@ from federation.localstack import InfluxServer
 from federation.plan import resolve_plan
 from federation.policy import RetentionSpec
 from federation.windows import Window
-from tests.agent.conftest import DAY, HOUR, SECOND, Event, central_points
-from tests.agent.federation_fixture import DC, Served, federation_config, serve_coordinator, token
+
+from .conftest import DAY, HOUR, SECOND, Event, central_points
+from .federation_fixture import DC, Served, federation_config, serve_coordinator, token
 
 MINUTE = 60 * SECOND
 
@@ -62,7 +63,7 @@ def served(
 
 def write_raw(dc_url: str, start: int, hours: int, per_hour: int = 60) -> None:
     """Raw events for every hour from `start`: 2 directions x 2 mailers x 3 customers."""
-    from tests.agent.conftest import write_events
+    from .conftest import write_events
 
     rng = random.Random(start)
     events = [
@@ -138,7 +139,7 @@ def test_start_catch_up_after_six_hours_down_and_backfill(
     assert {w.state for w in view.windows} <= {"shipped", "verified"}
 
     # Late data for hour 1, long past the look-back: a backfill request ships it.
-    from tests.agent.conftest import write_events
+    from .conftest import write_events
 
     with InfluxClient(dc_influxd.url) as dc:
         write_events(dc, [Event(hour0 + HOUR + i * MINUTE, 5000.0) for i in range(7)])
@@ -220,6 +221,5 @@ def test_catch_up_skips_windows_past_raw_retention() -> None:
 
 def _example_config() -> FederationConfig:
     from federation.config import load_config
-    from tests.conftest import REPO
 
-    return load_config(REPO)
+    return load_config(Path(__file__).resolve().parents[2])

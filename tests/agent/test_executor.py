@@ -23,7 +23,8 @@ from federation.clock import FakeClock
 from federation.influx import InfluxClient
 from federation.localstack import InfluxServer
 from federation.stats import nearest_rank, percentile_field
-from tests.agent.conftest import (
+
+from .conftest import (
     PERSONAL_VALUES,
     SECOND,
     Event,
@@ -33,7 +34,7 @@ from tests.agent.conftest import (
     random_events,
     write_events,
 )
-from tests.agent.helpers import Forwarding
+from .helpers import Forwarding
 
 DIMS = ("direction", "mailer", "customer")
 

@@ -10,8 +10,9 @@ from federation.influx import InfluxClient
 from federation.localstack import InfluxServer
 from federation.plan import MANIFEST_MEASUREMENT
 from federation.points import Point
-from tests.agent.conftest import SECOND, base_time, central_points, make_plan
-from tests.agent.helpers import Forwarding
+
+from .conftest import SECOND, base_time, central_points, make_plan
+from .helpers import Forwarding
 
 
 def window_of_points(groups: int, start: int) -> list[Point]:
