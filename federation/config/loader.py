@@ -54,7 +54,8 @@ def _loc_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def _line_for(lines: KeyLines, path: str) -> int | None:
+def line_for(lines: KeyLines, path: str) -> int | None:
+    """The line of `path`, or of its nearest parent key that has one."""
     parts = path.split(".")
     while parts:
         line = lines.get(".".join(parts))
@@ -71,13 +72,17 @@ def _problems_from(exc: ValidationError, file: str, lines: KeyLines) -> list[Con
         message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
-        problems.append(ConfigError(file, path, message, _line_for(lines, path)))
+        problems.append(ConfigError(file, path, message, line_for(lines, path)))
     return problems
 
 
-def _parse(
+def parse_model_file(
     model: type[M], path: Path, display: str, problems: list[ConfigError]
 ) -> tuple[M | None, KeyLines]:
+    """Load one YAML file into `model`; append every problem (with lines) to `problems`.
+
+    Returns the model (None when it did not validate) and the key lines, for further checks.
+    """
     try:
         data, lines = load_yaml(path, display)
     except ConfigProblems as exc:
@@ -114,13 +119,13 @@ def load_config(root: Path | str = ".") -> FederationConfig:
     fleet_path = root / "fleet.yaml"
     if not fleet_path.exists():
         raise ConfigProblems([ConfigError(rel(fleet_path), "", "not found")])
-    fleet, fleet_lines = _parse(Fleet, fleet_path, rel(fleet_path), problems)
+    fleet, fleet_lines = parse_model_file(Fleet, fleet_path, rel(fleet_path), problems)
 
     policies: dict[str, Policy] = {}
     policy_lines: dict[str, tuple[str, KeyLines]] = {}
     hashes: dict[str, str] = {}
     for path in sorted((root / "policies").glob("*.yaml")):
-        policy, lines = _parse(Policy, path, rel(path), problems)
+        policy, lines = parse_model_file(Policy, path, rel(path), problems)
         if policy is None:
             continue
         if policy.region != path.stem:
@@ -141,7 +146,7 @@ def load_config(root: Path | str = ".") -> FederationConfig:
     aggregations: dict[str, Aggregation] = {}
     aggregation_lines: dict[str, tuple[str, KeyLines]] = {}
     for path in sorted(templates_dir.glob("*.yaml")):
-        aggregation, lines = _parse(Aggregation, path, rel(path), problems)
+        aggregation, lines = parse_model_file(Aggregation, path, rel(path), problems)
         if aggregation is None:
             continue
         if aggregation.name in aggregations:
@@ -203,7 +208,7 @@ def _check_policy(policy: Policy, file: str, lines: KeyLines, report: Report) ->
                         path,
                         f"{dimension!r} is declared personal data in this region "
                         "and can never be exported",
-                        _line_for(lines, path),
+                        line_for(lines, path),
                     )
                 )
 
@@ -225,7 +230,7 @@ def _check_fleet(
                     file,
                     path,
                     f"no policy file policies/{region}.yaml for this region",
-                    _line_for(lines, path),
+                    line_for(lines, path),
                 )
             )
     for region in policies:
@@ -246,7 +251,7 @@ def _check_fleet(
                     file,
                     path,
                     f"unknown region {dc.region!r} (known: {known})",
-                    _line_for(lines, path),
+                    line_for(lines, path),
                 )
             )
 
@@ -260,7 +265,7 @@ def _check_aggregation(
     report: Report,
 ) -> None:
     def problem(path: str, message: str) -> None:
-        report(ConfigError(file, path, message, _line_for(lines, path)))
+        report(ConfigError(file, path, message, line_for(lines, path)))
 
     regions = sorted({dc.region for dc in fleet.dcs.values() if dc.region in policies})
     for region in regions:
