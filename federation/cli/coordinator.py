@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from federation.cli._common import ConfigOption, out
+from federation.cli._status_view import status_renderables
 
 coordinator_app = typer.Typer(help="Run the coordinator (gateway, agent API, planner).")
 
@@ -22,19 +21,6 @@ LedgerOption = Annotated[
         "--ledger", help="Ledger database URL (default: central.ledger_url in fleet.yaml)."
     ),
 ]
-
-# One character and colour per window state in the status grid.
-SYMBOLS: dict[str, tuple[str, str]] = {
-    "verified": ("█", "green"),
-    "empty": ("░", "green"),
-    "shipped": ("▒", "blue"),
-    "expected": ("·", "white"),
-    "backfilling": ("b", "yellow"),
-    "missing": ("M", "bold red"),
-    "inconsistent": ("I", "magenta"),
-    "unrecoverable": ("U", "bright_black"),
-    "-": (" ", "white"),
-}
 
 
 class StatusFormat(StrEnum):
@@ -105,39 +91,9 @@ def status(
     if fmt is StatusFormat.json:
         out.print_json(json.dumps(report.to_dict()))
         return
-    from federation.clock import format_rfc3339
 
-    for agg in report.aggregations:
-        span = (
-            f"{format_rfc3339(agg.starts[0])} … {format_rfc3339(agg.starts[-1])}"
-            if agg.starts
-            else "no complete window yet"
-        )
-        table = Table(title=f"{agg.aggregation}  ({span})", title_justify="left")
-        table.add_column("DC")
-        table.add_column("windows (oldest → newest)", no_wrap=True)
-        table.add_column("counts")
-        for d in agg.dcs:
-            grid = Text()
-            for state in d.cells:
-                symbol, style = SYMBOLS.get(state, ("?", "white"))
-                grid.append(symbol, style=style)
-            counts = ", ".join(f"{s} {n}" for s, n in sorted(d.counts.items()))
-            table.add_row(d.dc, grid, counts)
-        out.print(table)
-        for d in agg.dcs:
-            for p in d.problems:
-                out.print(
-                    f"  {d.dc} {format_rfc3339(p.start_ns)} {p.state}: {p.reason}", markup=False
-                )
-            if d.more_problems:
-                out.print(f"  {d.dc}: {d.more_problems} more not listed", markup=False)
-    legend = Text("legend: ")
-    for state, (symbol, style) in SYMBOLS.items():
-        if state != "-":
-            legend.append(symbol, style=style)
-            legend.append(f" {state}  ")
-    out.print(legend)
+    for renderable in status_renderables(report):
+        out.print(renderable)
 
 
 def backfill(

@@ -1,0 +1,103 @@
+"""`federation demo`: the whole federation on this machine."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from federation.cli._common import ConfigOption, out
+from federation.cli._status_view import status_renderables
+from federation.coordinator.status import StatusReport
+from federation.errors import FederationError
+
+
+class ConsoleView:
+    """Shows the demo on the console: numbered steps, notes, tables and status grids."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.steps = 0
+
+    def step(self, message: str) -> None:
+        self.steps += 1
+        out.print(
+            f"[bold cyan]{self.steps:>2}.[/] {message} [dim]({time.monotonic() - self.started:.0f}s)[/]"
+        )
+
+    def note(self, message: str) -> None:
+        out.print(f"    {message}", markup=False)
+
+    def status(self, title: str, report: StatusReport) -> None:
+        out.print(f"[bold]{title}[/]")
+        for renderable in status_renderables(report, reasons=False):
+            out.print(renderable, width=max(out.width, 120))
+
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+        table = Table(title=title, title_justify="left")
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+        out.print(table, width=max(out.width, 120))
+
+
+class DemoFailed(FederationError):
+    """The demo ran but one of its end checks failed (the message says which)."""
+
+
+def demo(
+    config: ConfigOption = Path("."),
+    dcs: Annotated[int, typer.Option(help="How many DCs (1-5; 3 span three regions).")] = 3,
+    hours: Annotated[int, typer.Option(help="Hours of traffic per DC.")] = 24,
+    events_per_hour: Annotated[int, typer.Option(help="Events per hour per DC.")] = 20_000,
+    keep: Annotated[
+        bool, typer.Option(help="Leave everything running and print the URLs (Ctrl-C stops).")
+    ] = False,
+) -> None:
+    """Run a whole federation on this machine: DCs, central, coordinator, agents, reports."""
+    from federation.demo import DemoOptions, run_demo
+
+    # The agents' and coordinator's own warnings during the staged outage are expected.
+    for name in ("federation.agent", "federation.coordinator", "apscheduler", "uvicorn"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    started = time.monotonic()
+    options = DemoOptions(
+        dcs=dcs, hours=hours, events_per_hour=events_per_hour, config_source=config
+    )
+    outcome, fed = run_demo(options, ConsoleView(started), keep=keep)
+    problems = []
+    if not outcome.all_done:
+        problems.append(f"windows not all verified or empty: {outcome.windows}")
+    if outcome.audit is None or not outcome.audit.ok:
+        problems.append("the compliance audit found violations")
+    if outcome.scan is None or not outcome.scan.clean:
+        problems.append("personal data found at central")
+    verdict = "; ".join(problems) or (
+        f"every window verified or empty ({outcome.windows}); audit clean; "
+        "no personal data at central"
+    )
+    out.print(f"[bold]{'FAILED' if problems else 'OK'}[/]: {verdict} — {outcome.seconds:.0f}s")
+    if keep:
+        out.print("still running (Ctrl-C to stop):", markup=False)
+        for name, url in outcome.urls.items():
+            out.print(f"  {name:<12} {url}", markup=False)
+        out.print(f"  config       {fed.root / 'config'}", markup=False)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            fed.close()
+    if problems:
+        raise DemoFailed("; ".join(problems))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(demo)
