@@ -220,9 +220,13 @@ class KapacitorClient:
         """
         offset = 0
         while True:
+            # Kapacitor reformats listed scripts unless asked for the stored bytes, and a
+            # reformatted script never equals the rendered one: every deployment would look
+            # changed and reload its tasks.
             params: list[tuple[str, str | int | float | bool | None]] = [
                 ("offset", offset),
                 ("limit", page_size),
+                ("script-format", "raw"),
             ]
             if pattern:
                 params.append(("pattern", pattern))

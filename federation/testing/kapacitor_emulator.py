@@ -16,8 +16,9 @@ a replay answers 202 before finishing) and `on_replay` (a callback doing the rep
 
 Not emulated: running TICKscripts (no queries, no data flow, no alerts, no UDF processes),
 stream writes (`/write`), recordings and replays of recordings, `/replays/query`, templates
-(a `template-id` is refused as an unknown template), `dot` graphs (always empty), the
-`formatted` script format (it returns the stored text unchanged, like `raw`), `replay-id` on
+(a `template-id` is refused as an unknown template), `dot` graphs (always empty), Kapacitor's
+exact `formatted` output (scripts are re-printed with federation's own TICKscript printer, so
+they differ from the raw bytes as Kapacitor's do, but not byte for byte like Kapacitor's), `replay-id` on
 task GETs, task renames via PATCH `id`, listing replays, alert topics/handlers, config
 overrides, storage, service tests, `:routes`, `debug/vars`, authentication.
 """
@@ -282,7 +283,7 @@ class KapacitorEmulator:
 
     # --- tasks --------------------------------------------------------------------------------
 
-    def _task_json(self, task: _Task) -> dict[str, Any]:
+    def _task_json(self, task: _Task, script_format: str = "formatted") -> dict[str, Any]:
         stats: dict[str, Any] = {}
         if task.executing:
             stats = {
@@ -295,7 +296,7 @@ class KapacitorEmulator:
             "template-id": "",
             "type": task.type,
             "dbrps": [dict(d) for d in task.dbrps],
-            "script": task.script,
+            "script": task.script if script_format == "raw" else _formatted(task.script),
             "vars": task.vars,
             "dot": "",
             "status": task.status,
@@ -316,10 +317,13 @@ class KapacitorEmulator:
                 raise _HttpError(400, f"unknown field {name!r}")
         offset = _int_param(params, "offset", 0)
         limit = _int_param(params, "limit", 100)
+        script_format = params.get("script-format", "formatted")
+        if script_format not in ("formatted", "raw"):
+            raise _HttpError(400, f"invalid script-format parameter {script_format!r}")
         ids = sorted(i for i in self.tasks if not pattern or fnmatch.fnmatchcase(i, pattern))
         result = []
         for task_id in ids[offset : offset + limit]:
-            full = self._task_json(self.tasks[task_id])
+            full = self._task_json(self.tasks[task_id], script_format)
             if fields:
                 full = {k: v for k, v in full.items() if k in fields or k in ("id", "link")}
             result.append(full)
@@ -331,7 +335,7 @@ class KapacitorEmulator:
         task = self.tasks.get(task_id)
         if task is None:
             raise _HttpError(404, "no task exists")
-        return self._task_json(task)
+        return self._task_json(task, script_format)
 
     def _check_script(self, script: str) -> None:
         try:
@@ -509,6 +513,18 @@ class EmulatorTransport(httpx.BaseTransport):
             request.method, request.url.path, request.url.query.decode(), body
         )
         return httpx.Response(status, headers=headers, content=content, request=request)
+
+
+def _formatted(script: str) -> str:
+    """The script as Kapacitor shows it by default: re-printed by its formatter, so it differs
+    from the bytes that were sent (comments and layout are not kept)."""
+    try:
+        from federation.tickscript import format as format_script
+        from federation.tickscript import parse
+
+        return format_script(parse(script))
+    except Exception:
+        return script
 
 
 def _json(body: bytes) -> dict[str, Any]:
