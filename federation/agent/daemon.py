@@ -273,7 +273,15 @@ class EmbeddedMode:
 
 ModeFactory = Callable[[ModeContext], ExecutionMode]
 
-MODES: dict[str, ModeFactory] = {"embedded": EmbeddedMode.create}
+
+def _kapacitor_mode(context: ModeContext) -> ExecutionMode:
+    # Imported here: the Kapacitor mode builds on this module's ModeContext and PlanHealth.
+    from federation.agent.kapacitor_mode import KapacitorMode
+
+    return KapacitorMode.create(context)
+
+
+MODES: dict[str, ModeFactory] = {"embedded": EmbeddedMode.create, "kapacitor": _kapacitor_mode}
 """Execution modes by name. `auto` picks "kapacitor" for a DC with a Kapacitor URL."""
 
 
@@ -467,7 +475,12 @@ class Agent:
         """
         try:
             self.preflight()
-            self.reconcile()
+            try:
+                self.reconcile()
+            except FederationError as exc:
+                # A deployment that fails is reported and retried; the agent keeps serving.
+                log.warning("reconcile failed: %s", exc)
+                self._report_quietly()
             self.catch_up(stop)
             next_reconcile = time.monotonic() + self.settings.reconcile_interval_s
             while not stop.is_set():
@@ -483,6 +496,12 @@ class Agent:
                 stop.wait(self.settings.poll_interval_s)
         finally:
             self.mode.close()
+
+    def _report_quietly(self) -> None:
+        try:
+            self.report()
+        except FederationError as exc:
+            log.warning("report failed: %s", exc)
 
     def close(self) -> None:
         """Close the mode and every client."""

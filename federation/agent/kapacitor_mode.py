@@ -1,0 +1,431 @@
+"""The Kapacitor execution mode: plans run as TICKscript tasks in the DC's own Kapacitor.
+
+`apply` renders every plan (`render_plan`) and deploys the tasks with `deploy.apply_tasks`:
+missing tasks are created, changed ones updated and reloaded, tasks the plans no longer have
+deleted, foreign tasks never touched, and a failed deployment is rolled back and raised.
+
+`health` watches what Kapacitor does not say on its own: besides a task that stopped (a dead
+UDF stops its task with an error) or differs from its plan (drift), a failed query or write
+only ever shows as a node counter (`errors`, `write_errors`). Counters are compared with the
+previous check, so a failure makes the plan unhealthy until the counters stop growing.
+
+`run_windows` (catch-up and backfill) replays a temporary single-branch copy of the plan's
+task, `fed-<aggregation>-<dc>-replay`, over exactly the requested windows with
+`recording-time: true`. The live task has one branch per look-back window; replaying it would
+also recompute earlier windows, whose raw data may already be partly past retention, and a
+partial recomputation must never overwrite complete data. A window without raw data yields no
+batch in a replay, so afterwards each window's raw events are counted in the DC's InfluxDB and
+every empty window gets its zero manifest through the agent's shipper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from federation.agent.daemon import ModeContext, PlanHealth
+from federation.agent.executor import RangeResult, RunIds, WindowResult, WindowSink
+from federation.agent.shipper import ShipmentRefused
+from federation.aggregate import manifest_point
+from federation.clock import Clock, format_rfc3339
+from federation.deploy import TaskSnapshot, apply_tasks, script_version
+from federation.durations import format_duration
+from federation.errors import FederationError, KapacitorError
+from federation.influx import InfluxClient, credentials_from_env, quote_ident
+from federation.kapacitor import KapacitorClient, NodeHealth
+from federation.plan import AggregationPlan
+from federation.tickscript.render import render_plan
+from federation.windows import Window, coalesce
+
+log = logging.getLogger(__name__)
+
+REPLAY_SUFFIX = "-replay"
+
+_GO_ZERO_TO_UNIX_NS = 62_135_596_800 * 10**9
+"""Go's zero time (0001-01-01 UTC) to the Unix epoch: `.align()` rounds relative to the former."""
+
+
+def replay_task_id(plan: AggregationPlan) -> str:
+    """The id of the temporary task a replay of `plan` runs: `fed-<aggregation>-<dc>-replay`."""
+    return plan.task_id + REPLAY_SUFFIX
+
+
+def replay_plan(plan: AggregationPlan) -> AggregationPlan:
+    """`plan` with a look-back of one window: its task has one branch, with offset 0."""
+    return dataclasses.replace(plan, lookback_ns=plan.window_ns)
+
+
+def replay_range(start_ns: int, end_ns: int) -> tuple[int, int]:
+    """The replay `start` and `stop` that make a single-branch task read exactly [start, end).
+
+    Kapacitor's first replayed window ends at `start + every` and the last at the last tick not
+    after `stop`; each window is `[tick - offset - period, tick - offset)`. With offset 0 and
+    period == every == the window, and a range made of whole aligned windows, that is the range
+    itself (`.align()` rounds the ticks, which are already on window boundaries).
+    """
+    return start_ns, end_ns
+
+
+@dataclasses.dataclass(frozen=True)
+class _Counters:
+    errors: int
+    write_errors: int
+
+
+def _growth(now: dict[str, NodeHealth], before: dict[str, _Counters]) -> _Counters:
+    """How much each node's counters grew since `before`; a node whose counters went down
+    was restarted (stats start again at zero), so all of its current count is new."""
+    errors = write_errors = 0
+    for name, node in now.items():
+        seen = before.get(name, _Counters(0, 0))
+        errors += node.errors - seen.errors if node.errors >= seen.errors else node.errors
+        write_errors += (
+            node.write_errors - seen.write_errors
+            if node.write_errors >= seen.write_errors
+            else node.write_errors
+        )
+    return _Counters(errors, write_errors)
+
+
+class _Stopped(Exception):
+    """A stop request arrived while waiting for a replay."""
+
+
+class KapacitorMode:
+    """Runs one DC's plans as tasks in its Kapacitor; backfills with replays of a temporary task.
+
+    `source` is the DC's InfluxDB (to count the raw events of replayed windows) and `sink` the
+    agent's shipper (for the zero manifests of empty windows). Replays run one at a time.
+    """
+
+    name = "kapacitor"
+
+    def __init__(
+        self,
+        client: KapacitorClient,
+        *,
+        dc: str,
+        templates_dir: Path,
+        gateway_cluster: str,
+        source: InfluxClient,
+        sink: WindowSink,
+        clock: Clock,
+        stop: threading.Event,
+        replay_timeout_s: float = 3600.0,
+        replay_poll_s: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.dc = dc
+        self.templates_dir = templates_dir
+        self.gateway_cluster = gateway_cluster
+        self.source = source
+        self.sink = sink
+        self.stop = stop
+        self.replay_timeout_s = replay_timeout_s
+        self.replay_poll_s = replay_poll_s
+        self.run_ids = RunIds(clock)
+        self._plans: dict[str, AggregationPlan] = {}
+        self._desired: dict[str, TaskSnapshot] = {}
+        self._apply_error: str | None = None
+        self._counters: dict[str, dict[str, _Counters]] = {}
+        self._lock = threading.Lock()
+        self._replay_lock = threading.Lock()
+
+    @classmethod
+    def create(cls, context: ModeContext) -> KapacitorMode:
+        """The mode for the DC's Kapacitor as fleet.yaml names it (credentials from the
+        environment). FederationError when the config is missing or the DC has no Kapacitor."""
+        config = context.config
+        if config is None:
+            raise FederationError(
+                f"DC {context.dc}: the kapacitor mode needs the federation config"
+            )
+        endpoint = config.dc(context.dc).kapacitor
+        if endpoint is None:
+            raise FederationError(
+                f"DC {context.dc}: no Kapacitor URL in fleet.yaml "
+                "(run with --mode embedded to compute the plans in the agent)"
+            )
+        client = KapacitorClient(endpoint.url, auth=credentials_from_env(endpoint))
+        return cls(
+            client,
+            dc=context.dc,
+            templates_dir=config.templates_dir,
+            gateway_cluster=config.fleet.central.gateway_cluster,
+            source=context.source,
+            sink=context.sink,
+            clock=context.clock,
+            stop=context.stop,
+        )
+
+    # --- deploying ----------------------------------------------------------------------------
+
+    def _render(self, plan: AggregationPlan) -> TaskSnapshot:
+        task = render_plan(plan, self.templates_dir, gateway_cluster=self.gateway_cluster)
+        return TaskSnapshot.of_rendered(task)
+
+    def apply(self, plans: Sequence[AggregationPlan]) -> None:
+        """Bring the DC's Kapacitor to exactly one task per plan, or leave it as it was.
+
+        Raises TickScriptError when a plan does not render, DeploymentError when the
+        deployment failed (the previous tasks are restored), KapacitorError when Kapacitor
+        cannot be read. Whatever happens, `health` then judges the running tasks against these
+        plans and names the failure.
+        """
+        with self._lock:
+            self._plans = {plan.aggregation: plan for plan in plans}
+            self._desired = {}
+            self._apply_error = None
+        try:
+            desired = {plan.aggregation: self._render(plan) for plan in plans}
+            with self._lock:
+                self._desired = desired
+            result = apply_tasks(self.client, self.dc, list(desired.values()))
+        except FederationError as exc:
+            with self._lock:
+                self._apply_error = str(exc)
+            log.error("DC %s: deploying tasks failed: %s", self.dc, exc)
+            raise
+        with self._lock:
+            for change in result.changes:
+                # A created, updated or deleted task starts its stats again from zero.
+                if change.action != "unchanged":
+                    self._counters.pop(change.task_id, None)
+        for change in result.changes:
+            if change.action != "unchanged":
+                log.info(
+                    "DC %s: %s task %s (version %s -> %s)",
+                    self.dc,
+                    change.action,
+                    change.task_id,
+                    change.version_from,
+                    change.version_to,
+                )
+
+    # --- health -------------------------------------------------------------------------------
+
+    def health(self) -> list[PlanHealth]:
+        """One entry per plan applied, in aggregation order; never raises.
+
+        Unhealthy when the task is missing or differs from the plan (drift, or a deployment
+        that failed and was rolled back), is not executing or carries an error (a dead UDF
+        stops its task), or when a node's `errors` or `write_errors` grew since the previous
+        check (skipped windows, dropped writes; at the first check of a task, since it
+        started). Counters that stopped growing are healthy again, so a failure long ago does
+        not flag forever.
+        """
+        with self._lock:
+            plans = dict(self._plans)
+            desired = dict(self._desired)
+            apply_error = self._apply_error
+        results = []
+        for name, plan in sorted(plans.items()):
+            try:
+                results.append(self._plan_health(plan, desired.get(name), apply_error))
+            except KapacitorError as exc:
+                if exc.status is None:  # unreachable: asking about the other tasks is futile
+                    return [
+                        PlanHealth(other, p.version, False, f"Kapacitor does not answer: {exc}")
+                        for other, p in sorted(plans.items())
+                    ]
+                detail = f"task {plan.task_id}: {exc}"
+                results.append(PlanHealth(name, plan.version, False, detail))
+        return results
+
+    def _plan_health(
+        self, plan: AggregationPlan, wanted: TaskSnapshot | None, apply_error: str | None
+    ) -> PlanHealth:
+        """The health of one plan's task; KapacitorError when Kapacitor cannot tell."""
+        task_id = plan.task_id
+
+        def unhealthy(detail: str) -> PlanHealth:
+            if apply_error:
+                detail += f"; last deployment failed: {apply_error}"
+            return PlanHealth(plan.aggregation, plan.version, False, detail)
+
+        # One GET with the raw script (a listing would return it reformatted by Kapacitor).
+        task = self.client.get_task(task_id, script_format="raw")
+        if task is None:
+            return unhealthy(f"task {task_id} is not deployed")
+        current = TaskSnapshot.of(task)
+        if wanted is None or current != wanted:
+            running = script_version(current.script)
+            state = "" if current.enabled else " (disabled)"
+            return unhealthy(
+                f"task {task_id} differs from the plan: deployed version {running}{state}, "
+                f"plan version {plan.version}"
+            )
+        health = self.client.task_health(task_id)
+        if not health.executing or health.error:
+            return unhealthy(f"task {task_id} is not executing: {health.error or 'stopped'}")
+        with self._lock:
+            before = self._counters.get(task_id, {})
+            self._counters[task_id] = {
+                name: _Counters(node.errors, node.write_errors)
+                for name, node in health.nodes.items()
+            }
+        growth = _growth(health.nodes, before)
+        if growth.errors or growth.write_errors:
+            return unhealthy(
+                f"task {task_id}: {growth.errors} failed queries and {growth.write_errors} "
+                "failed writes since the previous check"
+            )
+        return PlanHealth(
+            plan.aggregation, plan.version, True, f"task {task_id} executing version {plan.version}"
+        )
+
+    # --- replays ------------------------------------------------------------------------------
+
+    def run_windows(
+        self, plan: AggregationPlan, windows: Sequence[Window], stop: threading.Event
+    ) -> RangeResult:
+        """Recompute and ship `windows` with Kapacitor replays, then ship the empty ones.
+
+        Each run of contiguous windows is one replay (`recording-time: true`) of the temporary
+        task `fed-<aggregation>-<dc>-replay`: the plan with a single branch (offset 0), created
+        disabled and deleted afterwards, also when the replay fails. Replays run one at a
+        time. After a replay the raw events of each window are counted with one query; every
+        window without any gets a zero manifest through the sink, the others were shipped by
+        Kapacitor's UDF.
+
+        The result lists every window, oldest first, like the embedded executor's: `events`
+        from the count; `groups`, `points` and `run` are 0 for windows Kapacitor computed (the
+        UDF knows them, the agent does not). A failed replay ends the run with Kapacitor's
+        error; a stop request ends it before the next replay or while waiting for one (the
+        replay itself cannot be cancelled in Kapacitor).
+        """
+        ordered = sorted(set(windows))
+        results: list[WindowResult] = []
+
+        def finish(*, stopped: bool = False, error: str | None = None) -> RangeResult:
+            if error is None and any(r.error for r in results):
+                refused = sum(1 for r in results if r.error)
+                error = f"{refused} window(s) refused by the gateway"
+            return RangeResult(
+                plan.aggregation, plan.version, tuple(results), stopped, error, len(ordered)
+            )
+
+        for window in ordered:
+            if window.size_ns != plan.window_ns:
+                raise ValueError(f"window {window} is not a {plan.aggregation} window")
+        if _GO_ZERO_TO_UNIX_NS % plan.window_ns:
+            return finish(
+                error=f"{format_duration(plan.window_ns)} windows are aligned differently by "
+                "Kapacitor's align() (which counts from 0001-01-01): a replay would cut them"
+            )
+        with self._replay_lock:
+            for start_ns, end_ns in coalesce(ordered):
+                if stop.is_set() or self.stop.is_set():
+                    return finish(stopped=True)
+                span = f"{format_rfc3339(start_ns)}..{format_rfc3339(end_ns)}"
+                try:
+                    self._replay(plan, start_ns, end_ns, stop)
+                except _Stopped:
+                    return finish(stopped=True)
+                except FederationError as exc:
+                    log.error("%s: replay of %s failed: %s", plan.aggregation, span, exc)
+                    return finish(error=f"replay of {span} failed: {exc}")
+                try:
+                    counts = self._count_events(plan, start_ns, end_ns)
+                except FederationError as exc:
+                    log.error(
+                        "%s: counting the raw events of %s failed: %s", plan.aggregation, span, exc
+                    )
+                    return finish(error=f"counting the raw events of {span} failed: {exc}")
+                for start in range(start_ns, end_ns, plan.window_ns):
+                    window = Window(start, plan.window_ns)
+                    events = counts.get(start, 0)
+                    if events:
+                        results.append(WindowResult(window, events, 0, 0, 0, 0, True))
+                        continue
+                    if stop.is_set() or self.stop.is_set():
+                        return finish(stopped=True)
+                    result, fatal = self._ship_empty(plan, window, stop)
+                    results.append(result)
+                    if fatal:
+                        return finish(error=f"window {window.label}: {result.error}")
+                    if not result.shipped and result.error is None:
+                        return finish(stopped=True)
+        return finish()
+
+    def _replay(
+        self, plan: AggregationPlan, start_ns: int, end_ns: int, stop: threading.Event
+    ) -> None:
+        """Create the temporary task, replay [start, end) with it, delete it whatever happens."""
+        task_id = replay_task_id(plan)
+        script = self._render(replay_plan(plan)).script
+        # A task left over by an agent that died mid-replay is ours to replace.
+        self.client.delete_task(task_id)
+        self.client.create_task(task_id, script, [], status="disabled")
+        try:
+            replay_start, replay_stop = replay_range(start_ns, end_ns)
+            replay_id = self.client.replay_batch(task_id, replay_start, replay_stop)
+            log.info(
+                "%s: replaying %s..%s as %s",
+                plan.aggregation,
+                format_rfc3339(start_ns),
+                format_rfc3339(end_ns),
+                replay_id,
+            )
+
+            def sleep(seconds: float) -> None:
+                if stop.wait(seconds) or self.stop.is_set():
+                    raise _Stopped
+
+            self.client.wait_replay(
+                replay_id, timeout_s=self.replay_timeout_s, poll_s=self.replay_poll_s, sleep=sleep
+            )
+            try:
+                self.client.delete_replay(replay_id)
+            except KapacitorError as exc:
+                log.warning("could not delete the record of replay %s: %s", replay_id, exc)
+        finally:
+            try:
+                self.client.delete_task(task_id)
+            except KapacitorError as exc:
+                log.warning("could not delete the temporary task %s: %s", task_id, exc)
+
+    def _count_events(self, plan: AggregationPlan, start_ns: int, end_ns: int) -> dict[int, int]:
+        """Raw events per window start in [start, end), from one query (absent means 0)."""
+        source = ".".join(
+            quote_ident(p) for p in (plan.database, plan.retention_policy, plan.measurement)
+        )
+        query = (
+            f"SELECT count({quote_ident(plan.value_field)}) FROM {source} "
+            f"WHERE time >= {start_ns} AND time < {end_ns} GROUP BY time({plan.window_ns}ns)"
+        )
+        counts: dict[int, int] = {}
+        for series in self.source.query(query, database=plan.database):
+            at = series.columns.index("count") if "count" in series.columns else 1
+            for row in series.values:
+                counts[int(row[0])] = counts.get(int(row[0]), 0) + int(row[at] or 0)
+        return counts
+
+    def _ship_empty(
+        self, plan: AggregationPlan, window: Window, stop: threading.Event
+    ) -> tuple[WindowResult, bool]:
+        """Ship one window's zero manifest; the result and whether the failure ends the run."""
+        run = self.run_ids.next()
+        manifest = manifest_point(
+            plan, window.start_ns, events=0, groups=0, suppressed_events=0, run=run
+        )
+        try:
+            shipped = self.sink.ship_window(plan, [manifest], stop=stop)
+        except FederationError as exc:
+            log.error("%s window %s: zero manifest not shipped: %s", plan.aggregation, window, exc)
+            result = WindowResult(window, 0, 0, 0, 1, run, False, error=str(exc))
+            return result, not isinstance(exc, ShipmentRefused)
+        return WindowResult(window, 0, 0, 0, 1, run, shipped), False
+
+    def close(self) -> None:
+        """Stop waiting for replays, wait (briefly) for the one in progress, close the client.
+
+        The deployed tasks keep running in Kapacitor: they do not depend on the agent.
+        """
+        self.stop.set()
+        if self._replay_lock.acquire(timeout=30):
+            self._replay_lock.release()
+        self.client.close()
