@@ -3,19 +3,28 @@
 The database URL comes from the Alembic config (`federation.coordinator.ledger.alembic_config`
 sets it); a caller may instead pass an open connection in `config.attributes["connection"]`.
 SQLite runs migrations in batch mode, since it cannot alter most constraints in place.
+
+A run is one transaction that first takes the ledger's migration lock (SQLite: the write lock,
+`BEGIN IMMEDIATE`; PostgreSQL: a transaction-level advisory lock) and only then reads the
+current revision, so coordinators that start together against an empty ledger create it once:
+the others wait, then find it at head.
 """
 
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from federation.coordinator.ledger import Base, create_ledger_engine
 
 target_metadata = Base.metadata
 
+MIGRATION_LOCK = 0x6665645F6C656467
+"""The PostgreSQL advisory lock key that migrations hold (the bytes of "fed_ledg")."""
 
-def _run(connection: Connection) -> None:
+
+def _migrate(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -24,6 +33,20 @@ def _run(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def _run(connection: Connection) -> None:
+    if connection.in_transaction():
+        # The caller's transaction, and the caller's locking.
+        _migrate(connection)
+        return
+    if connection.dialect.name == "sqlite":
+        # `create_ledger_engine` begins such a connection's transactions IMMEDIATE.
+        connection.execution_options(ledger_write=True)
+    with connection.begin():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        _migrate(connection)
 
 
 def run_migrations_offline() -> None:

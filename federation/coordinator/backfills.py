@@ -18,6 +18,7 @@ from federation.coordinator.planner import (
     claim_windows,
     desired_versions,
     queue_request,
+    unlocked_backfills,
 )
 from federation.coordinator.tracking import WindowState
 from federation.errors import FederationError, InvalidInput
@@ -25,6 +26,7 @@ from federation.plan import resolve_plan
 from federation.windows import windows_between
 
 _ERROR_CHARS = 2_000
+_MAX_WINDOWS_REPORTED = 2**31 - 1  # `backfills.windows_reported` is a 32-bit INTEGER
 
 
 class BackfillNotFound(FederationError):
@@ -51,16 +53,19 @@ def lease_backfills(
     """
     settings = settings or PlannerSettings()
     with ledger.session(write=True) as session:
-        session.execute(
-            update(BackfillRow)
-            .where(
-                BackfillRow.dc == dc,
-                BackfillRow.state == RUNNING,
-                BackfillRow.lease_expires_ns < now_ns,
-            )
-            .values(state=QUEUED, lease_expires_ns=None, updated_ns=now_ns)
-            .execution_options(synchronize_session=False)
+        expired = unlocked_backfills(
+            session,
+            BackfillRow.dc == dc,
+            BackfillRow.state == RUNNING,
+            BackfillRow.lease_expires_ns < now_ns,
         )
+        if expired:
+            session.execute(
+                update(BackfillRow)
+                .where(BackfillRow.id.in_(expired))
+                .values(state=QUEUED, lease_expires_ns=None, updated_ns=now_ns)
+                .execution_options(synchronize_session=False)
+            )
         rows = session.scalars(
             select(BackfillRow)
             .where(BackfillRow.dc == dc, BackfillRow.state == QUEUED)
@@ -104,8 +109,14 @@ def record_backfill_result(
     if status not in (DONE, FAILED):
         raise InvalidInput("backfill result: status: must be 'done' or 'failed'")
     windows = result.get("windows", 0)
-    if not isinstance(windows, int) or isinstance(windows, bool) or windows < 0:
-        raise InvalidInput("backfill result: windows: must be a non-negative integer")
+    if (
+        not isinstance(windows, int)
+        or isinstance(windows, bool)
+        or not 0 <= windows <= _MAX_WINDOWS_REPORTED
+    ):
+        raise InvalidInput(
+            f"backfill result: windows: must be an integer from 0 to {_MAX_WINDOWS_REPORTED}"
+        )
     error = str(result.get("error") or "")[:_ERROR_CHARS]
     with ledger.session(write=True) as session:
         row = session.get(BackfillRow, backfill_id, with_for_update=True)

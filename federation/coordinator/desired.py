@@ -80,7 +80,9 @@ def sync_desired(
         upsert(
             session,
             DcRow.__table__,  # type: ignore[arg-type]
-            [{"name": name, "region": dc.region} for name, dc in config.fleet.dcs.items()],
+            # In name order, the order in which planner passes lock DC rows: two transactions
+            # that lock several of them in one order cannot deadlock.
+            [{"name": name, "region": dc.region} for name, dc in sorted(config.fleet.dcs.items())],
             key=("name",),
             update=("region",),
         )
@@ -199,7 +201,9 @@ def record_report(
         detail = str(item.get("detail", ""))[:2000]
         entries.append((aggregation, version, healthy, detail))
     with ledger.session(write=True) as session:
-        row = session.get(DcRow, dc, with_for_update=True)
+        # FOR NO KEY UPDATE: gateways inserting this DC's windows (a key-share lock for the
+        # foreign key) need not wait for a report.
+        row = session.get(DcRow, dc, with_for_update={"key_share": True})
         if row is None:
             row = DcRow(name=dc, region=config.dc(dc).region)
             session.add(row)

@@ -8,8 +8,12 @@ whose start and watermark let every expected window be derived by arithmetic, an
 row is inserted only when a window ships, goes missing or is otherwise classified.
 
 Write transactions on SQLite start with `BEGIN IMMEDIATE`, so two writers serialise at the start
-of a transaction instead of failing half-way; on PostgreSQL rows that are claimed are read with
-`FOR UPDATE SKIP LOCKED`.
+of a transaction instead of failing half-way. On PostgreSQL every transaction is READ COMMITTED
+and rows that are claimed are read with `FOR UPDATE SKIP LOCKED`: each statement sees what
+others committed before it, and a row another transaction holds is skipped rather than waited
+for (under REPEATABLE READ or SERIALIZABLE the same code would fail with serialization errors
+instead). Migrations take a lock of their own on both, so coordinators starting together
+upgrade the ledger once.
 """
 
 from __future__ import annotations
@@ -213,7 +217,7 @@ def _sqlite_setup(engine: Engine) -> None:
 
 def create_ledger_engine(url: str) -> Engine:
     """An Engine for the ledger at `url`; SQLite connections get WAL, foreign keys and a busy
-    timeout, and write transactions there begin IMMEDIATE."""
+    timeout, and write transactions there begin IMMEDIATE; PostgreSQL ones are READ COMMITTED."""
     try:
         parsed = make_url(url)
     except SQLAlchemyError as exc:
@@ -222,7 +226,9 @@ def create_ledger_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _sqlite_setup(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # Pinned rather than inherited: a server whose default isolation is stricter would turn
+    # the planner's and the agents' claims into serialization failures.
+    return create_engine(url, pool_pre_ping=True, isolation_level="READ COMMITTED")
 
 
 class Ledger:

@@ -12,9 +12,16 @@ One pass (`plan_backfills`), per (dc, aggregation):
    of at most `max_windows` windows; a DC never has more than `max_outstanding` open requests.
    Claimed windows become `backfilling`, so no window is ever requested twice at once.
 
-A pass is one write transaction: on SQLite writers serialise (BEGIN IMMEDIATE); on PostgreSQL
-claimed rows are read `FOR UPDATE SKIP LOCKED`, so two planner processes never both claim a
-window.
+A pass is one write transaction. On SQLite writers serialise (BEGIN IMMEDIATE). On PostgreSQL
+(READ COMMITTED) several planner processes share the work instead:
+
+- a pass claims the (dc, aggregation) tracking rows no other pass holds (`FOR UPDATE SKIP
+  LOCKED`) and touches only the windows of those, so two passes never insert, age out or
+  request the same window, and none leaves another's windows unrequested;
+- failed and expired requests are re-queued only when no one else holds them (`SKIP LOCKED`);
+- before counting a DC's open requests a pass locks that DC's row (`FOR NO KEY UPDATE`, in name
+  order, so two passes cannot deadlock): two passes holding different aggregations of one DC
+  take turns, and the DC's cap holds.
 """
 
 from __future__ import annotations
@@ -22,17 +29,20 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from federation.config import FederationConfig
 from federation.coordinator.ledger import (
     BackfillRow,
+    DcRow,
     DeploymentRow,
     Ledger,
     TrackingRow,
     WindowRow,
+    upsert,
     windows_table,
 )
 from federation.coordinator.tracking import NEEDS_BACKFILL, WindowState
@@ -115,7 +125,11 @@ def _advance(
     now_ns: int,
     result: PlannerResult,
 ) -> None:
-    """Insert rows for the windows whose deadline passed since the watermark; move it."""
+    """Insert rows for the windows whose deadline passed since the watermark; move it.
+
+    A window that a gateway records between the read of `existing` and the insert keeps what
+    the gateway wrote (the insert skips it), though it is counted as missing here.
+    """
     w = plan.window_ns
     # A window is overdue iff end + look-back + grace <= now; ends are multiples of w.
     limit = now_ns - plan.lookback_ns - plan.grace_ns
@@ -155,7 +169,13 @@ def _advance(
         else:
             result.missing += 1
     for chunk in range(0, len(rows), 5_000):
-        session.execute(insert(windows_table()), rows[chunk : chunk + 5_000])
+        upsert(
+            session,
+            windows_table(),
+            rows[chunk : chunk + 5_000],
+            key=("dc", "aggregation", "start_ns"),
+            update=(),
+        )
     tracking.watermark_ns = limit
 
 
@@ -187,45 +207,89 @@ def _age_out(
     result.unrecoverable += int(getattr(outcome, "rowcount", 0) or 0)
 
 
+def unlocked_backfills(session: Session, *conditions: Any) -> list[int]:
+    """The ids of backfill requests matching `conditions` that no other transaction holds, now
+    locked by this one (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has one writer)."""
+    return list(
+        session.scalars(
+            select(BackfillRow.id)
+            .where(*conditions)
+            .order_by(BackfillRow.id)
+            .with_for_update(skip_locked=True)
+        )
+    )
+
+
 def _requeue(
     session: Session, settings: PlannerSettings, now_ns: int, result: PlannerResult
 ) -> None:
-    retried = session.execute(
-        update(BackfillRow)
-        .where(
-            BackfillRow.state == FAILED,
-            BackfillRow.next_attempt_ns.is_not(None),
-            BackfillRow.next_attempt_ns <= now_ns,
+    # A request another transaction holds (a lease, a result, another planner re-queueing it)
+    # is left to that transaction.
+    retry = unlocked_backfills(
+        session,
+        BackfillRow.state == FAILED,
+        BackfillRow.next_attempt_ns.is_not(None),
+        BackfillRow.next_attempt_ns <= now_ns,
+    )
+    if retry:
+        session.execute(
+            update(BackfillRow)
+            .where(BackfillRow.id.in_(retry))
+            .values(state=QUEUED, next_attempt_ns=None, updated_ns=now_ns)
+            .execution_options(synchronize_session=False)
         )
-        .values(state=QUEUED, next_attempt_ns=None, updated_ns=now_ns)
-        .execution_options(synchronize_session=False)
+    result.retried += len(retry)
+    expired = unlocked_backfills(
+        session, BackfillRow.state == RUNNING, BackfillRow.lease_expires_ns < now_ns
     )
-    result.retried += int(getattr(retried, "rowcount", 0) or 0)
-    expired = session.execute(
-        update(BackfillRow)
-        .where(BackfillRow.state == RUNNING, BackfillRow.lease_expires_ns < now_ns)
-        .values(state=QUEUED, lease_expires_ns=None, updated_ns=now_ns)
-        .execution_options(synchronize_session=False)
-    )
-    result.requeued += int(getattr(expired, "rowcount", 0) or 0)
+    if expired:
+        session.execute(
+            update(BackfillRow)
+            .where(BackfillRow.id.in_(expired))
+            .values(state=QUEUED, lease_expires_ns=None, updated_ns=now_ns)
+            .execution_options(synchronize_session=False)
+        )
+    result.requeued += len(expired)
 
 
-def _outstanding(session: Session) -> dict[str, int]:
+def _lock_dcs(session: Session, dcs: set[str]) -> None:
+    """Hold the rows of `dcs` until the pass ends, taken in name order.
+
+    `FOR NO KEY UPDATE` leaves the gateways' inserts of windows (whose foreign-key checks take
+    a key-share lock on the DC) free to proceed.
+    """
+    if dcs:
+        session.execute(
+            select(DcRow.name)
+            .where(DcRow.name.in_(sorted(dcs)))
+            .order_by(DcRow.name)
+            .with_for_update(key_share=True)
+        ).all()
+
+
+def _outstanding(session: Session, dcs: set[str]) -> dict[str, int]:
+    if not dcs:
+        return {}
     rows = session.execute(
         select(BackfillRow.dc, func.count())
         .where(
+            BackfillRow.dc.in_(sorted(dcs)),
             or_(
                 BackfillRow.state.in_((QUEUED, RUNNING)),
                 and_(BackfillRow.state == FAILED, BackfillRow.next_attempt_ns.is_not(None)),
-            )
+            ),
         )
         .group_by(BackfillRow.dc)
     ).all()
     return {dc: int(n) for dc, n in rows}
 
 
-def _candidates(session: Session) -> dict[tuple[str, str], list[tuple[int, int]]]:
-    """(dc, aggregation) -> [(window id, start)] of missing or inconsistent windows to request.
+def _candidates(
+    session: Session, pairs: list[tuple[str, str]]
+) -> dict[tuple[str, str], list[tuple[int, int]]]:
+    """(dc, aggregation) -> [(window id, start)] of missing or inconsistent windows to request,
+    for the `pairs` this pass holds; the rows are locked, skipping those another transaction
+    holds (a gateway recording a shipment, a hand-made request claiming them).
 
     A window whose last request failed for good is left alone until someone asks again by hand
     (`request_backfill`); its reason says so.
@@ -235,18 +299,24 @@ def _candidates(session: Session) -> dict[tuple[str, str], list[tuple[int, int]]
         .where(BackfillRow.state == FAILED, BackfillRow.next_attempt_ns.is_(None))
         .scalar_subquery()
     )
-    query = (
-        select(WindowRow.id, WindowRow.dc, WindowRow.aggregation, WindowRow.start_ns)
-        .where(
-            WindowRow.state.in_(NEEDS_BACKFILL),
-            or_(WindowRow.backfill_id.is_(None), WindowRow.backfill_id.not_in(given_up)),
-        )
-        .order_by(WindowRow.dc, WindowRow.aggregation, WindowRow.start_ns)
-        .with_for_update(skip_locked=True)
-    )
+    by_dc: dict[str, list[str]] = defaultdict(list)
+    for dc, aggregation in pairs:
+        by_dc[dc].append(aggregation)
     found: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
-    for row_id, dc, aggregation, start in session.execute(query):
-        found[(dc, aggregation)].append((row_id, start))
+    for dc, aggregations in sorted(by_dc.items()):
+        query = (
+            select(WindowRow.id, WindowRow.aggregation, WindowRow.start_ns)
+            .where(
+                WindowRow.state.in_(NEEDS_BACKFILL),
+                WindowRow.dc == dc,
+                WindowRow.aggregation.in_(sorted(aggregations)),
+                or_(WindowRow.backfill_id.is_(None), WindowRow.backfill_id.not_in(given_up)),
+            )
+            .order_by(WindowRow.aggregation, WindowRow.start_ns)
+            .with_for_update(skip_locked=True)
+        )
+        for row_id, aggregation, start in session.execute(query):
+            found[(dc, aggregation)].append((row_id, start))
     return found
 
 
@@ -333,9 +403,11 @@ def plan_backfills(
             _advance(session, config, tracking, plan, now_ns, result)
             _age_out(session, config, plan, now_ns, result)
         _requeue(session, settings, now_ns, result)
-        outstanding = _outstanding(session)
+        dcs = {plan.dc for plan in active}
+        _lock_dcs(session, dcs)
+        outstanding = _outstanding(session, dcs)
         versions = desired_versions(session)
-        candidates = _candidates(session)
+        candidates = _candidates(session, [(plan.dc, plan.aggregation) for plan in active])
         for plan in active:
             found = candidates.get((plan.dc, plan.aggregation))
             if not found:
@@ -369,8 +441,8 @@ def plan_backfills(
                     )
                     claimed = claim_windows(session, ids, backfill_id, now_ns, NEEDS_BACKFILL)
                     if claimed != len(ids):
-                        # Another planner got some of them first (only possible without locks);
-                        # a request that re-runs already-claimed windows is harmless.
+                        # Not expected: the candidates are locked by this pass. A request that
+                        # re-runs windows claimed elsewhere is harmless, so only say so.
                         log.warning(
                             "backfill #%d claimed %d of %d windows", backfill_id, claimed, len(ids)
                         )

@@ -1,9 +1,20 @@
-"""Fixtures for the coordinator: a config pointing at a real central influxd, a SQLite ledger,
-a fake clock near real time (central retention policies drop points older than their duration),
-and the coordinator's app driven by Starlette's TestClient."""
+"""Fixtures for the coordinator: a config pointing at a real central influxd, a ledger on each
+backend (a SQLite file, and a fresh database on PostgreSQL), a fake clock near real time
+(central retention policies drop points older than their duration), and the coordinator's app
+driven by Starlette's TestClient.
+
+Every test that uses `ledger_url` (directly or through `ledger`, `config`, `coordinator`,
+`client`) runs once per backend; the PostgreSQL runs carry the `postgres` mark. PostgreSQL is
+the server that `FEDERATION_TEST_POSTGRES_URL` names (its role needs CREATEDB), or else one
+`PostgresServer` that the session starts from the local PostgreSQL binaries. Without either the
+PostgreSQL runs are skipped, saying why, except under CI=true, where they fail.
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +29,15 @@ from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central
 from federation.coordinator.ledger import Ledger, open_ledger
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
+from federation.errors import FederationError
 from federation.influx import InfluxClient
-from federation.localstack import InfluxServer
+from federation.localstack import (
+    InfluxServer,
+    PostgresServer,
+    create_postgres_database,
+    drop_postgres_database,
+    find_postgres_bin,
+)
 
 from .helpers import HOUR, READER, token
 
@@ -46,9 +64,75 @@ def _rewrite_fleet(config_dir: Path, central_url: str, ledger_url: str) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+POSTGRES_URL_ENV = "FEDERATION_TEST_POSTGRES_URL"
+"""A SQLAlchemy URL of a PostgreSQL database whose role may create databases; when set, the
+PostgreSQL runs use that server instead of starting one."""
+
+
+class PostgresDatabases:
+    """Creates a fresh database per test on one PostgreSQL server, and drops it afterwards."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        # Unique across sessions that share one external server.
+        self._prefix = f"ledger_{secrets.token_hex(3)}_"
+        self._counter = itertools.count(1)
+
+    def create(self) -> tuple[str, str]:
+        """(name, URL) of a new, empty database."""
+        name = f"{self._prefix}{next(self._counter)}"
+        return name, create_postgres_database(self.admin_url, name)
+
+    def drop(self, name: str) -> None:
+        drop_postgres_database(self.admin_url, name)
+
+
+def _postgres_unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the PostgreSQL ledger tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    """The PostgreSQL server of this session: started on first use, stopped at the end."""
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if url:
+        yield PostgresDatabases(url)
+        return
+    try:
+        find_postgres_bin()
+    except FederationError as exc:
+        _postgres_unavailable(
+            f"no PostgreSQL for the ledger tests ({POSTGRES_URL_ENV} unset): {exc}"
+        )
+    with PostgresServer() as server:
+        yield PostgresDatabases(server.url)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def ledger_backend(request: pytest.FixtureRequest) -> str:
+    """`sqlite` or `postgresql`: every test using a ledger runs on both."""
+    return str(request.param)
+
+
 @pytest.fixture
-def ledger_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+def ledger_url(
+    ledger_backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """The URL of an empty ledger database of `ledger_backend`, for this test alone."""
+    if ledger_backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+        return
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    name, url = databases.create()
+    yield url
+    databases.drop(name)
 
 
 @pytest.fixture

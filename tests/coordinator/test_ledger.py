@@ -25,8 +25,8 @@ def _url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
 
 
-def test_upgrade_to_head_matches_the_models_and_downgrades_to_empty(tmp_path: Path) -> None:
-    url = _url(tmp_path)
+def test_upgrade_to_head_matches_the_models_and_downgrades_to_empty(ledger_url: str) -> None:
+    url = ledger_url
     upgrade_ledger(url)
     assert ledger_revision(url) == head_revision()
     engine = create_ledger_engine(url)
@@ -55,6 +55,26 @@ def test_sqlite_ledger_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> Non
         assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1
 
 
-def test_opening_without_upgrade_refuses_a_ledger_behind_head(tmp_path: Path) -> None:
+def test_postgresql_ledger_reads_committed_whatever_the_server_default(
+    ledger_url: str, ledger_backend: str
+) -> None:
+    if ledger_backend != "postgresql":
+        pytest.skip("isolation levels are PostgreSQL's; SQLite's writers queue (see above)")
+    upgrade_ledger(ledger_url)
+    engine = create_ledger_engine(ledger_url)
+    try:
+        with engine.connect() as conn:
+            database = conn.exec_driver_sql("SELECT current_database()").scalar()
+            conn.exec_driver_sql(
+                f'ALTER DATABASE "{database}" SET default_transaction_isolation = serializable'
+            )
+            conn.commit()
+    finally:
+        engine.dispose()
+    with open_ledger(ledger_url) as ledger, ledger.session(write=True) as session:
+        assert session.execute(text("SHOW transaction_isolation")).scalar() == "read committed"
+
+
+def test_opening_without_upgrade_refuses_a_ledger_behind_head(ledger_url: str) -> None:
     with pytest.raises(LedgerError, match=r"not .*start the coordinator"):
-        open_ledger(_url(tmp_path), upgrade=False)
+        open_ledger(ledger_url, upgrade=False)

@@ -1,5 +1,6 @@
 """The backfill planner: missing windows, coalescing, look-back overlap, caps, rate limits,
-retries, unrecoverable windows, and no duplicate requests — on a real SQLite ledger."""
+retries, unrecoverable windows, and no duplicate requests — on a real ledger of each backend
+(SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from federation.coordinator.desired import sync_desired
 from federation.coordinator.ledger import BackfillRow, Ledger, WindowRow
 from federation.coordinator.planner import PlannerSettings, plan_backfills
 from federation.coordinator.tracking import Manifest, record_manifests
+from federation.errors import InvalidInput
 
 from .helpers import HOUR
 
@@ -58,7 +60,7 @@ def window_states(ledger: Ledger, dc: str) -> dict[int, str]:
                 WindowRow.dc == dc, WindowRow.aggregation == AGG
             )
         ).all()
-    return dict(rows)  # type: ignore[arg-type]
+    return {start: state for start, state in rows}
 
 
 def at(hours: int) -> int:
@@ -225,6 +227,10 @@ def test_results_are_only_accepted_from_the_owning_dc(
         record_backfill_result(tracked, "fra1", leased.id, {"status": "done"}, now)
     with pytest.raises(BackfillNotFound):
         record_backfill_result(tracked, "dub1", 999_999, {"status": "done"}, now)
+    with pytest.raises(InvalidInput, match="windows"):
+        record_backfill_result(
+            tracked, "dub1", leased.id, {"status": "done", "windows": 2**31}, now
+        )
     record_backfill_result(tracked, "dub1", leased.id, {"status": "done", "windows": 3}, now)
     with tracked.session() as session:
         reasons = session.scalars(
