@@ -28,7 +28,17 @@ app = typer.Typer(
 )
 
 # Modules under federation.cli whose `register(app)` adds their commands.
-COMMAND_MODULES: tuple[str, ...] = ("policy",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "tickscript",
+    "policy",
+    "ingest",
+    "kapacitor",
+    "agent",
+    "report",
+    "coordinator",
+    "rollout",
+    "demo",
+)
 
 
 class _State:
@@ -63,7 +73,7 @@ for _module in COMMAND_MODULES:
 def main() -> None:
     """Entry point: run the app, turning FederationErrors into one-line messages."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except FederationError as exc:
         if _State.debug:
             raise
@@ -83,3 +93,6 @@ def main() -> None:
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    # Without standalone mode click returns a command's typer.Exit code instead of exiting.
+    if isinstance(code, int) and code:
+        sys.exit(code)
