@@ -172,7 +172,9 @@ def rollout_apply(
     Each DC is deployed with `apply_tasks` (running and healthy, or restored) and then passed
     through `gate`; a DC that fails either is restored to what it ran before and the wave stops,
     leaving the DCs not yet reached on their old version. What each changed DC ran before is
-    recorded in `state` for `rollout_rollback`.
+    recorded in `state` for `rollout_rollback`. Every DC's tasks are rendered first: a
+    TickScriptError (a template that renders unsafe for any DC) is raised before any Kapacitor
+    is contacted.
     """
     open_client = clients or kapacitor_client(config)
     order = kapacitor_dcs(config, dcs)
@@ -183,12 +185,15 @@ def rollout_apply(
             )
         order.remove(canary)
         order.insert(0, canary)
+    # Rendered (and linted) for every DC before any Kapacitor is contacted: a template that
+    # fails for one DC must not leave the canary already changed.
+    desired = {dc: desired_snapshots(config, dc) for dc in order}
     result = RolloutResult()
     for index, dc in enumerate(order):
         try:
             with open_client(dc) as client:
                 before = deployed_tasks(client, dc)
-                deployed = apply_tasks(client, dc, desired_snapshots(config, dc))
+                deployed = apply_tasks(client, dc, desired[dc])
                 if not deployed.changed:
                     result.unchanged.append(dc)
                     continue

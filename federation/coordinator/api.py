@@ -130,6 +130,9 @@ def _gunzip(raw: bytes, limit: int) -> bytes:
         raise Refusal("line-protocol", "body is not valid gzip") from None
     if len(body) > limit or decompressor.unconsumed_tail:
         raise Refusal("size", f"uncompressed body larger than {limit} bytes", status=413)
+    # Central reads every member of a multi-member gzip body; only what was checked may go there.
+    if not decompressor.eof or decompressor.unused_data:
+        raise Refusal("line-protocol", "body is not exactly one complete gzip member")
     return body
 
 
@@ -213,7 +216,7 @@ async def _accept(request: Request, coordinator: Coordinator, dc: str) -> Checke
 
     def check() -> CheckedBatch:
         lines = parse_body(body, precision or "ns", now_ns)
-        batch = coordinator.checker().check(dc, lines)
+        batch = coordinator.checker().check(dc, lines, now_ns=now_ns)
         stale = find_stale(coordinator.ledger, batch.manifests)
         if stale is not None:
             raise Refusal(

@@ -15,7 +15,8 @@ DC, measurement and key. Rules (HTTP status):
     field-key         400  a field key outside the plan's schema, or a schema field missing
     field-type        400  a field of the wrong type (integer vs float vs string vs boolean)
     plan-version      400  a manifest naming a version the ledger does not know for it
-    timestamp         400  a point not at the start of one of its plan's windows
+    timestamp         400  a point not at the start of one of its plan's windows, or of a
+                           window that has not ended yet by the coordinator's clock
     personal-data     400  a tag value or string field that looks like an e-mail or IP address
     k-anonymity       400  a summary whose `count` is below the plan's min_group_events
     sketch            400  a `sketch` that does not decode, has a foreign accuracy, or whose
@@ -31,6 +32,7 @@ after central answered 204.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +57,7 @@ _TYPE_NAMES: dict[type, FieldType] = {
     bool: "boolean",
 }
 _CLEAN_CACHE_LIMIT = 200_000
+_SHAPE_CACHE_LIMIT = 10_000
 
 
 class Refusal(Exception):
@@ -70,12 +73,14 @@ class Refusal(Exception):
         key: str | None = None,
         line: int | None = None,
     ) -> None:
+        # A hostile body can put personal data in a name, which the answer and the log repeat.
+        message = _withheld(message) or ""
         super().__init__(message)
         self.rule = rule
         self.message = message
         self.status = status
-        self.measurement = measurement
-        self.key = key
+        self.measurement = _withheld(measurement)
+        self.key = _withheld(key)
         self.line = line
 
     def body(self) -> dict[str, Any]:
@@ -87,6 +92,17 @@ class Refusal(Exception):
             "key": self.key,
             "line": self.line,
         }
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def _withheld(text: str | None) -> str | None:
+    """`text`, with any part that looks like personal data withheld."""
+    if text is None or personal_data_kind(text) is None:
+        return text
+    text = _QUOTED.sub("'<withheld>'", text)
+    return text if personal_data_kind(text) is None else "<withheld: looks like personal data>"
 
 
 @dataclass
@@ -177,25 +193,28 @@ class GatewayChecker:
     def plans_for(self, dc: str) -> Mapping[str, list[_PlanCheck]]:
         return self._plans.get(dc, {})
 
-    def check(self, dc: str, lines: Sequence[Line]) -> CheckedBatch:
+    def check(self, dc: str, lines: Sequence[Line], *, now_ns: int | None = None) -> CheckedBatch:
         """Check every point of a batch from the authenticated `dc`; Refusal on the first
-        point that breaks a rule (see the module docstring)."""
+        point that breaks a rule (see the module docstring). With `now_ns`, a window that has
+        not ended by then is refused: a sender whose clock runs ahead computed it too early."""
         plans = self._plans.get(dc, {})
         batch = CheckedBatch(list(lines))
         versions: dict[tuple[str, int], str] = {}
         for ln in lines:
             if ln.point.measurement == MANIFEST_MEASUREMENT:
-                manifest = self._check_manifest(dc, plans, ln)
+                manifest = self._check_manifest(dc, plans, ln, now_ns)
                 batch.manifests.append(manifest)
                 versions[(manifest.aggregation, manifest.start_ns)] = manifest.version
         for ln in lines:
             if ln.point.measurement != MANIFEST_MEASUREMENT:
-                self._check_summary(dc, plans, ln, versions)
+                self._check_summary(dc, plans, ln, versions, now_ns)
         return batch
 
     # -- manifests ----------------------------------------------------------------------------
 
-    def _check_manifest(self, dc: str, plans: Mapping[str, list[_PlanCheck]], ln: Line) -> Manifest:
+    def _check_manifest(
+        self, dc: str, plans: Mapping[str, list[_PlanCheck]], ln: Line, now_ns: int | None
+    ) -> Manifest:
         point = ln.point
         m = MANIFEST_MEASUREMENT
         aggregation = point.tags.get("aggregation")
@@ -223,7 +242,7 @@ class GatewayChecker:
                 key="version",
                 line=ln.line,
             )
-        self._check_alignment(entry.plan, point.time_ns, m, ln)
+        self._check_alignment(entry.plan, point.time_ns, m, ln, now_ns)
         for name in ("events", "groups", "suppressed_events", "run"):
             value = point.fields[name]
             if isinstance(value, int) and value < 0:
@@ -241,6 +260,7 @@ class GatewayChecker:
         plans: Mapping[str, list[_PlanCheck]],
         ln: Line,
         versions: Mapping[tuple[str, int], str],
+        now_ns: int | None,
     ) -> None:
         point = ln.point
         measurement = point.measurement
@@ -256,7 +276,7 @@ class GatewayChecker:
         self._check_identity(dc, point.tags, measurement, ln)
         version = versions.get((measurement, point.time_ns))
         entry = next((e for e in fitting if e.version == version), fitting[0])
-        self._check_alignment(entry.plan, point.time_ns, measurement, ln)
+        self._check_alignment(entry.plan, point.time_ns, measurement, ln, now_ns)
         self._check_values(point.tags, point.fields, measurement, ln, skip="sketch")
         count = point.fields["count"]
         assert isinstance(count, int)
@@ -274,10 +294,11 @@ class GatewayChecker:
         if total is None:
             try:
                 total = Sketch.decode(text, expected_alpha=entry.plan.accuracy).count
-            except SketchDecodeError as exc:
+            except SketchDecodeError:
+                # The decoder's message quotes the start of the text, which could be anything.
                 raise Refusal(
                     "sketch",
-                    f"sketch does not decode with accuracy {entry.plan.accuracy!r}: {exc}",
+                    f"sketch does not decode with accuracy {entry.plan.accuracy!r}",
                     measurement=measurement,
                     key="sketch",
                     line=ln.line,
@@ -320,6 +341,9 @@ class GatewayChecker:
             cached = fitting if fitting else first_refusal
             assert cached is not None
             with self._lock:
+                # Bounded: every new key a sender makes up is a new shape.
+                if len(self._shapes) >= _SHAPE_CACHE_LIMIT:
+                    self._shapes.clear()
                 self._shapes[shape] = cached
         if isinstance(cached, Refusal):
             raise Refusal(
@@ -402,11 +426,20 @@ class GatewayChecker:
             )
 
     @staticmethod
-    def _check_alignment(plan: AggregationPlan, time_ns: int, measurement: str, ln: Line) -> None:
+    def _check_alignment(
+        plan: AggregationPlan, time_ns: int, measurement: str, ln: Line, now_ns: int | None
+    ) -> None:
         if time_ns % plan.window_ns:
             raise Refusal(
                 "timestamp",
                 "timestamp is not the start of a window of the plan",
+                measurement=measurement,
+                line=ln.line,
+            )
+        if now_ns is not None and time_ns + plan.window_ns > now_ns:
+            raise Refusal(
+                "timestamp",
+                "the window has not ended yet by the coordinator's clock",
                 measurement=measurement,
                 line=ln.line,
             )

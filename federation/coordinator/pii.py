@@ -21,10 +21,24 @@ _EMAIL = re.compile(
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"(?<![0-9.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])")
 _IPV6_CANDIDATE = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
+_NOISE = re.compile(r"[\s\\\"']+")
 
 
 def personal_data_kind(value: str) -> str | None:
-    """`"e-mail address"`, `"IPv4 address"`, `"IPv6 address"`, or None if none is found."""
+    """`"e-mail address"`, `"IPv4 address"`, `"IPv6 address"`, or None if none is found.
+
+    The value is also read with blanks, quotes and backslashes taken out, so that an address
+    split or wrapped by them (`jane\\@example.com`, `"jane"@example.com`, `10.1.2. 3`) is found.
+    """
+    kind = _kind(value)
+    if kind is None:
+        compact = _NOISE.sub("", value)
+        if compact != value:
+            kind = _kind(compact)
+    return kind
+
+
+def _kind(value: str) -> str | None:
     if ("@" in value or "%40" in value) and _EMAIL.search(value):
         return "e-mail address"
     if "." in value and _IPV4.search(value):
