@@ -341,6 +341,7 @@ class Agent:
     desired_state: DesiredState | None = None
     plans: dict[str, AggregationPlan] = field(default_factory=dict)
     last_retention: ReconcileResult | None = None
+    retention_error: str | None = None
 
     def preflight(self) -> None:
         """Check the local InfluxDB and the coordinator answer; PreflightError otherwise."""
@@ -363,19 +364,27 @@ class Agent:
         if self.shipper is not None:
             self.shipper.database = desired.gateway_database
             self.shipper.retention_policy = desired.gateway_retention_policy
-        self.last_retention = reconcile_retention(
-            self.source,
-            desired.retention.database,
-            desired.retention.policies,
-            allow_shrink=desired.retention.allow_shrink,
-        )
+        try:
+            self.last_retention = reconcile_retention(
+                self.source,
+                desired.retention.database,
+                desired.retention.policies,
+                allow_shrink=desired.retention.allow_shrink,
+            )
+            self.retention_error = None
+        except FederationError as exc:
+            self.last_retention, self.retention_error = None, str(exc)
+            self._report_quietly()
+            raise
         self.plans = {plan.aggregation: plan for plan in desired.plans}
         self.mode.apply(desired.plans)
         self.report()
         return desired
 
     def report(self) -> None:
-        """Report the mode, every plan's health, the retention outcome and the agent version."""
+        """Report the mode, every plan's health (with the version it runs), the retention outcome
+        (converged, refused shrinks, or the error) with the desired retention it is for, and the
+        agent version."""
         retention: dict[str, Any] = {}
         if self.last_retention is not None:
             result = self.last_retention
@@ -386,6 +395,14 @@ class Agent:
                 "refused": [change.effect for change in result.refused],
                 "drift": [change.effect for change in result.drift],
             }
+        elif self.retention_error is not None:
+            retention = {"converged": False, "error": self.retention_error}
+        if retention and self.desired_state is not None:
+            # Which desired retention this outcome is for, so a watcher can tell a report made
+            # before a policy change from one made after it.
+            wanted = self.desired_state.retention
+            retention["database"] = wanted.database
+            retention["desired"] = [spec.as_dict() for spec in wanted.policies]
         self.coordinator.report(
             self.dc,
             {

@@ -43,6 +43,13 @@ def run(
     poll_interval: Annotated[
         float, typer.Option("--poll-interval", help="Seconds between backfill polls.")
     ] = 30.0,
+    reconcile_interval: Annotated[
+        float,
+        typer.Option(
+            "--reconcile-interval",
+            help="Seconds between pulls of the desired state (policy and rollout changes).",
+        ),
+    ] = 300.0,
 ) -> None:
     """Run the agent of one DC until SIGTERM.
 
@@ -53,7 +60,9 @@ def run(
     from federation.agent import AgentSettings, build_agent, install_signal_handlers
     from federation.config import load_config
 
-    settings = AgentSettings(poll_interval_s=poll_interval, mode=mode)
+    settings = AgentSettings(
+        poll_interval_s=poll_interval, reconcile_interval_s=reconcile_interval, mode=mode
+    )
     agent, stop = build_agent(
         load_config(config), dc, settings=settings, coordinator_url=coordinator
     )

@@ -6,15 +6,24 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from federation.cli._common import ConfigOption, FormatOption, OutputFormat, out, print_rows
+from federation.cli._coordinated import (
+    ProgressPrinter,
+    names,
+    open_client,
+    print_reload,
+    reload_rows,
+    through_coordinator,
+)
 from federation.durations import format_duration, parse_duration
 from federation.errors import FederationError, InvalidInput
 
 if TYPE_CHECKING:
+    from federation.config import FederationConfig
     from federation.policy import AuditReport, PlanRow
 
 DcOption = Annotated[
@@ -25,12 +34,20 @@ DirectOption = Annotated[
     bool,
     typer.Option(
         "--direct",
-        help="Apply the library functions straight to the InfluxDB endpoints in fleet.yaml. "
-        "This is the default until a coordinator is configured.",
+        help="Apply the library functions straight to the InfluxDB endpoints in fleet.yaml "
+        "instead of through the coordinator. The default while fleet.yaml names no "
+        "central.operator_token_env.",
     ),
 ]
 TimeoutOption = Annotated[
     float, typer.Option("--timeout", help="Seconds to wait for each InfluxDB request.")
+]
+WaitOption = Annotated[
+    float,
+    typer.Option(
+        "--wait-timeout",
+        help="Through the coordinator: seconds to wait for every agent to converge.",
+    ),
 ]
 
 
@@ -78,12 +95,17 @@ def plan(
 
     Each statement is marked with its effect: + create, ~ alter, ! destructive (a shrinking
     retention deletes data, and apply refuses it without --allow-shrink). Exit 1 when a target
-    could not be reached. --direct is the default until a coordinator is configured.
+    could not be reached. Through the coordinator (unless --direct): what reloading its config
+    directory would change per DC, retention and plan versions; nothing is applied.
     """
     from federation.config import load_config
     from federation.policy import outcome_rows, plan_retention
 
-    outcomes = plan_retention(load_config(config), dc, timeout=timeout)
+    fed = load_config(config)
+    if through_coordinator(fed, direct):
+        _plan_through_coordinator(fed, dc, fmt)
+        return
+    outcomes = plan_retention(fed, dc, timeout=timeout)
     rows = outcome_rows(outcomes, applied=False)
     _print_outcomes(rows, fmt, applied=False, title="retention plan")
     failed = [o.target for o in outcomes if o.error is not None]
@@ -111,16 +133,30 @@ def apply(
     direct: DirectOption = False,
     fmt: FormatOption = OutputFormat.table,
     timeout: TimeoutOption = 10.0,
+    wait_timeout: WaitOption = 900.0,
 ) -> None:
-    """Apply the retention plan to every DC and central; idempotent.
+    """Apply the retention policies to every DC (and, with --direct, central); idempotent.
 
-    A target that fails is reported and the others still converge. Exit 1 when any target
-    failed or a shrink was refused. --direct is the default until a coordinator is configured.
+    Through the coordinator (unless --direct): the coordinator reloads its config directory
+    (refusing, with every problem, a config that does not validate), then each DC's agent
+    applies its retention at its next reconcile; the command prints a line whenever a DC's
+    state changes and exits 1 when a DC reports drift or a failure, or has not converged
+    within --wait-timeout. With --direct: a target that fails is reported and the others
+    still converge; exit 1 when any target failed or a shrink was refused.
     """
     from federation.config import load_config
     from federation.policy import apply_retention, outcome_rows
 
-    outcomes = apply_retention(load_config(config), dc, allow_shrink=allow_shrink, timeout=timeout)
+    fed = load_config(config)
+    if through_coordinator(fed, direct):
+        if allow_shrink:
+            raise InvalidInput(
+                "--allow-shrink works only with --direct: the coordinator never tells an agent "
+                "to shrink a retention"
+            )
+        _apply_through_coordinator(fed, dc, fmt, wait_timeout)
+        return
+    outcomes = apply_retention(fed, dc, allow_shrink=allow_shrink, timeout=timeout)
     rows = outcome_rows(outcomes, applied=True)
     _print_outcomes(rows, fmt, applied=True, title="retention apply")
     failed = [o.target for o in outcomes if o.error is not None]
@@ -143,6 +179,52 @@ def apply(
     if failed or refused:
         problems = [f"failed: {', '.join(failed)}"] if failed else []
         problems += [f"shrink refused on {', '.join(refused)}"] if refused else []
+        raise CommandFailed("apply: " + "; ".join(problems))
+
+
+def _plan_through_coordinator(config: FederationConfig, dc: str | None, fmt: OutputFormat) -> None:
+    with open_client(config) as client:
+        reload = client.reload(dry_run=True)
+    rows = reload_rows(reload, dcs=[dc] if dc else None)
+    print_reload(rows, fmt, "policy plan (coordinator, dry run)")
+    if fmt is OutputFormat.table and any(r["what"] == "plan" for r in rows):
+        out.print("plan versions change only through `federation rollout apply`", markup=False)
+
+
+def _apply_through_coordinator(
+    config: FederationConfig, dc: str | None, fmt: OutputFormat, wait_timeout: float
+) -> None:
+    from federation.operator_client import apply_policies
+
+    table = fmt is OutputFormat.table
+
+    def on_reload(reload: dict[str, Any]) -> None:
+        rows = reload_rows(reload, dcs=[dc] if dc else None)
+        print_reload(rows, fmt, "policy apply (coordinator reloaded)")
+        if table:
+            out.print("waiting for the agents to apply their retention", markup=False)
+
+    with open_client(config) as client:
+        result = apply_policies(
+            client,
+            dcs=[dc] if dc else None,
+            timeout_s=wait_timeout,
+            on_reload=on_reload,
+            on_progress=ProgressPrinter(enabled=table),
+        )
+    watch = result.watch
+    converged = [d for d, (state, _) in watch.states.items() if state == "converged"]
+    if table:
+        summary = f"apply: {len(converged)} of {len(watch.states)} DC(s) converged"
+        if watch.failed:
+            summary += f"; failed: {names(watch.failed)}"
+        if watch.timed_out:
+            summary += f"; not converged after {wait_timeout:g}s: {names(watch.timed_out)}"
+        out.print(summary, markup=False)
+    if not result.ok:
+        problems = [f"{d}: {watch.states[d][1] or watch.states[d][0]}" for d in watch.failed]
+        problems += [f"{d}: timed out ({watch.states.get(d, ('unknown', ''))[0]})"
+                     for d in watch.timed_out]  # fmt: skip
         raise CommandFailed("apply: " + "; ".join(problems))
 
 

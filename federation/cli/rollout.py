@@ -1,18 +1,56 @@
-"""`federation rollout plan|apply|rollback|status`: roll aggregation changes out to every DC."""
+"""`federation rollout plan|apply|rollback|status`: roll aggregation changes out to every DC.
+
+Through the coordinator (the default where fleet.yaml names `central.operator_token_env`) the
+commands change the desired plan versions the coordinator holds and watch the agents report
+them; with `--direct` they deploy to each DC's Kapacitor themselves.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from federation.cli._common import ConfigOption, FormatOption, OutputFormat, out, print_rows
+from federation.cli._coordinated import (
+    ProgressPrinter,
+    names,
+    open_client,
+    print_reload,
+    reload_rows,
+    through_coordinator,
+)
 from federation.errors import FederationError
 
-app = typer.Typer(help="Roll aggregation changes out to every DC's Kapacitor, canary first.")
+if TYPE_CHECKING:
+    from federation.config import FederationConfig
+    from federation.operator_client import WatchResult
+
+app = typer.Typer(help="Roll aggregation changes out to every DC, canary first.")
 
 DcsOption = Annotated[list[str] | None, typer.Option("--dc", help="Only these DCs (repeatable).")]
+AggregationsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--aggregation", help="Through the coordinator: only these aggregations (repeatable)."
+    ),
+]
+DirectOption = Annotated[
+    bool,
+    typer.Option(
+        "--direct",
+        help="Deploy straight to each DC's Kapacitor instead of through the coordinator. "
+        "The default while fleet.yaml names no central.operator_token_env.",
+    ),
+]
+WaitOption = Annotated[
+    float,
+    typer.Option(
+        "--wait-timeout",
+        help="Through the coordinator: seconds to wait for agents to run the new versions.",
+    ),
+]
 StateOption = Annotated[
     Path | None,
     typer.Option(
@@ -35,12 +73,30 @@ def _state(config_dir: Path, state: Path | None) -> Path:
 
 
 @app.command("plan")
-def plan_command(config: ConfigOption = Path("."), dc: DcsOption = None) -> None:
-    """Show, per DC, the task changes a rollout would make, as unified diffs."""
+def plan_command(
+    config: ConfigOption = Path("."),
+    dc: DcsOption = None,
+    aggregation: AggregationsOption = None,
+    direct: DirectOption = False,
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Show, per DC, what a rollout would change; changes nothing.
+
+    Through the coordinator: per DC and aggregation, the version agents run now, the version
+    the config directory declares, and the plan fields that differ. With --direct: the task
+    changes in each DC's Kapacitor, as unified diffs.
+    """
     from federation.config import load_config
     from federation.rollout import rollout_plan
 
-    plans = rollout_plan(load_config(config), dc)
+    fed = load_config(config)
+    if through_coordinator(fed, direct):
+        with open_client(fed) as client:
+            reload = client.reload(dry_run=True)
+        rows = reload_rows(reload, dcs=dc, aggregations=aggregation, retention=False)
+        print_reload(rows, fmt, "rollout plan (coordinator, dry run)")
+        return
+    plans = rollout_plan(fed, dc)
     for plan in plans:
         if plan.error:
             out.print(f"{plan.dc}: unreachable: {plan.error}", markup=False)
@@ -62,15 +118,35 @@ def apply_command(
     config: ConfigOption = Path("."),
     canary: Annotated[str | None, typer.Option(help="Deploy to this DC first.")] = None,
     dc: DcsOption = None,
+    aggregation: AggregationsOption = None,
     state: StateOption = None,
+    direct: DirectOption = False,
+    wait_timeout: WaitOption = 900.0,
+    window_timeout: Annotated[
+        float,
+        typer.Option(
+            "--window-timeout",
+            help="Through the coordinator: seconds to wait for the canary's next window to be "
+            "verified, where the coordinator verifies windows of that aggregation (0: do not "
+            "wait for a window).",
+        ),
+    ] = 3 * 3600.0,
 ) -> None:
-    """Deploy to the canary, then the other DCs; stop at the first failure."""
+    """Deploy to the canary, then the other DCs; stop at the first failure.
+
+    Through the coordinator: reload the config directory, make its new plan versions desired
+    in the canary (default: the first DC with a change), wait until the canary's agent runs
+    them healthy and its next window is verified, then advance every other DC and wait for
+    them. A canary that fails or times out is rolled back and nothing else moves (exit 1).
+    """
     from federation.config import load_config
     from federation.rollout import RolloutState, rollout_apply
 
-    result = rollout_apply(
-        load_config(config), state=RolloutState(_state(config, state)), canary=canary, dcs=dc
-    )
+    fed = load_config(config)
+    if through_coordinator(fed, direct):
+        _apply_through_coordinator(fed, canary, dc, aggregation, wait_timeout, window_timeout)
+        return
+    result = rollout_apply(fed, state=RolloutState(_state(config, state)), canary=canary, dcs=dc)
     for name in result.done:
         out.print(f"{name}: deployed and healthy", markup=False)
     for name in result.unchanged:
@@ -86,15 +162,25 @@ def apply_command(
 def rollback_command(
     config: ConfigOption = Path("."),
     dc: DcsOption = None,
+    aggregation: AggregationsOption = None,
     state: StateOption = None,
+    direct: DirectOption = False,
+    wait_timeout: WaitOption = 900.0,
 ) -> None:
-    """Restore each DC's tasks to what it ran before its last rollout."""
+    """Restore each DC to what it ran before its last rollout.
+
+    Through the coordinator: the previous versions become desired again wherever the new one
+    was rolled out, and the command waits until the agents run them (exit 1 on a failure or
+    timeout).
+    """
     from federation.config import load_config
     from federation.rollout import RolloutState, rollout_rollback
 
-    outcome = rollout_rollback(
-        load_config(config), state=RolloutState(_state(config, state)), dcs=dc
-    )
+    fed = load_config(config)
+    if through_coordinator(fed, direct):
+        _rollback_through_coordinator(fed, dc, aggregation, wait_timeout)
+        return
+    outcome = rollout_rollback(fed, state=RolloutState(_state(config, state)), dcs=dc)
     for name, what in outcome.items():
         out.print(f"{name}: {what}", markup=False)
     if any(what.startswith("FAILED") for what in outcome.values()):
@@ -105,12 +191,125 @@ def rollback_command(
 def status_command(
     config: ConfigOption = Path("."),
     dc: DcsOption = None,
+    direct: DirectOption = False,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
-    """Which version each DC runs, its health, and any drift (a script changed out of band)."""
+    """Which version each DC runs, its health, and any drift (a script changed out of band).
+
+    Through the coordinator (reader token): per DC and aggregation the version the config
+    declares, the one desired, the one the agent reports running, and its health.
+    """
     from federation.config import load_config
     from federation.rollout import rollout_status
 
-    rows = [vars(r) for r in rollout_status(load_config(config), dc)]
+    fed = load_config(config)
+    if through_coordinator(fed, direct):
+        with open_client(fed, reader=True) as client:
+            found = client.dcs(dc)
+        rows = [
+            {"dc": entry["dc"], "last_seen": entry.get("last_seen"), **item}
+            for entry in found
+            for item in entry.get("aggregations", [])
+        ]
+        columns = ["dc", "aggregation", "config_version", "desired_version", "running_version",
+                   "previous_version", "healthy", "state", "last_seen", "detail"]  # fmt: skip
+        print_rows(rows, columns, fmt, title="rollout status (coordinator)")
+        return
+    rows = [vars(r) for r in rollout_status(fed, dc)]
     columns = ["dc", "task_id", "running_version", "desired_version", "state", "healthy", "detail"]
     print_rows(rows, columns, fmt, title="rollout status")
+
+
+def _moves(step: dict[str, object]) -> list[str]:
+    moved = step.get("moved")
+    return [
+        f"{m['dc']}: {m['aggregation']} {m['from'] or '-'} -> {m['to']}"
+        for m in (moved if isinstance(moved, list) else [])
+    ]
+
+
+def _print_step(name: str, step: dict[str, object]) -> None:
+    if name == "reload":
+        rows = reload_rows(step, retention=True, plans=False)
+        for row in rows:
+            out.print(f"{row['dc']}: retention: {row['change']}", markup=False)
+        return
+    label = {"canary": f"canary {step.get('canary')}", "advance": "advance",
+             "rollback": "rollback"}[name]  # fmt: skip
+    lines = _moves(step)
+    if name == "canary" and not lines:
+        out.print("nothing to roll out: every DC already desires the config's versions",
+                  markup=False)  # fmt: skip
+        return
+    out.print(f"{label}: {len(lines)} version change(s)", markup=False)
+    for line in lines:
+        out.print(f"  {line}", markup=False)
+    waiting = step.get("waiting")
+    if isinstance(waiting, list) and waiting:
+        out.print(f"  waiting for the canary: {names(str(w) for w in waiting)}", markup=False)
+
+
+def _failures(watch: WatchResult) -> str:
+    parts = [f"{d}: {watch.states[d][1]}" for d in watch.failed]
+    parts += [f"{d}: timed out ({watch.states.get(d, ('unknown', ''))[1]})"
+              for d in watch.timed_out]  # fmt: skip
+    return "; ".join(parts)
+
+
+def _apply_through_coordinator(
+    config: FederationConfig,
+    canary: str | None,
+    dcs: list[str] | None,
+    aggregations: list[str] | None,
+    wait_timeout: float,
+    window_timeout: float,
+) -> None:
+    from federation.operator_client import apply_rollout
+
+    with open_client(config) as client:
+        result = apply_rollout(
+            client,
+            aggregations=aggregations,
+            canary=canary,
+            dcs=dcs,
+            timeout_s=wait_timeout,
+            window_timeout_s=window_timeout,
+            on_step=_print_step,
+            on_progress=ProgressPrinter(),
+        )
+    if result.canary is not None and not result.canary.ok:
+        chosen = result.canary_step["canary"] if result.canary_step else "?"
+        raise RolloutFailed(
+            f"rollout stopped at canary {chosen}: {_failures(result.canary)}; canary rolled "
+            "back, no other DC changed"
+        )
+    if result.wave is not None and not result.wave.ok:
+        raise RolloutFailed(
+            f"rollout advanced but not every DC converged: {_failures(result.wave)}; "
+            "`federation rollout rollback` restores the previous versions"
+        )
+    if result.advance_step is not None:
+        out.print("rollout complete: every DC runs the new versions", markup=False)
+
+
+def _rollback_through_coordinator(
+    config: FederationConfig,
+    dcs: list[str] | None,
+    aggregations: list[str] | None,
+    wait_timeout: float,
+) -> None:
+    from federation.operator_client import moved_versions, wait_for_versions
+
+    with open_client(config) as client:
+        step = client.rollback_rollout(aggregations=aggregations, dcs=dcs)
+        moved = moved_versions(step)
+        if not moved:
+            out.print("nothing to roll back", markup=False)
+            return
+        _print_step("rollback", step)
+        watch = wait_for_versions(
+            client, moved, timeout_s=wait_timeout, on_progress=ProgressPrinter()
+        )
+    if not watch.ok:
+        raise RolloutFailed(f"rollback not converged: {_failures(watch)}")
+    out.print("rollback complete: every DC runs its previous versions", markup=False)

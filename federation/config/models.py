@@ -112,6 +112,8 @@ class Central(Model):
     coordinator_url: str = Field(pattern=r"^https?://")
     ledger_url: str = "sqlite:///federation-ledger.sqlite"
     reader_token_env: EnvName
+    # Optional: without it the coordinator's operator endpoints (reload, rollouts) are disabled.
+    operator_token_env: EnvName | None = None
     reporting_timezones: tuple[str, ...] = ("UTC",)
     gateway_cluster: str = Field(default="federation_gateway", pattern=r"^[A-Za-z0-9._-]+$")
 

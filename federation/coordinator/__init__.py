@@ -4,6 +4,9 @@ Public entry points (each takes the config or the ledger first):
 
 - `open_ledger(url)`, `upgrade_ledger(url)`: the ledger, at the Alembic head.
 - `sync_desired(ledger, config, now_ns)`, `desired_state(config, dc)`: desired state per DC.
+- `reload_config(coordinator)`: reload the config directory, answer what changes per DC.
+- `start_rollout` / `advance_rollout` / `rollback_rollout(ledger, config, now_ns)`: staged
+  plan versions; `dc_overview(ledger, config, now_ns)`: each DC against its desired state.
 - `plan_backfills(ledger, config, now_ns)`: one planner pass.
 - `verify_shipped(ledger, config, central, now_ns)`: one verification pass.
 - `status_report(ledger, config, now_ns)`: the DC × window grid.
@@ -21,10 +24,13 @@ from federation.coordinator.backfills import (
     record_backfill_result,
     request_backfill,
 )
+from federation.coordinator.convergence import dc_overview
 from federation.coordinator.desired import desired_state, known_plans, record_report, sync_desired
 from federation.coordinator.gateway import GatewayChecker, Refusal
 from federation.coordinator.ledger import Ledger, LedgerError, open_ledger, upgrade_ledger
 from federation.coordinator.planner import PlannerResult, PlannerSettings, plan_backfills
+from federation.coordinator.reload import reload_config
+from federation.coordinator.rollouts import advance_rollout, rollback_rollout, start_rollout
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens, load_tokens
 from federation.coordinator.status import StatusReport, status_report
 from federation.coordinator.tracking import WindowState, verify_shipped
@@ -42,7 +48,9 @@ __all__ = [
     "StatusReport",
     "Tokens",
     "WindowState",
+    "advance_rollout",
     "build_app",
+    "dc_overview",
     "desired_state",
     "known_plans",
     "lease_backfills",
@@ -52,9 +60,12 @@ __all__ = [
     "preflight",
     "record_backfill_result",
     "record_report",
+    "reload_config",
     "render_html",
     "request_backfill",
+    "rollback_rollout",
     "run_coordinator",
+    "start_rollout",
     "status_report",
     "sync_desired",
     "upgrade_ledger",

@@ -8,12 +8,23 @@
     POST /api/v1/backfills/{id}/result          agent token of the request's DC; 204
     GET  /api/v1/dcs/{dc}/windows?aggregation=&since=   agent token of {dc}
     GET  /api/v1/status?aggregation=&since=&dc= reader token
+    GET  /api/v1/dcs?dc=                        reader or operator token: each DC against its
+                                                desired state (versions, health, retention)
+    POST /api/v1/desired/reload                 operator token; {"dry_run": bool}: reload the
+                                                config directory, answer what changes per DC
+    POST /api/v1/rollouts                       operator token; {"aggregations", "canary",
+                                                "dcs"}: pending versions desired in the canary
+    POST /api/v1/rollouts/advance               operator token; {"aggregations", "dcs"}
+    POST /api/v1/rollouts/rollback              operator token; {"aggregations", "dcs"}
     GET  /metrics                               reader token (Prometheus text format)
     GET  /                                      reader token (bearer, or ?token= for a browser)
 
 Agent endpoints answer 401 without a valid agent token and 403 when the token is another DC's.
-Read endpoints answer 401 without the reader token. Bodies that do not parse get 400 with
-`{"error": ...}`.
+Read endpoints answer 401 without the reader token. Operator endpoints answer 403 when
+fleet.yaml names no `central.operator_token_env`, 401 without a known token and 403 for a
+reader or agent token. Bodies that do not parse get 400 with `{"error": ...}`; a reload of a
+config with problems gets 400 with every problem in `problems`, and changes nothing; a rollout
+that cannot start as asked gets 409.
 """
 
 from __future__ import annotations
@@ -42,10 +53,18 @@ from federation.coordinator.backfills import (
     lease_backfills,
     record_backfill_result,
 )
-from federation.coordinator.desired import desired_state, record_report
+from federation.coordinator.convergence import dc_overview
+from federation.coordinator.desired import record_report, served_desired_state
 from federation.coordinator.gateway import CheckedBatch, Refusal, log_refusal, parse_body
 from federation.coordinator.ledger import BackfillRow, DcRow
 from federation.coordinator.planner import BACKFILL_STATES
+from federation.coordinator.reload import reload_config
+from federation.coordinator.rollouts import (
+    RolloutConflict,
+    advance_rollout,
+    rollback_rollout,
+    start_rollout,
+)
 from federation.coordinator.service import Coordinator, parse_basic
 from federation.coordinator.status import StatusReport, status_report
 from federation.coordinator.tracking import (
@@ -54,9 +73,8 @@ from federation.coordinator.tracking import (
     record_manifests,
     window_state_counts,
 )
-from federation.errors import FederationError, InvalidInput
+from federation.errors import ConfigProblems, FederationError, InvalidInput
 from federation.influx import InfluxClient, credentials_from_env
-from federation.reporting.http import routes as reporting_routes
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +294,11 @@ async def desired(request: Request) -> Response:
     who = _agent(request, dc)
     if isinstance(who, Response):
         return who
-    return JSONResponse(desired_state(_coordinator(request).config, dc))
+    coordinator = _coordinator(request)
+    state = await run_in_threadpool(
+        served_desired_state, coordinator.ledger, coordinator.config, dc
+    )
+    return JSONResponse(state)
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -484,6 +506,126 @@ async def metrics(request: Request) -> Response:
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+# --- operators ------------------------------------------------------------------------------
+
+
+def _operator(request: Request) -> Response | None:
+    """None when the request carries the operator token, else the 401/403 answer."""
+    coordinator = _coordinator(request)
+    if coordinator.tokens.operator is None:
+        return _error(
+            403,
+            "operator endpoints are disabled: central.operator_token_env is not configured in fleet.yaml",
+        )
+    token = _bearer(request)
+    if token and coordinator.tokens.check_operator(token):
+        return None
+    if token and (coordinator.tokens.check_reader(token) or coordinator.tokens.dc_for_token(token)):
+        return _error(403, "this endpoint needs the operator token")
+    return _error(401, "the operator token is required")
+
+
+def _names(data: dict[str, Any], key: str) -> list[str] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidInput(f"{key}: expected a list of names or null")
+    return list(value)
+
+
+async def dcs_overview(request: Request) -> Response:
+    coordinator = _coordinator(request)
+    token = _bearer(request)
+    if not (token and coordinator.tokens.check_operator(token)):
+        denied = _reader(request)
+        if denied is not None:
+            return denied
+    try:
+        result = await run_in_threadpool(
+            dc_overview,
+            coordinator.ledger,
+            coordinator.config,
+            coordinator.clock.now_ns(),
+            request.query_params.getlist("dc") or None,
+        )
+    except InvalidInput as exc:
+        return _error(400, str(exc))
+    return JSONResponse(result)
+
+
+async def _optional_body(request: Request) -> dict[str, Any]:
+    if not (await request.body()).strip():
+        return {}
+    return await _json_body(request)
+
+
+async def reload_desired(request: Request) -> Response:
+    denied = _operator(request)
+    if denied is not None:
+        return denied
+    coordinator = _coordinator(request)
+    try:
+        data = await _optional_body(request)
+        dry_run = data.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise InvalidInput("dry_run: expected true or false")
+        result = await run_in_threadpool(lambda: reload_config(coordinator, dry_run=dry_run))
+    except ConfigProblems as exc:
+        return JSONResponse(
+            {"error": "the config has problems; nothing was changed",
+             "problems": [str(p) for p in exc.problems]},
+            status_code=400,
+        )  # fmt: skip
+    except InvalidInput as exc:
+        return _error(400, str(exc))
+    log.info("desired state reloaded%s", " (dry run)" if dry_run else "")
+    return JSONResponse(result.as_dict())
+
+
+def _rollout_handler(step: str) -> Handler:
+    async def handler(request: Request) -> Response:
+        denied = _operator(request)
+        if denied is not None:
+            return denied
+        coordinator = _coordinator(request)
+        try:
+            data = await _optional_body(request)
+            aggregations, dcs = _names(data, "aggregations"), _names(data, "dcs")
+            canary = data.get("canary")
+            if canary is not None and (step != "start" or not isinstance(canary, str)):
+                raise InvalidInput("canary: expected a DC name, only when a rollout starts")
+            now = coordinator.clock.now_ns()
+            config = coordinator.config
+
+            def run() -> dict[str, Any]:
+                if step == "start":
+                    result = start_rollout(
+                        coordinator.ledger, config, now,
+                        aggregations=aggregations, canary=canary, dcs=dcs,
+                    )  # fmt: skip
+                elif step == "advance":
+                    result = advance_rollout(
+                        coordinator.ledger, config, now, aggregations=aggregations, dcs=dcs
+                    )
+                else:
+                    result = rollback_rollout(
+                        coordinator.ledger, config, now, aggregations=aggregations, dcs=dcs
+                    )
+                coordinator.refresh_plans()
+                return result.as_dict()
+
+            body = await run_in_threadpool(run)
+        except InvalidInput as exc:
+            return _error(400, str(exc))
+        except RolloutConflict as exc:
+            return _error(409, str(exc))
+        log.info("rollout %s: %s", step, body["moved"])
+        return JSONResponse(body)
+
+    return handler
+
+
 _COLOURS = {
     "verified": "#2e7d32",
     "empty": "#81c784",
@@ -599,6 +741,10 @@ def build_app(
             await client.aclose()
             reader.close()
 
+    # Imported here: the reports read the ledger through federation.coordinator, so a module-level
+    # import would make the two packages import each other.
+    from federation.reporting.http import routes as reporting_routes
+
     report_routes = reporting_routes(
         coordinator.config,
         central=reader,
@@ -617,6 +763,11 @@ def build_app(
             Route("/api/v1/backfills/{id}/result", backfill_result, methods=["POST"]),
             Route("/api/v1/dcs/{dc}/windows", windows, methods=["GET"]),
             Route("/api/v1/status", status, methods=["GET"]),
+            Route("/api/v1/dcs", dcs_overview, methods=["GET"]),
+            Route("/api/v1/desired/reload", reload_desired, methods=["POST"]),
+            Route("/api/v1/rollouts", _rollout_handler("start"), methods=["POST"]),
+            Route("/api/v1/rollouts/advance", _rollout_handler("advance"), methods=["POST"]),
+            Route("/api/v1/rollouts/rollback", _rollout_handler("rollback"), methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/", page, methods=["GET"]),
             *report_routes,

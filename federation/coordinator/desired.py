@@ -1,14 +1,20 @@
 """Desired state per DC (plans, retention, where to ship) and what each agent reports back.
 
 The config directory is the source of truth. `sync_desired` records in the ledger every plan
-version the config asks for, moving the previously desired version to `previous_version` when it
-changes, so that the gateway keeps accepting the old version's last windows during a rollout.
+version the config asks for, and makes it the desired version of a (dc, aggregation) that had
+none. A (dc, aggregation) that already has a desired version keeps it: a new version becomes
+desired through a rollout (`federation.coordinator.rollouts`), canary first, which moves the
+version it replaces to `previous_version` so that the gateway keeps accepting the old version's
+last windows and a rollback knows what to return to. What an agent is served
+(`served_desired_state`) is therefore the ledger's desired version of each plan, with the
+retention of the config the coordinator holds.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -26,19 +32,24 @@ from federation.errors import InvalidInput
 from federation.plan import AggregationPlan, plan_from_dict, plan_to_dict, resolve_all
 from federation.windows import align
 
+log = logging.getLogger(__name__)
+
 PlanBook = dict[tuple[str, str], list[AggregationPlan]]
 """(dc, aggregation) -> the plans the gateway accepts, desired version first."""
 
 
-def desired_state(config: FederationConfig, dc: str) -> dict[str, Any]:
+def desired_state(
+    config: FederationConfig, dc: str, plans: Sequence[AggregationPlan] | None = None
+) -> dict[str, Any]:
     """What the agent of `dc` should run: its plans, its raw retention, where it ships.
 
-    The shape is the body of `GET /api/v1/dcs/{dc}/desired`. Retention is never shrunk by an
-    agent unless `allow_shrink` says so, and the coordinator never says so.
+    The shape is the body of `GET /api/v1/dcs/{dc}/desired`. `plans` defaults to the config's
+    plans for `dc`. Retention is never shrunk by an agent unless `allow_shrink` says so, and the
+    coordinator never says so.
     """
     dc_config = config.dc(dc)
     policy = config.policy_for(dc)
-    plans = resolve_all(config, dc)
+    plans = resolve_all(config, dc) if plans is None else plans
     return {
         "dc": dc,
         "region": dc_config.region,
@@ -66,14 +77,57 @@ def desired_state(config: FederationConfig, dc: str) -> dict[str, Any]:
     }
 
 
+def desired_plans(ledger: Ledger, config: FederationConfig, dc: str) -> list[AggregationPlan]:
+    """The plans the agent of `dc` should run: per aggregation of the config, the version the
+    ledger holds as desired (which lags the config's until a rollout moves it)."""
+    plans = resolve_all(config, dc)
+    with ledger.session() as session:
+        rows = session.execute(
+            select(DeploymentRow.aggregation, DeploymentRow.desired_version).where(
+                DeploymentRow.dc == dc
+            )
+        )
+        desired = {aggregation: version for aggregation, version in rows}
+        wanted = {
+            (p.aggregation, desired[p.aggregation])
+            for p in plans
+            if desired.get(p.aggregation, p.version) != p.version
+        }
+        stored: dict[tuple[str, str], dict[str, Any]] = {}
+        if wanted:
+            rows = session.execute(
+                select(PlanVersionRow.aggregation, PlanVersionRow.version, PlanVersionRow.plan)
+                .where(PlanVersionRow.dc == dc)
+                .where(PlanVersionRow.version.in_(sorted({v for _, v in wanted})))
+            )
+            stored = {(r.aggregation, r.version): r.plan for r in rows}
+    result = []
+    for plan in plans:
+        version = desired.get(plan.aggregation, plan.version)
+        data = stored.get((plan.aggregation, version))
+        if version != plan.version and data is None:
+            # sync_desired stores a version before anything can make it desired.
+            log.error("%s/%s: desired version %s is not stored; serving the config's",
+                      dc, plan.aggregation, version)  # fmt: skip
+        result.append(plan if data is None else plan_from_dict(data))
+    return result
+
+
+def served_desired_state(ledger: Ledger, config: FederationConfig, dc: str) -> dict[str, Any]:
+    """The body of `GET /api/v1/dcs/{dc}/desired`: `desired_state` with the ledger's versions."""
+    return desired_state(config, dc, desired_plans(ledger, config, dc))
+
+
 def sync_desired(
     ledger: Ledger, config: FederationConfig, now_ns: int, *, track_from_ns: int | None = None
 ) -> None:
-    """Record the config's DCs, plan versions and desired versions in the ledger; idempotent.
+    """Record the config's DCs and plan versions in the ledger; idempotent.
 
-    A (dc, aggregation) seen for the first time starts being tracked at the window holding
-    `track_from_ns` (default: now), so a new coordinator never declares a year of history
-    missing. Windows of an existing tracking row are never forgotten.
+    Every plan version of the config is stored; a (dc, aggregation) without a deployment gets
+    one whose desired version is the config's, while an existing deployment keeps its desired
+    version until a rollout moves it. A (dc, aggregation) seen for the first time starts being
+    tracked at the window holding `track_from_ns` (default: now), so a new coordinator never
+    declares a year of history missing. Windows of an existing tracking row are never forgotten.
     """
     plans = resolve_all(config)
     with ledger.session(write=True) as session:
@@ -121,10 +175,6 @@ def sync_desired(
                         changed_ns=now_ns,
                     )
                 )
-            elif deployment.desired_version != p.version:
-                deployment.previous_version = deployment.desired_version
-                deployment.desired_version = p.version
-                deployment.changed_ns = now_ns
             if key not in tracking:
                 start = align(start_at, p.window_ns)
                 session.add(

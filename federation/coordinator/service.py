@@ -33,10 +33,12 @@ class MissingTokens(FederationError):
 
 @dataclass(frozen=True)
 class Tokens:
-    """The secrets the coordinator checks: one agent token per DC, one reader token."""
+    """The secrets the coordinator checks: one agent token per DC, a reader token, and the
+    operator token (None when fleet.yaml names none: the operator endpoints are disabled)."""
 
     agents: Mapping[str, str]
     reader: str | None = None
+    operator: str | None = None
 
     def dc_for_token(self, token: str) -> str | None:
         """The DC whose agent token this is (constant-time per comparison), or None."""
@@ -54,6 +56,12 @@ class Tokens:
     def check_reader(self, token: str) -> bool:
         """Whether `token` is the reader token."""
         return bool(self.reader) and hmac.compare_digest(str(self.reader).encode(), token.encode())
+
+    def check_operator(self, token: str) -> bool:
+        """Whether `token` is the operator token (False when none is configured)."""
+        return bool(self.operator) and hmac.compare_digest(
+            str(self.operator).encode(), token.encode()
+        )
 
 
 def load_tokens(config: FederationConfig, environ: Mapping[str, str] | None = None) -> Tokens:
@@ -74,9 +82,15 @@ def load_tokens(config: FederationConfig, environ: Mapping[str, str] | None = No
     reader = env.get(config.fleet.central.reader_token_env)
     if not reader:
         missing.append(config.fleet.central.reader_token_env)
+    operator = None
+    operator_env = config.fleet.central.operator_token_env
+    if operator_env is not None:
+        operator = env.get(operator_env)
+        if not operator:
+            missing.append(operator_env)
     if missing:
         raise MissingTokens("token environment variables not set: " + ", ".join(missing))
-    return Tokens(agents, reader)
+    return Tokens(agents, reader, operator)
 
 
 def parse_basic(header_value: str) -> tuple[str, str] | None:
@@ -148,10 +162,20 @@ class Coordinator:
         self._checker: GatewayChecker | None = None
         self._checker_at = 0
         self._lock = threading.Lock()
+        self.reload_lock = threading.Lock()
 
     def sync(self, *, track_from_ns: int | None = None) -> None:
         """Record the config's desired state in the ledger and refresh the gateway's rules."""
         sync_desired(self.ledger, self.config, self.clock.now_ns(), track_from_ns=track_from_ns)
+        self.refresh_plans()
+
+    def replace_config(self, config: FederationConfig) -> None:
+        """Record `config`'s desired state in the ledger, then serve it from now on.
+
+        Handlers read `self.config` per request, so each request sees one config whole.
+        """
+        sync_desired(self.ledger, config, self.clock.now_ns())
+        self.config = config
         self.refresh_plans()
 
     def refresh_plans(self) -> GatewayChecker:

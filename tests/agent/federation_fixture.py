@@ -55,13 +55,19 @@ class Served:
 
 
 def serve_coordinator(
-    config: FederationConfig, central_url: str, clock: Clock, port: int, track_from_ns: int
+    config: FederationConfig,
+    central_url: str,
+    clock: Clock,
+    port: int,
+    track_from_ns: int,
+    operator: str | None = None,
 ) -> Iterator[Served]:
-    """Serve the coordinator's app for `config` on `port` until the generator is closed."""
+    """Serve the coordinator's app for `config` on `port` until the generator is closed;
+    `operator` is the operator token (None: the operator endpoints are disabled)."""
     with InfluxClient(central_url) as central:
         ensure_central(config, central)
     ledger = open_ledger(config.fleet.central.ledger_url)
-    tokens = Tokens({dc: token(dc) for dc in config.fleet.dcs}, READER)
+    tokens = Tokens({dc: token(dc) for dc in config.fleet.dcs}, READER, operator)
     coordinator = Coordinator(
         config, ledger, tokens, clock=clock, settings=CoordinatorSettings(verify_settle_ns=0)
     )

@@ -1,0 +1,230 @@
+"""Reloading the config directory a coordinator was started with, and what that changes per DC.
+
+`reload_config` validates the directory fully (every file, every plan for every DC, and what a
+running coordinator cannot take without a restart) and either raises `ConfigProblems` listing
+every problem, changing nothing, or records the new desired state (`sync_desired`) and swaps the
+coordinator's config. Retention takes effect at once (agents pull it on their next reconcile);
+a changed plan version only becomes desired through a rollout, so the diff lists it as changed
+until then. `dry_run` computes the same diff and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from federation.config import FederationConfig
+from federation.coordinator.ledger import DeploymentRow, PlanVersionRow
+from federation.coordinator.service import Coordinator
+from federation.errors import ConfigError, ConfigProblems
+from federation.influx import RetentionPolicyInfo
+from federation.plan import AggregationPlan, plan_to_dict
+from federation.policy.retention import DesiredRetention, desired_retention, diff_retention
+from federation.validate import validate_config
+
+
+@dataclass(frozen=True)
+class PlanChange:
+    """How one aggregation of one DC differs between what agents run and the config.
+
+    `change` is `added` (a new aggregation: desired at once), `changed` (the config declares a
+    version the ledger does not desire yet: a rollout moves it) or `removed` (no longer
+    declared: agents stop running it). `fields` names the plan fields that differ, with the
+    desired and the declared value.
+    """
+
+    aggregation: str
+    change: str
+    desired_version: str | None
+    config_version: str | None
+    fields: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {
+            "aggregation": self.aggregation,
+            "change": self.change,
+            "desired_version": self.desired_version,
+            "config_version": self.config_version,
+            "fields": {k: [old, new] for k, (old, new) in sorted(self.fields.items())},
+        }
+
+
+@dataclass(frozen=True)
+class DcChanges:
+    """What a reload changes for one DC: plan versions and raw retention."""
+
+    dc: str
+    plans: tuple[PlanChange, ...] = ()
+    retention: tuple[str, ...] = ()
+    destructive: bool = False
+    retention_to: DesiredRetention | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.plans or self.retention)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {
+            "dc": self.dc,
+            "plans": [p.as_dict() for p in self.plans],
+            "retention": list(self.retention),
+            "retention_destructive": self.destructive,
+            "desired_retention": None
+            if self.retention_to is None
+            else [spec.as_dict() for spec in self.retention_to.policies],
+        }
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """The outcome of one reload: every DC's changes (unchanged DCs included)."""
+
+    dry_run: bool
+    dcs: tuple[DcChanges, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (the body `POST /api/v1/desired/reload` answers with)."""
+        return {"dry_run": self.dry_run, "dcs": [d.as_dict() for d in self.dcs]}
+
+
+def _restart_problems(coordinator: Coordinator, new: FederationConfig) -> list[ConfigError]:
+    """What a running coordinator cannot take: central changes, DCs without a loaded token,
+    central retention policies its preflight never created."""
+    old = coordinator.config
+    problems = []
+    if new.fleet.central != old.fleet.central:
+        changed = sorted(
+            key
+            for key in type(new.fleet.central).model_fields
+            if getattr(new.fleet.central, key) != getattr(old.fleet.central, key)
+        )
+        problems.append(
+            ConfigError(
+                "fleet.yaml",
+                "central." + changed[0],
+                f"changed ({', '.join(changed)}); the coordinator must be restarted to take it",
+            )
+        )
+    for dc in sorted(new.fleet.dcs):
+        if dc not in coordinator.tokens.agents:
+            problems.append(
+                ConfigError(
+                    "fleet.yaml",
+                    f"dcs.{dc}",
+                    f"no agent token was loaded for this DC ({new.dc(dc).agent_token_env}); "
+                    "restart the coordinator with it set",
+                )
+            )
+    known_rps = {p.central.retention_policy for p in old.policies.values()}
+    for region, policy in sorted(new.policies.items()):
+        if policy.central.retention_policy not in known_rps:
+            problems.append(
+                ConfigError(
+                    f"policies/{region}.yaml",
+                    "central.retention",
+                    f"needs central retention policy {policy.central.retention_policy}, which "
+                    "the coordinator creates at start; restart it to take this change",
+                )
+            )
+    return problems
+
+
+def _retention_effects(
+    old: DesiredRetention | None, new: DesiredRetention
+) -> tuple[tuple[str, ...], bool]:
+    actual = None
+    if old is not None and old.database == new.database:
+        actual = [
+            RetentionPolicyInfo(
+                spec.name, spec.duration_ns, spec.effective_shard_duration_ns, 1, spec.default
+            )
+            for spec in old.policies
+        ]
+    changes = diff_retention(new.database, actual, new.policies)
+    return tuple(c.effect for c in changes), any(c.destructive for c in changes)
+
+
+def diff_config(
+    coordinator: Coordinator, new: FederationConfig, plans: list[AggregationPlan]
+) -> tuple[DcChanges, ...]:
+    """Per DC of the old and the new config, what replacing the old by `new` changes."""
+    old = coordinator.config
+    with coordinator.ledger.session() as session:
+        desired = {
+            (d.dc, d.aggregation): d.desired_version for d in session.scalars(select(DeploymentRow))
+        }
+
+        def stored(dc: str, aggregation: str, version: str) -> dict[str, Any]:
+            plan = session.scalar(
+                select(PlanVersionRow.plan).where(
+                    PlanVersionRow.dc == dc,
+                    PlanVersionRow.aggregation == aggregation,
+                    PlanVersionRow.version == version,
+                )
+            )
+            return plan or {}
+
+        return tuple(
+            _dc_changes(dc, old, new, plans, desired, stored)
+            for dc in sorted(set(old.fleet.dcs) | set(new.fleet.dcs))
+        )
+
+
+def _dc_changes(
+    dc: str,
+    old: FederationConfig,
+    new: FederationConfig,
+    plans: list[AggregationPlan],
+    desired: dict[tuple[str, str], str],
+    stored: Callable[[str, str, str], dict[str, Any]],
+) -> DcChanges:
+    changes: list[PlanChange] = []
+    mine = [p for p in plans if p.dc == dc]
+    for plan in mine:
+        version = desired.get((dc, plan.aggregation))
+        is_new = dc not in old.fleet.dcs or plan.aggregation not in old.aggregations
+        if version is None or is_new:
+            changes.append(PlanChange(plan.aggregation, "added", version, plan.version))
+        elif version != plan.version:
+            before = stored(dc, plan.aggregation, version)
+            fields = {
+                key: (before.get(key), value)
+                for key, value in plan_to_dict(plan).items()
+                if key != "version" and before.get(key) != value
+            }
+            changes.append(PlanChange(plan.aggregation, "changed", version, plan.version, fields))
+    if dc in old.fleet.dcs:
+        declared = {p.aggregation for p in mine}
+        for name in sorted(set(old.aggregations) - declared):
+            changes.append(PlanChange(name, "removed", desired.get((dc, name)), None))
+    if dc not in new.fleet.dcs:
+        return DcChanges(dc, tuple(changes), ("no longer in fleet.yaml",))
+    before_rp = desired_retention(old, dc) if dc in old.fleet.dcs else None
+    after_rp = desired_retention(new, dc)
+    effects, destructive = _retention_effects(before_rp, after_rp)
+    return DcChanges(dc, tuple(changes), effects, destructive, after_rp)
+
+
+def reload_config(coordinator: Coordinator, *, dry_run: bool = False) -> ReloadResult:
+    """Reload the coordinator's config directory and record its desired state.
+
+    Raises ConfigProblems with every problem found (nothing changed). Otherwise, unless
+    `dry_run`, the new plan versions are stored, new aggregations become desired, the
+    coordinator serves the new config (retention, removed aggregations) from now on and the
+    gateway's rules are refreshed. Reloads in one process are serialised.
+    """
+    with coordinator.reload_lock:
+        validated = validate_config(coordinator.config.root)
+        new = validated.config
+        problems = _restart_problems(coordinator, new)
+        if problems:
+            raise ConfigProblems(problems)
+        result = ReloadResult(dry_run, diff_config(coordinator, new, validated.plans))
+        if not dry_run:
+            coordinator.replace_config(new)
+        return result

@@ -1,0 +1,221 @@
+"""The operator endpoints: reload the config directory, staged rollouts in the ledger, and the
+per-DC view agents converge against; with the tokens each of them accepts and refuses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from starlette.testclient import TestClient
+
+from federation.clock import FakeClock
+from federation.config import FederationConfig
+from federation.coordinator.api import build_app
+from federation.coordinator.desired import known_plans
+from federation.coordinator.ledger import DeploymentRow, Ledger
+from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
+from federation.plan import resolve_plan
+
+from .helpers import READER, token
+
+OPERATOR = "operator-secret"
+AGG = "delivery_latency"
+OP = {"Authorization": f"Bearer {OPERATOR}"}
+READ = {"Authorization": f"Bearer {READER}"}
+
+
+@pytest.fixture
+def operator_app(
+    config: FederationConfig, ledger: Ledger, clock: FakeClock
+) -> Iterator[tuple[TestClient, Coordinator]]:
+    tokens = Tokens({dc: token(dc) for dc in config.fleet.dcs}, READER, OPERATOR)
+    coordinator = Coordinator(
+        config, ledger, tokens, clock=clock, settings=CoordinatorSettings(verify_settle_ns=0)
+    )
+    coordinator.sync()
+    with TestClient(build_app(coordinator)) as client:
+        yield client, coordinator
+
+
+def edit(path: Path, change: dict[str, object]) -> None:
+    data = yaml.safe_load(path.read_text())
+    for dotted, value in change.items():
+        *parents, last = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def versions(ledger: Ledger) -> dict[str, tuple[str, str | None]]:
+    with ledger.session() as session:
+        return {
+            d.dc: (d.desired_version, d.previous_version)
+            for d in session.query(DeploymentRow).filter(DeploymentRow.aggregation == AGG)
+        }
+
+
+def served_version(client: TestClient, dc: str) -> str:
+    data = client.get(
+        f"/api/v1/dcs/{dc}/desired", headers={"Authorization": f"Bearer {token(dc)}"}
+    ).json()
+    return next(str(p["version"]) for p in data["plans"] if p["aggregation"] == AGG)
+
+
+def test_operator_endpoints_refuse_every_other_token(
+    operator_app: tuple[TestClient, Coordinator], client: TestClient
+) -> None:
+    app, _ = operator_app
+    for path in ("/api/v1/desired/reload", "/api/v1/rollouts", "/api/v1/rollouts/advance",
+                 "/api/v1/rollouts/rollback"):  # fmt: skip
+        assert app.post(path).status_code == 401
+        assert app.post(path, headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert app.post(path, headers=READ).status_code == 403
+        agent = app.post(path, headers={"Authorization": f"Bearer {token('fra1')}"})
+        assert agent.status_code == 403 and "operator token" in agent.json()["error"]
+        # A coordinator whose fleet names no operator token takes no operator request at all.
+        disabled = client.post(path, headers=OP)
+        assert disabled.status_code == 403 and "not configured" in disabled.json()["error"]
+    assert app.get("/api/v1/dcs", headers=READ).status_code == 200
+    assert app.get("/api/v1/dcs", headers=OP).status_code == 200
+    assert app.get("/api/v1/dcs").status_code == 401
+    assert (
+        app.get("/api/v1/dcs", headers={"Authorization": f"Bearer {token('fra1')}"}).status_code
+        == 401
+    )
+
+
+def test_reload_of_a_bad_config_lists_every_problem_and_changes_nothing(
+    operator_app: tuple[TestClient, Coordinator], config_dir: Path, ledger: Ledger
+) -> None:
+    app, coordinator = operator_app
+    before = versions(ledger)
+    edit(config_dir / "policies" / "eu.yaml", {"raw.retention": "40d"})
+    edit(
+        config_dir / "tickscripts" / "delivery_latency.yaml",
+        {"dimensions": ["direction", "sender"]},
+    )
+    response = app.post("/api/v1/desired/reload", headers=OP)
+    assert response.status_code == 400
+    problems = response.json()["problems"]
+    assert any(p.startswith("policies/eu.yaml") and "retention 40d" in p for p in problems), (
+        problems
+    )
+    assert any(p.startswith("tickscripts/delivery_latency.yaml") for p in problems)
+    assert coordinator.config.policy_for("fra1").raw.retention == 30 * 86_400 * 10**9
+    assert versions(ledger) == before
+
+    bad_body = app.post("/api/v1/desired/reload", headers=OP, content=b'{"dry_run": "yes"}')
+    assert bad_body.status_code == 400
+
+
+def test_reload_diff_then_canary_advance_rollback(
+    operator_app: tuple[TestClient, Coordinator], config_dir: Path, ledger: Ledger
+) -> None:
+    app, coordinator = operator_app
+    old = {dc: v for dc, (v, _) in versions(ledger).items()}
+    edit(config_dir / "policies" / "eu.yaml", {"raw.shard_duration": "12h"})
+    edit(config_dir / "tickscripts" / "delivery_latency.yaml", {"accuracy": 0.02})
+
+    dry = app.post("/api/v1/desired/reload", headers=OP, json={"dry_run": True})
+    assert dry.status_code == 200 and dry.json()["dry_run"] is True
+    by_dc = {d["dc"]: d for d in dry.json()["dcs"]}
+    assert by_dc["fra1"]["retention"] == ["shard duration 1d -> 12h"]
+    assert by_dc["tor1"]["retention"] == []
+    (change,) = [p for p in by_dc["fra1"]["plans"] if p["aggregation"] == AGG]
+    assert change["change"] == "changed" and change["desired_version"] == old["fra1"]
+    assert change["fields"]["accuracy"] == [0.01, 0.02]
+    assert coordinator.config.policy_for("fra1").raw.shard_duration == 86_400 * 10**9
+
+    applied = app.post("/api/v1/desired/reload", headers=OP)
+    assert applied.status_code == 200 and applied.json()["dry_run"] is False
+    assert coordinator.config.policy_for("fra1").raw.shard_duration == 12 * 3600 * 10**9
+    # The new versions are stored but not desired: agents keep running the old ones.
+    assert {dc: v for dc, (v, _) in versions(ledger).items()} == old
+    assert served_version(app, "fra1") == old["fra1"]
+    new = {dc: resolve_plan(coordinator.config, AGG, dc).version for dc in old}
+
+    started = app.post(
+        "/api/v1/rollouts", headers=OP, json={"aggregations": [AGG], "canary": "fra1"}
+    )
+    assert started.status_code == 200, started.text
+    body = started.json()
+    assert body["canary"] == "fra1"
+    assert body["moved"] == [
+        {"dc": "fra1", "aggregation": AGG, "from": old["fra1"], "to": new["fra1"]}
+    ]
+    assert "tor1" in body["waiting"]
+    assert versions(ledger)["fra1"] == (new["fra1"], old["fra1"])
+    assert versions(ledger)["tor1"] == (old["tor1"], None)
+    assert served_version(app, "fra1") == new["fra1"]
+    assert served_version(app, "tor1") == old["tor1"]
+    # The gateway accepts both versions from the canary while it switches.
+    accepted = {p.version for p in known_plans(ledger)[("fra1", AGG)]}
+    assert accepted == {old["fra1"], new["fra1"]}
+
+    conflict = app.post("/api/v1/rollouts", headers=OP, json={"canary": "fra1"})
+    assert conflict.status_code == 409
+    unknown = app.post("/api/v1/rollouts", headers=OP, json={"aggregations": ["nope"]})
+    assert unknown.status_code == 400
+
+    advanced = app.post("/api/v1/rollouts/advance", headers=OP, json={"aggregations": [AGG]})
+    assert advanced.status_code == 200
+    assert {m["dc"] for m in advanced.json()["moved"]} == set(old) - {"fra1"}
+    assert all(versions(ledger)[dc][0] == new[dc] for dc in old)
+
+    rolled = app.post("/api/v1/rollouts/rollback", headers=OP, json={})
+    assert rolled.status_code == 200
+    assert {m["dc"] for m in rolled.json()["moved"]} == set(old)
+    assert all(versions(ledger)[dc] == (old[dc], new[dc]) for dc in old)
+    assert served_version(app, "tor1") == old["tor1"]
+    again = app.post("/api/v1/rollouts/rollback", headers=OP)
+    assert again.json()["moved"] == []
+
+    overview = app.get("/api/v1/dcs", headers=READ, params={"dc": "fra1"}).json()["dcs"]
+    (fra1,) = overview
+    (latency,) = [a for a in fra1["aggregations"] if a["aggregation"] == AGG]
+    assert latency["desired_version"] == old["fra1"]
+    assert latency["config_version"] == new["fra1"]
+    assert latency["state"] == "unknown, rollout pending"
+    assert fra1["retention"]["state"] == "unknown"
+
+
+def test_reload_refuses_what_needs_a_restart(
+    operator_app: tuple[TestClient, Coordinator], config_dir: Path
+) -> None:
+    app, _ = operator_app
+    edit(config_dir / "fleet.yaml", {"central.database": "elsewhere"})
+    response = app.post("/api/v1/desired/reload", headers=OP, json={"dry_run": True})
+    assert response.status_code == 400
+    assert "restart" in response.json()["problems"][0]
+
+
+def test_overview_reads_retention_from_the_agent_report(
+    operator_app: tuple[TestClient, Coordinator], config: FederationConfig
+) -> None:
+    app, _ = operator_app
+    headers = {"Authorization": f"Bearer {token('fra1')}"}
+    desired = app.get("/api/v1/dcs/fra1/desired", headers=headers).json()["retention"]
+    plans = [{"aggregation": AGG, "version": resolve_plan(config, AGG, "fra1").version,
+              "healthy": True, "detail": "scheduled"}]  # fmt: skip
+
+    def report(retention: dict[str, object]) -> str:
+        sent = app.post("/api/v1/dcs/fra1/report", headers=headers,
+                        json={"mode": "embedded", "plans": plans, "retention": retention})  # fmt: skip
+        assert sent.status_code == 204
+        (entry,) = app.get("/api/v1/dcs?dc=fra1", headers=READ).json()["dcs"]
+        return str(entry["retention"]["state"])
+
+    applied = {"database": "mail", "desired": desired["policies"]}
+    assert report({"converged": True, **applied}) == "converged"
+    assert report({"converged": False, "refused": ["SHRINK"], **applied}) == "drift"
+    assert report({"converged": False, "error": "InfluxDB down", **applied}) == "failed"
+    stale = [{**desired["policies"][0], "shard_duration_ns": 1}]
+    assert report({"converged": True, "database": "mail", "desired": stale}) == "pending"
+    (entry,) = app.get("/api/v1/dcs?dc=fra1", headers=READ).json()["dcs"]
+    (latency,) = [a for a in entry["aggregations"] if a["aggregation"] == AGG]
+    assert latency["state"] == "current"
+    assert entry["mode"] == "embedded"
