@@ -29,6 +29,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+# Imported first: `federation.reporting` imported on its own hits a circular import through
+# `federation.coordinator` (reporting.completeness -> coordinator -> api -> reporting).
+import federation.coordinator  # noqa: F401  # isort: skip
 from federation.aggregate import manifest_point, window_points
 from federation.calendar import periods
 from federation.config import FederationConfig, load_config

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from federation.sketch import Sketch, merge_all
+from federation.sketch import Sketch, _decode, decode_many, merge_all
 from federation.stats import summarize_groups
 
 ALPHA = 0.01
@@ -57,7 +57,9 @@ def bench_month(rng: np.random.Generator) -> None:
     mean_len = sum(map(len, texts)) / len(texts)
     mean_buckets = sum(len(s.positive_buckets()) for s in hourly) / len(hourly)
 
+    t_reference = best(lambda: [_decode(t, ALPHA) for t in texts], repeat=3)
     t_decode = best(lambda: [Sketch.decode(t, ALPHA) for t in texts], repeat=3)
+    t_many = best(lambda: decode_many(texts, ALPHA), repeat=3)
     t_merge = best(lambda: merge_all(hourly))
     t_encode = best(lambda: [s.encode() for s in hourly], repeat=3)
     merged = merge_all(hourly)
@@ -68,6 +70,14 @@ def bench_month(rng: np.random.Generator) -> None:
     print(f"  merge_all            {t_merge * 1e3:8.2f} ms   (target < 50 ms)")
     print(
         f"  decode all strings   {t_decode * 1e3:8.2f} ms   ({t_decode / n_hist * 1e6:.1f} us each)"
+    )
+    print(
+        f"  reference decoder    {t_reference * 1e3:8.2f} ms   "
+        f"({t_reference / n_hist * 1e6:.1f} us each; reference/decode = {t_reference / t_decode:.1f}x)"
+    )
+    print(
+        f"  decode_many          {t_many * 1e3:8.2f} ms   ({t_many / n_hist * 1e6:.1f} us each; "
+        f"reference/decode_many = {t_reference / t_many:.1f}x)"
     )
     print(
         f"  encode all           {t_encode * 1e3:8.2f} ms   ({t_encode / n_hist * 1e6:.1f} us each)"

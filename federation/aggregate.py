@@ -42,11 +42,12 @@ class OutputSpec(Protocol):
 
 
 def _factorize(column: DimensionColumn) -> tuple[npt.NDArray[np.int64], list[str]]:
-    """Codes for a column of tag values; a missing or empty value is the `_none` group."""
-    index: dict[str | None, int] = {}
-    codes = np.fromiter(
-        (index.setdefault(value, len(index)) for value in column), dtype=np.int64, count=len(column)
-    )
+    """Codes for a column of tag values, numbered by first appearance; a missing or empty value
+    is the `_none` group."""
+    # Both passes run in C (dict.fromkeys, map over a dict lookup): a window's columns hold a
+    # few thousand distinct values over up to millions of rows.
+    index = {value: code for code, value in enumerate(dict.fromkeys(column))}
+    codes = np.fromiter(map(index.__getitem__, column), dtype=np.int64, count=len(column))
     labels = [value or NONE_VALUE for value in index]
     return codes, labels
 
@@ -67,17 +68,19 @@ def group_rows(
         per_column.append((codes, labels))
         combined = combined * max(len(labels), 1) + codes
     unique, inverse = np.unique(combined, return_inverse=True)
-    keys: list[tuple[str, ...]] = []
-    for value in unique.tolist():
-        parts: list[str] = []
-        for _, labels in reversed(per_column):
-            value, code = divmod(value, max(len(labels), 1))
-            parts.append(labels[code])
-        keys.append(tuple(reversed(parts)))
+    # Split each distinct combined code back into its per-column codes, last column first.
+    label_columns: list[list[str]] = []
+    rest = unique
+    for _, labels in reversed(per_column):
+        rest, code = np.divmod(rest, max(len(labels), 1))
+        label_columns.append(list(map(labels.__getitem__, code.tolist())))
+    keys = list(zip(*reversed(label_columns), strict=True))
     # Groups whose raw values differed only as None vs "" map to the same key: merge them.
-    canonical: dict[tuple[str, ...], int] = {}
-    remap = np.fromiter((canonical.setdefault(k, len(canonical)) for k in keys), dtype=np.int64)
-    return remap[inverse.astype(np.int64)], list(canonical)
+    canonical = {key: code for code, key in enumerate(dict.fromkeys(keys))}
+    if len(canonical) == len(keys):
+        return inverse.astype(np.int64).reshape(-1), keys
+    remap = np.fromiter(map(canonical.__getitem__, keys), dtype=np.int64, count=len(keys))
+    return remap[inverse.astype(np.int64).reshape(-1)], list(canonical)
 
 
 def window_points(
@@ -102,16 +105,17 @@ def window_points(
         )
     values = np.asarray(values, dtype=np.float64)
     codes, keys = group_rows(dimensions, len(values))
-    summaries = summarize_groups(values, codes, len(keys), plan.percentiles, plan.accuracy)
+    k = plan.min_group_events
+    summaries = summarize_groups(
+        values, codes, len(keys), plan.percentiles, plan.accuracy, min_count=k
+    )
+    sizes = np.bincount(codes, minlength=len(keys))
+    suppressed = int(sizes[sizes < k].sum())
     points: list[Point] = []
-    suppressed = 0
     order = sorted(range(len(keys)), key=keys.__getitem__)
     for code in order:
         summary = summaries[code]
-        if summary is None:
-            continue
-        if summary.count < plan.min_group_events:
-            suppressed += summary.count
+        if summary is None:  # empty, or below k: counted in `suppressed`
             continue
         fields: dict[str, FieldValue] = {
             "count": summary.count,

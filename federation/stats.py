@@ -129,8 +129,11 @@ def summarize_groups(
     n_groups: int,
     percentiles: Sequence[float],
     alpha: float,
+    *,
+    min_count: int = 1,
 ) -> list[GroupSummary | None]:
-    """Per-group summaries, the list index being the group code; None for a group with no values.
+    """Per-group summaries, the list index being the group code; None for a group with fewer
+    than ``min_count`` values (by default: with no values), which costs nearly nothing.
 
     For each group: ``count``; ``sum`` correctly rounded (``math.fsum``); ``min``; ``max``; every
     requested percentile by nearest rank (``nearest_rank``), omitted when it has no value; and the
@@ -168,7 +171,8 @@ def summarize_groups(
     sizes = np.bincount(codes, minlength=n_groups)
     ends = np.cumsum(sizes)
     starts = ends - sizes
-    present = np.flatnonzero(sizes)
+    # Groups that will not be exported (k-anonymity) skip the per-group work entirely.
+    present = np.flatnonzero(sizes >= max(min_count, 1))
     p_starts = starts[present]
     p_ends = ends[present]
     p_sizes = sizes[present]

@@ -9,10 +9,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.aggregate import group_rows, window_points
+from federation.aggregate import group_rows, manifest_point, window_points
 from federation.config import load_config
+from federation.lineprotocol import serialize
 from federation.plan import resolve_plan
+from federation.points import Point
 from federation.sketch import Sketch
+from federation.stats import summarize_groups
 
 REPO = Path(__file__).resolve().parent.parent
 PLAN = resolve_plan(load_config(REPO), "delivery_latency", "dub1")  # k = 5
@@ -114,3 +117,95 @@ def test_row_order_does_not_change_points() -> None:
     assert window_points(PLAN, 0, values, dims, run=5) == window_points(
         PLAN, 0, values[order], shuffled, run=5
     )
+
+
+# -- the vectorised paths equal the straightforward ones -------------------------------------
+
+
+def reference_group_rows(
+    columns: list[list[str | None]], n_rows: int
+) -> tuple[list[int], list[tuple[str, ...]]]:
+    """Group codes the plain way: per-row dictionaries, in the same numbering."""
+    if not columns:
+        return [0] * n_rows, [()]
+    per_column = []
+    for column in columns:
+        index: dict[str | None, int] = {}
+        codes = [index.setdefault(v, len(index)) for v in column]
+        per_column.append((codes, [v or "_none" for v in index]))
+    combined = [0] * n_rows
+    for codes, labels in per_column:
+        combined = [c * max(len(labels), 1) + x for c, x in zip(combined, codes, strict=True)]
+    unique = sorted(set(combined))
+    keys = []
+    for value in unique:
+        parts = []
+        for _, labels in reversed(per_column):
+            value, code = divmod(value, max(len(labels), 1))
+            parts.append(labels[code])
+        keys.append(tuple(reversed(parts)))
+    canonical: dict[tuple[str, ...], int] = {}
+    remap = [canonical.setdefault(k, len(canonical)) for k in keys]
+    position = {v: i for i, v in enumerate(unique)}
+    return [remap[position[c]] for c in combined], list(canonical)
+
+
+def reference_window_points(values: np.ndarray, dims: list[list[str | None]]) -> bytes:
+    """`window_points` as written before k-anonymity moved into `summarize_groups`."""
+    codes, keys = reference_group_rows(dims, len(values))
+    summaries = summarize_groups(
+        values, np.array(codes, dtype=np.int64), len(keys), PLAN.percentiles, PLAN.accuracy
+    )
+    points, suppressed = [], 0
+    for code in sorted(range(len(keys)), key=keys.__getitem__):
+        s = summaries[code]
+        if s is None:
+            continue
+        if s.count < PLAN.min_group_events:
+            suppressed += s.count
+            continue
+        fields = {"count": s.count, "sum": s.sum, "min": s.min, "max": s.max, **s.percentiles}
+        fields["sketch"] = s.sketch.encode()
+        tags = {"dc": PLAN.dc, **dict(zip(PLAN.dimensions, keys[code], strict=True))}
+        points.append(Point(PLAN.aggregation, tags, fields, 0))
+    points.append(
+        manifest_point(
+            PLAN, 0, events=len(values), groups=len(points), suppressed_events=suppressed, run=3
+        )
+    )
+    return serialize(points)
+
+
+tag_values = st.sampled_from(["a", "b", "", None, "c", "dd"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 3), st.integers(0, 60), st.data())
+def test_group_codes_equal_the_plain_computation(
+    n_columns: int, n_rows: int, data: st.DataObject
+) -> None:
+    columns = [
+        data.draw(st.lists(tag_values, min_size=n_rows, max_size=n_rows)) for _ in range(n_columns)
+    ]
+    codes, keys = group_rows(columns, n_rows)
+    expected_codes, expected_keys = reference_group_rows(columns, n_rows)
+    assert codes.tolist() == expected_codes
+    assert keys == expected_keys
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 200), st.data())
+def test_window_points_are_byte_identical_to_the_plain_computation(
+    n_rows: int, data: st.DataObject
+) -> None:
+    values = np.array(
+        data.draw(st.lists(st.floats(-1e6, 1e6), min_size=n_rows, max_size=n_rows)),
+        dtype=np.float64,
+    )
+    dims = [
+        data.draw(st.lists(st.sampled_from(["in", "out", None]), min_size=n_rows, max_size=n_rows)),
+        data.draw(st.lists(st.sampled_from(["mx1", ""]), min_size=n_rows, max_size=n_rows)),
+        data.draw(st.lists(st.sampled_from(["c1", "c2", "c3"]), min_size=n_rows, max_size=n_rows)),
+    ]
+    got = serialize(window_points(PLAN, 0, values, dims, run=3))
+    assert got == reference_window_points(values, dims)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 
 import numpy as np
 import pytest
@@ -9,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from federation._sketch_fast import read_batch, read_one, read_total
 from federation.errors import SketchDecodeError
-from federation.sketch import Sketch, merge_all
+from federation.sketch import Sketch, decode_many, merge_all, total_count
+from federation.sketch import _decode as _reference_decode
 from federation.stats import nearest_rank
 
 ALPHA = 0.01
@@ -255,3 +258,91 @@ def test_bucket_boundaries_follow_the_definition():
     s = Sketch.from_values([1.0, 2.0, 3.0, 3.5, 9.0, 10.0], alpha)
     assert s.positive_buckets() == {0: 1, 1: 2, 2: 2, 3: 1}
     assert s.representative(1) == pytest.approx(1.5)
+
+
+# -- the fast readers agree with the reference decoder ---------------------------------------
+
+JUNK = "ABCDEFabfgz09-_:,=vn1pzm.é"
+
+
+def _reference(text: object, alpha: float | None) -> Sketch | SketchDecodeError:
+    try:
+        return _reference_decode(text, alpha)  # type: ignore[arg-type]
+    except SketchDecodeError as exc:
+        return exc
+
+
+def _mutations(text: str, data: st.DataObject) -> list[str]:
+    """A few near-misses of a valid encoding: characters replaced, inserted or dropped."""
+    out = []
+    for _ in range(4):
+        i = data.draw(st.integers(0, len(text)))
+        junk = data.draw(st.text(alphabet=JUNK, max_size=3))
+        cut = data.draw(st.integers(0, 2))
+        out.append(text[:i] + junk + text[i + cut :])
+    return out
+
+
+sketch_strategy = st.builds(
+    lambda pos, neg, zeros, alpha: Sketch.from_buckets(alpha, pos, neg, zeros),
+    st.dictionaries(st.integers(-1100, 1100), st.integers(1, 2**40), max_size=30),
+    st.dictionaries(st.integers(-300, 300), st.sampled_from([1, 2, 17, 600, 2**35]), max_size=8),
+    st.integers(0, 3),
+    alphas,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sketch_strategy, st.data())
+def test_fast_readers_equal_the_reference_decoder(s: Sketch, data: st.DataObject) -> None:
+    text = s.encode()
+    assert Sketch.decode(text) == s == _reference_decode(text, None)
+    assert Sketch.decode(text).encode() == text
+    assert total_count(text, s.alpha) == s.count
+    for candidate in [text, *_mutations(text, data)]:
+        for alpha in (None, s.alpha, 0.01):
+            expected = _reference(candidate, alpha)
+            fast = read_one(candidate, alpha)
+            total = read_total(candidate, alpha)
+            if isinstance(expected, SketchDecodeError):
+                # The fast readers decline; the public functions then raise the reference's error.
+                assert fast is None and total is None
+                with pytest.raises(SketchDecodeError, match=re.escape(str(expected))):
+                    Sketch.decode(candidate, alpha)
+                with pytest.raises(SketchDecodeError, match=re.escape(str(expected))):
+                    total_count(candidate, alpha)
+            else:
+                assert fast is None or Sketch._make(*fast) == expected
+                assert total in (None, expected.count)
+                assert Sketch.decode(candidate, alpha) == expected
+                assert total_count(candidate, alpha) == expected.count
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(sketch_strategy, min_size=1, max_size=6), st.data())
+def test_decode_many_equals_decoding_one_by_one(
+    sketches: list[Sketch], data: st.DataObject
+) -> None:
+    texts: list[object] = [s.encode() for s in sketches]
+    if data.draw(st.booleans()):
+        i = data.draw(st.integers(0, len(texts) - 1))
+        texts[i] = data.draw(st.sampled_from([*_mutations(str(texts[i]), data), None, 5]))
+    alpha = data.draw(st.sampled_from([None, sketches[0].alpha]))
+    expected = [_reference(t, alpha) for t in texts]
+    failures = [e for e in expected if isinstance(e, SketchDecodeError)]
+    batch = read_batch(texts, alpha)
+    if failures:
+        assert batch is None
+        with pytest.raises(SketchDecodeError, match=re.escape(str(failures[0]))):
+            decode_many(texts, alpha)
+    else:
+        assert decode_many(texts, alpha) == expected
+        assert [s.encode() for s in decode_many(texts, alpha)] == texts
+
+
+@given(st.lists(value_arrays, min_size=2, max_size=5), alphas)
+def test_decode_many_of_real_histograms_takes_the_batch_path(parts, alpha):
+    sketches = [Sketch.from_values(p, alpha) for p in parts]
+    texts = [s.encode() for s in sketches]
+    assert read_batch(texts, alpha) is not None
+    assert decode_many(texts, alpha) == sketches

@@ -211,3 +211,19 @@ def test_summarize_groups_without_packed_key(monkeypatch, n_groups):
     got = summarize_groups(values, codes, n_groups, [50, 90], ALPHA)
     assert got[:5] == reference_summaries(values, codes, 5, [50, 90], ALPHA)
     assert all(s is None for s in got[5:])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.floats(-1e6, 1e6)), max_size=60),
+    st.integers(1, 6),
+)
+def test_min_count_leaves_out_small_groups_and_nothing_else(
+    rows: list[tuple[int, float]], k: int
+) -> None:
+    codes = np.array([c for c, _ in rows], dtype=np.int64)
+    values = np.array([v for _, v in rows], dtype=np.float64)
+    every = summarize_groups(values, codes, 6, [50, 99], 0.01)
+    some = summarize_groups(values, codes, 6, [50, 99], 0.01, min_count=k)
+    for full, kept in zip(every, some, strict=True):
+        assert kept == (full if full is not None and full.count >= k else None)

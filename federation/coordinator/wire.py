@@ -1,13 +1,12 @@
 """Fast paths for the gateway: line protocol of the usual shape, and `sketch` totals.
 
-The gateway checks every point of every batch, at the rate DCs ship after each hour. Two
-general-purpose routines dominate that cost: `federation.lineprotocol.parse` (whose exact path
-walks quoted strings character by character) and `Sketch.decode` (vectorised for big
-histograms, so each call carries numpy overhead). The functions here accept only the plain,
-common forms and return None for anything else; the caller then falls back to the general
-routine, which decides and explains. So these may be narrower than the general routines, never
-broader: every body `parse_lines` accepts, `lineprotocol.parse` reads to the same points, and
-every text `sketch_total` certifies, `Sketch.decode` accepts with the same count.
+The gateway checks every point of every batch, at the rate DCs ship after each hour.
+`federation.lineprotocol.parse` dominates that cost (its exact path walks quoted strings
+character by character), so `parse_lines` accepts only the plain, common form and returns None
+for anything else; the caller then falls back to the general parser, which decides and
+explains. It may be narrower than the general parser, never broader: every body `parse_lines`
+accepts, `lineprotocol.parse` reads to the same points. Sketch totals come from
+`federation.sketch.total_count`, the one place that knows the encoding.
 """
 
 from __future__ import annotations
@@ -17,8 +16,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from federation.errors import SketchDecodeError
 from federation.lineprotocol import PRECISIONS
 from federation.points import FieldValue, Point
+from federation.sketch import total_count
 
 _NAME = r'[^\s,="\\]+'
 _STRING = r'"[^"\\]*"'
@@ -113,110 +114,20 @@ def parse_lines(body: str, precision: str, default_time_ns: int) -> list[Line] |
 
 # --- sketches ---------------------------------------------------------------------------------
 
-_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_DIGIT = {char: value for value, char in enumerate(_ALPHABET)}
-_UINT = re.compile(r"0|[1-9][0-9]{0,17}")
-_SINT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
-_MAX_TOKEN_DIGITS = 12
-_MAX_TEXT = 1 << 20
-
-
-def _safe_index_range(alpha: float) -> tuple[int, int]:
-    """Bucket indexes a finite positive float64 certainly reaches for this alpha.
-
-    Narrower than what the decoder allows, so a sketch inside it is never refused there.
-    """
-    log_gamma = math.log((1.0 + alpha) / (1.0 - alpha))
-    low = math.ceil(math.log(5e-324) / log_gamma) + 1
-    high = math.floor(math.log(1.7976931348623157e308) / log_gamma) - 1
-    return low, high
-
-
-_MORE = _ALPHABET[32:]
-_LAST = _ALPHABET[:32]
-_TOKEN = re.compile(f"[{re.escape(_MORE)}]{{0,{_MAX_TOKEN_DIGITS - 1}}}[{_LAST}]")
-
-
-def _token_table() -> dict[str, int]:
-    # Tokens of one or two digits are looked up; a two-digit token ending in a zero digit is
-    # not canonical and so is absent (the lookup fails and the caller gives up).
-    table = {char: value for value, char in enumerate(_LAST)}
-    for low, more in enumerate(_MORE):
-        for high, last in enumerate(_LAST):
-            if high:
-                table[more + last] = low | high << 5
-    return table
-
-
-_TOKENS = _token_table()
-# Per token: the values it counts (0 for a gap), the buckets it spans, and its kind.
-_COUNT = {k: 0 if v & 1 else (v >> 1) + 1 for k, v in _TOKENS.items()}
-_SPAN = {k: (v >> 1) + 1 if v & 1 else 1 for k, v in _TOKENS.items()}
-_KIND = {k: "g" if v & 1 else "b" for k, v in _TOKENS.items()}
-
-
-def _store_total(value: str, low: int, high: int) -> int | None:
-    """Σ bucket counts of one store `<first>,<body>`; None unless plainly canonical.
-
-    Only tokens of one or two digits (counts and gaps up to 512) are handled here; the maps
-    run over the tokens without a Python-level loop.
-    """
-    first_text, comma, body = value.partition(",")
-    if not comma or not body or not _SINT.fullmatch(first_text):
-        return None
-    index = int(first_text)
-    if not low <= index <= high:
-        return None
-    tokens = _TOKEN.findall(body)
-    if sum(map(len, tokens)) != len(body):
-        return None
-    try:
-        kinds = "".join(map(_KIND.__getitem__, tokens))
-        total = sum(map(_COUNT.__getitem__, tokens))
-        span = sum(map(_SPAN.__getitem__, tokens))
-    except KeyError:
-        return None
-    # A body starts and ends with a bucket and never has two gaps in a row.
-    if kinds[0] == "g" or kinds[-1] == "g" or "gg" in kinds or index + span - 1 > high:
-        return None
-    return total
-
 
 def sketch_checker(alpha: float) -> Callable[[str], int | None]:
-    """A function returning the total count of a canonical v1 sketch of this alpha, or None.
+    """A function returning the total count of a `sketch` of this accuracy, or None when it
+    does not decode (the caller then asks `Sketch.decode` for the verdict).
 
-    None means "not certified here": the caller asks `Sketch.decode` for the verdict.
+    The encoding is known only to `federation.sketch`: this defers to its `total_count`, which
+    checks a string as completely as `Sketch.decode` without building the histogram.
     """
-    alpha_text = repr(float(alpha))
-    low, high = _safe_index_range(float(alpha))
+    expected = float(alpha)
 
     def total(text: str) -> int | None:
-        if len(text) > _MAX_TEXT:
+        try:
+            return total_count(text, expected)
+        except SketchDecodeError:
             return None
-        parts = text.split(":")
-        if len(parts) < 3 or parts[0] != "v1" or parts[1] != "a=" + alpha_text:
-            return None
-        n_part = parts[2]
-        if not n_part.startswith("n=") or not _UINT.fullmatch(n_part[2:]):
-            return None
-        n = int(n_part[2:])
-        counted = 0
-        order = "zpm"
-        position = 0
-        for part in parts[3:]:
-            key, eq, value = part.partition("=")
-            if not eq or len(key) != 1 or key not in order[position:]:
-                return None
-            position = order.index(key) + 1
-            if key == "z":
-                if not _UINT.fullmatch(value) or value == "0":
-                    return None
-                counted += int(value)
-                continue
-            store = _store_total(value, low, high)
-            if store is None:
-                return None
-            counted += store
-        return n if counted == n else None
 
     return total

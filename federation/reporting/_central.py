@@ -18,12 +18,18 @@ from federation.config import FederationConfig
 from federation.errors import FederationError, InvalidInput, SketchDecodeError
 from federation.influx import InfluxClient, Series, credentials_from_env, quote_ident, quote_string
 from federation.plan import MANIFEST_MEASUREMENT, NONE_VALUE
-from federation.sketch import Sketch, merge_all
+from federation.sketch import Sketch, decode_many, merge_all
 
 CHUNK_SIZE = 10_000
 # Sketches waiting to be merged into a key's running histogram: merging in batches keeps the
 # vectorised merge efficient while holding at most this many unmerged histograms per key.
 _MERGE_BATCH = 64
+# Sketch texts decoded together: one numpy pass over many short strings costs a fraction of
+# decoding them one by one, and this many texts of a few hundred bytes stay well under 1 MB.
+_DECODE_BATCH = 2048
+
+PointRef = tuple[str, str, Any]
+"""(measurement, dc, time) of a central point, to name it in an error."""
 
 
 class CentralReader(Protocol):
@@ -184,6 +190,35 @@ class SketchMerger(Generic[K]):
     def __init__(self) -> None:
         self._merged: dict[K, Sketch] = {}
         self._pending: dict[K, list[Sketch]] = {}
+        self._texts: list[Any] = []
+        self._text_keys: list[tuple[K, ...]] = []
+        self._text_refs: list[PointRef] = []
+
+    def add_encoded(self, keys: tuple[K, ...], text: Any, ref: PointRef) -> None:
+        """Add the histogram a `sketch` field encodes to each of `keys`' merges.
+
+        Texts are decoded in batches; one that does not decode raises InvalidInput naming its
+        point (`ref`), at the latest from `results`.
+        """
+        self._texts.append(text)
+        self._text_keys.append(keys)
+        self._text_refs.append(ref)
+        if len(self._texts) >= _DECODE_BATCH:
+            self._decode_texts()
+
+    def _decode_texts(self) -> None:
+        texts, keys, refs = self._texts, self._text_keys, self._text_refs
+        self._texts, self._text_keys, self._text_refs = [], [], []
+        try:
+            sketches = decode_many(texts)
+        except SketchDecodeError:
+            # Name the first point that does not decode, as decoding one by one would.
+            for text, (measurement, dc, t) in zip(texts, refs, strict=True):
+                decode_sketch(text, f"{measurement} dc={dc} time={t}")
+            raise
+        for sketch, targets in zip(sketches, keys, strict=True):
+            for key in targets:
+                self.add(key, sketch)
 
     def add(self, key: K, sketch: Sketch) -> None:
         """Add one histogram to `key`'s merge."""
@@ -206,6 +241,8 @@ class SketchMerger(Generic[K]):
 
     def results(self) -> dict[K, Sketch]:
         """Every key's merged histogram."""
+        if self._texts:
+            self._decode_texts()
         for key, pending in self._pending.items():
             if pending:
                 self._flush(key, pending)

@@ -22,7 +22,6 @@ from federation.reporting._central import (
     WindowManifest,
     dc_condition,
     dcs_by_retention_policy,
-    decode_sketch,
     fingerprint,
     read_manifests,
     select_query,
@@ -241,8 +240,7 @@ def _read_rollups(
             dc = tags.get("dc", "")
             if usable.get((dc, int(t))) != build:
                 continue
-            sketch = decode_sketch(text, f"{measurement} dc={dc} time={t}")
-            merger.add((str(version), _group(tags, by)), sketch)
+            merger.add_encoded(((str(version), _group(tags, by)),), text, (measurement, dc, t))
             result.points_read["rollup"] += 1
 
 
@@ -273,6 +271,5 @@ def _read_windows(
             dc = tags.get("dc", "")
             manifest = manifests.get((dc, int(t)))
             version = manifest.version if manifest is not None else UNKNOWN_VERSION
-            sketch = decode_sketch(text, f"{aggregation} dc={dc} time={t}")
-            merger.add((version, _group(tags, by)), sketch)
+            merger.add_encoded(((version, _group(tags, by)),), text, (aggregation, dc, t))
             result.points_read["window"] += 1

@@ -42,7 +42,6 @@ from federation.reporting._central import (
     WindowManifest,
     dc_condition,
     dcs_by_retention_policy,
-    decode_sketch,
     fingerprint,
     read_manifests,
     select_query,
@@ -204,9 +203,10 @@ def _remerge_dc(
     positions = [[dimensions.index(d) for d in s] for s in sets]
     for tags, (t, text) in stream_rows(central, q, database):
         values = tuple(tag_value(tags, d) for d in dimensions)
-        sketch = decode_sketch(text, f"{aggregation} dc={dc} time={t}")
-        for index, picks in enumerate(positions):
-            merger.add((index, tuple(values[i] for i in picks)), sketch)
+        keys = tuple(
+            (index, tuple(values[i] for i in picks)) for index, picks in enumerate(positions)
+        )
+        merger.add_encoded(keys, text, (aggregation, dc, t))
     measurement = rollup_measurement(aggregation)
     points: list[Point] = []
     for (index, key), sketch in sorted(merger.results().items()):
