@@ -323,7 +323,6 @@ def run_demo(
             outcome.late_events += len(late[dc])
         view.note(f"meanwhile {outcome.late_events} late events arrived for the last 3 hours")
         time.sleep(options.outage_s)
-        fed.gateway.start()
         view.status("windows during the outage", fed.status(start))
         fed.gateway.start()
         view.step("gateway back: agents pull the coordinator's backfill requests")
