@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 import numpy as np
@@ -480,6 +480,24 @@ def total_count(text: object, expected_alpha: float | None = None) -> int:
     if total is None:
         return _decode(text, expected_alpha).count  # type: ignore[arg-type]
     return total
+
+
+def total_counts(texts: Sequence[object], expected_alpha: float | None = None) -> list[int | None]:
+    """For each text, ``total_count(text, expected_alpha)``, or None where that would raise.
+
+    Checks many strings in one vectorised pass when they are all plainly canonical (what a
+    gateway receives from well-behaved senders); otherwise falls back to one string at a time.
+    """
+    batch = read_batch(list(texts), expected_alpha) if len(texts) > 1 else None
+    if batch is not None:
+        return list(batch.counts)
+    totals: list[int | None] = []
+    for text in texts:
+        try:
+            totals.append(total_count(text, expected_alpha))
+        except SketchDecodeError:
+            totals.append(None)
+    return totals
 
 
 def merge_all(sketches: Iterable[Sketch], alpha: float | None = None) -> Sketch:

@@ -346,3 +346,23 @@ def test_decode_many_of_real_histograms_takes_the_batch_path(parts, alpha):
     texts = [s.encode() for s in sketches]
     assert read_batch(texts, alpha) is not None
     assert decode_many(texts, alpha) == sketches
+
+
+def test_total_counts_of_a_batch_equal_one_by_one_totals() -> None:
+    from federation.sketch import total_count, total_counts
+
+    rng = np.random.default_rng(11)
+    texts: list[object] = [
+        Sketch.from_values(rng.lognormal(5, 1, int(n)), 0.01).encode()
+        for n in rng.integers(1, 300, 40)
+    ]
+    assert total_counts(texts, 0.01) == [total_count(t, 0.01) for t in texts]
+    mixed = [*texts[:3], "v1:a=0.01:n=2:p=0,A", Sketch.from_values([1.0, 2.0], 0.02).encode(), 7]
+    expected: list[int | None] = []
+    for text in mixed:
+        try:
+            expected.append(total_count(text, 0.01))
+        except SketchDecodeError:
+            expected.append(None)
+    assert total_counts(mixed, 0.01) == expected
+    assert expected[3:] == [None, None, None]

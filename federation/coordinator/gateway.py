@@ -46,7 +46,7 @@ from federation.errors import InvalidInput, LineProtocolError, SketchDecodeError
 from federation.lineprotocol import parse
 from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan, FieldType
 from federation.points import FieldValue
-from federation.sketch import Sketch
+from federation.sketch import Sketch, total_counts
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,25 @@ class _PlanCheck:
     summary_tags: frozenset[str]
     summary_fields: Mapping[str, FieldType]
     sketch_total: Any
+
+
+def _batch_totals(
+    plans: Mapping[str, list[_PlanCheck]], lines: Sequence[Line]
+) -> dict[int, tuple[float, int | None]]:
+    """The sketch totals of a batch's summary points, checked together per aggregation (one
+    vectorised pass instead of one decode per point), keyed by id of the line, with the
+    accuracy they were read with; the per-point checks fall back to one string at a time."""
+    by_measurement: dict[str, list[Line]] = {}
+    for ln in lines:
+        if ln.point.measurement in plans and isinstance(ln.point.fields.get("sketch"), str):
+            by_measurement.setdefault(ln.point.measurement, []).append(ln)
+    totals: dict[int, tuple[float, int | None]] = {}
+    for measurement, group in by_measurement.items():
+        alpha = plans[measurement][0].plan.accuracy
+        counts = total_counts([ln.point.fields["sketch"] for ln in group], alpha)
+        for ln, count in zip(group, counts, strict=True):
+            totals[id(ln)] = (alpha, count)
+    return totals
 
 
 @dataclass
@@ -205,9 +224,10 @@ class GatewayChecker:
                 manifest = self._check_manifest(dc, plans, ln, now_ns)
                 batch.manifests.append(manifest)
                 versions[(manifest.aggregation, manifest.start_ns)] = manifest.version
+        totals = _batch_totals(plans, lines)
         for ln in lines:
             if ln.point.measurement != MANIFEST_MEASUREMENT:
-                self._check_summary(dc, plans, ln, versions, now_ns)
+                self._check_summary(dc, plans, ln, versions, now_ns, totals)
         return batch
 
     # -- manifests ----------------------------------------------------------------------------
@@ -261,6 +281,7 @@ class GatewayChecker:
         ln: Line,
         versions: Mapping[tuple[str, int], str],
         now_ns: int | None,
+        totals: Mapping[int, tuple[float, int | None]] | None = None,
     ) -> None:
         point = ln.point
         measurement = point.measurement
@@ -290,7 +311,11 @@ class GatewayChecker:
             )
         text = point.fields["sketch"]
         assert isinstance(text, str)
-        total = entry.sketch_total(text)
+        known = (totals or {}).get(id(ln))
+        if known is not None and known[0] == entry.plan.accuracy and known[1] is not None:
+            total: int | None = known[1]
+        else:
+            total = entry.sketch_total(text)
         if total is None:
             try:
                 total = Sketch.decode(text, expected_alpha=entry.plan.accuracy).count
