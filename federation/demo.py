@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -41,7 +42,7 @@ from federation.durations import HOUR_NS
 from federation.errors import FederationError
 from federation.influx import InfluxClient
 from federation.ingest import ingest
-from federation.localstack import LocalStack, free_port
+from federation.localstack import KapacitorServer, LocalStack, find_kapacitord, free_port
 from federation.pii_scan import ScanResult, scan_central
 from federation.policy.audit import AuditReport, audit
 from federation.policy.retention import apply_retention
@@ -113,10 +114,16 @@ class DemoFederation:
         self.gateway: ThreadedServer | None = None
         self.central: InfluxClient | None = None
         self._scheduler: Any = None
+        self.kapacitor: KapacitorServer | None = None
 
     # -- set-up -------------------------------------------------------------------------------
 
-    def write_config(self, influx_urls: dict[str, str], coordinator_url: str) -> FederationConfig:
+    def write_config(
+        self,
+        influx_urls: dict[str, str],
+        coordinator_url: str,
+        kapacitor_urls: dict[str, str] | None = None,
+    ) -> FederationConfig:
         """A config directory for the local federation: the source config's policies and
         aggregations, a fleet of the demo's DCs on loopback, and fresh tokens in the env."""
         source = self.options.config_source
@@ -132,7 +139,10 @@ class DemoFederation:
                             dirs_exist_ok=True)  # fmt: skip
         shutil.copytree(source / "tickscripts", target / "tickscripts", dirs_exist_ok=True)
         for name, dc in dcs.items():
-            dc.pop("kapacitor", None)  # the demo runs the embedded executor everywhere
+            # Kapacitor only where the demo started one; the embedded executor everywhere else.
+            dc.pop("kapacitor", None)
+            if kapacitor_urls and name in kapacitor_urls:
+                dc["kapacitor"] = {"url": kapacitor_urls[name]}
             dc["influxdb"] = {"url": influx_urls[name]}
             dc["agent_token_env"] = f"FEDERATION_DEMO_{name.upper()}_TOKEN"
             os.environ.setdefault(dc["agent_token_env"], secrets.token_urlsafe(18))
@@ -156,7 +166,19 @@ class DemoFederation:
         view.step(f"starting influxd for {', '.join(self.dcs)} and central")
         urls = {name: self.stack.influxd(name).url for name in [*self.dcs, "central"]}
         port = free_port()
-        config = self.write_config(urls, f"http://127.0.0.1:{port}")
+        kapacitor_urls = {}
+        binary = find_kapacitord()
+        if binary is not None:
+            # FEDERATION_KAPACITORD names a real kapacitord: the first DC runs Kapacitor.
+            dc = self.dcs[0]
+            token_env = f"FEDERATION_DEMO_{dc.upper()}_TOKEN"
+            os.environ.setdefault(token_env, secrets.token_urlsafe(18))
+            self.kapacitor = KapacitorServer(
+                binary, self.root / "servers" / f"kapacitor-{dc}", dc, urls[dc],
+                f"http://127.0.0.1:{port}", os.environ[token_env], federation_executable(),
+            )  # fmt: skip
+            kapacitor_urls[dc] = self.kapacitor.url
+        config = self.write_config(urls, f"http://127.0.0.1:{port}", kapacitor_urls)
         self.config = config
         view.step("applying each region's retention policies (policy apply --direct)")
         for outcome in apply_retention(config):
@@ -181,6 +203,11 @@ class DemoFederation:
         self.gateway = ThreadedServer(lambda: build_app(coordinator), port)
         view.step(f"serving the coordinator and its gateway on {self.gateway.url}")
         self.gateway.start()
+        if self.kapacitor is not None:
+            view.step(
+                f"starting kapacitord for {self.kapacitor.dc} (its agent deploys TICKscripts there)"
+            )
+            self.kapacitor.start()
         return config
 
     def start_jobs(self) -> None:
@@ -191,13 +218,14 @@ class DemoFederation:
     def start_agents(self, view: DemoView) -> None:
         """One agent per DC (embedded executor), each in its own thread."""
         assert self.config is not None
-        settings = AgentSettings(poll_interval_s=0.5, reconcile_interval_s=60.0, mode="embedded")
+        settings = AgentSettings(poll_interval_s=0.5, reconcile_interval_s=60.0, mode="auto")
         for dc in self.dcs:
             agent, stop = build_agent(self.config, dc, settings=settings)
             thread = threading.Thread(target=self._run_agent, args=(agent, stop), name=f"agent-{dc}", daemon=True)  # fmt: skip
             thread.start()
             self.agents[dc] = (agent, stop, thread)
-        view.step(f"started {len(self.agents)} agents (embedded executor)")
+        modes = ", ".join(f"{dc}: {agent.mode.name}" for dc, (agent, _, _) in self.agents.items())
+        view.step(f"started {len(self.agents)} agents ({modes})")
 
     @staticmethod
     def _run_agent(agent: Agent, stop: threading.Event) -> None:
@@ -215,6 +243,8 @@ class DemoFederation:
             agent.close()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
+        if self.kapacitor is not None:
+            self.kapacitor.stop()
         if self.gateway is not None:
             self.gateway.stop()
         if self.central is not None:
@@ -230,6 +260,15 @@ class DemoFederation:
     def status(self, since_ns: int) -> StatusReport:
         assert self.ledger is not None and self.config is not None
         return status_report(self.ledger, self.config, self.clock.now_ns(), since_ns=since_ns)
+
+
+def federation_executable() -> str:
+    """The installed `federation` command (what kapacitord runs as the aggregation UDF)."""
+    beside = Path(sys.executable).parent / "federation"
+    found = str(beside) if beside.is_file() else shutil.which("federation")
+    if found is None:
+        raise FederationError("the `federation` command is not installed (pip install -e .)")
+    return found
 
 
 def _counts(report: StatusReport) -> dict[str, int]:

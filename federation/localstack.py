@@ -520,3 +520,143 @@ class PostgresServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+KAPACITORD_ENV = "FEDERATION_KAPACITORD"
+"""Environment variable naming a kapacitord binary (Kapacitor is in no package registry)."""
+
+
+def find_kapacitord() -> str | None:
+    """The kapacitord binary FEDERATION_KAPACITORD names, if it is an executable file."""
+    path = os.environ.get(KAPACITORD_ENV, "")
+    if path and Path(path).is_file() and os.access(path, os.X_OK):
+        return path
+    return None
+
+
+def _toml(value: str) -> str:
+    # A JSON string is a valid TOML basic string for the paths, URLs and names written here.
+    import json
+
+    return json.dumps(value)
+
+
+@dataclass
+class KapacitorServer:
+    """A kapacitord for one DC on loopback: the DC's influxd is its default cluster, the
+    coordinator's gateway a write-only cluster (`federation_gateway`, authenticated as the DC),
+    and `[udf.functions.fedagg]` runs `prog kapacitor-udf`."""
+
+    binary: str
+    root: Path
+    dc: str
+    dc_influx_url: str
+    gateway_url: str
+    token: str
+    prog: str
+    gateway_cluster: str = "federation_gateway"
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config_text(self) -> str:
+        """The whole kapacitor.conf: everything under `root`, nothing the DC does not use."""
+        root = self.root
+        return f"""\
+hostname = "127.0.0.1"
+data_dir = {_toml(str(root / "data"))}
+skip-config-overrides = true
+
+[http]
+  bind-address = "127.0.0.1:{self.port}"
+  auth-enabled = false
+  log-enabled = false
+
+[logging]
+  file = {_toml(str(root / "kapacitord.log"))}
+  level = "INFO"
+
+[replay]
+  dir = {_toml(str(root / "replay"))}
+
+[storage]
+  boltdb = {_toml(str(root / "kapacitor.db"))}
+
+[load]
+  enabled = false
+
+[reporting]
+  enabled = false
+
+[stats]
+  enabled = false
+
+[[influxdb]]
+  enabled = true
+  default = true
+  name = "dc"
+  urls = [{_toml(self.dc_influx_url)}]
+  timeout = "60s"
+  disable-subscriptions = true
+  startup-timeout = "1m"
+
+[[influxdb]]
+  enabled = true
+  default = false
+  name = {_toml(self.gateway_cluster)}
+  urls = [{_toml(self.gateway_url)}]
+  username = {_toml(self.dc)}
+  password = {_toml(self.token)}
+  timeout = "30s"
+  disable-subscriptions = true
+  startup-timeout = "1m"
+
+[udf]
+[udf.functions]
+  [udf.functions.fedagg]
+    prog = {_toml(self.prog)}
+    args = ["kapacitor-udf"]
+    timeout = "10s"
+"""
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Write the config, start kapacitord and wait until its ping answers 204."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        conf = self.root / "kapacitor.conf"
+        conf.write_text(self.config_text())
+        log_path = self.root / "kapacitord.out"
+        with log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [self.binary, "-config", str(conf)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise FederationError(
+                    f"kapacitord exited with {self.process.returncode}; see {log_path}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/kapacitor/v1/ping", timeout=1.0).status_code == 204:
+                    return
+            time.sleep(0.2)
+        self.stop()
+        raise FederationError(
+            f"kapacitord did not answer its ping within {timeout}s; see {log_path}"
+        )
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)

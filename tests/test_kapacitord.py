@@ -11,12 +11,9 @@ computes from the same raw data (every field except the manifest's `run`).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -37,7 +34,7 @@ from federation.coordinator.app import ensure_central
 from federation.coordinator.service import CoordinatorSettings, Tokens
 from federation.influx import InfluxClient, quote_ident
 from federation.lineprotocol import serialize
-from federation.localstack import LocalStack, free_port
+from federation.localstack import KapacitorServer, LocalStack, find_kapacitord, free_port
 from federation.plan import AggregationPlan
 from federation.points import Point
 from federation.windows import windows_between
@@ -57,8 +54,8 @@ def token(dc: str) -> str:
 @pytest.fixture
 def kapacitord_binary() -> str:
     """The kapacitord binary FEDERATION_KAPACITORD names; the test is skipped without one."""
-    path = os.environ.get(KAPACITORD_ENV, "")
-    if not path or not Path(path).is_file() or not os.access(path, os.X_OK):
+    path = find_kapacitord()
+    if path is None:
         pytest.skip(
             "FEDERATION_KAPACITORD does not name a kapacitord binary: "
             "no real Kapacitor on this machine"
@@ -75,109 +72,6 @@ def federation_command() -> str:
     if found is None:
         pytest.fail("the `federation` command is not installed (pip install -e .)")
     return found
-
-
-def toml_string(value: str) -> str:
-    # A JSON string is a valid TOML basic string for the paths and URLs written here.
-    return json.dumps(value)
-
-
-def kapacitor_conf(root: Path, port: int, dc_url: str, gateway_url: str, prog: str) -> str:
-    """A kapacitor.conf for one test: everything under `root`, nothing but what the test uses."""
-    return f"""\
-hostname = "127.0.0.1"
-data_dir = {toml_string(str(root / "data"))}
-skip-config-overrides = true
-
-[http]
-  bind-address = "127.0.0.1:{port}"
-  auth-enabled = false
-  log-enabled = false
-
-[logging]
-  file = {toml_string(str(root / "kapacitord.log"))}
-  level = "INFO"
-
-[replay]
-  dir = {toml_string(str(root / "replay"))}
-
-[storage]
-  boltdb = {toml_string(str(root / "kapacitor.db"))}
-
-[load]
-  enabled = false
-
-[reporting]
-  enabled = false
-
-[stats]
-  enabled = false
-
-[[influxdb]]
-  enabled = true
-  default = true
-  name = "dc"
-  urls = [{toml_string(dc_url)}]
-  timeout = "60s"
-  disable-subscriptions = true
-  startup-timeout = "1m"
-
-[[influxdb]]
-  enabled = true
-  default = false
-  name = "federation_gateway"
-  urls = [{toml_string(gateway_url)}]
-  username = {toml_string(DC)}
-  password = {toml_string(token(DC))}
-  timeout = "30s"
-  disable-subscriptions = true
-  startup-timeout = "1m"
-
-[udf]
-[udf.functions]
-  [udf.functions.fedagg]
-    prog = {toml_string(prog)}
-    args = ["kapacitor-udf"]
-    timeout = "10s"
-"""
-
-
-@contextlib.contextmanager
-def run_kapacitord(binary: str, root: Path, conf: str, port: int) -> Iterator[str]:
-    """Start kapacitord with `conf`, wait for its ping, yield its URL; stop it on exit."""
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "kapacitor.conf"
-    path.write_text(conf)
-    log = root / "kapacitord.out"
-    url = f"http://127.0.0.1:{port}"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [binary, "-config", str(path)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"kapacitord exited with {process.returncode}; see {log}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/kapacitor/v1/ping", timeout=1.0).status_code == 204:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"kapacitord did not answer its ping within 60s; see {log}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
 
 
 @contextlib.contextmanager
@@ -316,17 +210,18 @@ def test_replayed_windows_at_central_equal_the_embedded_executor(
 
     now = time.time_ns()
     hour0 = now - now % HOUR  # the current hour: the replayed range ends an hour before it
-    conf = kapacitor_conf(
+    kapacitord = KapacitorServer(
+        kapacitord_binary,
         tmp_path / "kapacitor",
-        kapacitor_port,
+        DC,
         dc_influxd.url,
         coordinator_url,
+        token(DC),
         federation_command(),
+        port=kapacitor_port,
     )
-    with (
-        serve_coordinator(config, central_influxd.url, coordinator_port, hour0 - 24 * HOUR) as co,
-        run_kapacitord(kapacitord_binary, tmp_path / "kapacitor", conf, kapacitor_port),
-    ):
+    with serve_coordinator(config, central_influxd.url, coordinator_port, hour0 - 24 * HOUR) as co:
+        kapacitord.start()
         settings = AgentSettings(mode="kapacitor", poll_interval_s=0.1)
         agent, stop = build_agent(config, DC, clock=SystemClock(), settings=settings)
         try:
@@ -381,3 +276,4 @@ def test_replayed_windows_at_central_equal_the_embedded_executor(
         finally:
             stop.set()
             agent.close()
+            kapacitord.stop()
