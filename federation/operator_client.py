@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from federation.config import FederationConfig
+from federation.coordinator_http import CoordinatorHttp
 from federation.errors import CoordinatorError, FederationError, InvalidInput
 
 Progress = Callable[[str, str], None]
@@ -35,7 +36,7 @@ def _no_progress(dc: str, message: str) -> None:
     return None
 
 
-class OperatorClient:
+class OperatorClient(CoordinatorHttp):
     """A client for one coordinator's operator endpoints (bearer token)."""
 
     def __init__(
@@ -46,66 +47,15 @@ class OperatorClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            transport=transport,
-        )
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> OperatorClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Mapping[str, Any] | None = None,
-        params: httpx.QueryParams | None = None,
-    ) -> dict[str, Any]:
-        url = self.url + path
-        try:
-            response = self._client.request(method, path, json=body, params=params)
-        except httpx.HTTPError as exc:
-            raise CoordinatorError(
-                url, f"request failed: {exc.__class__.__name__}: {exc}"
-            ) from None
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if response.status_code >= 300:
-            if isinstance(data, dict) and isinstance(data.get("problems"), list):
-                raise InvalidInput(
-                    "the coordinator refused the config, nothing changed:\n"
-                    + "\n".join(str(p) for p in data["problems"])
-                )
-            message = data.get("error") if isinstance(data, dict) else None
-            raise CoordinatorError(
-                url,
-                str(message or response.text[:300] or response.reason_phrase),
-                response.status_code,
-                response.text[:500],
-            )
-        if not isinstance(data, dict):
-            raise CoordinatorError(url, "answer is not a JSON object", response.status_code)
-        return data
+        super().__init__(url, token, timeout=timeout, transport=transport)
 
     def reload(self, *, dry_run: bool = False) -> dict[str, Any]:
         """Reload the coordinator's config directory; the per-DC diff it answers with."""
-        return self._call("POST", "/api/v1/desired/reload", body={"dry_run": dry_run})
+        return self._object("POST", "/api/v1/desired/reload", body={"dry_run": dry_run})
 
     def dcs(self, dcs: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Every DC (or these) against its desired state, as `GET /api/v1/dcs` answers."""
-        data = self._call("GET", "/api/v1/dcs", params=httpx.QueryParams({"dc": list(dcs or ())}))
+        data = self._object("GET", "/api/v1/dcs", params=httpx.QueryParams({"dc": list(dcs or ())}))
         found = data.get("dcs")
         if not isinstance(found, list):
             raise CoordinatorError(self.url + "/api/v1/dcs", "answer has no list of DCs")
@@ -120,21 +70,21 @@ class OperatorClient:
     ) -> dict[str, Any]:
         """Make the pending versions desired in the canary; what moved and who waits."""
         body = {"aggregations": _list(aggregations), "canary": canary, "dcs": _list(dcs)}
-        return self._call("POST", "/api/v1/rollouts", body=body)
+        return self._object("POST", "/api/v1/rollouts", body=body)
 
     def advance_rollout(
         self, *, aggregations: Sequence[str] | None = None, dcs: Sequence[str] | None = None
     ) -> dict[str, Any]:
         """Make the pending versions desired in every DC of the scope."""
         body = {"aggregations": _list(aggregations), "dcs": _list(dcs)}
-        return self._call("POST", "/api/v1/rollouts/advance", body=body)
+        return self._object("POST", "/api/v1/rollouts/advance", body=body)
 
     def rollback_rollout(
         self, *, aggregations: Sequence[str] | None = None, dcs: Sequence[str] | None = None
     ) -> dict[str, Any]:
         """Make the previous versions desired again in the scope."""
         body = {"aggregations": _list(aggregations), "dcs": _list(dcs)}
-        return self._call("POST", "/api/v1/rollouts/rollback", body=body)
+        return self._object("POST", "/api/v1/rollouts/rollback", body=body)
 
 
 def _list(names: Sequence[str] | None) -> list[str] | None:

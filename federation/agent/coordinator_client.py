@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
+from federation.coordinator_http import CoordinatorHttp
 from federation.errors import CoordinatorError, InvalidInput
 from federation.plan import AggregationPlan, plan_from_dict
 from federation.policy import RetentionSpec
@@ -82,72 +81,8 @@ class WindowsView:
     latest_shipped_ns: int | None
 
 
-class CoordinatorClient:
+class CoordinatorClient(CoordinatorHttp):
     """A client for one coordinator's Agent API, as one DC."""
-
-    def __init__(
-        self,
-        url: str,
-        token: str,
-        *,
-        timeout: float = 10.0,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.url = url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            transport=transport,
-        )
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> CoordinatorClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: Mapping[str, Any] | None = None,
-    ) -> httpx.Response:
-        url = self.url + path
-        try:
-            response = self._client.request(method, path, params=params, json=body)
-        except httpx.HTTPError as exc:
-            raise CoordinatorError(
-                url, f"request failed: {exc.__class__.__name__}: {exc}"
-            ) from None
-        if response.status_code >= 300:
-            text = response.text[:500]
-            message = text or response.reason_phrase
-            try:
-                data = response.json()
-                if isinstance(data, dict) and "error" in data:
-                    message = str(data["error"])
-            except ValueError:
-                pass
-            raise CoordinatorError(url, message, response.status_code, text)
-        return response
-
-    def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = self._request(method, path, **kwargs)
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise CoordinatorError(
-                self.url + path, "answer is not a JSON object", response.status_code
-            )
-        return data
 
     def desired(self, dc: str) -> DesiredState:
         """The DC's desired state; CoordinatorError if unreachable, refused or malformed.
