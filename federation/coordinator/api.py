@@ -33,7 +33,7 @@ import html
 import json
 import logging
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -457,45 +457,31 @@ def _metrics_text(coordinator: Coordinator) -> str:
     backfill_counts = dict.fromkeys(BACKFILL_STATES, 0)
     backfill_counts.update({state: int(n) for state, n in backfill_rows})
     refusals, batches, points = coordinator.metrics.snapshot()
-    lines = [
-        "# HELP federation_windows Windows stored in the ledger, by state.",
-        "# TYPE federation_windows gauge",
-    ]
-    lines += [f'federation_windows{{state="{s}"}} {n}' for s, n in sorted(window_counts.items())]
-    lines += [
-        "# HELP federation_backfills Backfill requests, by state.",
-        "# TYPE federation_backfills gauge",
-    ]
-    lines += [
-        f'federation_backfills{{state="{s}"}} {n}' for s, n in sorted(backfill_counts.items())
-    ]
-    lines += [
-        "# HELP federation_gateway_refusals_total Batches the gateway refused, by rule.",
-        "# TYPE federation_gateway_refusals_total counter",
-    ]
-    lines += [
-        f'federation_gateway_refusals_total{{rule="{r}"}} {n}' for r, n in sorted(refusals.items())
-    ]
-    lines += [
-        "# HELP federation_gateway_batches_total Write batches, by outcome.",
-        "# TYPE federation_gateway_batches_total counter",
-    ]
-    lines += [
-        f'federation_gateway_batches_total{{outcome="{o}"}} {n}' for o, n in sorted(batches.items())
-    ]
-    lines += [
-        "# HELP federation_gateway_points_total Points accepted and stored in central.",
-        "# TYPE federation_gateway_points_total counter",
-        f"federation_gateway_points_total {points}",
-        "# HELP federation_agent_last_seen_seconds When each DC's agent last reported (Unix time).",
-        "# TYPE federation_agent_last_seen_seconds gauge",
-    ]
-    lines += [
-        f'federation_agent_last_seen_seconds{{dc="{dc}"}} {last / 1e9:.3f}'
-        for dc, last in sorted(seen)
-        if last is not None
-    ]
+    lines = _family("federation_windows", "gauge", "Windows stored in the ledger, by state.",
+                    "state", window_counts)  # fmt: skip
+    lines += _family("federation_backfills", "gauge", "Backfill requests, by state.",
+                     "state", backfill_counts)  # fmt: skip
+    lines += _family("federation_gateway_refusals_total", "counter",
+                     "Batches the gateway refused, by rule.", "rule", refusals)  # fmt: skip
+    lines += _family("federation_gateway_batches_total", "counter",
+                     "Write batches, by outcome.", "outcome", batches)  # fmt: skip
+    lines += _family("federation_gateway_points_total", "counter",
+                     "Points accepted and stored in central.", None, {"": points})  # fmt: skip
+    lines += _family("federation_agent_last_seen_seconds", "gauge",
+                     "When each DC's agent last reported (Unix time).", "dc",
+                     {dc: round(last / 1e9, 3) for dc, last in seen if last is not None})  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _family(
+    name: str, kind: str, help_text: str, label: str | None, values: Mapping[str, float]
+) -> list[str]:
+    """One metric family in Prometheus' text format, its samples sorted by label value."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    for key, value in sorted(values.items()):
+        selector = f'{{{label}="{key}"}}' if label else ""
+        lines.append(f"{name}{selector} {value}")
+    return lines
 
 
 async def metrics(request: Request) -> Response:
