@@ -1,14 +1,18 @@
-"""Benchmark a monthly p99-per-customer report read from daily rollups, against reading the
-same rollup points, and the time to re-merge one day after a late window.
+"""Benchmark a monthly p99-per-customer report read from monthly rollups (and, for comparison,
+from daily ones), against reading the rollup points it uses, and the time to re-merge one day
+and its month after a late window.
 
 Run with ``python bench/report.py [--customers N]``. It starts its own influxd, writes a month of
 per-customer daily rollups for 10 DCs straight into it (with the manifests and markers that make
 them current), then times:
 
-1. ``percentile_report`` for the month, per customer (reads the `customer` rollups);
-2. a chunked read of exactly the rollup points that report uses (the floor for any report);
-3. ``refresh_rollups`` of one DC-day after one of its hourly windows was re-shipped with more
-   events (its 24 hourly windows at full group count written first).
+1. ``percentile_report`` for the month, per customer, from daily rollups only (no monthly rollup
+   exists yet), and a chunked read of exactly the daily points it uses;
+2. ``remerge_month`` of the month for every DC (builds the monthly `customer` rollups);
+3. the same report, now from monthly rollups, and a read of exactly the monthly points it uses
+   (the floor for any report from them);
+4. ``refresh_rollups`` of one DC-day and its month after one of its hourly windows was
+   re-shipped with more events (its 24 hourly windows at full group count written first).
 
 The real fleet has 2,000 customers x 16 direction/mailer pairs; the default here is 200
 customers (a printed scale factor), so that the month of rollups is written in under a minute
@@ -41,11 +45,11 @@ from federation.lineprotocol import serialize
 from federation.localstack import LocalStack
 from federation.plan import AggregationPlan, resolve_plan
 from federation.points import Point
-from federation.reporting import percentile_report, refresh_rollups
+from federation.reporting import PercentileReport, percentile_report, refresh_rollups, remerge_month
 from federation.reporting._central import WindowManifest, fingerprint
 from federation.reporting.rollups import (
     ROLLUP_MARKER_MEASUREMENT,
-    dims_tag,
+    monthly_measurement,
     rollup_dimension_sets,
     rollup_measurement,
 )
@@ -105,9 +109,9 @@ def fill_month(
     alpha = config.aggregations[AGG].accuracy
     pool = daily_pool(rng, alpha)
     encoded = [s.encode() for s in pool]
-    dims_list = "|".join(
-        dims_tag(s) for s in rollup_dimension_sets(config.aggregations[AGG].dimensions)
-    )
+    # Only the `customer` rollups are written, and the markers say so (a month is merged from the
+    # dimension sets every one of its days holds).
+    dims_list = "customer"
     written = 0
     for dc in sorted(config.fleet.dcs):
         plan = resolve_plan(config, AGG, dc)
@@ -179,10 +183,10 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, result
 
 
-def read_rollup_points(central: InfluxClient, config: FederationConfig) -> int:
+def read_rollup_points(central: InfluxClient, config: FederationConfig, measurement: str) -> int:
     """Stream exactly the rollup points the report reads (same query shape), decoding nothing."""
     database = config.fleet.central.database
-    days = periods("month", "2026-11-01", "2026-11-01", "UTC")[0]
+    month = periods("month", "2026-11-01", "2026-11-01", "UTC")[0]
     rows = 0
     rps = sorted({config.policy_for(dc).central.retention_policy for dc in config.fleet.dcs})
     for rp in rps:
@@ -191,16 +195,47 @@ def read_rollup_points(central: InfluxClient, config: FederationConfig) -> int:
             for d in sorted(config.fleet.dcs)
             if config.policy_for(d).central.retention_policy == rp
         ]
-        source = ".".join(quote_ident(p) for p in (database, rp, rollup_measurement(AGG)))
+        source = ".".join(quote_ident(p) for p in (database, rp, measurement))
         dc_cond = " OR ".join(f"\"dc\" = '{d}'" for d in dcs)
         q = (
             f'SELECT "sketch", "version", "build" FROM {source} WHERE "tz" = \'UTC\' AND '
-            f"\"dims\" = 'customer' AND ({dc_cond}) AND time >= {days.start_ns} "
-            f'AND time < {days.end_ns} GROUP BY "customer", "dc"'
+            f"\"dims\" = 'customer' AND ({dc_cond}) AND time >= {month.start_ns} "
+            f'AND time < {month.end_ns} GROUP BY "customer", "dc"'
         )
         for series in central.iter_series(q, database=database, chunk_size=10_000):
             rows += len(series.values)
     return rows
+
+
+def month_report(central: InfluxClient, config: FederationConfig) -> PercentileReport:
+    return percentile_report(
+        config, central, AGG, period="month", from_date="2026-11-01", to_date="2026-11-30",
+        tz="UTC", by=["customer"], percentiles=[99],
+    )  # fmt: skip
+
+
+def compare(
+    central: InfluxClient, config: FederationConfig, measurement: str, label: str, tries: int
+) -> tuple[float, PercentileReport]:
+    """Best-of-`tries` report time and read time of the `measurement` points it uses; prints both."""
+    reads: list[float] = []
+    runs: list[float] = []
+    report: PercentileReport | None = None
+    rows = 0
+    for _ in range(tries):
+        t, rows = timed(lambda: read_rollup_points(central, config, measurement))
+        reads.append(t)
+        t, report = timed(lambda: month_report(central, config))
+        runs.append(t)
+    assert report is not None
+    t_read, t_report = min(reads), min(runs)
+    print(f"  read the {rows:,} {label} points it uses: {t_read:.2f} s (best of {tries})")
+    print(
+        f"  report (p99 per customer, month, from {label} rollups): {t_report:.2f} s (best of "
+        f"{tries}; runs {', '.join(f'{r:.2f}' for r in runs)} s) = {t_report / t_read:.2f}x the read"
+    )
+    print(f"  {len(report.rows)} rows; sources: {report.periods[0].sources}")
+    return t_report, report
 
 
 def main() -> None:
@@ -234,34 +269,21 @@ def main() -> None:
             t_fill, points = timed(lambda: fill_month(central, config, customers, rng))
             print(f"  wrote {points:,} points (rollups, markers, manifests) in {t_fill:.1f} s")
 
-            t_read, rows = timed(lambda: read_rollup_points(central, config))
-            runs = []
-            report = None
-            for _ in range(2):
-                t, report = timed(
-                    lambda: percentile_report(
-                        config,
-                        central,
-                        AGG,
-                        period="month",
-                        from_date="2026-11-01",
-                        to_date="2026-11-30",
-                        tz="UTC",
-                        by=["customer"],
-                        percentiles=[99],
-                    )
-                )
-                runs.append(t)
-            t_read2, _ = timed(lambda: read_rollup_points(central, config))
-            assert report is not None
-            t_read = min(t_read, t_read2)
-            t_report = min(runs)
-            print(f"  read the {rows:,} rollup points it uses: {t_read:.2f} s (best of 2)")
+            print("old path (daily rollups only):")
+            t_daily, by_days = compare(central, config, rollup_measurement(AGG), "daily", 2)
+            t_build, built = timed(lambda: remerge_month(config, central, AGG, "UTC", "2026-11"))
             print(
-                f"  report (p99 per customer, month, from rollups): {t_report:.2f} s (best of 2; "
-                f"runs {', '.join(f'{r:.2f}' for r in runs)} s) = {t_report / t_read:.2f}x the read"
+                f"remerge_month 2026-11 for {DCS} DCs: {t_build:.1f} s "
+                f"({sum(o.groups for o in built):,} monthly points; "
+                f"{sorted({o.status for o in built})})"
             )
-            print(f"  {len(report.rows)} rows; sources: {report.periods[0].sources}")
+            print("new path (monthly rollups):")
+            t_monthly, by_months = compare(central, config, monthly_measurement(AGG), "monthly", 3)
+            assert by_months.rows == by_days.rows, "monthly and daily reports differ"
+            print(
+                f"  identical rows; {t_daily / t_monthly:.1f}x faster than daily-only "
+                f"({t_daily:.2f} s -> {t_monthly:.2f} s)"
+            )
             print("  targets: report < 10 s, within 3x of the read")
 
             dc = "dub1"
@@ -285,12 +307,13 @@ def main() -> None:
             t_merge, outcomes = timed(
                 lambda: refresh_rollups(config, central, AGG, [(dc, late)], zones=["UTC"])
             )
-            [outcome] = outcomes
+            [outcome, month_outcome] = outcomes
             print(
                 f"  late window {day.label}T05:00Z re-shipped (run 2); refresh_rollups: "
-                f"{t_merge:.2f} s ({outcome.status}, {outcome.windows} windows, "
+                f"{t_merge:.2f} s (day: {outcome.status}, {outcome.windows} windows, "
                 f"{outcome.groups:,} rollup points over {len(rollup_dimension_sets(plan.dimensions))}"
-                " dimension sets)"
+                f" dimension sets; month: {month_outcome.status}, {month_outcome.windows} windows, "
+                f"{month_outcome.groups:,} monthly points)"
             )
             central.close()
     finally:

@@ -1,5 +1,5 @@
 """Central reports over merged histograms: percentiles, SLA attainment, worst groups,
-completeness, daily rollups, their HTTP routes and a Grafana dashboard.
+completeness, daily and monthly rollups, their HTTP routes and a Grafana dashboard.
 
 Library first: every report is a function taking the loaded config, a central InfluxDB client
 and optionally the coordinator's ledger, returning a value object with `table_rows()` and
@@ -27,16 +27,20 @@ from federation.reporting.reports import (
     worst_report,
 )
 from federation.reporting.rollups import (
+    MONTHLY_MARKER_MEASUREMENT,
     ROLLUP_MARKER_MEASUREMENT,
     RemergeOutcome,
     covering_dimension_set,
+    monthly_measurement,
     refresh_rollups,
     remerge_day,
+    remerge_month,
     rollup_dimension_sets,
     rollup_measurement,
 )
 
 __all__ = [
+    "MONTHLY_MARKER_MEASUREMENT",
     "ROLLUP_MARKER_MEASUREMENT",
     "Completeness",
     "Metric",
@@ -51,12 +55,14 @@ __all__ = [
     "WorstRow",
     "completeness",
     "covering_dimension_set",
+    "monthly_measurement",
     "parse_last",
     "parse_metric",
     "parse_threshold",
     "percentile_report",
     "refresh_rollups",
     "remerge_day",
+    "remerge_month",
     "rollup_dimension_sets",
     "rollup_measurement",
     "sla_report",

@@ -1,8 +1,10 @@
 """Merge an aggregation's histograms over a time range, per plan version and group.
 
-The range is covered by the coarsest source that fits: whole local days of one reporting time
-zone come from daily rollups, and windows are read only at the edges (where the range does not
-start or end on a rollup day boundary) and for (dc, day) pairs whose rollup is missing or stale.
+The range is covered by the coarsest source that fits: whole local months of one reporting time
+zone come from monthly rollups, the other whole local days (and the days of a (dc, month) whose
+monthly rollup is missing or stale) from daily rollups, and windows are read only at the edges
+(where the range does not start or end on a rollup day boundary) and for (dc, day) pairs whose
+daily rollup is missing or stale.
 Histograms of different plan versions are never merged: every figure is keyed by version.
 """
 
@@ -29,9 +31,11 @@ from federation.reporting._central import (
     tag_value,
 )
 from federation.reporting.rollups import (
+    MONTHLY_MARKER_MEASUREMENT,
     ROLLUP_MARKER_MEASUREMENT,
     covering_dimension_set,
     dims_tag,
+    monthly_measurement,
     rollup_measurement,
 )
 from federation.sketch import Sketch
@@ -52,17 +56,24 @@ class Collected:
     manifests: dict[tuple[str, int], WindowManifest]
     rollup_zone: str | None = None
     rollup_dc_days: int = 0
+    """(dc, day) pairs read from rollups, monthly or daily."""
+    rollup_dc_months: int = 0
     window_dc_days: int = 0
-    points_read: dict[str, int] = field(default_factory=lambda: {"rollup": 0, "window": 0})
+    points_read: dict[str, int] = field(
+        default_factory=lambda: {"monthly": 0, "daily": 0, "window": 0}
+    )
 
     def describe_sources(self) -> str:
-        """`rollups (Europe/London) 29 dc-days, windows 1 dc-day + edges`-style summary."""
+        """`rollups Europe/London: 93 dc-days (3 dc-months monthly, …); windows: 0 dc-days +
+        edges (…)`-style summary."""
+        read = self.points_read
         if self.rollup_zone is None:
-            return f"windows ({self.points_read['window']} points)"
+            return f"windows ({read['window']} points)"
         return (
             f"rollups {self.rollup_zone}: {self.rollup_dc_days} dc-days "
-            f"({self.points_read['rollup']} points); windows: {self.window_dc_days} dc-days "
-            f"+ edges ({self.points_read['window']} points)"
+            f"({self.rollup_dc_months} dc-months monthly, {read['monthly']} points; "
+            f"{read['daily']} daily points); windows: {self.window_dc_days} dc-days "
+            f"+ edges ({read['window']} points)"
         )
 
 
@@ -125,19 +136,44 @@ def collect(
     zone, days = (None, []) if dimension_set is None else rollup_days(start_ns, end_ns, zones)
     if zone is not None and dimension_set is not None:
         dims = dims_tag(dimension_set)
-        usable = _usable_rollups(central, config, aggregation, zone, dims, dcs, days, manifests)
+        months = whole_months(days, zone)
+        monthly: dict[tuple[str, int], str] = {}
+        if months:
+            monthly = _usable_rollups(
+                central, config, MONTHLY_MARKER_MEASUREMENT, aggregation, zone, dims, dcs,
+                months, manifests,
+            )  # fmt: skip
+        month_of = {d.start_ns: m.start_ns for m in months for d in days if m.contains(d.start_ns)}
+        left = {
+            dc: [d for d in days if (dc, month_of.get(d.start_ns)) not in monthly] for dc in dcs
+        }
+        left_dcs = [dc for dc in dcs if left[dc]]
+        daily: dict[tuple[str, int], str] = {}
+        if left_dcs:
+            found = _usable_rollups(
+                central, config, ROLLUP_MARKER_MEASUREMENT, aggregation, zone, dims, left_dcs,
+                days, manifests,
+            )  # fmt: skip
+            daily = {(dc, d.start_ns): found[(dc, d.start_ns)] for dc in left_dcs
+                     for d in left[dc] if (dc, d.start_ns) in found}  # fmt: skip
         result.rollup_zone = zone
-        result.rollup_dc_days = len(usable)
-        result.window_dc_days = len(dcs) * len(days) - len(usable)
-        if usable:
-            _read_rollups(
-                central, config, aggregation, zone, dims, by, days, usable, merger, result
-            )
-        stale: dict[tuple[int, int], list[str]] = defaultdict(list)
-        for dc in dcs:
-            for span in _spans([d for d in days if (dc, d.start_ns) not in usable]):
-                stale[span].append(dc)
-        ranges += [_Range(lo, hi, tuple(ds)) for (lo, hi), ds in sorted(stale.items())]
+        result.rollup_dc_months = len(monthly)
+        result.window_dc_days = sum(len(ds) for ds in left.values()) - len(daily)
+        result.rollup_dc_days = len(dcs) * len(days) - result.window_dc_days
+        sources = (
+            (monthly_measurement(aggregation), monthly, months, "monthly"),
+            (rollup_measurement(aggregation), daily, days, "daily"),
+        )
+        for measurement, usable, spans_of, counter in sources:
+            wanted = _by_span({dc: [p for p in spans_of if (dc, p.start_ns) in usable]
+                               for dc in dcs})  # fmt: skip
+            for span in wanted:
+                _read_rollups(
+                    central, config, measurement, zone, dims, by, span, usable, merger,
+                    result, counter,
+                )  # fmt: skip
+        stale = {dc: [d for d in left[dc] if (dc, d.start_ns) not in daily] for dc in dcs}
+        ranges += _by_span(stale)
         edges = [(start_ns, days[0].start_ns), (days[-1].end_ns, end_ns)]
     else:
         edges = [(start_ns, end_ns)]
@@ -148,8 +184,30 @@ def collect(
     return result
 
 
+def whole_months(days: Sequence[CalendarPeriod], zone: str) -> list[CalendarPeriod]:
+    """The local months of `zone` lying wholly inside the contiguous run of `days`."""
+    if not days:
+        return []
+    first = period_of(days[0].start_ns, "month", zone)
+    last = period_of(days[-1].start_ns, "month", zone)
+    return [
+        m
+        for m in periods("month", first.label + "-01", last.label + "-01", zone)
+        if m.start_ns >= days[0].start_ns and m.end_ns <= days[-1].end_ns
+    ]
+
+
+def _by_span(per_dc: dict[str, list[CalendarPeriod]]) -> list[_Range]:
+    """Contiguous runs of each DC's periods, as ranges naming every DC that needs that run."""
+    grouped: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for dc, items in per_dc.items():
+        for span in _spans(items):
+            grouped[span].append(dc)
+    return [_Range(lo, hi, tuple(ds)) for (lo, hi), ds in sorted(grouped.items())]
+
+
 def _spans(days: Sequence[CalendarPeriod]) -> list[tuple[int, int]]:
-    """Contiguous runs of days as [start, end) ranges."""
+    """Contiguous runs of periods as [start, end) ranges."""
     spans: list[tuple[int, int]] = []
     for d in days:
         if spans and spans[-1][1] == d.start_ns:
@@ -162,6 +220,7 @@ def _spans(days: Sequence[CalendarPeriod]) -> list[tuple[int, int]]:
 def _usable_rollups(
     central: CentralReader,
     config: FederationConfig,
+    marker_measurement: str,
     aggregation: str,
     zone: str,
     dims: str,
@@ -169,7 +228,8 @@ def _usable_rollups(
     days: Sequence[CalendarPeriod],
     manifests: dict[tuple[str, int], WindowManifest],
 ) -> dict[tuple[str, int], str]:
-    """(dc, day start) -> build of each rollup that holds `dims` and matches the manifests."""
+    """(dc, period start) -> build of each rollup of `days` (contiguous local days or months)
+    whose marker holds `dims` and matches the manifests of that DC and period."""
     starts = [d.start_ns for d in days]
     per_day: dict[tuple[str, int], list[WindowManifest]] = defaultdict(list)
     for (dc, t), m in manifests.items():
@@ -182,7 +242,7 @@ def _usable_rollups(
         q = select_query(
             database,
             rp,
-            ROLLUP_MARKER_MEASUREMENT,
+            marker_measurement,
             ("fingerprint", "dims"),
             (
                 f'"aggregation" = {quote_string(aggregation)}',
@@ -208,20 +268,19 @@ def _group(tags: dict[str, str], by: Sequence[str]) -> GroupKey:
 def _read_rollups(
     central: CentralReader,
     config: FederationConfig,
-    aggregation: str,
+    measurement: str,
     zone: str,
     dims: str,
     by: Sequence[str],
-    days: Sequence[CalendarPeriod],
+    span: _Range,
     usable: dict[tuple[str, int], str],
     merger: SketchMerger[FigureKey],
     result: Collected,
+    counter: str,
 ) -> None:
     database = config.fleet.central.database
     group_by = tuple(dict.fromkeys([*by, "dc"]))
-    measurement = rollup_measurement(aggregation)
-    used_dcs = sorted({dc for dc, _ in usable})
-    for rp, rp_dcs in dcs_by_retention_policy(config, used_dcs):
+    for rp, rp_dcs in dcs_by_retention_policy(config, span.dcs):
         q = select_query(
             database,
             rp,
@@ -232,8 +291,8 @@ def _read_rollups(
                 f'"dims" = {quote_string(dims)}',
                 dc_condition(rp_dcs),
             ),
-            days[0].start_ns,
-            days[-1].end_ns,
+            span.start_ns,
+            span.end_ns,
             group_by,
         )
         for tags, (t, text, version, build) in stream_rows(central, q, database):
@@ -241,7 +300,7 @@ def _read_rollups(
             if usable.get((dc, int(t))) != build:
                 continue
             merger.add_encoded(((str(version), _group(tags, by)),), text, (measurement, dc, t))
-            result.points_read["rollup"] += 1
+            result.points_read[counter] += 1
 
 
 def _read_windows(

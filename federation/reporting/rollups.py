@@ -1,4 +1,5 @@
-"""Daily rollups: one merged histogram per (time zone, local day, DC, group), kept at central.
+"""Daily and monthly rollups: one merged histogram per (time zone, local day or month, DC,
+group), kept at central.
 
 A monthly report over hourly windows would read ~720 points per DC and group; from rollups it
 reads ~30. For each reporting time zone of the fleet and each declared dimension set of an
@@ -18,6 +19,14 @@ a backfill makes the old rollup stale (the report reads that day's windows inste
 `refresh_rollups` re-merges the day. A day whose windows carry more than one plan version is not
 rolled up (versions are never merged), and its days are read from windows.
 
+Monthly rollups (`remerge_month`) merge a local month's daily rollups the same way, into
+`<aggregation>__monthly` points (same tags and fields; timestamp = the month's local midnight of
+the 1st, in UTC) and one `federation_rollup_monthly` marker per (aggregation, tz, dc, month)
+whose `fingerprint` digests every manifest of the month: a late window on any day makes the
+month stale as well as the day. A month is written only when every one of its days has a daily
+rollup matching the manifests central holds, all of one plan version; `refresh_rollups`
+re-merges the touched days, then their months.
+
 Re-merging writes the same points again for the same windows, so it is idempotent and safe to
 run from more than one process; a re-merge that raced with a newer shipment leaves a marker that
 no longer matches, which costs speed (windows are read), never correctness.
@@ -25,6 +34,7 @@ no longer matches, which costs speed (windows are read), never correctness.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -34,6 +44,7 @@ from datetime import date, timedelta
 from federation.calendar import CalendarPeriod, period_of, period_windows, periods
 from federation.config import FederationConfig
 from federation.errors import CalendarError, InvalidInput
+from federation.influx import quote_string
 from federation.lineprotocol import serialize
 from federation.points import FieldValue, Point
 from federation.reporting._central import (
@@ -53,6 +64,8 @@ log = logging.getLogger(__name__)
 
 ROLLUP_SUFFIX = "__daily"
 ROLLUP_MARKER_MEASUREMENT = "federation_rollup"
+MONTHLY_SUFFIX = "__monthly"
+MONTHLY_MARKER_MEASUREMENT = "federation_rollup_monthly"
 ALL_DIMS = "_all"
 """The `dims` tag of the rollup over no dimension (one histogram per DC and day)."""
 _RESERVED_TAGS = frozenset({"tz", "dims", "dc"})
@@ -62,6 +75,11 @@ _WRITE_BATCH = 5_000
 def rollup_measurement(aggregation: str) -> str:
     """`<aggregation>__daily`: the measurement holding an aggregation's daily rollups."""
     return aggregation + ROLLUP_SUFFIX
+
+
+def monthly_measurement(aggregation: str) -> str:
+    """`<aggregation>__monthly`: the measurement holding an aggregation's monthly rollups."""
+    return aggregation + MONTHLY_SUFFIX
 
 
 def rollup_dimension_sets(dimensions: Sequence[str]) -> list[tuple[str, ...]]:
@@ -93,8 +111,10 @@ def covering_dimension_set(
 
 @dataclass(frozen=True)
 class RemergeOutcome:
-    """What re-merging one (tz, day, dc) did: `status` is `written`, `no data` or
-    `mixed versions` (not rolled up; reports read that day's windows)."""
+    """What re-merging one (tz, day or month, dc) did: `status` is `written`, `no data`,
+    `mixed versions` (not rolled up; reports read that day's windows) or, for a month,
+    `incomplete` (a day has no current daily rollup; reports read the month's days). `day` is
+    the period's label (`2026-11-12`, or `2026-11` when `level` is `month`)."""
 
     aggregation: str
     tz: str
@@ -104,6 +124,7 @@ class RemergeOutcome:
     windows: int = 0
     groups: int = 0
     version: str = ""
+    level: str = "day"
 
 
 def _check_dimensions(aggregation: str, dimensions: Sequence[str]) -> None:
@@ -264,8 +285,10 @@ def refresh_rollups(
     whose data changed: a late window, a backfill) falls in, for each reporting time zone.
 
     Guarantees: afterwards every touched day's rollup matches the manifests central held when
-    it was read (or the day is left to windows, see `remerge_day`). A zone whose days the
-    aggregation's windows cannot tile is skipped with a warning. Each day is re-merged once
+    it was read (or the day is left to windows, see `remerge_day`), and then the month of each
+    touched day is re-merged from its daily rollups (or left to days, see `remerge_month`);
+    outcomes list the days, then the months (`level`). A zone whose days the aggregation's
+    windows cannot tile is skipped with a warning. Each day and month is re-merged once
     however many of its windows changed.
     """
     spec = config.aggregations.get(aggregation)
@@ -278,9 +301,219 @@ def refresh_rollups(
             for day in days_touched(start_ns, spec.window, tz):
                 targets[(tz, day)].add(dc)
     outcomes: list[RemergeOutcome] = []
+    months: dict[tuple[str, str], set[str]] = defaultdict(set)
     for (tz, day), dcs in sorted(targets.items()):
         try:
             outcomes += remerge_day(config, central, aggregation, tz, day, dcs=dcs)
         except CalendarError as exc:
             log.warning("rollups of %s in %s skipped: %s", aggregation, tz, exc)
+            continue
+        months[(tz, day.isoformat()[:7])] |= dcs
+    for (tz, month), dcs in sorted(months.items()):
+        try:
+            outcomes += remerge_month(config, central, aggregation, tz, month, dcs=dcs)
+        except CalendarError as exc:
+            log.warning("monthly rollups of %s in %s skipped: %s", aggregation, tz, exc)
     return outcomes
+
+
+def _month_period(month: date | str, tz: str) -> CalendarPeriod:
+    """The local month `month` (`2026-11`, or any date in it) in `tz`."""
+    text = month.isoformat() if isinstance(month, date) else month
+    if len(text) == len("2026-11"):
+        text += "-01"
+    found = periods("month", text, text, tz)
+    if not found:
+        raise CalendarError(f"month {month} does not exist in {tz}")
+    return found[0]
+
+
+@dataclass(frozen=True)
+class _DayMarker:
+    fingerprint: str
+    version: str
+    dims: tuple[str, ...]
+
+
+def remerge_month(
+    config: FederationConfig,
+    central: CentralWriter,
+    aggregation: str,
+    tz: str,
+    month: date | str,
+    *,
+    dcs: Iterable[str] | None = None,
+) -> list[RemergeOutcome]:
+    """Rebuild the monthly rollups of one local month in `tz` (`2026-11`, or a date in it) for
+    `dcs` (default: every DC of the fleet) from its daily rollups.
+
+    Guarantees, per DC: only when every local day of the month has a daily rollup whose marker
+    matches the manifests central holds now, all of one plan version, it writes, for each
+    dimension set every day's rollup holds, per group exactly the sum of the bucket counts of
+    those daily rollups (hence of the month's window histograms), then a marker whose
+    fingerprint digests all of the month's manifests. Otherwise it writes nothing and the
+    outcome says why (`no data`, `mixed versions`, `incomplete`). Raises CalendarError when
+    the aggregation's windows cannot tile the month in `tz`, InvalidInput for an unknown
+    aggregation, InfluxError when central fails (a partly written month keeps its old marker,
+    which no longer matches, so reports read its days).
+    """
+    spec = config.aggregations.get(aggregation)
+    if spec is None:
+        raise InvalidInput(f"unknown aggregation {aggregation!r}")
+    _check_dimensions(aggregation, spec.dimensions)
+    period = _month_period(month, tz)
+    period_windows(period, spec.window)
+    first = date.fromisoformat(period.label + "-01")
+    last = (first + timedelta(days=31)).replace(day=1) - timedelta(days=1)
+    days = periods("day", first, last, tz)
+    chosen = sorted(set(dcs) if dcs is not None else set(config.fleet.dcs))
+    database = config.fleet.central.database
+    sets = rollup_dimension_sets(spec.dimensions)
+    outcomes: list[RemergeOutcome] = []
+    for rp, rp_dcs in dcs_by_retention_policy(config, chosen):
+        manifests = read_manifests(
+            central, config, aggregation, rp_dcs, period.start_ns, period.end_ns
+        )
+        markers = _read_day_markers(central, database, rp, aggregation, tz, rp_dcs, period)
+        for dc in rp_dcs:
+            held = [m for m in manifests.values() if m.dc == dc]
+            outcome = _remerge_month_dc(
+                central, database, rp, aggregation, sets, tz, period, days, dc, held, markers,
+            )  # fmt: skip
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _read_day_markers(
+    central: CentralWriter,
+    database: str,
+    rp: str,
+    aggregation: str,
+    tz: str,
+    dcs: Sequence[str],
+    period: CalendarPeriod,
+) -> dict[tuple[str, int], _DayMarker]:
+    q = select_query(
+        database,
+        rp,
+        ROLLUP_MARKER_MEASUREMENT,
+        ("fingerprint", "version", "dims"),
+        (
+            f'"aggregation" = {quote_string(aggregation)}',
+            f'"tz" = {quote_string(tz)}',
+            dc_condition(dcs),
+        ),
+        period.start_ns,
+        period.end_ns,
+        ("dc",),
+    )
+    return {
+        (tags.get("dc", ""), int(t)): _DayMarker(
+            str(build), str(version or ""), tuple(str(dims or "").split("|"))
+        )
+        for tags, (t, build, version, dims) in stream_rows(central, q, database)
+    }
+
+
+def _remerge_month_dc(
+    central: CentralWriter,
+    database: str,
+    rp: str,
+    aggregation: str,
+    sets: Sequence[tuple[str, ...]],
+    tz: str,
+    period: CalendarPeriod,
+    days: Sequence[CalendarPeriod],
+    dc: str,
+    manifests: Sequence[WindowManifest],
+    markers: dict[tuple[str, int], _DayMarker],
+) -> RemergeOutcome:
+    def outcome(status: str, groups: int = 0, version: str = "") -> RemergeOutcome:
+        return RemergeOutcome(
+            aggregation, tz, period.label, dc, status, len(manifests), groups, version, "month"
+        )
+
+    if not manifests:
+        return outcome("no data")
+    versions = {m.version for m in manifests}
+    if len(versions) > 1:
+        return outcome("mixed versions")
+    version = versions.pop()
+    starts = [d.start_ns for d in days]
+    per_day: dict[int, list[WindowManifest]] = defaultdict(list)
+    for m in manifests:
+        per_day[starts[bisect.bisect_right(starts, m.start_ns) - 1]].append(m)
+    builds: dict[int, str] = {}
+    held_dims = {dims_tag(s) for s in sets}
+    for start in starts:
+        day = markers.get((dc, start))
+        day_manifests = per_day.get(start)
+        if (
+            day is None
+            or not day_manifests
+            or day.version != version
+            or day.fingerprint != fingerprint(day_manifests)
+        ):
+            log.info("%s %s %s %s: a day is not rolled up", aggregation, tz, period.label, dc)
+            return outcome("incomplete")
+        builds[start] = day.fingerprint
+        held_dims &= set(day.dims)
+    month_sets = [s for s in sets if dims_tag(s) in held_dims]
+    if not month_sets:
+        return outcome("incomplete")
+    index_of = {dims_tag(s): i for i, s in enumerate(month_sets)}
+    merger: SketchMerger[tuple[int, tuple[str, ...]]] = SketchMerger()
+    daily = rollup_measurement(aggregation)
+    q = select_query(
+        database,
+        rp,
+        daily,
+        ("sketch", "build"),
+        (
+            f'"tz" = {quote_string(tz)}',
+            dc_condition([dc]),
+            "(" + " OR ".join(f'"dims" = {quote_string(d)}' for d in index_of) + ")",
+        ),
+        period.start_ns,
+        period.end_ns,
+        ("*",),
+    )
+    for tags, (t, text, build) in stream_rows(central, q, database):
+        index = index_of.get(tags.get("dims", ""))
+        if index is None or builds.get(int(t)) != build:
+            continue  # a stale point of an older build of that day
+        key = tuple(tag_value(tags, d) for d in month_sets[index])
+        merger.add_encoded(((index, key),), text, (daily, dc, t))
+    build = fingerprint(manifests)
+    measurement = monthly_measurement(aggregation)
+    points: list[Point] = []
+    for (index, key), sketch in sorted(merger.results().items()):
+        dimension_set = month_sets[index]
+        tags = {"tz": tz, "dims": dims_tag(dimension_set), "dc": dc}
+        tags.update(zip(dimension_set, key, strict=True))
+        fields: dict[str, FieldValue] = {
+            "count": sketch.count,
+            "sketch": sketch.encode(),
+            "version": version,
+            "build": build,
+        }
+        points.append(Point(measurement, tags, fields, period.start_ns))
+    for i in range(0, len(points), _WRITE_BATCH):
+        central.write(
+            serialize(points[i : i + _WRITE_BATCH]), database=database, retention_policy=rp
+        )
+    marker = Point(
+        MONTHLY_MARKER_MEASUREMENT,
+        {"aggregation": aggregation, "tz": tz, "dc": dc},
+        {
+            "fingerprint": build,
+            "version": version,
+            "windows": len(manifests),
+            "events": sum(m.events for m in manifests),
+            "days": len(days),
+            "dims": "|".join(dims_tag(s) for s in month_sets),
+        },
+        period.start_ns,
+    )
+    central.write(serialize([marker]), database=database, retention_policy=rp)
+    return outcome("written", len(points), version)

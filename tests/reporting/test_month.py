@@ -15,11 +15,19 @@ from federation.config import FederationConfig
 from federation.durations import HOUR_NS
 from federation.influx import InfluxClient
 from federation.plan import resolve_plan
-from federation.reporting import percentile_report, remerge_day, sla_report
-from federation.reporting._collect import collect
-from federation.reporting.rollups import rollup_measurement
+from federation.reporting import (
+    PercentileRow,
+    percentile_report,
+    refresh_rollups,
+    remerge_day,
+    remerge_month,
+    sla_report,
+)
+from federation.reporting._collect import collect, rollup_days, whole_months
+from federation.reporting.rollups import monthly_measurement, rollup_measurement
 
 from .data import (
+    CUSTOMERS,
     DIMS,
     Raw,
     copy_config,
@@ -209,3 +217,125 @@ def test_rollup_points_are_daily_at_local_midnight(month: Month) -> None:
     start, end = t, t + 24 * HOUR_NS
     assert count == month.raw.values(start, end, dcs=["dub1"]).size
     assert version == resolve_plan(month.config, AGG, "dub1").version
+
+
+def test_whole_local_months_inside_a_range() -> None:
+    zone, days = rollup_days(FIRST, LAST, [TZ])
+    assert zone == TZ
+    [october] = whole_months(days, TZ)
+    assert (october.label, october.start_ns, october.end_ns) == ("2026-10", MONTH_START, MONTH_END)
+    # One day short of the month at either end: no whole month.
+    for start, end in [(MONTH_START + 24 * HOUR_NS, MONTH_END), (MONTH_START, MONTH_END - HOUR_NS)]:
+        assert whole_months(rollup_days(start, end, [TZ])[1], TZ) == []
+    # A UTC range of two months: both, in order.
+    utc_start, utc_end = (
+        parse_rfc3339("2026-10-01T00:00:00Z"),
+        parse_rfc3339("2026-12-01T00:00:00Z"),
+    )
+    utc_days = rollup_days(utc_start, utc_end, ["UTC"])[1]
+    assert [m.label for m in whole_months(utc_days, "UTC")] == ["2026-10", "2026-11"]
+
+
+def _remerge_october(month: Month) -> None:
+    for day in periods("day", "2026-10-01", "2026-10-31", TZ):
+        remerge_day(month.config, month.central, AGG, TZ, day.label, dcs=DCS)
+
+
+def test_a_month_is_not_rolled_up_until_every_day_is(month: Month) -> None:
+    # 2026-11 has three hours of windows: its days are not all rolled up.
+    remerge_day(month.config, month.central, AGG, TZ, "2026-11-01", dcs=DCS)
+    outcomes = remerge_month(month.config, month.central, AGG, TZ, "2026-11")
+    assert {o.dc: o.status for o in outcomes if o.dc in DCS} == dict.fromkeys(DCS, "incomplete")
+    assert {o.status for o in outcomes if o.dc not in DCS} == {"no data"}
+    assert {o.level for o in outcomes} == {"month"}
+    for o in outcomes:
+        assert o.groups == 0
+    # September: its last four hours only, and no daily rollup.
+    september = remerge_month(month.config, month.central, AGG, TZ, "2026-09-30")
+    assert {o.status for o in september} <= {"incomplete", "no data"}
+
+
+def test_monthly_rollups_give_the_same_answers_as_days_and_windows(month: Month) -> None:
+    _remerge_october(month)
+    outcomes = remerge_month(month.config, month.central, AGG, TZ, "2026-10", dcs=DCS)
+    assert {(o.dc, o.status, o.windows, o.level) for o in outcomes} == {
+        (dc, "written", 31 * 24 + 1, "month") for dc in DCS
+    }
+    [series] = month.central.query(
+        f'SELECT "count" FROM "federation"."agg_400d"."{monthly_measurement(AGG)}" '
+        "WHERE \"dims\" = '_all' AND \"dc\" = 'dub1' AND \"tz\" = 'Europe/London'"
+    )
+    [[t, count]] = series.values
+    assert t == MONTH_START  # local midnight of the 1st, BST
+    assert count == month.raw.values(MONTH_START, MONTH_END, dcs=["dub1"]).size
+    for by in [(), ("dc",), ("customer",), ("direction", "dc"), DIMS]:
+        kwargs = dict(
+            period="month", from_date="2026-10-01", to_date="2026-10-31", tz=TZ, by=by,
+            percentiles=(50, 99, 99.9),
+        )  # fmt: skip
+        from_windows = percentile_report(
+            month.config, month.central, AGG, use_rollups=False, **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+        from_months = percentile_report(
+            month.config, month.central, AGG, use_rollups=True, **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+        assert from_months.rows == from_windows.rows
+        assert from_months.periods[0].sources.startswith(
+            f"rollups {TZ}: 93 dc-days (3 dc-months monthly"
+        )
+        assert from_months.periods[0].events == from_windows.periods[0].events
+    sla = [
+        sla_report(
+            month.config, month.central, AGG, threshold=300.0, period="month",
+            from_date="2026-10-01", to_date="2026-10-31", tz=TZ, by=("customer",),
+            use_rollups=use,
+        ).rows
+        for use in (False, True)
+    ]  # fmt: skip
+    assert sla[0] == sla[1]
+    # A range wider than the month: the month from its rollup, the edges from windows.
+    wide = collect(
+        month.config, month.central, AGG, FIRST, LAST, by=("customer",), dcs=DCS, zones=[TZ]
+    )
+    plain = collect(month.config, month.central, AGG, FIRST, LAST, by=("customer",), dcs=DCS)
+    assert (wide.rollup_dc_months, wide.rollup_dc_days, wide.points_read["daily"]) == (3, 93, 0)
+    assert wide.points_read["monthly"] == len(DCS) * len(CUSTOMERS)
+    assert wide.points_read["window"] > 0  # the 4 hours before and 3 after the month
+    assert wide.sketches == plain.sketches
+    assert sum(s.count for s in wide.sketches.values()) == month.raw.values(FIRST, LAST).size
+
+
+def test_a_late_window_makes_the_month_stale_until_refreshed(month: Month) -> None:
+    """Runs last: it re-ships one window of the module's data."""
+    _remerge_october(month)
+    remerge_month(month.config, month.central, AGG, TZ, "2026-10", dcs=DCS)
+    plan = resolve_plan(month.config, AGG, "lon1")
+    late = parse_rfc3339("2026-10-17T09:00:00Z")
+    rng = np.random.default_rng(17)
+    write_points(month.central, plan, ship_window(plan, late, rng, month.raw, n=90, run=2))
+
+    def report(use_rollups: bool = True) -> tuple[list[PercentileRow], str]:
+        r = percentile_report(
+            month.config, month.central, AGG, period="month", from_date="2026-10-01",
+            to_date="2026-10-31", tz=TZ, by=("customer", "dc"), use_rollups=use_rollups,
+        )  # fmt: skip
+        return list(r.rows), r.periods[0].sources
+
+    # Its day is stale, so the month is not re-merged from it.
+    [held] = remerge_month(month.config, month.central, AGG, TZ, "2026-10", dcs=["lon1"])
+    assert held.status == "incomplete"
+    rows, sources = report()
+    # lon1's month and its 2026-10-17 are stale: its other 30 days come from daily rollups.
+    assert sources.startswith(f"rollups {TZ}: 92 dc-days (2 dc-months monthly")
+    assert rows == report(use_rollups=False)[0]
+    total = sum(r.count for r in rows)
+    assert total == month.raw.values(MONTH_START, MONTH_END).size
+
+    outcomes = refresh_rollups(month.config, month.central, AGG, [("lon1", late)], zones=[TZ])
+    assert [(o.level, o.day, o.dc, o.status) for o in outcomes] == [
+        ("day", "2026-10-17", "lon1", "written"),
+        ("month", "2026-10", "lon1", "written"),
+    ]
+    refreshed, sources = report()
+    assert sources.startswith(f"rollups {TZ}: 93 dc-days (3 dc-months monthly")
+    assert refreshed == rows

@@ -93,10 +93,14 @@ def test_a_late_window_makes_the_rollup_stale_until_refreshed(
     assert sum(counts.values()) == raw.values(day, day + 24 * HOUR_NS).size
 
     outcomes = refresh_rollups(config, influx, AGG, [("dub1", late)])
-    assert {(o.tz, o.day, o.status) for o in outcomes} == {
-        ("UTC", "2026-11-12", "written"),
-        ("Europe/London", "2026-11-12", "written"),
-        ("America/Toronto", "2026-11-12", "written"),
+    assert {(o.level, o.tz, o.day, o.status) for o in outcomes} == {
+        ("day", "UTC", "2026-11-12", "written"),
+        ("day", "Europe/London", "2026-11-12", "written"),
+        ("day", "America/Toronto", "2026-11-12", "written"),
+        # Only one day of November has windows: no month is rolled up.
+        ("month", "UTC", "2026-11", "incomplete"),
+        ("month", "Europe/London", "2026-11", "incomplete"),
+        ("month", "America/Toronto", "2026-11", "incomplete"),
     }
     refreshed, sources = report()
     assert sources.startswith("rollups UTC: 1 dc-days")
