@@ -4,7 +4,9 @@ The gateway checks every point of every batch, at the rate DCs ship after each h
 `federation.lineprotocol.parse` dominates that cost (its exact path walks quoted strings
 character by character), so `parse_lines` accepts only the plain, common form and returns None
 for anything else; the caller then falls back to the general parser, which decides and
-explains. It may be narrower than the general parser, never broader: every body `parse_lines`
+explains. Within the plain form, the lines of a batch nearly all share one shape (measurement,
+keys, value types): a pattern compiled for that shape reads such a line in one match, and any
+line it does not match is read by the general line pattern. It may be narrower than the general parser, never broader: every body `parse_lines`
 accepts, `lineprotocol.parse` reads to the same points. Sketch totals come from
 `federation.sketch.total_count`, the one place that knows the encoding.
 """
@@ -44,12 +46,26 @@ _TIME_MAX = _INT64_MAX - 1
 _INFINITIES = (math.inf, -math.inf)
 
 
+Shape = tuple[str, tuple[str, ...], tuple[tuple[str, type], ...]]
+"""A line's measurement, tag keys and (field key, value type) pairs, in the line's order."""
+
+
 @dataclass(frozen=True, slots=True)
 class Line:
-    """A parsed point and the 1-based line of the body it came from."""
+    """A parsed point and the 1-based line of the body it came from.
+
+    `shape` is the point's `Shape` when `parse_lines` read it: one object shared by the lines
+    of a shape, so a checker can tell by identity that it has just checked that shape.
+    """
 
     point: Point
     line: int
+    shape: Shape | None = None
+
+
+# A line read up to its timestamp: measurement, tags, fields, the raw timestamp (None when
+# absent) and the shape (None when a field key repeats, which no shape pattern expresses).
+_Read = tuple[str, dict[str, str], dict[str, FieldValue], str | None, Shape | None]
 
 
 def parse_lines(body: str, precision: str, default_time_ns: int) -> list[Line] | None:
@@ -64,52 +80,162 @@ def parse_lines(body: str, precision: str, default_time_ns: int) -> list[Line] |
         return None
     result: list[Line] = []
     append = result.append
-    match_line = _LINE.fullmatch
-    fields_of = _FIELD.findall
+    # The lines of a batch nearly all have the shape of the line before, and the pattern made
+    # for a shape reads a line of it in one match; any other line takes the general path.
+    reader: _ShapeReader | None = None
+    last_stamp, last_time_ns = "", 0
+    new_readers = _NEW_READERS_PER_BODY
     for number, text in enumerate(body.split("\n"), start=1):
         if text and text[-1] == "\r":
             text = text[:-1]
         if not text:
             continue
-        m = match_line(text)
-        if m is None:
-            return None
-        measurement, tag_part, field_part, stamp = m.groups()
-        tags: dict[str, str] = {}
-        if tag_part:
-            for item in tag_part[1:].split(","):
-                key, _, value = item.partition("=")
-                if key in tags or key == "time":
+        m = None if reader is None else reader.fullmatch(text)
+        if m is not None:
+            assert reader is not None
+            groups = m.groups()
+            # The pattern has proved every value well-formed, and every integer in range.
+            fields: dict[str, FieldValue] = {
+                key: convert(raw)
+                for key, convert, raw in zip(
+                    reader.field_keys, reader.convert, groups[reader.tag_count : -1], strict=True
+                )
+            }
+            if reader.floats:
+                values = fields.values()
+                if math.inf in values or -math.inf in values:
                     return None
-                tags[key] = value
-        fields: dict[str, FieldValue] = {}
-        for key, raw in fields_of(field_part):
-            if key == "time":
+            shape: Shape | None = reader.shape
+            measurement = reader.measurement
+            tags = dict(zip(reader.tag_keys, groups, strict=False))
+            stamp = groups[-1]
+        else:
+            read = _read_line(text)
+            if read is None:
                 return None
-            # The line pattern has already proved each value well-formed; only ranges remain.
-            first = raw[0]
-            if first == '"':
-                fields[key] = raw[1:-1]
-            elif raw[-1] == "i":
-                number = int(raw[:-1])
-                if not _INT64_MIN <= number <= _INT64_MAX:
-                    return None
-                fields[key] = number
-            elif raw in _BOOLS:
-                fields[key] = _BOOLS[raw]
-            else:
-                number_f = float(raw)
-                if number_f in _INFINITIES:
-                    return None
-                fields[key] = number_f
+            measurement, tags, fields, stamp, shape = read
+            reader = None
+            if shape is not None:
+                reader = _readers.get(shape)
+                if reader is None and new_readers:
+                    # Bounded per body: each new shape costs a compiled pattern.
+                    new_readers -= 1
+                    reader = _new_reader(shape)
+                if reader is not None:
+                    shape = reader.shape
         if stamp is None:
             time_ns = default_time_ns
-        else:
+        elif stamp != last_stamp:
             time_ns = int(stamp) * multiplier
             if not _TIME_MIN <= time_ns <= _TIME_MAX:
                 return None
-        append(Line(Point(measurement, tags, fields, time_ns), number))
+            # A batch holds a few windows, so its lines repeat a few timestamps.
+            last_stamp, last_time_ns = stamp, time_ns
+        else:
+            time_ns = last_time_ns
+        append(Line(Point(measurement, tags, fields, time_ns), number, shape))
     return result
+
+
+def _read_line(text: str) -> _Read | None:
+    """A line of any plain shape, read by the general line pattern; None if it is not plain."""
+    m = _LINE.fullmatch(text)
+    if m is None:
+        return None
+    measurement, tag_part, field_part, stamp = m.groups()
+    tags: dict[str, str] = {}
+    if tag_part:
+        for item in tag_part[1:].split(","):
+            key, _, value = item.partition("=")
+            if key in tags or key == "time":
+                return None
+            tags[key] = value
+    fields: dict[str, FieldValue] = {}
+    items = _FIELD.findall(field_part)
+    for key, raw in items:
+        if key == "time":
+            return None
+        # The line pattern has already proved each value well-formed; only ranges remain.
+        if raw[0] == '"':
+            fields[key] = raw[1:-1]
+        elif raw[-1] == "i":
+            integer = int(raw[:-1])
+            if not _INT64_MIN <= integer <= _INT64_MAX:
+                return None
+            fields[key] = integer
+        elif raw in _BOOLS:
+            fields[key] = _BOOLS[raw]
+        else:
+            real = float(raw)
+            if real in _INFINITIES:
+                return None
+            fields[key] = real
+    shape: Shape | None = None
+    if len(fields) == len(items):
+        shape = (measurement, tuple(tags), tuple((k, type(v)) for k, v in fields.items()))
+    return measurement, tags, fields, stamp, shape
+
+
+# What a value of each type looks like once its key and type are known: the alternative of
+# `_VALUE` for that type, with the quotes or the `i` suffix outside the group.
+_TYPED_VALUE: dict[type, str] = {
+    str: r'"([^"\\]*)"',
+    # At most 18 digits: always within int64. Longer integers take the general path.
+    int: r"(-?[0-9]{1,18})i",
+    bool: rf"({_BOOL})",
+    float: rf"({_NUMBER})",
+}
+_READER_CACHE_LIMIT = 1_000
+_NEW_READERS_PER_BODY = 64
+
+
+_CONVERT: dict[type, Callable[[str], FieldValue]] = {
+    str: str,  # the group is the string already: `str` hands the same object back
+    int: int,
+    bool: _BOOLS.__getitem__,
+    float: float,
+}
+
+
+class _ShapeReader:
+    """The pattern for the lines of one shape, and how to turn its groups into a point.
+
+    A line it matches is one the general line pattern reads to the same measurement, keys
+    and value types (the pattern spells out that pattern's alternatives for this shape, with
+    integers short enough to be in range); the caller still checks that floats are finite.
+    """
+
+    __slots__ = (
+        "convert", "field_keys", "floats", "fullmatch", "measurement", "shape", "tag_count",
+        "tag_keys",
+    )  # fmt: skip
+
+    def __init__(self, shape: Shape) -> None:
+        measurement, tag_keys, field_types = shape
+        tags = "".join(f",{re.escape(key)}=({_NAME})" for key in tag_keys)
+        fields = ",".join(f"{re.escape(key)}={_TYPED_VALUE[kind]}" for key, kind in field_types)
+        pattern = re.compile(rf"{re.escape(measurement)}{tags} {fields}(?: (-?[0-9]+))?")
+        self.fullmatch = pattern.fullmatch
+        self.shape = shape
+        self.measurement = measurement
+        self.tag_keys = tag_keys
+        self.tag_count = len(tag_keys)
+        self.field_keys = tuple(key for key, _ in field_types)
+        self.convert = tuple(_CONVERT[kind] for _, kind in field_types)
+        self.floats = any(kind is float for _, kind in field_types)
+
+
+_readers: dict[Shape, _ShapeReader] = {}
+
+
+def _new_reader(shape: Shape) -> _ShapeReader:
+    reader = _ShapeReader(shape)
+    # Bounded: a sender can make up any number of shapes. Threads that race here at worst
+    # compile one pattern twice.
+    if len(_readers) >= _READER_CACHE_LIMIT:
+        _readers.clear()
+    _readers[shape] = reader
+    return reader
 
 
 # --- sketches ---------------------------------------------------------------------------------
