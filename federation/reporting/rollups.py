@@ -228,38 +228,13 @@ def _remerge_dc(
             (index, tuple(values[i] for i in picks)) for index, picks in enumerate(positions)
         )
         merger.add_encoded(keys, text, (aggregation, dc, t))
-    measurement = rollup_measurement(aggregation)
-    points: list[Point] = []
-    for (index, key), sketch in sorted(merger.results().items()):
-        dimension_set = sets[index]
-        tags = {"tz": tz, "dims": dims_tag(dimension_set), "dc": dc}
-        tags.update(zip(dimension_set, key, strict=True))
-        fields: dict[str, FieldValue] = {
-            "count": sketch.count,
-            "sketch": sketch.encode(),
-            "version": version,
-            "build": build,
-        }
-        points.append(Point(measurement, tags, fields, period.start_ns))
-    for i in range(0, len(points), _WRITE_BATCH):
-        central.write(
-            serialize(points[i : i + _WRITE_BATCH]), database=database, retention_policy=rp
-        )
-    marker = Point(
-        ROLLUP_MARKER_MEASUREMENT,
-        {"aggregation": aggregation, "tz": tz, "dc": dc},
-        {
-            "fingerprint": build,
-            "version": version,
-            "windows": len(manifests),
-            "events": sum(m.events for m in manifests),
-            "dims": "|".join(dims_tag(s) for s in sets),
-        },
-        period.start_ns,
-    )
-    central.write(serialize([marker]), database=database, retention_policy=rp)
+    points = _write_rollup(
+        central, database, rp, rollup_measurement(aggregation), ROLLUP_MARKER_MEASUREMENT,
+        merger, sets, tz=tz, dc=dc, aggregation=aggregation, version=version, build=build,
+        start_ns=period.start_ns, manifests=manifests, marker_fields={},
+    )  # fmt: skip
     return RemergeOutcome(
-        aggregation, tz, period.label, dc, "written", len(manifests), len(points), version
+        aggregation, tz, period.label, dc, "written", len(manifests), points, version
     )
 
 
@@ -485,10 +460,38 @@ def _remerge_month_dc(
         key = tuple(tag_value(tags, d) for d in month_sets[index])
         merger.add_encoded(((index, key),), text, (daily, dc, t))
     build = fingerprint(manifests)
-    measurement = monthly_measurement(aggregation)
+    points = _write_rollup(
+        central, database, rp, monthly_measurement(aggregation), MONTHLY_MARKER_MEASUREMENT,
+        merger, month_sets, tz=tz, dc=dc, aggregation=aggregation, version=version,
+        build=build, start_ns=period.start_ns, manifests=manifests,
+        marker_fields={"days": len(days)},
+    )  # fmt: skip
+    return outcome("written", points, version)
+
+
+def _write_rollup(
+    central: CentralWriter,
+    database: str,
+    rp: str,
+    measurement: str,
+    marker_measurement: str,
+    merger: SketchMerger[tuple[int, tuple[str, ...]]],
+    sets: Sequence[Sequence[str]],
+    *,
+    tz: str,
+    dc: str,
+    aggregation: str,
+    version: str,
+    build: str,
+    start_ns: int,
+    manifests: Sequence[WindowManifest],
+    marker_fields: dict[str, FieldValue],
+) -> int:
+    """Write one (zone, period, DC)'s merged rollup points, then its marker (so a reader never
+    trusts a rollup whose points are not all written); return how many points were written."""
     points: list[Point] = []
     for (index, key), sketch in sorted(merger.results().items()):
-        dimension_set = month_sets[index]
+        dimension_set = sets[index]
         tags = {"tz": tz, "dims": dims_tag(dimension_set), "dc": dc}
         tags.update(zip(dimension_set, key, strict=True))
         fields: dict[str, FieldValue] = {
@@ -497,23 +500,24 @@ def _remerge_month_dc(
             "version": version,
             "build": build,
         }
-        points.append(Point(measurement, tags, fields, period.start_ns))
+        points.append(Point(measurement, tags, fields, start_ns))
     for i in range(0, len(points), _WRITE_BATCH):
         central.write(
             serialize(points[i : i + _WRITE_BATCH]), database=database, retention_policy=rp
         )
+    marker_values: dict[str, FieldValue] = {
+        "fingerprint": build,
+        "version": version,
+        "windows": len(manifests),
+        "events": sum(m.events for m in manifests),
+        **marker_fields,
+        "dims": "|".join(dims_tag(s) for s in sets),
+    }
     marker = Point(
-        MONTHLY_MARKER_MEASUREMENT,
+        marker_measurement,
         {"aggregation": aggregation, "tz": tz, "dc": dc},
-        {
-            "fingerprint": build,
-            "version": version,
-            "windows": len(manifests),
-            "events": sum(m.events for m in manifests),
-            "days": len(days),
-            "dims": "|".join(dims_tag(s) for s in month_sets),
-        },
-        period.start_ns,
+        marker_values,
+        start_ns,
     )
     central.write(serialize([marker]), database=database, retention_policy=rp)
-    return outcome("written", len(points), version)
+    return len(points)
