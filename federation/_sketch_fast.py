@@ -267,14 +267,23 @@ def _frozen(values: list[int]) -> Int64Array:
     return a
 
 
-def read_one(text: object, expected_alpha: float | None) -> Parts | None:
-    """The histogram of one plainly canonical string, or None (ask the reference decoder)."""
+def _checked_header(text: object, expected_alpha: float | None) -> tuple[Header, Accuracy] | None:
+    """The header of a plainly canonical string and its accuracy, if that is `expected_alpha`."""
     header = read_header(text)
     if header is None:
         return None
     acc = accuracy_of(header.alpha_text)
     if acc is None or (expected_alpha is not None and acc.alpha != expected_alpha):
         return None
+    return header, acc
+
+
+def read_one(text: object, expected_alpha: float | None) -> Parts | None:
+    """The histogram of one plainly canonical string, or None (ask the reference decoder)."""
+    read = _checked_header(text, expected_alpha)
+    if read is None:
+        return None
+    header, acc = read
     pos: tuple[list[int], list[int]] | None = ([], [])
     neg: tuple[list[int], list[int]] | None = ([], [])
     if header.pos is not None:
@@ -299,12 +308,10 @@ def read_one(text: object, expected_alpha: float | None) -> Parts | None:
 
 def read_total(text: object, expected_alpha: float | None) -> int | None:
     """The total count of one plainly canonical string, or None (ask the reference decoder)."""
-    header = read_header(text)
-    if header is None:
+    read = _checked_header(text, expected_alpha)
+    if read is None:
         return None
-    acc = accuracy_of(header.alpha_text)
-    if acc is None or (expected_alpha is not None and acc.alpha != expected_alpha):
-        return None
+    header, acc = read
     total = header.zeros
     for store in (header.pos, header.neg):
         if store is not None:
