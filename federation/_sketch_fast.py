@@ -10,13 +10,15 @@ tests in ``tests/test_sketch.py`` hold them to that).
 
 - `read_one`: one string in pure Python (no numpy until the result arrays are built);
 - `read_total`: the total count of one string, without building any array (the gateway);
-- `read_batch`: many strings of one accuracy, each header in Python, all bodies in one numpy pass.
+- `read_batch`: many strings of one accuracy, all headers in one pattern pass, all bodies in
+  one numpy pass.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from operator import itemgetter
 from typing import Final, NamedTuple
 
 import numpy as np
@@ -39,6 +41,16 @@ _FLOAT_MAX: Final = 1.7976931348623157e308
 _BATCH_MAX_DIGITS: Final = 8
 
 _TOKEN = re.compile(f"[{re.escape(_MORE)}]*[{_LAST}]")
+# The headers of many strings, one per line of their newline-joined text: what `read_header`
+# accepts, narrowed to counts and first indexes of at most 18 digits (within int64), no "-0",
+# and bodies of the alphabet only. Groups: alpha text, n, z, then first index and body of p and m.
+_UINT = "0|[1-9][0-9]{0,17}"
+_FIRST = "0|-?[1-9][0-9]{0,17}"
+_HEADERS = re.compile(
+    rf"^v1:a=([^:\n]*):n=({_UINT})(?::z=([1-9][0-9]{{0,17}}))?"
+    rf"(?::p=({_FIRST}),([A-Za-z0-9_-]+))?(?::m=({_FIRST}),([A-Za-z0-9_-]+))?$",
+    re.MULTILINE,
+)
 
 
 def log_gamma(alpha: float) -> float:
@@ -344,32 +356,28 @@ _EMPTY_I64: Final = np.zeros(0, dtype=np.int64)
 
 
 def _batch_stores(
-    stores: list[str | None], low: int, high: int
-) -> tuple[Int64Array, Int64Array, list[int], list[int]] | None:
-    """Buckets of many stores (None: absent) in one numpy pass: indexes, counts, per-store
-    bounds into them, and per-store totals; None unless every store is plainly canonical."""
-    firsts: list[int] = []
-    bodies: list[str] = []
-    for store in stores:
-        if store is None:
-            continue
-        first_text, comma, body = store.partition(",")
-        first = _first_index(first_text, low, high) if comma and body else None
-        if first is None:
-            return None
-        firsts.append(first)
-        bodies.append(body)
-    n_bucket_lists = [0] * len(stores)
-    sums = [0] * len(stores)
-    if not bodies:
-        return _EMPTY_I64, _EMPTY_I64, [0] * (len(stores) + 1), sums
-    joined = "".join(bodies)
-    if not joined.isascii():
+    firsts: tuple[str, ...], bodies: tuple[str, ...], low: int, high: int
+) -> tuple[Int64Array, Int64Array, list[int], Int64Array] | None:
+    """Buckets of many stores in one numpy pass, from each store's first index and body as
+    `_HEADERS` read them ("" for both when absent): indexes, counts, per-store bounds into
+    them, and per-store totals; None unless every store is plainly canonical."""
+    n = len(bodies)
+    present: list[int] | None = None  # None: every store is present
+    kept, kept_firsts = bodies, firsts
+    if not all(bodies):
+        present = [i for i, body in enumerate(bodies) if body]
+        if not present:
+            return _EMPTY_I64, _EMPTY_I64, [0] * (n + 1), np.zeros(n, dtype=np.int64)
+        kept = tuple(bodies[i] for i in present)
+        kept_firsts = tuple(firsts[i] for i in present)
+    starts = np.fromiter(map(int, kept_firsts), dtype=np.int64, count=len(kept))
+    if int(starts.min()) < low or int(starts.max()) > high:
         return None
+    joined = "".join(kept)
     digits = np.frombuffer(joined.encode("ascii").translate(DECODE_TABLE), dtype=np.uint8)
     if (digits == _INVALID_DIGIT).any():
         return None
-    body_end = np.cumsum(np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies)))
+    body_end = np.cumsum(np.fromiter(map(len, kept), dtype=np.int64, count=len(kept)))
     if (digits[body_end - 1] >= 32).any():  # a body ends inside a number
         return None
     tok_end = np.flatnonzero(digits < 32)
@@ -387,7 +395,7 @@ def _batch_stores(
         shift = 5 * (np.arange(digits.size, dtype=np.int64) - np.repeat(tok_start, lengths))
         tokens = np.add.reduceat((digits & 31).astype(np.int64) << shift, tok_start)
     # Token range of each body: every body ends with a token's last digit.
-    first_tok = np.empty(len(bodies), dtype=np.int64)
+    first_tok = np.empty(len(kept), dtype=np.int64)
     last_tok = np.searchsorted(tok_end, body_end - 1)
     first_tok[0] = 0
     first_tok[1:] = last_tok[:-1] + 1
@@ -399,24 +407,22 @@ def _batch_stores(
     if int(step.max()) > high - low:  # also keeps the running sum below far inside int64
         return None
     before = np.cumsum(step) - step  # buckets walked before each token, over the whole batch
-    offset = np.asarray(firsts, dtype=np.int64) - before[first_tok]
+    offset = starts - before[first_tok]
     position = before + np.repeat(offset, last_tok - first_tok + 1)
     if int(position[last_tok].max()) > high:
         return None
     bucket = ~gap
     idx = position[bucket]
     cnt = steps[bucket]
-    per_body_buckets = np.add.reduceat(bucket.astype(np.int64), first_tok).tolist()
-    per_body_sums = np.add.reduceat(np.where(bucket, steps, 0), first_tok).tolist()
-    k = 0
-    for i, store in enumerate(stores):
-        if store is not None:
-            n_bucket_lists[i] = per_body_buckets[k]
-            sums[i] = per_body_sums[k]
-            k += 1
-    bounds = [0]
-    for n in n_bucket_lists:
-        bounds.append(bounds[-1] + n)
+    buckets = np.add.reduceat(bucket.astype(np.int64), first_tok)
+    sums = np.add.reduceat(np.where(bucket, steps, 0), first_tok)
+    if present is not None:
+        buckets_of_all = np.zeros(n, dtype=np.int64)
+        buckets_of_all[present] = buckets
+        sums_of_all = np.zeros(n, dtype=np.int64)
+        sums_of_all[present] = sums
+        buckets, sums = buckets_of_all, sums_of_all
+    bounds = [0, *np.cumsum(buckets).tolist()]
     idx.flags.writeable = False
     cnt.flags.writeable = False
     return idx, cnt, bounds, sums
@@ -425,32 +431,39 @@ def _batch_stores(
 def read_batch(texts: list[object], expected_alpha: float | None) -> Batch | None:
     """The histograms of many plainly canonical strings of one accuracy, or None when any
     string is not (ask the reference decoder, string by string, for the verdicts)."""
-    headers: list[Header] = []
-    for text in texts:
-        header = read_header(text)
-        if header is None:
-            return None
-        headers.append(header)
-    if not headers:
+    if not texts or set(map(type, texts)) != {str}:
         return None
-    alpha_text = headers[0].alpha_text
-    if any(h.alpha_text != alpha_text for h in headers):
+    strings: list[str] = texts  # type: ignore[assignment]  # every item is a str, checked above
+    joined = "\n".join(strings)
+    # One header per line: a string holding a newline could pass for two of them.
+    if joined.count("\n") != len(strings) - 1 or max(map(len, strings)) > MAX_TEXT:
+        return None
+    rows = _HEADERS.findall(joined)
+    if len(rows) != len(strings):
+        return None
+    alpha_texts, totals, zeros, pos_first, pos_body, neg_first, neg_body = (
+        tuple(map(itemgetter(i), rows)) for i in range(7)
+    )
+    alpha_text = alpha_texts[0]
+    if alpha_texts.count(alpha_text) != len(alpha_texts):
         return None
     acc = accuracy_of(alpha_text)
     if acc is None or (expected_alpha is not None and acc.alpha != expected_alpha):
         return None
-    pos = _batch_stores([h.pos for h in headers], acc.low, acc.high)
-    neg = _batch_stores([h.neg for h in headers], acc.low, acc.high)
+    pos = _batch_stores(pos_first, pos_body, acc.low, acc.high)
+    neg = _batch_stores(neg_first, neg_body, acc.low, acc.high)
     if pos is None or neg is None:
         return None
-    for h, p, m in zip(headers, pos[3], neg[3], strict=True):
-        if h.zeros + p + m != h.total:
-            return None
+    counts = np.fromiter(map(int, totals), dtype=np.int64, count=len(totals))
+    zero_counts = np.fromiter((int(z) if z else 0 for z in zeros), dtype=np.int64, count=len(zeros))
+    # Inside int64: zeros below 1e18, and a store at most 2**22 buckets of at most 2**39 each.
+    if not np.array_equal(zero_counts + pos[3] + neg[3], counts):
+        return None
     return Batch(
         acc.alpha,
         acc.log_gamma,
-        [h.total for h in headers],
-        [h.zeros for h in headers],
+        counts.tolist(),
+        zero_counts.tolist(),
         pos[0],
         pos[1],
         pos[2],

@@ -262,7 +262,7 @@ def test_bucket_boundaries_follow_the_definition():
 
 # -- the fast readers agree with the reference decoder ---------------------------------------
 
-JUNK = "ABCDEFabfgz09-_:,=vn1pzm.é"
+JUNK = "ABCDEFabfgz09-_:,=vn1pzm.é\n"
 
 
 def _reference(text: object, alpha: float | None) -> Sketch | SketchDecodeError:
