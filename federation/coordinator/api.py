@@ -56,7 +56,7 @@ from federation.coordinator.backfills import (
 )
 from federation.coordinator.convergence import dc_overview
 from federation.coordinator.desired import record_report, served_desired_state
-from federation.coordinator.gateway import CheckedBatch, Refusal, log_refusal, parse_body
+from federation.coordinator.gateway import CheckedBatch, Refusal, check_body, log_refusal
 from federation.coordinator.ledger import BackfillRow, DcRow
 from federation.coordinator.planner import BACKFILL_STATES
 from federation.coordinator.reload import reload_config
@@ -209,7 +209,7 @@ async def write(request: Request) -> Response:
             coordinator.metrics.refused(refusal.rule)
             log_refusal(dc, refusal)
         return JSONResponse(refusal.body(), status_code=refusal.status)
-    coordinator.metrics.outcome("accepted", len(batch.lines))
+    coordinator.metrics.outcome("accepted", batch.points)
     return Response(status_code=204, headers={"X-Influxdb-Version": INFLUXDB_VERSION})
 
 
@@ -241,8 +241,7 @@ async def _accept(request: Request, coordinator: Coordinator, dc: str) -> Checke
     def check() -> CheckedBatch:
         with _CHECKING:
             body = _gunzip(raw, limit) if encoding == "gzip" else raw
-            lines = parse_body(body, precision or "ns", now_ns)
-            batch = coordinator.checker().check(dc, lines, now_ns=now_ns)
+            batch = check_body(coordinator.checker(), dc, body, precision or "ns", now_ns)
         stale = find_stale(coordinator.ledger, batch.manifests)
         if stale is not None:
             raise Refusal(
@@ -264,7 +263,7 @@ async def _accept(request: Request, coordinator: Coordinator, dc: str) -> Checke
         return batch
 
     batch = await run_in_threadpool(check)
-    if not batch.lines:
+    if not batch.points:
         return batch
     failure = await _forward(
         request, coordinator, raw, "gzip" if encoding == "gzip" else "", rp, precision

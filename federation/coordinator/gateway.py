@@ -41,7 +41,14 @@ from typing import Any
 from federation.coordinator.desired import PlanBook
 from federation.coordinator.pii import personal_data_kind
 from federation.coordinator.tracking import Manifest
-from federation.coordinator.wire import Line, Shape, parse_lines, sketch_checker
+from federation.coordinator.wire import (
+    Columns,
+    Line,
+    Shape,
+    parse_lines,
+    read_columns,
+    sketch_checker,
+)
 from federation.errors import InvalidInput, LineProtocolError, SketchDecodeError
 from federation.lineprotocol import parse
 from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan, FieldType
@@ -144,10 +151,38 @@ class _Fitting:
 
 @dataclass
 class CheckedBatch:
-    """A batch that passed every content check: its points and the manifests it carries."""
+    """A batch that passed every content check: how many points it holds, the lines read
+    whole (all of them, or those outside its main shape when it was read column by column),
+    and the manifests it carries."""
 
+    points: int
     lines: list[Line]
     manifests: list[Manifest] = field(default_factory=list)
+
+
+def check_body(
+    checker: GatewayChecker, dc: str, body: bytes, precision: str, now_ns: int
+) -> CheckedBatch:
+    """Parse and check a write body from the authenticated `dc`; Refusal when it breaks a rule.
+
+    A plain body is read and checked column by column; any other body, and any body that
+    might break a rule, point by point, which decides and explains.
+    """
+    text = _utf8(body)
+    if text is not None:
+        columns = read_columns(text, precision, now_ns)
+        if columns is not None:
+            batch = checker.check_columns(dc, columns, now_ns=now_ns)
+            if batch is not None:
+                return batch
+    return checker.check(dc, parse_body(body, precision, now_ns), now_ns=now_ns)
+
+
+def _utf8(body: bytes) -> str | None:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def parse_body(body: bytes, precision: str, default_time_ns: int) -> list[Line]:
@@ -156,10 +191,7 @@ def parse_body(body: bytes, precision: str, default_time_ns: int) -> list[Line]:
     Plain bodies take the fast path; anything else is read by `lineprotocol.parse`, whose
     errors carry line and column.
     """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
+    text = _utf8(body)
     if text is not None:
         fast = parse_lines(text, precision, default_time_ns)
         if fast is not None:
@@ -226,7 +258,7 @@ class GatewayChecker:
         point that breaks a rule (see the module docstring). With `now_ns`, a window that has
         not ended by then is refused: a sender whose clock runs ahead computed it too early."""
         plans = self._plans.get(dc, {})
-        batch = CheckedBatch(list(lines))
+        batch = CheckedBatch(len(lines), list(lines))
         versions: dict[tuple[str, int], str] = {}
         for ln in lines:
             if ln.point.measurement == MANIFEST_MEASUREMENT:
@@ -246,6 +278,52 @@ class GatewayChecker:
                 shape = ln.shape
             self._check_summary(dc, fitting, ln, versions, now_ns, totals)
         return batch
+
+    def check_columns(
+        self, dc: str, columns: Columns, *, now_ns: int | None = None
+    ) -> CheckedBatch | None:
+        """`check` of a body read by `read_columns`: the same batch when every point passes,
+        None when any point may break a rule (`check` then says which).
+
+        The checks of a line's shape run once, on the sample line; the identity, personal-data,
+        k-anonymity and sketch checks run a column at a time; timestamps once each.
+        """
+        try:
+            return self._check_columns(dc, columns, now_ns)
+        except Refusal:
+            return None
+
+    def _check_columns(self, dc: str, columns: Columns, now_ns: int | None) -> CheckedBatch | None:
+        measurement = columns.shape[0]
+        if measurement == MANIFEST_MEASUREMENT:
+            return None
+        plans = self._plans.get(dc, {})
+        # Manifests and lines of other shapes, point by point.
+        rest = self.check(dc, columns.others, now_ns=now_ns)
+        sample = columns.sample
+        fitting = self._fitting_for(plans, sample)
+        if "dc" not in columns.tag_keys or columns.tag("dc").count(dc) != columns.rows:
+            return None
+        versions = {(m.aggregation, m.start_ns): m.version for m in rest.manifests}
+        limits = set()
+        for time_ns in columns.times:
+            entry = fitting.entries[0]
+            if versions:
+                version = versions.get((measurement, time_ns))
+                entry = next((e for e in fitting.entries if e.version == version), entry)
+            self._check_alignment(entry.plan, time_ns, measurement, sample, now_ns)
+            limits.add((entry.plan.accuracy, entry.plan.min_group_events))
+        if len(limits) != 1:  # plan versions of other limits side by side: point by point
+            return None
+        ((alpha, min_events),) = limits
+        for key in columns.tag_keys:
+            self._check_column(key, columns.tag(key), measurement, sample)
+        for key in fitting.strings or ():
+            self._check_column(key, columns.field(key), measurement, sample)
+        counts = list(map(int, columns.field("count")))
+        if min(counts) < min_events or total_counts(columns.field("sketch"), alpha) != counts:
+            return None
+        return CheckedBatch(columns.rows + rest.points, rest.lines, rest.manifests)
 
     # -- manifests ----------------------------------------------------------------------------
 
@@ -525,6 +603,13 @@ class GatewayChecker:
             assert isinstance(field_value, str)
             if field_value not in clean:
                 self._check_value(key, field_value, measurement, ln)
+
+    def _check_column(self, key: str, column: Sequence[str], measurement: str, ln: Line) -> None:
+        """`_check_value` of each distinct value of a column not seen clean before."""
+        clean = self._clean
+        if not clean.issuperset(column):
+            for value in set(column).difference(clean):
+                self._check_value(key, value, measurement, ln)
 
     def _check_value(self, key: str, value: str, measurement: str, ln: Line) -> None:
         kind = personal_data_kind(value)

@@ -2,13 +2,21 @@
 
 The gateway checks every point of every batch, at the rate DCs ship after each hour.
 `federation.lineprotocol.parse` dominates that cost (its exact path walks quoted strings
-character by character), so `parse_lines` accepts only the plain, common form and returns None
-for anything else; the caller then falls back to the general parser, which decides and
-explains. Within the plain form, the lines of a batch nearly all share one shape (measurement,
-keys, value types): a pattern compiled for that shape reads such a line in one match, and any
-line it does not match is read by the general line pattern. It may be narrower than the general parser, never broader: every body `parse_lines`
-accepts, `lineprotocol.parse` reads to the same points. Sketch totals come from
-`federation.sketch.total_count`, the one place that knows the encoding.
+character by character), so the readers here accept only the plain, common form and return
+None for anything else; the caller then falls back to the general parser, which decides and
+explains. They may be narrower than the general parser, never broader: every body they accept,
+`lineprotocol.parse` reads to the same points.
+
+- `parse_lines` reads a body line by line into points. Within the plain form, the lines of a
+  batch nearly all share one shape (measurement, keys, value types): a pattern compiled for
+  that shape reads such a line in one match, and any line it does not match is read by the
+  general line pattern.
+- `read_columns` reads the lines of a body's main shape in one pass over the whole body, into a
+  column of texts per key, without building a point per line (the gateway's checks of a shape
+  are the same for each of its lines, and its values are checked a column at a time); the
+  body's other lines, such as its manifest, are read whole.
+
+Sketch totals come from `federation.sketch.total_count`, the one place that knows the encoding.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 
 from federation.errors import SketchDecodeError
 from federation.lineprotocol import PRECISIONS
@@ -179,12 +188,15 @@ def _read_line(text: str) -> _Read | None:
 # What a value of each type looks like once its key and type are known: the alternative of
 # `_VALUE` for that type, with the quotes or the `i` suffix outside the group.
 _TYPED_VALUE: dict[type, str] = {
-    str: r'"([^"\\]*)"',
+    str: r'"([^"\\\n]*)"',
     # At most 18 digits: always within int64. Longer integers take the general path.
     int: r"(-?[0-9]{1,18})i",
     bool: rf"({_BOOL})",
     float: rf"({_NUMBER})",
 }
+# A float the column reader accepts is finite without being converted: at most 200 digits before
+# the point and an exponent of at most two digits stay below 1e300.
+_FINITE_FLOAT = r"-?(?:[0-9]{1,200}(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,2})?"
 _READER_CACHE_LIMIT = 1_000
 _NEW_READERS_PER_BODY = 64
 
@@ -206,8 +218,8 @@ class _ShapeReader:
     """
 
     __slots__ = (
-        "convert", "field_keys", "floats", "fullmatch", "measurement", "shape", "tag_count",
-        "tag_keys",
+        "convert", "field_columns", "field_keys", "findall", "floats", "fullmatch", "measurement",
+        "shape", "tag_count", "tag_keys",
     )  # fmt: skip
 
     def __init__(self, shape: Shape) -> None:
@@ -216,6 +228,17 @@ class _ShapeReader:
         fields = ",".join(f"{re.escape(key)}={_TYPED_VALUE[kind]}" for key, kind in field_types)
         pattern = re.compile(rf"{re.escape(measurement)}{tags} {fields}(?: (-?[0-9]+))?")
         self.fullmatch = pattern.fullmatch
+        # For `read_columns`: a whole line of the shape with finite floats (checked, not kept),
+        # or any other line whole, in the last group.
+        finite = ",".join(
+            f"{re.escape(key)}={_FINITE_FLOAT if kind is float else _TYPED_VALUE[kind]}"
+            for key, kind in field_types
+        )
+        self.findall = re.compile(
+            rf"^(?:{re.escape(measurement)}{tags} {finite}(?: (-?[0-9]+))?|(.+))$", re.MULTILINE
+        ).findall
+        kept = [key for key, kind in field_types if kind is not float]
+        self.field_columns = {key: i for i, key in enumerate(kept, start=len(tag_keys))}
         self.shape = shape
         self.measurement = measurement
         self.tag_keys = tag_keys
@@ -226,6 +249,116 @@ class _ShapeReader:
 
 
 _readers: dict[Shape, _ShapeReader] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """A body read by `read_columns`: the lines of its main shape, a column per key on demand,
+    and the rest whole.
+
+    A column holds one text per line of the shape, in body order: tag values (`tag`), strings
+    without their quotes, integers without their `i`, booleans as written (`field`). Floats
+    are checked (well-formed and finite by their spelling) but not kept. `times` are the distinct
+    timestamps of those lines, in nanoseconds. `sample` is one line of the shape read whole,
+    for the checks that depend on the shape alone; `others` are the body's lines of any other
+    shape, with their line numbers.
+    """
+
+    shape: Shape
+    sample: Line
+    rows: int
+    times: frozenset[int]
+    others: list[Line]
+    _matches: list[tuple[str, ...]]
+    _fields: dict[str, int]
+
+    @property
+    def tag_keys(self) -> tuple[str, ...]:
+        return self.shape[1]
+
+    def tag(self, key: str) -> tuple[str, ...]:
+        """The values of a tag of the shape; ValueError for any other key."""
+        return tuple(map(itemgetter(self.shape[1].index(key)), self._matches))
+
+    def field(self, key: str) -> tuple[str, ...]:
+        """The texts of a field of the shape that is not a float; KeyError for any other key."""
+        return tuple(map(itemgetter(self._fields[key]), self._matches))
+
+
+def read_columns(body: str, precision: str, default_time_ns: int) -> Columns | None:
+    """The body's main shape column by column, or None when it is not all plain (see
+    `parse_lines`) or its main shape is not plain in a stricter sense: floats finite by their
+    spelling, integers of at most 18 digits, no CR before the newline."""
+    multiplier = PRECISIONS.get(precision)
+    if multiplier is None or "\\" in body:
+        return None
+    # A batch is nearly all one shape, and its middle line has it: manifests come first or last.
+    start = body.rfind("\n", 0, len(body) // 2) + 1
+    end = body.find("\n", start)
+    text = body[start:] if end < 0 else body[start:end]
+    read = _read_line(text)
+    if read is None:
+        return None
+    measurement, tags, fields, stamp, shape = read
+    time_ns = _time_ns(stamp, multiplier, default_time_ns)
+    if shape is None or time_ns is None:
+        return None
+    reader = _readers.get(shape) or _new_reader(shape)
+    sample = Line(Point(measurement, tags, fields, time_ns), body.count("\n", 0, start) + 1, shape)
+    matches = reader.findall(body)
+    others: list[Line] = []
+    other = itemgetter(-1)
+    if any(map(other, matches)):
+        texts = set(map(other, matches))
+        found = _read_others(body, texts, multiplier, default_time_ns)
+        if found is None:
+            return None
+        others = found
+        matches = [m for m in matches if not m[-1]]
+        if not matches:
+            return None
+    times = set()
+    for distinct in set(map(itemgetter(-2), matches)):
+        t = _time_ns(distinct or None, multiplier, default_time_ns)
+        if t is None:
+            return None
+        times.add(t)
+    return Columns(
+        reader.shape, sample, len(matches), frozenset(times), others, matches, reader.field_columns
+    )
+
+
+def _read_others(
+    body: str, texts: set[str], multiplier: int, default_time_ns: int
+) -> list[Line] | None:
+    """The lines of `body` whose text is in `texts`, read whole with their numbers; None when
+    one is not plain."""
+    texts.discard("")
+    found: list[Line] = []
+    for number, text in enumerate(body.split("\n"), start=1):
+        if text not in texts:
+            continue
+        if text[-1] == "\r":
+            text = text[:-1]
+            if not text:
+                continue
+        read = _read_line(text)
+        if read is None:
+            return None
+        measurement, tags, fields, stamp, shape = read
+        time_ns = _time_ns(stamp, multiplier, default_time_ns)
+        if time_ns is None:
+            return None
+        found.append(Line(Point(measurement, tags, fields, time_ns), number, shape))
+    return found
+
+
+def _time_ns(stamp: str | None, multiplier: int, default_time_ns: int) -> int | None:
+    """A timestamp in nanoseconds, the default when absent; None when out of range."""
+    if stamp is None:
+        return default_time_ns
+    time_ns = int(stamp) * multiplier
+    return time_ns if _TIME_MIN <= time_ns <= _TIME_MAX else None
 
 
 def _new_reader(shape: Shape) -> _ShapeReader:

@@ -5,13 +5,19 @@ from __future__ import annotations
 import base64
 import dataclasses
 import gzip
+from collections.abc import Callable
 
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from federation.config import FederationConfig
+from federation.coordinator.gateway import CheckedBatch, Refusal, check_body, parse_body
 from federation.coordinator.ledger import Ledger, WindowRow
 from federation.coordinator.service import Coordinator
+from federation.coordinator.wire import read_columns
 from federation.influx import InfluxClient
 from federation.localstack import InfluxServer
 from federation.plan import MANIFEST_MEASUREMENT
@@ -139,6 +145,12 @@ def _refused(response: object, rule: str, status: int = 400) -> dict[str, object
     return data
 
 
+RULE_CHANGES = [
+    "measurement", "tag-key", "field-key", "field-type", "email", "ipv4", "ipv6", "k-anonymity",
+    "sketch-garbage", "sketch-accuracy", "sketch-count", "plan-version", "timestamp",
+]  # fmt: skip
+
+
 def _bad_batch(
     config: FederationConfig, hour0: int, change: str
 ) -> tuple[list[Point], str, str | None]:
@@ -200,14 +212,7 @@ def _bad_batch(
     return points, rule, key
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        "measurement", "tag-key", "field-key", "field-type", "email", "ipv4", "ipv6",
-        "k-anonymity", "sketch-garbage", "sketch-accuracy", "sketch-count", "plan-version",
-        "timestamp",
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize("change", RULE_CHANGES)
 def test_each_content_rule_refuses_the_whole_batch(
     client: TestClient, config: FederationConfig, influx: InfluxClient, ledger: Ledger,
     hour0: int, change: str, caplog: pytest.LogCaptureFixture,
@@ -330,3 +335,145 @@ def test_refusals_are_counted_in_metrics(
     write(client, config, body(points))
     text = client.get("/metrics", headers={"Authorization": "Bearer reader-secret"}).text
     assert 'federation_gateway_refusals_total{rule="personal-data"} 1' in text
+
+
+# -- column-by-column checks agree with point-by-point checks ------------------------------------
+
+
+def _verdict(run: Callable[[], CheckedBatch]) -> tuple[object, ...]:
+    """What the gateway answers: the refusal's rule, key and line, or what it accepted."""
+    try:
+        batch = run()
+    except Refusal as refusal:
+        return ("refused", refusal.rule, refusal.status, refusal.key, refusal.line)
+    return ("accepted", batch.points, batch.manifests)
+
+
+def _verdicts(coordinator: Coordinator, raw: bytes) -> tuple[tuple[object, ...], ...]:
+    """The verdict of `check_body` (column by column where it can) and of the point-by-point
+    checks alone."""
+    checker = coordinator.checker()
+    now = coordinator.clock.now_ns()
+    return (
+        _verdict(lambda: check_body(checker, DC, raw, "ns", now)),
+        _verdict(lambda: checker.check(DC, parse_body(raw, "ns", now), now_ns=now)),
+    )
+
+
+def _latency_batch(config: FederationConfig, hour0: int, seed: int = 3) -> list[Point]:
+    """A window of the three-dimension aggregation with dozens of groups, as DCs ship it."""
+    from federation.aggregate import window_points
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    dims = [
+        list(rng.choice(["in", "out"], n)),
+        [f"mx{i}" for i in rng.integers(0, 3, n)],
+        [f"c{i}" for i in rng.integers(0, 12, n)],
+    ]
+    plan = plan_of(config, DC, "delivery_latency")
+    return window_points(plan, hour0 - HOUR, rng.lognormal(5.0, 1.0, n), dims, run=1)
+
+
+def test_a_good_batch_is_checked_column_by_column_with_the_same_verdict(
+    coordinator: Coordinator, config: FederationConfig, hour0: int
+) -> None:
+    points = _latency_batch(config, hour0)
+    raw = body(points)
+    columns = read_columns(raw.decode(), "ns", coordinator.clock.now_ns())
+    assert columns is not None and columns.rows == len(points) - 1 > 50
+    checked = coordinator.checker().check_columns(DC, columns, now_ns=coordinator.clock.now_ns())
+    assert checked is not None and checked.points == len(points)
+    fast, slow = _verdicts(coordinator, raw)
+    assert fast == slow == ("accepted", len(points), checked.manifests)
+
+
+@pytest.mark.parametrize("change", RULE_CHANGES)
+def test_column_checks_pass_no_batch_that_breaks_a_rule(
+    coordinator: Coordinator, config: FederationConfig, hour0: int, change: str
+) -> None:
+    points, rule, key = _bad_batch(config, hour0, change)
+    raw = body(points)
+    now = coordinator.clock.now_ns()
+    columns = read_columns(raw.decode(), "ns", now)
+    assert columns is None or coordinator.checker().check_columns(DC, columns, now_ns=now) is None
+    fast, slow = _verdicts(coordinator, raw)
+    assert fast == slow
+    assert fast[:2] == ("refused", rule) and (key is None or fast[3] == key)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["email", "ipv4", "dc", "count", "sketch", "time-unaligned", "time-future", "time-other"],
+)
+def test_a_rule_broken_by_one_line_amid_many_gets_the_same_verdict(
+    coordinator: Coordinator, config: FederationConfig, hour0: int, change: str
+) -> None:
+    points = _latency_batch(config, hour0)
+    k = len(points) // 3  # neither the first line nor the middle one, which is read whole
+    p = points[k]
+    if change == "email":
+        points[k] = with_tags(p, customer="jane.doe@example.com")
+    elif change == "ipv4":
+        points[k] = with_tags(p, mailer="10.1.2.3")
+    elif change == "dc":
+        points[k] = with_tags(p, dc="ams1")
+    elif change == "count":
+        points[k] = with_fields(p, count=int(p.fields["count"]) + 1)  # type: ignore[call-overload]
+    elif change == "sketch":
+        points[k] = with_fields(p, sketch=points[k + 1].fields["sketch"])
+    elif change == "time-unaligned":
+        points[k] = dataclasses.replace(p, time_ns=p.time_ns + 10**9)
+    elif change == "time-future":
+        points[k] = dataclasses.replace(p, time_ns=hour0 + HOUR)
+    else:  # a window earlier: a good point, of a window with no manifest in this batch
+        points[k] = dataclasses.replace(p, time_ns=p.time_ns - HOUR)
+    now = coordinator.clock.now_ns()
+    columns = read_columns(body(points).decode(), "ns", now)
+    assert columns is not None and not columns.others[:-1]  # only the manifest is read whole
+    passed = coordinator.checker().check_columns(DC, columns, now_ns=now)
+    assert (passed is not None) == (change == "time-other")
+    fast, slow = _verdicts(coordinator, body(points))
+    assert fast == slow
+    expected = {
+        "email": "personal-data", "ipv4": "personal-data", "dc": "dc-identity",
+        "count": "sketch", "sketch": "sketch", "time-unaligned": "timestamp",
+        "time-future": "timestamp",
+    }  # fmt: skip
+    if change in expected:
+        assert fast[:2] == ("refused", expected[change]) and fast[4] == k + 1
+    else:
+        assert fast[0] == "accepted"
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 1),
+            # Mostly edits that keep the line protocol valid: digits and letters in values.
+            st.one_of(
+                st.text(alphabet="0123456789", min_size=1, max_size=2),
+                st.text(alphabet="azAZ@.:", min_size=1, max_size=2),
+                st.text(alphabet=',= "-_i\n', min_size=1, max_size=2),
+            ),
+            st.integers(0, 2),
+        ),
+        min_size=1,
+        max_size=2,
+    )
+)
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_a_damaged_batch_gets_the_same_verdict_column_by_column(
+    coordinator: Coordinator,
+    config: FederationConfig,
+    hour0: int,
+    edits: list[tuple[float, str, int]],
+) -> None:
+    text = body(_latency_batch(config, hour0)).decode()
+    for where, junk, cut in edits:
+        at = int(where * len(text))
+        text = text[:at] + junk + text[at + cut :]
+    fast, slow = _verdicts(coordinator, text.encode())
+    assert fast == slow

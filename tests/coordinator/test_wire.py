@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.coordinator.wire import parse_lines, sketch_checker
+from federation.coordinator.wire import parse_lines, read_columns, sketch_checker
 from federation.errors import InvalidInput, SketchDecodeError
 from federation.lineprotocol import parse, serialize
 from federation.points import FieldValue, Point
@@ -40,9 +41,10 @@ def test_fast_parse_agrees_with_the_general_parser(batch: list[Point]) -> None:
         assert [line.point for line in fast] == parse(text, "ns", 0)
 
 
-@given(st.text(alphabet='mf,=" \\1i.eaT-#\n', max_size=30))
+@given(st.text(alphabet='mf,=" \\1i.eaT-#\n\r', max_size=40))
 @settings(max_examples=500, deadline=None)
 def test_fast_parse_never_accepts_what_the_general_parser_refuses(text: str) -> None:
+    assert_columns_agree(text)
     fast = parse_lines(text, "ns", 0)
     if fast is None:
         return
@@ -96,6 +98,40 @@ def assert_agrees(text: str) -> None:
     assert [line.line for line in fast] == numbers
 
 
+_FROM_TEXT = {int: int, str: str, bool: lambda t: t in ("t", "T", "true", "True", "TRUE")}
+
+
+def assert_columns_agree(text: str) -> None:
+    """Whatever `read_columns` accepts, the general parser reads to the same points: the lines
+    of the main shape hold the column texts, the others are read whole with their numbers."""
+    columns = read_columns(text, "ns", 7)
+    if columns is None:
+        return
+    points = parse(text, "ns", 7)
+    numbers = [n for n, raw in enumerate(text.split("\n"), start=1) if raw.removesuffix("\r")]
+    by_number = dict(zip(numbers, points, strict=True))
+    assert [line.point for line in columns.others] == [by_number[ln.line] for ln in columns.others]
+    assert by_number[columns.sample.line] == columns.sample.point
+    other_numbers = {line.line for line in columns.others}
+    rows = [p for n, p in by_number.items() if n not in other_numbers]
+    assert columns.rows == len(rows) > 0
+    measurement, tag_keys, field_types = columns.shape
+    assert all(p.measurement == measurement for p in rows)
+    assert columns.times == {p.time_ns for p in rows}
+    for p in rows:
+        assert set(p.tags) == set(tag_keys)
+        assert {k: type(v) for k, v in p.fields.items()} == dict(field_types)
+    for key in tag_keys:
+        assert columns.tag(key) == tuple(p.tags[key] for p in rows)
+    for key, kind in field_types:
+        if kind is float:  # checked, not kept
+            with pytest.raises(KeyError):
+                columns.field(key)
+            continue
+        texts = columns.field(key)
+        assert tuple(map(_FROM_TEXT[kind], texts)) == tuple(p.fields[key] for p in rows)
+
+
 @given(one_shape_bodies())
 @settings(max_examples=300, deadline=None)
 def test_lines_of_one_shape_take_the_fast_path_and_agree(text: str) -> None:
@@ -103,13 +139,14 @@ def test_lines_of_one_shape_take_the_fast_path_and_agree(text: str) -> None:
     assert fast is not None
     assert len({id(line.shape) for line in fast}) == 1
     assert_agrees(text)
+    assert_columns_agree(text)
 
 
 @given(
     one_shape_bodies(),
     st.integers(0, 10**6),
     st.integers(0, 10**6),
-    st.text(alphabet='mf,=" \\1i.eEaT-#\r9x', max_size=6),
+    st.text(alphabet='mf,=" \\1i.eEaT-#\r\n9x', max_size=6),
 )
 @settings(max_examples=1000, deadline=None)
 def test_a_line_unlike_its_shape_is_declined_or_read_as_the_general_parser_reads_it(
@@ -120,6 +157,7 @@ def test_a_line_unlike_its_shape_is_declined_or_read_as_the_general_parser_reads
     at = where % (len(lines[i]) + 1)
     lines[i] = lines[i][:at] + junk + lines[i][at + len(junk) // 2 :]
     assert_agrees("\n".join(lines))
+    assert_columns_agree("\n".join(lines))
 
 
 @given(
@@ -160,3 +198,61 @@ def test_a_body_of_many_shapes_is_read_whole_and_agrees() -> None:
     assert fast is not None
     assert [line.point for line in fast] == parse(text, "ns", 0)
     assert [line.line for line in fast] == list(range(1, 601))
+
+
+# -- read_columns -----------------------------------------------------------------------------
+
+
+@given(
+    st.lists(
+        st.tuples(names, st.integers(-(10**17), 10**17), st.floats(-1e12, 1e12), plain_strings),
+        min_size=1,
+        max_size=30,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_a_summary_like_body_is_read_column_by_column(
+    rows: list[tuple[str, int, float, str]],
+) -> None:
+    # Floats in a summary's range spell without a three-digit exponent: all in the columns.
+    batch = [
+        Point("agg", {"dc": "dub1", "mailer": m}, {"count": c, "p50": f, "sketch": t}, 3600)
+        for m, c, f, t in rows
+        if f == 0 or abs(f) > 1e-90
+    ]
+    if not batch:
+        return
+    text = serialize(batch).decode()
+    columns = read_columns(text, "ns", 0)
+    assert columns is not None and columns.rows == len(batch) and not columns.others
+    assert_columns_agree(text)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1e999", "-1e400", "9223372036854775808i", "1e100", "1" * 201 + ".5", "1000000000000000000i"],
+)
+def test_numbers_columns_cannot_prove_in_range_leave_the_columns(value: str) -> None:
+    good = "m,t=a f=1.5,g=2i 10"
+    bad = good.replace("1.5" if value[-1] != "i" else "2i", value)
+    text = "\n".join([good, good, bad, good])
+    columns = read_columns(text, "ns", 0)
+    if value in ("1e999", "-1e400", "9223372036854775808i"):  # out of range: not plain at all
+        assert columns is None
+    else:  # in range, but only the general line pattern can tell: read whole
+        assert columns is not None and [line.line for line in columns.others] == [3]
+        assert_columns_agree(text)
+
+
+def test_a_manifest_first_or_last_is_read_whole_with_its_line_number() -> None:
+    summary = 'agg,dc=dub1 count=12i,sketch="v1:a=0.01:n=12:z=12" 3600'
+    manifest = "federation_manifest,aggregation=agg,dc=dub1 events=24i 3600"
+    for text, line in [
+        ("\n".join([manifest, summary, summary, summary]), 1),
+        ("\n".join([summary, summary, summary, manifest, ""]), 4),
+    ]:
+        columns = read_columns(text, "ns", 0)
+        assert columns is not None and columns.rows == 3
+        assert [ln.line for ln in columns.others] == [line]
+        assert columns.others[0].point.measurement == "federation_manifest"
+        assert_columns_agree(text)
