@@ -140,6 +140,18 @@ def _batch_totals(
     return totals
 
 
+def _entry_for(
+    entries: Sequence[_PlanCheck],
+    versions: Mapping[tuple[str, int], str],
+    aggregation: str,
+    start_ns: int,
+) -> _PlanCheck:
+    """The plan a summary of this window is checked against: the version its batch's manifest
+    names, else the first the DC may ship."""
+    version = versions.get((aggregation, start_ns))
+    return next((e for e in entries if e.version == version), entries[0])
+
+
 @dataclass(frozen=True, slots=True)
 class _Fitting:
     """The plans a summary shape fits, and the string fields (but `sketch`) its points carry:
@@ -307,10 +319,7 @@ class GatewayChecker:
         versions = {(m.aggregation, m.start_ns): m.version for m in rest.manifests}
         limits = set()
         for time_ns in columns.times:
-            entry = fitting.entries[0]
-            if versions:
-                version = versions.get((measurement, time_ns))
-                entry = next((e for e in fitting.entries if e.version == version), entry)
+            entry = _entry_for(fitting.entries, versions, measurement, time_ns)
             self._check_alignment(entry.plan, time_ns, measurement, sample, now_ns)
             limits.add((entry.plan.accuracy, entry.plan.min_group_events))
         if len(limits) != 1:  # plan versions of other limits side by side: point by point
@@ -400,10 +409,7 @@ class GatewayChecker:
         measurement = point.measurement
         self._check_identity(dc, point.tags, measurement, ln)
         entries = fitting.entries
-        entry = entries[0]
-        if versions:
-            version = versions.get((measurement, point.time_ns))
-            entry = next((e for e in entries if e.version == version), entry)
+        entry = _entry_for(entries, versions, measurement, point.time_ns)
         self._check_alignment(entry.plan, point.time_ns, measurement, ln, now_ns)
         self._check_values(point.tags, point.fields, measurement, ln, "sketch", fitting.strings)
         count = point.fields["count"]

@@ -135,11 +135,12 @@ def parse_lines(body: str, precision: str, default_time_ns: int) -> list[Line] |
         if stamp is None:
             time_ns = default_time_ns
         elif stamp != last_stamp:
-            time_ns = int(stamp) * multiplier
-            if not _TIME_MIN <= time_ns <= _TIME_MAX:
+            read_ns = _time_ns(stamp, multiplier, default_time_ns)
+            if read_ns is None:
                 return None
             # A batch holds a few windows, so its lines repeat a few timestamps.
-            last_stamp, last_time_ns = stamp, time_ns
+            last_stamp, last_time_ns = stamp, read_ns
+            time_ns = read_ns
         else:
             time_ns = last_time_ns
         append(Line(Point(measurement, tags, fields, time_ns), number, shape))
