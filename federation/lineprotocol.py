@@ -59,6 +59,7 @@ _KEY_ESC = frozenset(",= ")
 _MEASUREMENT_TABLE = str.maketrans({",": "\\,", " ": "\\ "})
 _KEY_TABLE = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 _STRING_TABLE = str.maketrans({"\\": "\\\\", '"': '\\"'})
+_STRING_ESC = frozenset('"\\')
 
 # Escaped separators become private-use placeholders so that plain str.split finds the real ones.
 _PAIR = re.compile(r"\\(.)", re.DOTALL)
@@ -83,9 +84,7 @@ def parse(
     key is refused. Raises `LineProtocolError` (1-based line and column, no value quoted) on
     the first malformed line, and `InvalidInput` for a precision InfluxDB 1.x does not accept.
     """
-    multiplier = PRECISIONS.get(precision)
-    if multiplier is None:
-        raise InvalidInput(f"invalid precision {precision!r} (use n, ns, u, ms, s, m or h)")
+    multiplier = _multiplier(precision)
     text = _decode(body) if isinstance(body, bytes | bytearray) else body
     now = time.time_ns() if default_time_ns is None else default_time_ns
     points: list[Point] = []
@@ -134,13 +133,18 @@ def serialize(points: Iterable[Point], precision: str = "ns") -> bytes:
     could not store or read back: no fields, a NaN/infinite float, an integer outside int64, a
     timestamp not a whole number of `precision` units or out of range, a name it cannot escape.
     """
-    multiplier = PRECISIONS.get(precision)
-    if multiplier is None:
-        raise InvalidInput(f"invalid precision {precision!r} (use n, ns, u, ms, s, m or h)")
+    multiplier = _multiplier(precision)
     out: list[str] = []
     for index, point in enumerate(points):
         out.append(_serialize_point(index, point, multiplier))
     return "".join(out).encode("utf-8")
+
+
+def _multiplier(precision: str) -> int:
+    multiplier = PRECISIONS.get(precision)
+    if multiplier is None:
+        raise InvalidInput(f"invalid precision {precision!r} (use n, ns, u, ms, s, m or h)")
+    return multiplier
 
 
 def _decode(body: bytes | bytearray) -> str:
@@ -322,14 +326,7 @@ class _Exact:
         while i < stop and text[i] == ",":
             i += 1
             key_at = i
-            key, i = self._name(i, ",= ", _KEY_ESC, "tag key")
-            if not key:
-                raise self.fail(i, "missing tag key")
-            if i >= stop or text[i] != "=":
-                raise self.fail(i, f"missing '=' after tag key {key!r}")
-            if key == "time":
-                raise self.fail(key_at, "tag key 'time' is not allowed")
-            i += 1
+            key, i = self._key(i, "tag key")
             tag_value, i = self._name(i, ",= ", _KEY_ESC, "tag value")
             if not tag_value:
                 raise self.fail(i, f"missing tag value for tag key {key!r}")
@@ -346,15 +343,7 @@ class _Exact:
             raise self.fail(i, "missing fields")
         fields: dict[str, FieldValue] = {}
         while True:
-            key_at = i
-            key, i = self._name(i, ",= ", _KEY_ESC, "field key")
-            if not key:
-                raise self.fail(i, "missing field key")
-            if i >= stop or text[i] != "=":
-                raise self.fail(i, f"missing '=' after field key {key!r}")
-            if key == "time":
-                raise self.fail(key_at, "field key 'time' is not allowed")
-            i += 1
+            key, i = self._key(i, "field key")
             value: FieldValue
             if i < stop and text[i] == '"':
                 value, i = self._string(i, key)
@@ -389,18 +378,27 @@ class _Exact:
             raise self.fail(stamp_at, "timestamp out of range")
         return end, Point(measurement, tags, fields, time_ns)
 
+    def _key(self, i: int, what: str) -> tuple[str, int]:
+        """A tag or field key starting at `i`, and the offset after the `=` that must follow it."""
+        key, end = self._name(i, ",= ", _KEY_ESC, what)
+        if not key:
+            raise self.fail(end, f"missing {what}")
+        if end >= self.stop or self.text[end] != "=":
+            raise self.fail(end, f"missing '=' after {what} {key!r}")
+        if key == "time":
+            raise self.fail(i, f"{what} 'time' is not allowed")
+        return key, end + 1
+
     def _name(self, i: int, stops: str, escapable: frozenset[str], what: str) -> tuple[str, int]:
         """Scan a measurement or key up to an unescaped stop character; unescape it."""
         text = self.text
         stop = self.stop
         begin = i
-        has_escape = False
         while i < stop:
             char = text[i]
             if char == "\\":
                 if i + 1 >= stop or text[i + 1] in "\r\n":
                     raise self.fail(i, f"{what} ends with a backslash")
-                has_escape = True
                 i += 2
                 continue
             if char in stops or char == "\n":
@@ -408,48 +406,17 @@ class _Exact:
             i += 1
         if i < stop and text[i] == "\n":
             raise self.fail(i, f"line break in {what}")
-        raw = text[begin:i]
-        if not has_escape:
-            return raw, i
-        out: list[str] = []
-        j = 0
-        while j < len(raw):
-            char = raw[j]
-            if char == "\\":
-                following = raw[j + 1]
-                if following in escapable:
-                    out.append(following)
-                else:
-                    out.append(char + following)
-                j += 2
-            else:
-                out.append(char)
-                j += 1
-        return "".join(out), i
+        return _unescape(text[begin:i], escapable), i
 
     def _string(self, i: int, key: str) -> tuple[str, int]:
         """A double-quoted string value starting at the quote at `i`."""
         closing = self._string_end(i + 1)
         if closing < 0 or closing >= self.stop:
             raise self.fail(i, f"unterminated string value for field {key!r}")
-        raw = self.text[i + 1 : closing]
-        if "\\" in raw:
-            out: list[str] = []
-            j = 0
-            while j < len(raw):
-                char = raw[j]
-                if char == "\\":
-                    following = raw[j + 1]
-                    out.append(following if following in '"\\' else char + following)
-                    j += 2
-                else:
-                    out.append(char)
-                    j += 1
-            raw = "".join(out)
         after = closing + 1
         if after < self.stop and self.text[after] not in ", ":
             raise self.fail(after, f"unexpected character after the string value of field {key!r}")
-        return raw, after
+        return _unescape(self.text[i + 1 : closing], _STRING_ESC), after
 
     def _typed(self, raw: str, at: int, key: str) -> FieldValue:
         value = _value(raw)
@@ -460,6 +427,25 @@ class _Exact:
         if _FLOAT_RE.fullmatch(raw):
             raise self.fail(at, f"float value of field {key!r} is out of range")
         raise self.fail(at, f"invalid value for field {key!r}")
+
+
+def _unescape(raw: str, escapable: frozenset[str]) -> str:
+    """`raw` with each backslash before an escapable character dropped; any other backslash
+    stays, with the character after it. Every backslash in `raw` is followed by a character."""
+    if "\\" not in raw:
+        return raw
+    out: list[str] = []
+    j = 0
+    while j < len(raw):
+        char = raw[j]
+        if char == "\\":
+            following = raw[j + 1]
+            out.append(following if following in escapable else char + following)
+            j += 2
+        else:
+            out.append(char)
+            j += 1
+    return "".join(out)
 
 
 def _serialize_point(index: int, point: Point, multiplier: int) -> str:
