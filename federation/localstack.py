@@ -55,6 +55,54 @@ def find_influxd() -> str:
     return candidate
 
 
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a server in a session of its own, its output appended to `log_path`."""
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def _await_ping(
+    process: subprocess.Popen[bytes],
+    ping_url: str,
+    *,
+    what: str,
+    log_path: Path,
+    timeout: float,
+    poll_s: float,
+) -> bool:
+    """Wait until `ping_url` answers 204 (True) or `timeout` seconds pass (False).
+
+    Raises FederationError, naming `what` and its log, when the process exits first.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise FederationError(f"{what} exited with {process.returncode}; see {log_path}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(ping_url, timeout=1.0).status_code == 204:
+                return True
+        time.sleep(poll_s)
+    return False
+
+
+def _terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Stop a running server: SIGTERM, then SIGKILL after `timeout` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 _CONFIG = """\
 reporting-disabled = true
 bind-address = "127.0.0.1:{rpc_port}"
@@ -128,38 +176,23 @@ class InfluxServer:
                 retention_check=self.retention_check,
             )
         )
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [find_influxd(), "-config", str(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise FederationError(
-                    f"influxd {self.name} exited with {self.process.returncode}; see {self.log_path}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/ping", timeout=1.0).status_code == 204:
-                    return
-            time.sleep(0.05)
+        self.process = _spawn([find_influxd(), "-config", str(config)], self.log_path)
+        if _await_ping(
+            self.process,
+            self.url + "/ping",
+            what=f"influxd {self.name}",
+            log_path=self.log_path,
+            timeout=timeout,
+            poll_s=0.05,
+        ):
+            return
         self.stop()
         raise FederationError(f"influxd {self.name} did not answer /ping within {timeout}s")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop influxd: SIGTERM, then SIGKILL after `timeout` seconds."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
+        _terminate(process, timeout)
 
     def kill(self) -> None:
         """Kill influxd at once (SIGKILL), as a crash would."""
@@ -628,22 +661,16 @@ skip-config-overrides = true
         conf = self.root / "kapacitor.conf"
         conf.write_text(self.config_text())
         log_path = self.root / "kapacitord.out"
-        with log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [self.binary, "-config", str(conf)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise FederationError(
-                    f"kapacitord exited with {self.process.returncode}; see {log_path}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/kapacitor/v1/ping", timeout=1.0).status_code == 204:
-                    return
-            time.sleep(0.2)
+        self.process = _spawn([self.binary, "-config", str(conf)], log_path)
+        if _await_ping(
+            self.process,
+            f"{self.url}/kapacitor/v1/ping",
+            what="kapacitord",
+            log_path=log_path,
+            timeout=timeout,
+            poll_s=0.2,
+        ):
+            return
         self.stop()
         raise FederationError(
             f"kapacitord did not answer its ping within {timeout}s; see {log_path}"
@@ -652,11 +679,4 @@ skip-config-overrides = true
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, then SIGKILL after `timeout` seconds."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        _terminate(process, timeout)
