@@ -91,6 +91,25 @@ class TaskHealth:
     write_errors: int
     nodes: dict[str, NodeHealth]
 
+    @classmethod
+    def of(cls, task: Task) -> TaskHealth:
+        """The health a task fetched with its stats reports (`node-stats` counters summed)."""
+        nodes: dict[str, NodeHealth] = {}
+        node_stats = task.stats.get("node-stats") or {}
+        for name, counters in sorted(node_stats.items()):
+            nodes[name] = NodeHealth(
+                errors=int(counters.get("errors", 0) or 0),
+                write_errors=int(counters.get("write_errors", 0) or 0),
+            )
+        return cls(
+            id=task.id,
+            executing=task.executing,
+            error=task.error,
+            errors=sum(n.errors for n in nodes.values()),
+            write_errors=sum(n.write_errors for n in nodes.values()),
+            nodes=nodes,
+        )
+
     @property
     def ok(self) -> bool:
         """Executing, no error, and no node reported a failed query or write."""
@@ -341,22 +360,7 @@ class KapacitorClient:
         them. Raises `KapacitorError` (404) when the task does not exist.
         """
         response = self._request("GET", f"/tasks/{task_id}", params=[("script-format", "raw")])
-        task = Task.from_json(self._object(response))
-        nodes: dict[str, NodeHealth] = {}
-        node_stats = task.stats.get("node-stats") or {}
-        for name, counters in sorted(node_stats.items()):
-            nodes[name] = NodeHealth(
-                errors=int(counters.get("errors", 0) or 0),
-                write_errors=int(counters.get("write_errors", 0) or 0),
-            )
-        return TaskHealth(
-            id=task.id,
-            executing=task.executing,
-            error=task.error,
-            errors=sum(n.errors for n in nodes.values()),
-            write_errors=sum(n.write_errors for n in nodes.values()),
-            nodes=nodes,
-        )
+        return TaskHealth.of(Task.from_json(self._object(response)))
 
     def _patch(self, task_id: str, body: Mapping[str, Any]) -> Task:
         return Task.from_json(self._object(self._request("PATCH", f"/tasks/{task_id}", json=body)))

@@ -35,7 +35,7 @@ from federation.deploy import TaskSnapshot, apply_tasks, script_version
 from federation.durations import format_duration
 from federation.errors import FederationError, KapacitorError
 from federation.influx import InfluxClient, credentials_from_env, quote_ident
-from federation.kapacitor import KapacitorClient, NodeHealth
+from federation.kapacitor import KapacitorClient, NodeHealth, TaskHealth
 from federation.plan import AggregationPlan
 from federation.tickscript.render import render_plan
 from federation.windows import Window, coalesce
@@ -78,15 +78,15 @@ class _Counters:
 def _growth(now: dict[str, NodeHealth], before: dict[str, _Counters]) -> _Counters:
     """How much each node's counters grew since `before`; a node whose counters went down
     was restarted (stats start again at zero), so all of its current count is new."""
+
+    def grown(count: int, seen: int) -> int:
+        return count - seen if count >= seen else count
+
     errors = write_errors = 0
     for name, node in now.items():
         seen = before.get(name, _Counters(0, 0))
-        errors += node.errors - seen.errors if node.errors >= seen.errors else node.errors
-        write_errors += (
-            node.write_errors - seen.write_errors
-            if node.write_errors >= seen.write_errors
-            else node.write_errors
-        )
+        errors += grown(node.errors, seen.errors)
+        write_errors += grown(node.write_errors, seen.write_errors)
     return _Counters(errors, write_errors)
 
 
@@ -246,7 +246,8 @@ class KapacitorMode:
                 detail += f"; last deployment failed: {apply_error}"
             return PlanHealth(plan.aggregation, plan.version, False, detail)
 
-        # One GET with the raw script (a listing would return it reformatted by Kapacitor).
+        # One GET with the raw script (a listing would return it reformatted by Kapacitor) and
+        # the stats the health is judged from.
         task = self.client.get_task(task_id, script_format="raw")
         if task is None:
             return unhealthy(f"task {task_id} is not deployed")
@@ -258,7 +259,7 @@ class KapacitorMode:
                 f"task {task_id} differs from the plan: deployed version {running}{state}, "
                 f"plan version {plan.version}"
             )
-        health = self.client.task_health(task_id)
+        health = TaskHealth.of(task)
         if not health.executing or health.error:
             return unhealthy(f"task {task_id} is not executing: {health.error or 'stopped'}")
         with self._lock:
