@@ -320,6 +320,17 @@ def catch_up_windows(
     if latest_shipped_ns is not None:
         start = min(start, align(latest_shipped_ns, plan.window_ns) + plan.window_ns)
     windows = windows_between(start, last.end_ns, plan.window_ns)
+    return _within_raw_retention(plan, windows, now_ns, retention)
+
+
+def _within_raw_retention(
+    plan: AggregationPlan,
+    windows: list[Window],
+    now_ns: int,
+    retention: DesiredRetentionState | None,
+) -> list[Window]:
+    """The windows whose raw data is wholly within the plan's raw retention policy at `now_ns`
+    (`within_retention`); all of them when no retention is known for it."""
     spec = retention.policy(plan.retention_policy) if retention is not None else None
     if spec is None:
         return windows
@@ -413,6 +424,10 @@ class Agent:
             },
         )
 
+    @property
+    def _desired_retention(self) -> DesiredRetentionState | None:
+        return self.desired_state.retention if self.desired_state is not None else None
+
     def catch_up(self, stop: threading.Event) -> list[RangeResult]:
         """Compute every window since the last one central holds, per plan (see
         `catch_up_windows`); a plan whose windows cannot be listed is skipped and logged."""
@@ -421,7 +436,6 @@ class Agent:
             if stop.is_set():
                 break
             now = self.clock.now_ns()
-            retention = self.desired_state.retention if self.desired_state else None
             # Only `latest_shipped_ns` matters here; `since` keeps the window list short.
             since = last_complete_window(now, plan.window_ns).start_ns
             try:
@@ -429,7 +443,7 @@ class Agent:
             except FederationError as exc:
                 log.warning("catch-up of %s skipped: %s", plan.aggregation, exc)
                 continue
-            windows = catch_up_windows(plan, view.latest_shipped_ns, now, retention)
+            windows = catch_up_windows(plan, view.latest_shipped_ns, now, self._desired_retention)
             log.info("catching up %s: %d window(s)", plan.aggregation, len(windows))
             results.append(self.mode.run_windows(plan, windows, stop))
         return results
@@ -464,16 +478,10 @@ class Agent:
                     f"({running} does)"
                 ),
             )
-        now = self.clock.now_ns()
         all_windows = windows_between(request.start_ns, request.end_ns, plan.window_ns)
-        retention = self.desired_state.retention if self.desired_state else None
-        spec = retention.policy(plan.retention_policy) if retention else None
-        windows = [
-            w
-            for w in all_windows
-            if spec is None
-            or within_retention(w, now, spec.duration_ns, spec.effective_shard_duration_ns)
-        ]
+        windows = _within_raw_retention(
+            plan, all_windows, self.clock.now_ns(), self._desired_retention
+        )
         log.info("backfill %s: %s, %d window(s)", request.id, request.aggregation, len(windows))
         result = self.mode.run_windows(plan, windows, stop)
         if result.stopped:

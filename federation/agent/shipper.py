@@ -291,25 +291,21 @@ def _describe(exc: httpx.HTTPError) -> str:
     return f"request failed: {exc.__class__.__name__}: {exc}"
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
+def _json_object(text: str | bytes) -> dict[str, Any]:
+    """`text` parsed as a JSON object; empty when it is not one."""
     try:
-        data = response.json()
+        data = json.loads(text)
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def _message(response: httpx.Response) -> str:
-    return str(_json(response).get("error") or response.text[:200]).strip()
+    return str(_json_object(response.content).get("error") or response.text[:200]).strip()
 
 
 def _refusal(url: str, status: int, message: str, body: str) -> ShipmentRefused:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = {}
-    if not isinstance(data, dict):
-        data = {}
+    data = _json_object(body)
     return ShipmentRefused(
         url,
         message,
