@@ -296,12 +296,24 @@ def _agent(request: Request, dc: str | None) -> str | Response:
     return owner
 
 
-async def desired(request: Request) -> Response:
-    dc = request.path_params["dc"]
-    who = _agent(request, dc)
-    if isinstance(who, Response):
-        return who
-    coordinator = _coordinator(request)
+AgentHandler = Callable[[Request, Coordinator, str], Awaitable[Response]]
+
+
+def _agent_endpoint(handler: AgentHandler) -> Handler:
+    """`handler` behind an agent token: the token of the path's `{dc}`, or of any DC when the
+    path names none; the handler gets the authenticated DC."""
+
+    async def endpoint(request: Request) -> Response:
+        who = _agent(request, request.path_params.get("dc"))
+        if isinstance(who, Response):
+            return who
+        return await handler(request, _coordinator(request), who)
+
+    return endpoint
+
+
+@_agent_endpoint
+async def desired(request: Request, coordinator: Coordinator, dc: str) -> Response:
     state = await run_in_threadpool(
         served_desired_state, coordinator.ledger, coordinator.config, dc
     )
@@ -318,12 +330,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return data
 
 
-async def report(request: Request) -> Response:
-    dc = request.path_params["dc"]
-    who = _agent(request, dc)
-    if isinstance(who, Response):
-        return who
-    coordinator = _coordinator(request)
+@_agent_endpoint
+async def report(request: Request, coordinator: Coordinator, dc: str) -> Response:
     try:
         data = await _json_body(request)
         await run_in_threadpool(
@@ -335,12 +343,8 @@ async def report(request: Request) -> Response:
     return Response(status_code=204)
 
 
-async def backfills(request: Request) -> Response:
-    dc = request.path_params["dc"]
-    who = _agent(request, dc)
-    if isinstance(who, Response):
-        return who
-    coordinator = _coordinator(request)
+@_agent_endpoint
+async def backfills(request: Request, coordinator: Coordinator, dc: str) -> Response:
     leased = await run_in_threadpool(
         lease_backfills,
         coordinator.ledger,
@@ -364,18 +368,15 @@ async def backfills(request: Request) -> Response:
     )
 
 
-async def backfill_result(request: Request) -> Response:
-    who = _agent(request, None)
-    if isinstance(who, Response):
-        return who
-    coordinator = _coordinator(request)
+@_agent_endpoint
+async def backfill_result(request: Request, coordinator: Coordinator, dc: str) -> Response:
     try:
         backfill_id = int(request.path_params["id"])
         data = await _json_body(request)
         await run_in_threadpool(
             record_backfill_result,
             coordinator.ledger,
-            who,
+            dc,
             backfill_id,
             data,
             coordinator.clock.now_ns(),
@@ -401,12 +402,8 @@ def _instant(request: Request, name: str) -> int | None:
     return parse_instant(text, _coordinator(request).clock)
 
 
-async def windows(request: Request) -> Response:
-    dc = request.path_params["dc"]
-    who = _agent(request, dc)
-    if isinstance(who, Response):
-        return who
-    coordinator = _coordinator(request)
+@_agent_endpoint
+async def windows(request: Request, coordinator: Coordinator, dc: str) -> Response:
     try:
         since = _instant(request, "since")
     except TimeInputError as exc:
@@ -427,30 +424,32 @@ def _reader(request: Request) -> Response | None:
     return _error(401, "the reader token is required")
 
 
-async def _status(request: Request) -> StatusReport:
-    coordinator = _coordinator(request)
-    since = _instant(request, "since")
-    return await run_in_threadpool(
-        lambda: status_report(
-            coordinator.ledger,
-            coordinator.config,
-            coordinator.clock.now_ns(),
-            aggregation=request.query_params.get("aggregation") or None,
-            since_ns=since,
-            dc=request.query_params.get("dc") or None,
-        )
-    )
-
-
-async def status(request: Request) -> Response:
+async def _status(request: Request, render: Callable[[StatusReport], Response]) -> Response:
+    """The status report the query asks for (`aggregation`, `since`, `dc`), rendered; 401
+    without the reader token, 400 for a query the report cannot answer."""
     denied = _reader(request)
     if denied is not None:
         return denied
+    coordinator = _coordinator(request)
     try:
-        result = await _status(request)
-    except (InvalidInput, FederationError) as exc:
+        since = _instant(request, "since")
+        result = await run_in_threadpool(
+            lambda: status_report(
+                coordinator.ledger,
+                coordinator.config,
+                coordinator.clock.now_ns(),
+                aggregation=request.query_params.get("aggregation") or None,
+                since_ns=since,
+                dc=request.query_params.get("dc") or None,
+            )
+        )
+    except FederationError as exc:
         return _error(400, str(exc))
-    return JSONResponse(result.to_dict())
+    return render(result)
+
+
+async def status(request: Request) -> Response:
+    return await _status(request, lambda result: JSONResponse(result.to_dict()))
 
 
 def _metrics_text(coordinator: Coordinator) -> str:
@@ -677,23 +676,17 @@ def render_html(report: StatusReport) -> str:
 
 
 async def page(request: Request) -> Response:
-    denied = _reader(request)
-    if denied is not None:
-        return denied
-    try:
-        result = await _status(request)
-    except (InvalidInput, FederationError) as exc:
-        return _error(400, str(exc))
-    return HTMLResponse(render_html(result))
+    return await _status(request, lambda result: HTMLResponse(render_html(result)))
 
 
-def _central_client(coordinator: Coordinator, transport: httpx.AsyncBaseTransport | None) -> Any:
-    from federation.influx import credentials_from_env
-
+def _central_client(
+    coordinator: Coordinator, url: str | None, transport: httpx.AsyncBaseTransport | None
+) -> httpx.AsyncClient:
+    """The gateway's client for central InfluxDB (at `url`, else fleet.yaml's)."""
     central = coordinator.config.fleet.central.influxdb
     timeout = coordinator.settings.central_timeout_s
     return httpx.AsyncClient(
-        base_url=central.url.rstrip("/"),
+        base_url=(url or central.url).rstrip("/"),
         auth=credentials_from_env(central),
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
         transport=transport,
@@ -724,9 +717,7 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = _central_client(coordinator, central_transport)
-        if central_url is not None:
-            client.base_url = httpx.URL(central_url.rstrip("/"))
+        client = _central_client(coordinator, central_url, central_transport)
         app.state.central = client
         try:
             yield

@@ -10,7 +10,7 @@ whose message is one line.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
@@ -164,13 +164,13 @@ class RollupJob:
 
 
 def schedule_jobs(coordinator: Coordinator, central: InfluxClient) -> BackgroundScheduler:
-    """Start the planner and verification jobs (each never overlaps itself)."""
+    """Start the planner, verification and rollup jobs (each never overlaps itself)."""
     scheduler = BackgroundScheduler(timezone="UTC")
 
-    def guarded(name: str, job: object) -> object:
+    def guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
             try:
-                job()  # type: ignore[operator]
+                job()
             except FederationError as exc:
                 log.error("%s job failed: %s", name, exc)
             except Exception:
@@ -179,30 +179,24 @@ def schedule_jobs(coordinator: Coordinator, central: InfluxClient) -> Background
         return run
 
     settings = coordinator.settings
-    scheduler.add_job(
-        guarded("planner", lambda: run_planner(coordinator)),
-        "interval",
-        seconds=settings.planner_interval_s,
-        id="planner",
-        max_instances=1,
-        coalesce=True,
-    )
-    scheduler.add_job(
-        guarded("verification", lambda: run_verification(coordinator, central)),
-        "interval",
-        seconds=settings.verify_interval_s,
-        id="verification",
-        max_instances=1,
-        coalesce=True,
-    )
-    scheduler.add_job(
-        guarded("rollups", RollupJob(coordinator, central)),
-        "interval",
-        seconds=settings.rollup_interval_s,
-        id="rollups",
-        max_instances=1,
-        coalesce=True,
-    )
+    jobs: list[tuple[str, Callable[[], object], float]] = [
+        ("planner", lambda: run_planner(coordinator), settings.planner_interval_s),
+        (
+            "verification",
+            lambda: run_verification(coordinator, central),
+            settings.verify_interval_s,
+        ),
+        ("rollups", RollupJob(coordinator, central), settings.rollup_interval_s),
+    ]
+    for name, job, interval_s in jobs:
+        scheduler.add_job(
+            guarded(name, job),
+            "interval",
+            seconds=interval_s,
+            id=name,
+            max_instances=1,
+            coalesce=True,
+        )
     scheduler.start()
     return scheduler
 

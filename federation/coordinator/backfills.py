@@ -18,15 +18,18 @@ from federation.coordinator.planner import (
     claim_windows,
     desired_versions,
     queue_request,
-    unlocked_backfills,
+    requeue_expired_leases,
 )
-from federation.coordinator.tracking import WindowState
+from federation.coordinator.tracking import NEEDS_BACKFILL, WindowState
 from federation.errors import FederationError, InvalidInput
 from federation.plan import resolve_plan
 from federation.windows import windows_between
 
 _ERROR_CHARS = 2_000
 _MAX_WINDOWS_REPORTED = 2**31 - 1  # `backfills.windows_reported` is a 32-bit INTEGER
+
+# The windows a hand-made request claims: what the planner would request, and unrecoverable ones.
+_CLAIMABLE_BY_HAND = (*NEEDS_BACKFILL, WindowState.UNRECOVERABLE.value)
 
 
 class BackfillNotFound(FederationError):
@@ -53,19 +56,7 @@ def lease_backfills(
     """
     settings = settings or PlannerSettings()
     with ledger.session(write=True) as session:
-        expired = unlocked_backfills(
-            session,
-            BackfillRow.dc == dc,
-            BackfillRow.state == RUNNING,
-            BackfillRow.lease_expires_ns < now_ns,
-        )
-        if expired:
-            session.execute(
-                update(BackfillRow)
-                .where(BackfillRow.id.in_(expired))
-                .values(state=QUEUED, lease_expires_ns=None, updated_ns=now_ns)
-                .execution_options(synchronize_session=False)
-            )
+        requeue_expired_leases(session, now_ns, BackfillRow.dc == dc)
         rows = session.scalars(
             select(BackfillRow)
             .where(BackfillRow.dc == dc, BackfillRow.state == QUEUED)
@@ -228,28 +219,12 @@ def request_backfill(
                         WindowRow.aggregation == aggregation,
                         WindowRow.start_ns >= piece_start,
                         WindowRow.start_ns < piece_end,
-                        WindowRow.state.in_(
-                            (
-                                WindowState.MISSING.value,
-                                WindowState.INCONSISTENT.value,
-                                WindowState.UNRECOVERABLE.value,
-                            )
-                        ),
+                        WindowRow.state.in_(_CLAIMABLE_BY_HAND),
                     )
                     .with_for_update(skip_locked=True)
                 )
             )
-            claim_windows(
-                session,
-                ids,
-                backfill_id,
-                now_ns,
-                (
-                    WindowState.MISSING.value,
-                    WindowState.INCONSISTENT.value,
-                    WindowState.UNRECOVERABLE.value,
-                ),
-            )
+            claim_windows(session, ids, backfill_id, now_ns, _CLAIMABLE_BY_HAND)
             requests.append(
                 BackfillRequest(backfill_id, dc, aggregation, version, piece_start, piece_end)
             )

@@ -145,10 +145,11 @@ def dc_overview(
                 }
             )
         wanted = desired_retention(config, name)
+        specs = [spec.as_dict() for spec in wanted.policies]
         state, detail = retention_state(
             None if row is None or row.last_seen_ns is None else (row.last_report or {}),
             wanted.database,
-            [spec.as_dict() for spec in wanted.policies],
+            specs,
         )
         last_seen = None if row is None else row.last_seen_ns
         result.append(
@@ -163,7 +164,7 @@ def dc_overview(
                 "retention": {
                     "state": state,
                     "detail": detail,
-                    "desired": [spec.as_dict() for spec in wanted.policies],
+                    "desired": specs,
                 },
             }
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,36 +221,44 @@ def unlocked_backfills(session: Session, *conditions: Any) -> list[int]:
     )
 
 
-def _requeue(
-    session: Session, settings: PlannerSettings, now_ns: int, result: PlannerResult
-) -> None:
+def _requeue(session: Session, now_ns: int, cleared: str, *conditions: Any) -> int:
+    """Put the requests matching `conditions` that no other transaction holds back in the
+    queue, with column `cleared` reset; return how many."""
     # A request another transaction holds (a lease, a result, another planner re-queueing it)
     # is left to that transaction.
-    retry = unlocked_backfills(
+    ids = unlocked_backfills(session, *conditions)
+    if ids:
+        session.execute(
+            update(BackfillRow)
+            .where(BackfillRow.id.in_(ids))
+            .values({"state": QUEUED, cleared: None, "updated_ns": now_ns})
+            .execution_options(synchronize_session=False)
+        )
+    return len(ids)
+
+
+def requeue_expired_leases(session: Session, now_ns: int, *conditions: Any) -> int:
+    """Return running requests (matching `conditions`) whose lease expired to the queue."""
+    return _requeue(
         session,
+        now_ns,
+        "lease_expires_ns",
+        BackfillRow.state == RUNNING,
+        BackfillRow.lease_expires_ns < now_ns,
+        *conditions,
+    )
+
+
+def _retry_failed(session: Session, now_ns: int) -> int:
+    """Return failed requests whose back-off has expired to the queue."""
+    return _requeue(
+        session,
+        now_ns,
+        "next_attempt_ns",
         BackfillRow.state == FAILED,
         BackfillRow.next_attempt_ns.is_not(None),
         BackfillRow.next_attempt_ns <= now_ns,
     )
-    if retry:
-        session.execute(
-            update(BackfillRow)
-            .where(BackfillRow.id.in_(retry))
-            .values(state=QUEUED, next_attempt_ns=None, updated_ns=now_ns)
-            .execution_options(synchronize_session=False)
-        )
-    result.retried += len(retry)
-    expired = unlocked_backfills(
-        session, BackfillRow.state == RUNNING, BackfillRow.lease_expires_ns < now_ns
-    )
-    if expired:
-        session.execute(
-            update(BackfillRow)
-            .where(BackfillRow.id.in_(expired))
-            .values(state=QUEUED, lease_expires_ns=None, updated_ns=now_ns)
-            .execution_options(synchronize_session=False)
-        )
-    result.requeued += len(expired)
 
 
 def _lock_dcs(session: Session, dcs: set[str]) -> None:
@@ -375,6 +384,22 @@ def desired_versions(session: Session) -> dict[tuple[str, str], str]:
     return {(dc, aggregation): version for dc, aggregation, version in rows}
 
 
+def _pieces(
+    plan: AggregationPlan, starts: Iterable[int], cutoff: int | None, max_windows: int
+) -> Iterator[tuple[int, int]]:
+    """The ranges to request for windows starting at `starts`: coalesced, widened by the
+    look-back, cut into at most `max_windows` windows, none reaching past `cutoff`."""
+    w = plan.window_ns
+    for span in coalesce(Window(start, w) for start in starts):
+        for piece_start, piece_end in widen(span, plan.lookback_ns, max_windows * w, size_ns=w):
+            if cutoff is not None:
+                # The look-back overlap never reaches into data retention may have dropped:
+                # the earliest recoverable window starts at align(cutoff).
+                piece_start = max(piece_start, align(cutoff, w))
+            if piece_start < piece_end:
+                yield piece_start, piece_end
+
+
 def plan_backfills(
     ledger: Ledger,
     config: FederationConfig,
@@ -402,7 +427,8 @@ def plan_backfills(
             active.append(plan)
             _advance(session, config, tracking, plan, now_ns, result)
             _age_out(session, config, plan, now_ns, result)
-        _requeue(session, settings, now_ns, result)
+        result.retried += _retry_failed(session, now_ns)
+        result.requeued += requeue_expired_leases(session, now_ns)
         dcs = {plan.dc for plan in active}
         _lock_dcs(session, dcs)
         outstanding = _outstanding(session, dcs)
@@ -414,49 +440,38 @@ def plan_backfills(
                 continue
             w = plan.window_ns
             by_start = {start: row_id for row_id, start in found}
+            version = versions.get((plan.dc, plan.aggregation), plan.version)
             cutoff = recoverable_after(plan, config, now_ns)
-            for span in coalesce(Window(start, w) for start in by_start):
-                for piece_start, piece_end in widen(
-                    span, plan.lookback_ns, settings.max_windows * w, size_ns=w
-                ):
-                    if cutoff is not None:
-                        # The look-back overlap never reaches into data retention may have
-                        # dropped: the earliest recoverable window starts at align(cutoff).
-                        piece_start = max(piece_start, align(cutoff, w))
-                    ids = [by_start[s] for s in range(piece_start, piece_end, w) if s in by_start]
-                    if not ids or piece_start >= piece_end:
-                        continue
-                    if outstanding.get(plan.dc, 0) >= settings.max_outstanding:
-                        result.throttled += len(ids)
-                        continue
-                    backfill_id = queue_request(
-                        session,
-                        dc=plan.dc,
-                        aggregation=plan.aggregation,
-                        version=versions.get((plan.dc, plan.aggregation), plan.version),
-                        start_ns=piece_start,
-                        end_ns=piece_end,
-                        origin="planner",
-                        now_ns=now_ns,
+            for piece_start, piece_end in _pieces(plan, by_start, cutoff, settings.max_windows):
+                ids = [by_start[s] for s in range(piece_start, piece_end, w) if s in by_start]
+                if not ids:
+                    continue
+                if outstanding.get(plan.dc, 0) >= settings.max_outstanding:
+                    result.throttled += len(ids)
+                    continue
+                backfill_id = queue_request(
+                    session,
+                    dc=plan.dc,
+                    aggregation=plan.aggregation,
+                    version=version,
+                    start_ns=piece_start,
+                    end_ns=piece_end,
+                    origin="planner",
+                    now_ns=now_ns,
+                )
+                claimed = claim_windows(session, ids, backfill_id, now_ns, NEEDS_BACKFILL)
+                if claimed != len(ids):
+                    # Not expected: the candidates are locked by this pass. A request that
+                    # re-runs windows claimed elsewhere is harmless, so only say so.
+                    log.warning(
+                        "backfill #%d claimed %d of %d windows", backfill_id, claimed, len(ids)
                     )
-                    claimed = claim_windows(session, ids, backfill_id, now_ns, NEEDS_BACKFILL)
-                    if claimed != len(ids):
-                        # Not expected: the candidates are locked by this pass. A request that
-                        # re-runs windows claimed elsewhere is harmless, so only say so.
-                        log.warning(
-                            "backfill #%d claimed %d of %d windows", backfill_id, claimed, len(ids)
-                        )
-                    outstanding[plan.dc] = outstanding.get(plan.dc, 0) + 1
-                    result.requested.append(
-                        BackfillRequest(
-                            backfill_id,
-                            plan.dc,
-                            plan.aggregation,
-                            versions.get((plan.dc, plan.aggregation), plan.version),
-                            piece_start,
-                            piece_end,
-                        )
+                outstanding[plan.dc] = outstanding.get(plan.dc, 0) + 1
+                result.requested.append(
+                    BackfillRequest(
+                        backfill_id, plan.dc, plan.aggregation, version, piece_start, piece_end
                     )
+                )
     if result.requested or result.missing or result.unrecoverable:
         log.info(
             "planner: %d missing, %d unrecoverable, %d requests queued, %d windows throttled",

@@ -44,24 +44,26 @@ class Tokens:
         """The DC whose agent token this is (constant-time per comparison), or None."""
         found = None
         for dc, secret in self.agents.items():
-            if secret and hmac.compare_digest(secret.encode(), token.encode()):
+            if _matches(secret, token):
                 found = dc
         return found
 
     def check_dc(self, dc: str, token: str) -> bool:
         """Whether `token` is the agent token of `dc`."""
-        secret = self.agents.get(dc)
-        return bool(secret) and hmac.compare_digest(str(secret).encode(), token.encode())
+        return _matches(self.agents.get(dc), token)
 
     def check_reader(self, token: str) -> bool:
         """Whether `token` is the reader token."""
-        return bool(self.reader) and hmac.compare_digest(str(self.reader).encode(), token.encode())
+        return _matches(self.reader, token)
 
     def check_operator(self, token: str) -> bool:
         """Whether `token` is the operator token (False when none is configured)."""
-        return bool(self.operator) and hmac.compare_digest(
-            str(self.operator).encode(), token.encode()
-        )
+        return _matches(self.operator, token)
+
+
+def _matches(secret: str | None, token: str) -> bool:
+    """Whether `token` is `secret`, compared in constant time; never for an unset secret."""
+    return bool(secret) and hmac.compare_digest(str(secret).encode(), token.encode())
 
 
 def load_tokens(config: FederationConfig, environ: Mapping[str, str] | None = None) -> Tokens:

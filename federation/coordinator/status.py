@@ -104,10 +104,8 @@ class StatusReport:
         return dict(total)
 
 
-def _derived_reason(state: str) -> str:
-    if state == WindowState.MISSING:
-        return "nothing shipped by the deadline (not yet classified by the planner)"
-    return "not due yet"
+_DERIVED_MISSING = "nothing shipped by the deadline (not yet classified by the planner)"
+"""The reason of an overdue window the planner has not stored yet."""
 
 
 def status_report(
@@ -211,9 +209,8 @@ def _aggregation_status(
             result.append(DcStatus(dc_name, [NOT_TRACKED] * len(starts), {}))
             continue
         lo = max(since, tracked_from)
-        n_overdue = max(0, (max(deadline_limit, lo) - lo) // w) if deadline_limit > lo else 0
-        n_overdue = min(n_overdue, max(0, (end - lo) // w))
         n_total = max(0, (end - lo) // w)
+        n_overdue = min(max(0, (deadline_limit - lo) // w), n_total)
         counts = dict(stored.get(dc_name, {}))
         derived_missing = max(0, n_overdue - stored_overdue.get(dc_name, 0))
         derived_expected = max(0, n_total - n_overdue - stored_due.get(dc_name, 0))
@@ -237,7 +234,7 @@ def _aggregation_status(
                 )
                 cells.append(state)
                 if state == WindowState.MISSING.value:
-                    derived_problems.append(Problem(s, state, _derived_reason(state)))
+                    derived_problems.append(Problem(s, state, _DERIVED_MISSING))
         problems = sorted(
             problem_rows.get(dc_name, []) + derived_problems, key=lambda p: -p.start_ns
         )

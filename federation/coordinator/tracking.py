@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import and_, or_, select, tuple_, update
+from sqlalchemy import and_, func, or_, select, tuple_, update
 
 from federation.config import FederationConfig
 from federation.coordinator.ledger import Ledger, WindowRow, upsert, windows_table
@@ -408,8 +408,6 @@ def dc_windows(
 
 def window_state_counts(ledger: Ledger) -> Mapping[str, int]:
     """How many stored windows are in each state (the `expected` ones are not stored)."""
-    from sqlalchemy import func
-
     with ledger.session() as session:
         rows = session.execute(
             select(WindowRow.state, func.count()).group_by(WindowRow.state)
