@@ -1,18 +1,22 @@
-"""What every CLI command module shares: consoles, the --config option, output formats."""
+"""What every CLI command module shares: consoles, the --config option, output formats, command
+groups and option parsing."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
+
+from federation.durations import parse_duration
+from federation.errors import InvalidInput
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -37,6 +41,40 @@ class OutputFormat(StrEnum):
 FormatOption = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
 
 
+def add_group(
+    app: typer.Typer, name: str, help: str, commands: Mapping[str, Callable[..., Any]]
+) -> None:
+    """Add the command group `name` to `app` with `commands` (command name -> function), in
+    that order; the group alone prints its help."""
+    group = typer.Typer(name=name, help=help, no_args_is_help=True)
+    for command, function in commands.items():
+        group.command(command)(function)
+    app.add_typer(group, name=name)
+
+
+def duration_option(option: str, text: str) -> int:
+    """`text` as a duration in nanoseconds; InvalidInput naming `option` when it is not one."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{option}: {exc}") from None
+
+
+def rows_table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    title: str = "",
+    title_justify: JustifyMethod = "center",
+) -> Table:
+    """Rows as a rich table of `columns`, a None value shown as an empty cell."""
+    table = Table(title=title or None, title_justify=title_justify)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    return table
+
+
 def print_rows(
     rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: OutputFormat, title: str = ""
 ) -> None:
@@ -50,9 +88,4 @@ def print_rows(
         writer.writerows(rows)
         out.print(buffer.getvalue(), end="", markup=False)
     else:
-        table = Table(title=title or None)
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-        out.print(table)
+        out.print(rows_table(rows, columns, title))

@@ -1,5 +1,5 @@
 """What `policy` and `rollout` share when they go through the coordinator: choosing the path,
-opening the client, and printing a reload's diff and the agents' progress."""
+and printing a reload's diff and the agents' progress."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 from federation.cli._common import OutputFormat, err, out, print_rows
 from federation.config import FederationConfig
-from federation.operator_client import OperatorClient, operator_client
 
 
 def through_coordinator(config: FederationConfig, direct: bool) -> bool:
@@ -24,11 +23,6 @@ def through_coordinator(config: FederationConfig, direct: bool) -> bool:
         )
         return False
     return True
-
-
-def open_client(config: FederationConfig, *, reader: bool = False) -> OperatorClient:
-    """The operator client for the fleet's coordinator (the reader token with `reader`)."""
-    return operator_client(config, reader=reader)
 
 
 def reload_rows(

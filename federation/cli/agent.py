@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from federation.cli._common import ConfigOption, FormatOption, OutputFormat, err, print_rows
+from federation.cli._common import (
+    ConfigOption,
+    FormatOption,
+    OutputFormat,
+    add_group,
+    err,
+    print_rows,
+)
 
 DcOption = Annotated[str, typer.Option("--dc", help="The DC this agent runs for.")]
 ModeOption = Annotated[
@@ -132,11 +139,9 @@ def once(
 
 def register(app: typer.Typer) -> None:
     """Add the `agent` command group to `app`."""
-    agent_app = typer.Typer(
-        name="agent",
-        help="The per-DC agent: compute aggregations and ship them through the gateway.",
-        no_args_is_help=True,
+    add_group(
+        app,
+        "agent",
+        "The per-DC agent: compute aggregations and ship them through the gateway.",
+        {"run": run, "once": once},
     )
-    agent_app.command("run")(run)
-    agent_app.command("once")(once)
-    app.add_typer(agent_app, name="agent")

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from federation.cli._common import ConfigOption, out
+from federation.cli._common import ConfigOption, out, rows_table
 from federation.cli._status_view import status_renderables
 from federation.coordinator.status import StatusReport
 from federation.errors import FederationError
@@ -39,12 +38,7 @@ class ConsoleView:
             out.print(renderable, width=max(out.width, 120))
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-        table = Table(title=title, title_justify="left")
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-        out.print(table, width=max(out.width, 120))
+        out.print(rows_table(rows, columns, title, "left"), width=max(out.width, 120))
 
 
 class DemoFailed(FederationError):

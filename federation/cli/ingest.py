@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from federation.cli._common import ConfigOption, FormatOption, OutputFormat, err, out, print_rows
-from federation.durations import SECOND_NS, parse_duration
+from federation.cli._common import (
+    ConfigOption,
+    FormatOption,
+    OutputFormat,
+    duration_option,
+    err,
+    out,
+    print_rows,
+)
+from federation.durations import SECOND_NS
 from federation.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from federation.ingest import IngestSummary
 
 HELP = "Ingest JSON lines (files, or stdin) into a DC's raw database, by a schema."
 
@@ -23,13 +36,39 @@ def register(app: typer.Typer) -> None:
 
 
 def _flush_seconds(text: str) -> float:
-    try:
-        nanos = parse_duration(text)
-    except ValueError as exc:
-        raise InvalidInput(f"--flush: {exc}") from None
+    nanos = duration_option("--flush", text)
     if nanos <= 0:
         raise InvalidInput("--flush must be a positive duration such as 1s or 500ms")
     return nanos / SECOND_NS
+
+
+@contextmanager
+def _progress(dc: str) -> Iterator[Callable[[IngestSummary], None] | None]:
+    """A live line of counts on a terminal; no progress callback (None) in a pipe."""
+    if not err.is_terminal:
+        yield None
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"ingesting into {dc}")
+
+        def show(summary: IngestSummary) -> None:
+            bar.update(
+                task,
+                description=(
+                    f"ingesting into {dc}: {summary.lines_read:,} read, "
+                    f"{summary.points_written:,} written, "
+                    f"{summary.dead_lettered_total:,} dead-lettered, "
+                    f"{summary.retries:,} retries"
+                ),
+            )
+
+        yield show
 
 
 def ingest_command(
@@ -70,7 +109,7 @@ def ingest_command(
     config: ConfigOption = Path("."),
 ) -> None:
     from federation.config import load_config
-    from federation.ingest import IngestSummary, RetryPolicy, Source, ingest
+    from federation.ingest import RetryPolicy, Source, ingest
 
     loaded = load_config(config)
     sources: list[Source] = [
@@ -78,40 +117,7 @@ def ingest_command(
     ]
     retry = RetryPolicy(give_up_after=give_up_after)
     flush_seconds = _flush_seconds(flush)
-
-    if err.is_terminal:
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        ) as bar:
-            task = bar.add_task(f"ingesting into {dc}")
-
-            def show(summary: IngestSummary) -> None:
-                bar.update(
-                    task,
-                    description=(
-                        f"ingesting into {dc}: {summary.lines_read:,} read, "
-                        f"{summary.points_written:,} written, "
-                        f"{summary.dead_lettered_total:,} dead-lettered, "
-                        f"{summary.retries:,} retries"
-                    ),
-                )
-
-            result = ingest(
-                loaded,
-                dc,
-                sources,
-                schema=schema,
-                batch_size=batch,
-                flush_interval=flush_seconds,
-                dead_letter=dead_letter,
-                retry=retry,
-                progress=show,
-            )
-    else:
+    with _progress(dc) as show:
         result = ingest(
             loaded,
             dc,
@@ -121,6 +127,7 @@ def ingest_command(
             flush_interval=flush_seconds,
             dead_letter=dead_letter,
             retry=retry,
+            progress=show,
         )
 
     data = result.to_dict()

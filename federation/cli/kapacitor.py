@@ -7,19 +7,18 @@ from typing import Annotated
 
 import typer
 
-from federation.cli._common import ConfigOption, err, out
+from federation.cli._common import ConfigOption, add_group, err, out
 
 
 def register(app: typer.Typer) -> None:
     """Add the top-level `kapacitor-udf` command and the `kapacitor` command group to `app`."""
     app.command("kapacitor-udf")(kapacitor_udf)
-    kapacitor_app = typer.Typer(
-        name="kapacitor",
-        help="What a DC's Kapacitor needs to run federation's tasks.",
-        no_args_is_help=True,
+    add_group(
+        app,
+        "kapacitor",
+        "What a DC's Kapacitor needs to run federation's tasks.",
+        {"config": config},
     )
-    kapacitor_app.command("config")(config)
-    app.add_typer(kapacitor_app, name="kapacitor")
 
 
 def kapacitor_udf() -> None:

@@ -10,17 +10,25 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from federation.cli._common import ConfigOption, FormatOption, OutputFormat, out, print_rows
+from federation.cli._common import (
+    ConfigOption,
+    FormatOption,
+    OutputFormat,
+    add_group,
+    duration_option,
+    out,
+    print_rows,
+)
 from federation.cli._coordinated import (
     ProgressPrinter,
     names,
-    open_client,
     print_reload,
     reload_rows,
     through_coordinator,
 )
-from federation.durations import format_duration, parse_duration
+from federation.durations import format_duration
 from federation.errors import FederationError, InvalidInput
+from federation.operator_client import operator_client
 
 if TYPE_CHECKING:
     from federation.config import FederationConfig
@@ -183,7 +191,7 @@ def apply(
 
 
 def _plan_through_coordinator(config: FederationConfig, dc: str | None, fmt: OutputFormat) -> None:
-    with open_client(config) as client:
+    with operator_client(config) as client:
         reload = client.reload(dry_run=True)
     rows = reload_rows(reload, dcs=[dc] if dc else None)
     print_reload(rows, fmt, "policy plan (coordinator, dry run)")
@@ -204,7 +212,7 @@ def _apply_through_coordinator(
         if table:
             out.print("waiting for the agents to apply their retention", markup=False)
 
-    with open_client(config) as client:
+    with operator_client(config) as client:
         result = apply_policies(
             client,
             dcs=[dc] if dc else None,
@@ -259,10 +267,7 @@ def audit(
     from federation.config import load_config
     from federation.policy import audit as run_audit
 
-    try:
-        interval = parse_duration(check_interval)
-    except ValueError as exc:
-        raise InvalidInput(f"--check-interval: {exc}") from None
+    interval = duration_option("--check-interval", check_interval)
     report = run_audit(
         load_config(config),
         check_interval_ns=interval,
@@ -361,15 +366,15 @@ def erase(
     result = erase_subject(
         load_config(config), dc, subject, salt_env=salt_env, dry_run=dry_run, timeout=timeout
     )
-    if fmt is not OutputFormat.table:
-        if fmt is OutputFormat.json:
-            out.print_json(json.dumps(result.as_dict()))
-        else:
-            print_rows(
-                result.as_dict()["redactions"],
-                ("retention_policy", "measurement", "key", "kind", "points"),
-                fmt,
-            )
+    if fmt is OutputFormat.json:
+        out.print_json(json.dumps(result.as_dict()))
+        return
+    if fmt is OutputFormat.csv:
+        print_rows(
+            result.as_dict()["redactions"],
+            ("retention_policy", "measurement", "key", "kind", "points"),
+            fmt,
+        )
         return
     verb = "would redact" if dry_run else "redacted"
     out.print(
@@ -396,13 +401,10 @@ def erase(
 
 def register(app: typer.Typer) -> None:
     """Add the `policy` command group and the top-level `erase` command to `app`."""
-    policy_app = typer.Typer(
-        name="policy",
-        help="Retention policies per region: plan, apply, and a compliance audit.",
-        no_args_is_help=True,
+    add_group(
+        app,
+        "policy",
+        "Retention policies per region: plan, apply, and a compliance audit.",
+        {"plan": plan, "apply": apply, "audit": audit},
     )
-    policy_app.command("plan")(plan)
-    policy_app.command("apply")(apply)
-    policy_app.command("audit")(audit)
-    app.add_typer(policy_app, name="policy")
     app.command("erase")(erase)

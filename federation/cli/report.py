@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from federation.cli._common import ConfigOption, FormatOption, OutputFormat, out, print_rows
+from federation.cli._common import (
+    ConfigOption,
+    FormatOption,
+    OutputFormat,
+    add_group,
+    out,
+    print_rows,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -234,17 +241,10 @@ def dashboard(
 
 def register(app: typer.Typer) -> None:
     """Add the `report` and `grafana` command groups to `app`."""
-    report_app = typer.Typer(
-        name="report",
-        help="Central reports from merged histograms: percentiles, worst groups, SLA.",
-        no_args_is_help=True,
+    add_group(
+        app,
+        "report",
+        "Central reports from merged histograms: percentiles, worst groups, SLA.",
+        {"percentiles": percentiles, "worst": worst, "sla": sla},
     )
-    report_app.command("percentiles")(percentiles)
-    report_app.command("worst")(worst)
-    report_app.command("sla")(sla)
-    app.add_typer(report_app, name="report")
-    grafana_app = typer.Typer(
-        name="grafana", help="Grafana provisioning for central reports.", no_args_is_help=True
-    )
-    grafana_app.command("dashboard")(dashboard)
-    app.add_typer(grafana_app, name="grafana")
+    add_group(app, "grafana", "Grafana provisioning for central reports.", {"dashboard": dashboard})

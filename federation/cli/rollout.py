@@ -16,12 +16,12 @@ from federation.cli._common import ConfigOption, FormatOption, OutputFormat, out
 from federation.cli._coordinated import (
     ProgressPrinter,
     names,
-    open_client,
     print_reload,
     reload_rows,
     through_coordinator,
 )
 from federation.errors import FederationError
+from federation.operator_client import operator_client
 
 if TYPE_CHECKING:
     from federation.config import FederationConfig
@@ -91,7 +91,7 @@ def plan_command(
 
     fed = load_config(config)
     if through_coordinator(fed, direct):
-        with open_client(fed) as client:
+        with operator_client(fed) as client:
             reload = client.reload(dry_run=True)
         rows = reload_rows(reload, dcs=dc, aggregations=aggregation, retention=False)
         print_reload(rows, fmt, "rollout plan (coordinator, dry run)")
@@ -152,9 +152,9 @@ def apply_command(
     for name in result.unchanged:
         out.print(f"{name}: already up to date", markup=False)
     if not result.ok:
-        waiting = ", ".join(result.not_reached) or "none"
         raise RolloutFailed(
-            f"rollout stopped at {result.failed}: {result.error}; not reached: {waiting}"
+            f"rollout stopped at {result.failed}: {result.error}; "
+            f"not reached: {names(result.not_reached)}"
         )
 
 
@@ -204,7 +204,7 @@ def status_command(
 
     fed = load_config(config)
     if through_coordinator(fed, direct):
-        with open_client(fed, reader=True) as client:
+        with operator_client(fed, reader=True) as client:
             found = client.dcs(dc)
         rows = [
             {"dc": entry["dc"], "last_seen": entry.get("last_seen"), **item}
@@ -266,7 +266,7 @@ def _apply_through_coordinator(
 ) -> None:
     from federation.operator_client import apply_rollout
 
-    with open_client(config) as client:
+    with operator_client(config) as client:
         result = apply_rollout(
             client,
             aggregations=aggregations,
@@ -300,7 +300,7 @@ def _rollback_through_coordinator(
 ) -> None:
     from federation.operator_client import moved_versions, wait_for_versions
 
-    with open_client(config) as client:
+    with operator_client(config) as client:
         step = client.rollback_rollout(aggregations=aggregations, dcs=dcs)
         moved = moved_versions(step)
         if not moved:
