@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from federation.cli._common import ConfigOption, err, out
@@ -71,9 +70,14 @@ for _module in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Entry point: run the app, turning FederationErrors into one-line messages."""
+    """Entry point: run the app, turning FederationErrors into one-line messages.
+
+    Usage errors (a missing option, an unknown command) are typer's to report: in its
+    standalone mode it prints the usage and exits 2, and exits with a command's `typer.Exit`
+    code.
+    """
     try:
-        code = app(standalone_mode=False)
+        app()
     except FederationError as exc:
         if _State.debug:
             raise
@@ -85,14 +89,3 @@ def main() -> None:
             for line in lines:
                 err.print(f"  {line}", markup=False)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err.print("aborted")
-        sys.exit(1)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    # Without standalone mode click returns a command's typer.Exit code instead of exiting.
-    if isinstance(code, int) and code:
-        sys.exit(code)

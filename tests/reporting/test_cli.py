@@ -109,3 +109,14 @@ def test_bad_input_is_one_line_and_exit_2(env: list[str]) -> None:
     assert (
         result.stderr.strip() == "error: '2026-13-01' is not a valid date: month must be in 1..12"
     )
+
+
+def test_a_usage_error_prints_the_usage_and_exits_2_without_a_traceback() -> None:
+    for args in (["report", "percentiles"], ["policy"], ["no-such-command"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "federation.cli", *args],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert "Usage:" in result.stderr + result.stdout
