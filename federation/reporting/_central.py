@@ -8,12 +8,14 @@ read is one query per retention policy, restricted to the DCs stored there.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from federation.calendar import CalendarPeriod
 from federation.config import FederationConfig
 from federation.errors import FederationError, InvalidInput, SketchDecodeError
 from federation.influx import InfluxClient, Series, credentials_from_env, quote_ident, quote_string
@@ -122,6 +124,27 @@ def stream_rows(
             yield tags, row
 
 
+def read_dc_rows(
+    central: CentralReader,
+    config: FederationConfig,
+    measurement: str,
+    fields: Sequence[str],
+    where: Sequence[str],
+    dcs: Iterable[str],
+    start_ns: int,
+    end_ns: int,
+    group_by: Sequence[str],
+) -> Iterator[tuple[dict[str, str], list[Any]]]:
+    """Each row of `measurement` from `dcs` in [start, end) as (series tags, [time, fields…]):
+    one streamed query per central retention policy, `where` and a WHERE on the DCs stored
+    there."""
+    database = config.fleet.central.database
+    for rp, rp_dcs in dcs_by_retention_policy(config, dcs):
+        conditions = (*where, dc_condition(rp_dcs))
+        q = select_query(database, rp, measurement, fields, conditions, start_ns, end_ns, group_by)
+        yield from stream_rows(central, q, database)
+
+
 def read_manifests(
     central: CentralReader,
     config: FederationConfig,
@@ -131,30 +154,36 @@ def read_manifests(
     end_ns: int,
 ) -> dict[tuple[str, int], WindowManifest]:
     """Every manifest of `aggregation` from `dcs` for windows starting in [start, end)."""
-    database = config.fleet.central.database
+    rows = read_dc_rows(
+        central, config, MANIFEST_MEASUREMENT, ("events", "suppressed_events", "version", "run"),
+        (f'"aggregation" = {quote_string(aggregation)}',), dcs, start_ns, end_ns, ("dc",),
+    )  # fmt: skip
     found: dict[tuple[str, int], WindowManifest] = {}
-    for rp, rp_dcs in dcs_by_retention_policy(config, dcs):
-        q = select_query(
-            database,
-            rp,
-            MANIFEST_MEASUREMENT,
-            ("events", "suppressed_events", "version", "run"),
-            (f'"aggregation" = {quote_string(aggregation)}', dc_condition(rp_dcs)),
-            start_ns,
-            end_ns,
-            ("dc",),
+    for tags, (t, events, suppressed, version, run) in rows:
+        dc = tags.get("dc", "")
+        found[(dc, int(t))] = WindowManifest(
+            dc=dc,
+            start_ns=int(t),
+            version=str(version or ""),
+            run=int(run or 0),
+            events=int(events or 0),
+            suppressed_events=int(suppressed or 0),
         )
-        for tags, (t, events, suppressed, version, run) in stream_rows(central, q, database):
-            dc = tags.get("dc", "")
-            found[(dc, int(t))] = WindowManifest(
-                dc=dc,
-                start_ns=int(t),
-                version=str(version or ""),
-                run=int(run or 0),
-                events=int(events or 0),
-                suppressed_events=int(suppressed or 0),
-            )
     return found
+
+
+def manifests_by_period(
+    manifests: Iterable[WindowManifest], periods: Sequence[CalendarPeriod]
+) -> dict[tuple[str, int], list[WindowManifest]]:
+    """(dc, period start) -> the manifests of the windows starting in each of `periods`
+    (contiguous, in order); manifests outside every period are left out."""
+    starts = [p.start_ns for p in periods]
+    grouped: dict[tuple[str, int], list[WindowManifest]] = defaultdict(list)
+    for m in manifests:
+        i = bisect.bisect_right(starts, m.start_ns) - 1
+        if i >= 0 and m.start_ns < periods[i].end_ns:
+            grouped[(m.dc, starts[i])].append(m)
+    return grouped
 
 
 def fingerprint(manifests: Iterable[WindowManifest]) -> str:

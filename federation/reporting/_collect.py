@@ -10,10 +10,10 @@ Histograms of different plan versions are never merged: every figure is keyed by
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from federation.calendar import CalendarPeriod, period_of, periods
 from federation.config import FederationConfig
@@ -22,12 +22,10 @@ from federation.reporting._central import (
     CentralReader,
     SketchMerger,
     WindowManifest,
-    dc_condition,
-    dcs_by_retention_policy,
     fingerprint,
+    manifests_by_period,
+    read_dc_rows,
     read_manifests,
-    select_query,
-    stream_rows,
     tag_value,
 )
 from federation.reporting.rollups import (
@@ -230,34 +228,18 @@ def _usable_rollups(
 ) -> dict[tuple[str, int], str]:
     """(dc, period start) -> build of each rollup of `days` (contiguous local days or months)
     whose marker holds `dims` and matches the manifests of that DC and period."""
-    starts = [d.start_ns for d in days]
-    per_day: dict[tuple[str, int], list[WindowManifest]] = defaultdict(list)
-    for (dc, t), m in manifests.items():
-        i = bisect.bisect_right(starts, t) - 1
-        if i >= 0 and t < days[i].end_ns:
-            per_day[(dc, starts[i])].append(m)
-    database = config.fleet.central.database
+    per_day = manifests_by_period(manifests.values(), days)
+    markers = read_dc_rows(
+        central, config, marker_measurement, ("fingerprint", "dims"),
+        (f'"aggregation" = {quote_string(aggregation)}', f'"tz" = {quote_string(zone)}'),
+        dcs, days[0].start_ns, days[-1].end_ns, ("dc",),
+    )  # fmt: skip
     usable: dict[tuple[str, int], str] = {}
-    for rp, rp_dcs in dcs_by_retention_policy(config, dcs):
-        q = select_query(
-            database,
-            rp,
-            marker_measurement,
-            ("fingerprint", "dims"),
-            (
-                f'"aggregation" = {quote_string(aggregation)}',
-                f'"tz" = {quote_string(zone)}',
-                dc_condition(rp_dcs),
-            ),
-            days[0].start_ns,
-            days[-1].end_ns,
-            ("dc",),
-        )
-        for tags, (t, build, marker_dims) in stream_rows(central, q, database):
-            key = (tags.get("dc", ""), int(t))
-            held = per_day.get(key)
-            if held and dims in str(marker_dims).split("|") and build == fingerprint(held):
-                usable[key] = str(build)
+    for tags, (t, build, marker_dims) in markers:
+        key = (tags.get("dc", ""), int(t))
+        held = per_day.get(key)
+        if held and dims in str(marker_dims).split("|") and build == fingerprint(held):
+            usable[key] = str(build)
     return usable
 
 
@@ -278,29 +260,14 @@ def _read_rollups(
     result: Collected,
     counter: str,
 ) -> None:
-    database = config.fleet.central.database
-    group_by = tuple(dict.fromkeys([*by, "dc"]))
-    for rp, rp_dcs in dcs_by_retention_policy(config, span.dcs):
-        q = select_query(
-            database,
-            rp,
-            measurement,
-            ("sketch", "version", "build"),
-            (
-                f'"tz" = {quote_string(zone)}',
-                f'"dims" = {quote_string(dims)}',
-                dc_condition(rp_dcs),
-            ),
-            span.start_ns,
-            span.end_ns,
-            group_by,
-        )
-        for tags, (t, text, version, build) in stream_rows(central, q, database):
-            dc = tags.get("dc", "")
-            if usable.get((dc, int(t))) != build:
-                continue
-            merger.add_encoded(((str(version), _group(tags, by)),), text, (measurement, dc, t))
-            result.points_read[counter] += 1
+    where = (f'"tz" = {quote_string(zone)}', f'"dims" = {quote_string(dims)}')
+    rows = _read_span(central, config, measurement, ("sketch", "version", "build"), where, by, span)
+    for tags, (t, text, version, build) in rows:
+        dc = tags.get("dc", "")
+        if usable.get((dc, int(t))) != build:
+            continue
+        merger.add_encoded(((str(version), _group(tags, by)),), text, (measurement, dc, t))
+        result.points_read[counter] += 1
 
 
 def _read_windows(
@@ -313,22 +280,26 @@ def _read_windows(
     merger: SketchMerger[FigureKey],
     result: Collected,
 ) -> None:
-    database = config.fleet.central.database
+    for tags, (t, text) in _read_span(central, config, aggregation, ("sketch",), (), by, span):
+        dc = tags.get("dc", "")
+        manifest = manifests.get((dc, int(t)))
+        version = manifest.version if manifest is not None else UNKNOWN_VERSION
+        merger.add_encoded(((version, _group(tags, by)),), text, (aggregation, dc, t))
+        result.points_read["window"] += 1
+
+
+def _read_span(
+    central: CentralReader,
+    config: FederationConfig,
+    measurement: str,
+    fields: Sequence[str],
+    where: Sequence[str],
+    by: Sequence[str],
+    span: _Range,
+) -> Iterator[tuple[dict[str, str], list[Any]]]:
+    """The rows of `span`'s DCs and time range, one series per group of `by` and DC."""
     group_by = tuple(dict.fromkeys([*by, "dc"]))
-    for rp, rp_dcs in dcs_by_retention_policy(config, span.dcs):
-        q = select_query(
-            database,
-            rp,
-            aggregation,
-            ("sketch",),
-            (dc_condition(rp_dcs),),
-            span.start_ns,
-            span.end_ns,
-            group_by,
-        )
-        for tags, (t, text) in stream_rows(central, q, database):
-            dc = tags.get("dc", "")
-            manifest = manifests.get((dc, int(t)))
-            version = manifest.version if manifest is not None else UNKNOWN_VERSION
-            merger.add_encoded(((version, _group(tags, by)),), text, (aggregation, dc, t))
-            result.points_read["window"] += 1
+    return read_dc_rows(
+        central, config, measurement, fields, where, span.dcs, span.start_ns, span.end_ns,
+        group_by,
+    )  # fmt: skip

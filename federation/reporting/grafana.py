@@ -93,6 +93,30 @@ def _custom_variable(name: str, values: list[str], current: str) -> dict[str, An
     }
 
 
+def _timeseries_panel(
+    panel_id: int,
+    title: str,
+    description: str,
+    datasource: dict[str, str],
+    *,
+    x: int,
+    y: int,
+    unit: str,
+    target: dict[str, Any],
+) -> dict[str, Any]:
+    """A half-width time series panel with one query (`target`) on `datasource`."""
+    return {
+        "id": panel_id,
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": datasource,
+        "gridPos": {"h": 9, "w": 12, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "targets": [{"refId": "A", "datasource": datasource, **target}],
+    }
+
+
 def dashboard(
     config: FederationConfig,
     aggregation: str | None = None,
@@ -138,59 +162,51 @@ def dashboard(
         others = [t for t in ("dc", *spec.dimensions) if t != split]
         alias = f"$tag_{split} " + " ".join(f"$tag_{t}" for t in others)
         panels.append(
-            {
-                "id": next_id + 1,
-                "type": "timeseries",
-                "title": f"$percentile per window by {split} (exact, as shipped)",
-                "description": "Exact per-window percentiles of each group; never averaged.",
-                "datasource": influx,
-                "gridPos": {"h": 9, "w": 12, "x": 0, "y": y},
-                "fieldConfig": {"defaults": {"unit": spec.source.unit}, "overrides": []},
-                "targets": [
-                    {
-                        "refId": "A",
-                        "datasource": influx,
-                        "rawQuery": True,
-                        "resultFormat": "time_series",
-                        "query": query,
-                        "alias": alias,
-                    }
-                ],
-            }
+            _timeseries_panel(
+                next_id + 1,
+                f"$percentile per window by {split} (exact, as shipped)",
+                "Exact per-window percentiles of each group; never averaged.",
+                influx,
+                x=0,
+                y=y,
+                unit=spec.source.unit,
+                target={
+                    "rawQuery": True,
+                    "resultFormat": "time_series",
+                    "query": query,
+                    "alias": alias,
+                },
+            )
         )
         url = (
             f"{base}{REPORTS_PATH}/{name}/percentiles?period=$period&tz={tz}&by={split}"
             "&from=${__from:date:YYYY-MM-DD}&to=${__to:date:YYYY-MM-DD}&shape=rows"
         )
         panels.append(
-            {
-                "id": next_id + 2,
-                "type": "timeseries",
-                "title": f"$percentile per $period by {split} (merged histograms, ±alpha)",
-                "description": "Percentiles merged from the windows' histograms over calendar "
+            _timeseries_panel(
+                next_id + 2,
+                f"$percentile per $period by {split} (merged histograms, ±alpha)",
+                "Percentiles merged from the windows' histograms over calendar "
                 f"periods in {tz}, from the coordinator's report API.",
-                "datasource": api,
-                "gridPos": {"h": 9, "w": 12, "x": 12, "y": y},
-                "fieldConfig": {"defaults": {"unit": spec.source.unit}, "overrides": []},
-                "targets": [
-                    {
-                        "refId": "A",
-                        "datasource": api,
-                        "type": "json",
-                        "source": "url",
-                        "format": "timeseries",
-                        "parser": "backend",
-                        "url": url,
-                        "url_options": {"method": "GET"},
-                        "root_selector": "",
-                        "columns": [
-                            {"selector": "start", "text": "time", "type": "timestamp"},
-                            {"selector": split, "text": split, "type": "string"},
-                            {"selector": "$percentile", "text": "$percentile", "type": "number"},
-                        ],
-                    }
-                ],
-            }
+                api,
+                x=12,
+                y=y,
+                unit=spec.source.unit,
+                target={
+                    "type": "json",
+                    "source": "url",
+                    "format": "timeseries",
+                    "parser": "backend",
+                    "url": url,
+                    "url_options": {"method": "GET"},
+                    "root_selector": "",
+                    "columns": [
+                        {"selector": "start", "text": "time", "type": "timestamp"},
+                        {"selector": split, "text": split, "type": "string"},
+                        {"selector": "$percentile", "text": "$percentile", "type": "number"},
+                    ],
+                },
+            )
         )
         y += 9
         next_id += 3

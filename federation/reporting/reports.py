@@ -15,10 +15,10 @@ import itertools
 import math
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -183,6 +183,12 @@ def _num(x: float | None) -> str:
     return "" if x is None else f"{x:.6g}"
 
 
+def _bounds(value: float, alpha: float) -> tuple[float, float]:
+    """Where the exact figure lies, low first, when `value` is within relative error alpha."""
+    lo, hi = value / (1 + alpha), value / (1 - alpha)
+    return (lo, hi) if value >= 0 else (hi, lo)
+
+
 @dataclass(frozen=True)
 class PercentileRow:
     """Merged percentiles of one group in one period and plan version."""
@@ -197,10 +203,7 @@ class PercentileRow:
     def bounds(self, name: str) -> tuple[float, float] | None:
         """Where the exact percentile lies: [v / (1 + alpha), v / (1 - alpha)] for v >= 0."""
         v = self.values.get(name)
-        if v is None:
-            return None
-        lo, hi = v / (1 + self.alpha), v / (1 - self.alpha)
-        return (lo, hi) if v >= 0 else (hi, lo)
+        return None if v is None else _bounds(v, self.alpha)
 
 
 @dataclass(frozen=True)
@@ -227,23 +230,25 @@ class PercentileReport:
 
     def table_rows(self) -> list[dict[str, Any]]:
         """One flat row per (period, version, group), period notes repeated on each."""
-        status = {s.period.label: s for s in self.periods}
-        out: list[dict[str, Any]] = []
-        for r in self.rows:
-            s = status[r.period]
-            row: dict[str, Any] = {"period": r.period, "version": r.version, **r.group}
-            row["events"] = r.count
-            row.update({f: _num(r.values.get(f)) for f in self.fields})
-            row["error"] = f"±{r.alpha:.2%}" if r.count else ""
-            row["suppressed"] = _pct(s.suppressed_share)
-            row["complete"] = _pct(s.completeness.ratio) if s.completeness else "unknown"
-            row["flags"] = " | ".join(s.flags)
-            out.append(row)
-        return out
+        fields = self.fields
+
+        def figures(r: PercentileRow) -> dict[str, Any]:
+            values = {f: _num(r.values.get(f)) for f in fields}
+            return {**values, "error": f"±{r.alpha:.2%}" if r.count else ""}
+
+        return _table_rows(self.periods, self.rows, figures)
 
     def to_json(self) -> dict[str, Any]:
         """The whole report as JSON-able data: meta, periods (notes) and rows."""
-        starts = {s.period.label: format_rfc3339(s.period.start_ns) for s in self.periods}
+        fields = self.fields
+
+        def figures(r: PercentileRow) -> dict[str, Any]:
+            return {
+                "alpha": r.alpha,
+                **{f: r.values.get(f) for f in fields},
+                "bounds": {f: r.bounds(f) for f in fields},
+            }
+
         return {
             "report": "percentiles",
             "aggregation": self.aggregation,
@@ -252,19 +257,7 @@ class PercentileReport:
             "by": list(self.by),
             "percentiles": list(self.percentiles),
             "periods": [s.to_json() for s in self.periods],
-            "rows": [
-                {
-                    "period": r.period,
-                    "start": starts[r.period],
-                    "version": r.version,
-                    **r.group,
-                    "count": r.count,
-                    "alpha": r.alpha,
-                    **{f: r.values.get(f) for f in self.fields},
-                    "bounds": {f: r.bounds(f) for f in self.fields},
-                }
-                for r in self.rows
-            ],
+            "rows": _json_rows(self.periods, self.rows, figures),
         }
 
 
@@ -306,30 +299,30 @@ class SlaReport:
         ]  # fmt: skip
 
     def table_rows(self) -> list[dict[str, Any]]:
-        status = {s.period.label: s for s in self.periods}
-        out: list[dict[str, Any]] = []
-        for r in self.rows:
-            s = status[r.period]
+        """One flat row per (period, version, group), period notes repeated on each."""
+
+        def figures(r: SlaRow) -> dict[str, Any]:
             share = r.share
-            out.append(
-                {
-                    "period": r.period,
-                    "version": r.version,
-                    **r.group,
-                    "events": r.count,
-                    "within": f"{r.within_low}..{r.within_high}",
-                    "share_low": _pct(share[0]) if share else "",
-                    "share_high": _pct(share[1]) if share else "",
-                    "suppressed": _pct(s.suppressed_share),
-                    "complete": _pct(s.completeness.ratio) if s.completeness else "unknown",
-                    "flags": " | ".join(s.flags),
-                }
-            )
-        return out
+            return {
+                "within": f"{r.within_low}..{r.within_high}",
+                "share_low": _pct(share[0]) if share else "",
+                "share_high": _pct(share[1]) if share else "",
+            }
+
+        return _table_rows(self.periods, self.rows, figures)
 
     def to_json(self) -> dict[str, Any]:
         """The whole report as JSON-able data: meta, periods (notes) and rows."""
-        starts = {s.period.label: format_rfc3339(s.period.start_ns) for s in self.periods}
+
+        def figures(r: SlaRow) -> dict[str, Any]:
+            share = r.share
+            return {
+                "within_low": r.within_low,
+                "within_high": r.within_high,
+                "share_low": share[0] if share else None,
+                "share_high": share[1] if share else None,
+            }
+
         return {
             "report": "sla",
             "aggregation": self.aggregation,
@@ -339,21 +332,60 @@ class SlaReport:
             "threshold": self.threshold,
             "unit": self.unit,
             "periods": [s.to_json() for s in self.periods],
-            "rows": [
-                {
-                    "period": r.period,
-                    "start": starts[r.period],
-                    "version": r.version,
-                    **r.group,
-                    "count": r.count,
-                    "within_low": r.within_low,
-                    "within_high": r.within_high,
-                    "share_low": r.share[0] if r.share else None,
-                    "share_high": r.share[1] if r.share else None,
-                }
-                for r in self.rows
-            ],
+            "rows": _json_rows(self.periods, self.rows, figures),
         }
+
+
+_PeriodRow = TypeVar("_PeriodRow", PercentileRow, SlaRow)
+
+
+def _table_rows(
+    periods: Sequence[PeriodStatus],
+    rows: Sequence[_PeriodRow],
+    figures: Callable[[_PeriodRow], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Flat table rows: each row's period, version, group and events, its `figures`, then its
+    period's notes (suppressed share, completeness, flags)."""
+    # Formatted once per period: a period may have thousands of group rows.
+    notes = {
+        s.period.label: {
+            "suppressed": _pct(s.suppressed_share),
+            "complete": _pct(s.completeness.ratio) if s.completeness else "unknown",
+            "flags": " | ".join(s.flags),
+        }
+        for s in periods
+    }
+    return [
+        {
+            "period": r.period,
+            "version": r.version,
+            **r.group,
+            "events": r.count,
+            **figures(r),
+            **notes[r.period],
+        }
+        for r in rows
+    ]
+
+
+def _json_rows(
+    periods: Sequence[PeriodStatus],
+    rows: Sequence[_PeriodRow],
+    figures: Callable[[_PeriodRow], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """JSON rows: each row's period and its start, version, group and count, then `figures`."""
+    starts = {s.period.label: format_rfc3339(s.period.start_ns) for s in periods}
+    return [
+        {
+            "period": r.period,
+            "start": starts[r.period],
+            "version": r.version,
+            **r.group,
+            "count": r.count,
+            **figures(r),
+        }
+        for r in rows
+    ]
 
 
 @dataclass(frozen=True)
@@ -655,8 +687,7 @@ def worst_report(
             q = sketch.quantile(chosen_metric.percentile)
             if q is None:
                 continue
-            a, b = q / (1 + sketch.alpha), q / (1 - sketch.alpha)
-            ranked.append((q, q, key, sketch, min(a, b), max(a, b)))
+            ranked.append((q, q, key, sketch, *_bounds(q, sketch.alpha)))
         else:
             assert chosen_metric.threshold is not None
             at_most_lo, at_most_hi = sketch.count_at_most(chosen_metric.threshold)

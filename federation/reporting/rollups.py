@@ -34,15 +34,14 @@ no longer matches, which costs speed (windows are read), never correctness.
 
 from __future__ import annotations
 
-import bisect
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 from federation.calendar import CalendarPeriod, period_of, period_windows, periods
-from federation.config import FederationConfig
+from federation.config import Aggregation, FederationConfig
 from federation.errors import CalendarError, InvalidInput
 from federation.influx import quote_string
 from federation.lineprotocol import serialize
@@ -54,6 +53,7 @@ from federation.reporting._central import (
     dc_condition,
     dcs_by_retention_policy,
     fingerprint,
+    manifests_by_period,
     read_manifests,
     select_query,
     stream_rows,
@@ -135,6 +135,33 @@ def _check_dimensions(aggregation: str, dimensions: Sequence[str]) -> None:
         )
 
 
+def _spec(config: FederationConfig, aggregation: str) -> Aggregation:
+    spec = config.aggregations.get(aggregation)
+    if spec is None:
+        raise InvalidInput(f"unknown aggregation {aggregation!r}")
+    return spec
+
+
+def _manifests_per_dc(
+    central: CentralWriter,
+    config: FederationConfig,
+    aggregation: str,
+    dcs: Iterable[str] | None,
+    period: CalendarPeriod,
+) -> Iterator[tuple[str, list[str], dict[str, list[WindowManifest]]]]:
+    """Per central retention policy: the policy, its DCs among `dcs` (default: every DC of the
+    fleet) and each DC's manifests of the windows starting in `period`."""
+    chosen = config.fleet.dcs if dcs is None else dcs
+    for rp, rp_dcs in dcs_by_retention_policy(config, chosen):
+        manifests = read_manifests(
+            central, config, aggregation, rp_dcs, period.start_ns, period.end_ns
+        )
+        per_dc: dict[str, list[WindowManifest]] = defaultdict(list)
+        for m in manifests.values():
+            per_dc[m.dc].append(m)
+        yield rp, rp_dcs, per_dc
+
+
 def _day_period(day: date | str, tz: str) -> CalendarPeriod:
     found = periods("day", day, day, tz)
     if not found:
@@ -161,23 +188,14 @@ def remerge_day(
     InvalidInput for an unknown aggregation, InfluxError when central fails (a partly written
     day keeps its old marker, which no longer matches, so reports read its windows).
     """
-    spec = config.aggregations.get(aggregation)
-    if spec is None:
-        raise InvalidInput(f"unknown aggregation {aggregation!r}")
+    spec = _spec(config, aggregation)
     _check_dimensions(aggregation, spec.dimensions)
     period = _day_period(day, tz)
     period_windows(period, spec.window)
-    chosen = sorted(set(dcs) if dcs is not None else set(config.fleet.dcs))
     database = config.fleet.central.database
     sets = rollup_dimension_sets(spec.dimensions)
     outcomes: list[RemergeOutcome] = []
-    for rp, rp_dcs in dcs_by_retention_policy(config, chosen):
-        manifests = read_manifests(
-            central, config, aggregation, rp_dcs, period.start_ns, period.end_ns
-        )
-        per_dc: dict[str, list[WindowManifest]] = defaultdict(list)
-        for m in manifests.values():
-            per_dc[m.dc].append(m)
+    for rp, rp_dcs, per_dc in _manifests_per_dc(central, config, aggregation, dcs, period):
         for dc in rp_dcs:
             outcome = _remerge_dc(
                 central, database, rp, aggregation, spec.dimensions, sets, tz, period, dc,
@@ -266,9 +284,7 @@ def refresh_rollups(
     windows cannot tile is skipped with a warning. Each day and month is re-merged once
     however many of its windows changed.
     """
-    spec = config.aggregations.get(aggregation)
-    if spec is None:
-        raise InvalidInput(f"unknown aggregation {aggregation!r}")
+    spec = _spec(config, aggregation)
     targets: dict[tuple[str, date], set[str]] = defaultdict(set)
     changed = list(changed_windows)
     for tz in zones if zones is not None else config.fleet.central.reporting_timezones:
@@ -332,28 +348,22 @@ def remerge_month(
     aggregation, InfluxError when central fails (a partly written month keeps its old marker,
     which no longer matches, so reports read its days).
     """
-    spec = config.aggregations.get(aggregation)
-    if spec is None:
-        raise InvalidInput(f"unknown aggregation {aggregation!r}")
+    spec = _spec(config, aggregation)
     _check_dimensions(aggregation, spec.dimensions)
     period = _month_period(month, tz)
     period_windows(period, spec.window)
     first = date.fromisoformat(period.label + "-01")
     last = (first + timedelta(days=31)).replace(day=1) - timedelta(days=1)
     days = periods("day", first, last, tz)
-    chosen = sorted(set(dcs) if dcs is not None else set(config.fleet.dcs))
     database = config.fleet.central.database
     sets = rollup_dimension_sets(spec.dimensions)
     outcomes: list[RemergeOutcome] = []
-    for rp, rp_dcs in dcs_by_retention_policy(config, chosen):
-        manifests = read_manifests(
-            central, config, aggregation, rp_dcs, period.start_ns, period.end_ns
-        )
+    for rp, rp_dcs, per_dc in _manifests_per_dc(central, config, aggregation, dcs, period):
         markers = _read_day_markers(central, database, rp, aggregation, tz, rp_dcs, period)
         for dc in rp_dcs:
-            held = [m for m in manifests.values() if m.dc == dc]
             outcome = _remerge_month_dc(
-                central, database, rp, aggregation, sets, tz, period, days, dc, held, markers,
+                central, database, rp, aggregation, sets, tz, period, days, dc,
+                per_dc.get(dc, []), markers,
             )  # fmt: skip
             outcomes.append(outcome)
     return outcomes
@@ -414,15 +424,12 @@ def _remerge_month_dc(
     if len(versions) > 1:
         return outcome("mixed versions")
     version = versions.pop()
-    starts = [d.start_ns for d in days]
-    per_day: dict[int, list[WindowManifest]] = defaultdict(list)
-    for m in manifests:
-        per_day[starts[bisect.bisect_right(starts, m.start_ns) - 1]].append(m)
+    per_day = manifests_by_period(manifests, days)
     builds: dict[int, str] = {}
     held_dims = {dims_tag(s) for s in sets}
-    for start in starts:
+    for start in (d.start_ns for d in days):
         day = markers.get((dc, start))
-        day_manifests = per_day.get(start)
+        day_manifests = per_day.get((dc, start))
         if (
             day is None
             or not day_manifests
