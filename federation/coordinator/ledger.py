@@ -18,6 +18,8 @@ upgrade the ledger once.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +45,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from federation.errors import FederationError
+
+SQLITE_BUSY_TIMEOUT_S = 30
+"""How long a SQLite ledger connection waits for another's lock before it gives up."""
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 """The Alembic script directory (`migrations/` at the repository root)."""
@@ -196,6 +201,27 @@ def safe_url(url: str) -> str:
         return "<invalid ledger URL>"
 
 
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the database in WAL mode (once per database; a no-op after that).
+
+    The switch from rollback mode needs an exclusive lock. When connections that meet a new
+    database together switch it at once, they can deadlock, and SQLite then answers one of them
+    `database is locked` at once instead of waiting on its busy timeout. The loser tries again
+    until the busy timeout is spent; by then the winner has switched, or it never will.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    pause = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -203,10 +229,9 @@ def _sqlite_setup(engine: Engine) -> None:
         # between BEGIN and BEGIN IMMEDIATE.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -223,7 +248,9 @@ def create_ledger_engine(url: str) -> Engine:
     except SQLAlchemyError as exc:
         raise LedgerError(f"invalid ledger URL: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        )
         _sqlite_setup(engine)
         return engine
     # Pinned rather than inherited: a server whose default isolation is stricter would turn

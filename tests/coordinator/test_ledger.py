@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import Engine, inspect, text
 
 from federation.coordinator.ledger import (
     Base,
@@ -53,6 +54,38 @@ def test_sqlite_ledger_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> Non
     with open_ledger(_url(tmp_path)) as ledger, ledger.session() as session:
         assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_connections_that_first_meet_a_new_sqlite_ledger_together_all_switch_it_to_wal(
+    tmp_path: Path,
+) -> None:
+    # Each connection switches a new database from rollback mode to WAL. Two switches at once
+    # can deadlock, and SQLite then answers one of them "database is locked" at once, without
+    # waiting on its busy timeout: every connection must still open.
+    errors: list[BaseException] = []
+    modes: list[str] = []
+    for round_ in range(15):
+        url = f"sqlite:///{tmp_path / f'ledger-{round_}.sqlite'}"
+        engines = [create_ledger_engine(url) for _ in range(6)]
+        start = threading.Barrier(len(engines))
+
+        def connect(engine: Engine, start: threading.Barrier = start) -> None:
+            try:
+                start.wait(30)
+                with engine.connect() as conn:
+                    modes.append(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=connect, args=(engine,)) for engine in engines]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for engine in engines:
+            engine.dispose()
+    assert errors == []
+    assert modes == ["wal"] * 15 * 6
 
 
 def test_postgresql_ledger_reads_committed_whatever_the_server_default(
