@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import uvicorn
 import yaml
 
@@ -26,6 +27,12 @@ READER = "reader-secret"
 
 def token(dc: str) -> str:
     return f"agent-secret-{dc}"
+
+
+def export_agent_tokens(config: FederationConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set every DC's agent token in the environment variable its fleet entry names."""
+    for name, dc in config.fleet.dcs.items():
+        monkeypatch.setenv(dc.agent_token_env, token(name))
 
 
 def write_fleet(config_dir: Path, dc_url: str, central_url: str, coordinator_url: str) -> None:

@@ -22,7 +22,14 @@ from federation.influx import InfluxClient
 from federation.localstack import InfluxServer
 
 from .conftest import HOUR, SECOND, central_points, make_plan
-from .federation_fixture import DC, Served, federation_config, serve_coordinator, token
+from .federation_fixture import (
+    DC,
+    Served,
+    export_agent_tokens,
+    federation_config,
+    serve_coordinator,
+    token,
+)
 from .test_daemon import write_raw
 
 
@@ -47,8 +54,7 @@ def served(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Served]:
     config, port = fed
-    for name, dc in config.fleet.dcs.items():
-        monkeypatch.setenv(dc.agent_token_env, token(name))
+    export_agent_tokens(config, monkeypatch)
     yield from serve_coordinator(config, central_influxd.url, SystemClock(), port, hour0 - 3 * HOUR)
 
 

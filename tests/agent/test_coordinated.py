@@ -25,7 +25,7 @@ from federation.operator_client import OperatorClient
 from federation.plan import resolve_plan
 
 from .conftest import HOUR, SECOND, start_server
-from .federation_fixture import READER, Served, serve_coordinator, token
+from .federation_fixture import READER, Served, export_agent_tokens, serve_coordinator
 
 OPERATOR = "operator-secret"
 OPERATOR_ENV = "FEDERATION_OPERATOR_TOKEN"
@@ -112,8 +112,7 @@ def fleet(
     )
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     config = load_config(config_dir)
-    for name, datacenter in config.fleet.dcs.items():
-        monkeypatch.setenv(datacenter.agent_token_env, token(name))
+    export_agent_tokens(config, monkeypatch)
     monkeypatch.setenv(config.fleet.central.reader_token_env, READER)
     monkeypatch.setenv(OPERATOR_ENV, OPERATOR)
     now = time.time_ns()

@@ -23,7 +23,14 @@ from federation.policy import RetentionSpec
 from federation.windows import Window
 
 from .conftest import DAY, HOUR, SECOND, Event, central_points
-from .federation_fixture import DC, Served, federation_config, serve_coordinator, token
+from .federation_fixture import (
+    DC,
+    Served,
+    export_agent_tokens,
+    federation_config,
+    serve_coordinator,
+    token,
+)
 
 MINUTE = 60 * SECOND
 
@@ -56,8 +63,7 @@ def served(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Served]:
     fed, port = config
-    for name, dc in fed.fleet.dcs.items():
-        monkeypatch.setenv(dc.agent_token_env, token(name))
+    export_agent_tokens(fed, monkeypatch)
     yield from serve_coordinator(fed, central_influxd.url, clock, port, hour0 - 3 * HOUR)
 
 

@@ -46,7 +46,14 @@ from federation.testing import KapacitorEmulator
 from federation.windows import Window, windows_between
 
 from .conftest import HOUR, SECOND, Event, central_points, make_plan, write_events
-from .federation_fixture import DC, Served, serve_coordinator, token, write_fleet
+from .federation_fixture import (
+    DC,
+    Served,
+    export_agent_tokens,
+    serve_coordinator,
+    token,
+    write_fleet,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "tickscripts"
@@ -450,8 +457,7 @@ def served(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Served]:
     config, port = fed
-    for name, dc_config in config.fleet.dcs.items():
-        monkeypatch.setenv(dc_config.agent_token_env, token(name))
+    export_agent_tokens(config, monkeypatch)
     yield from serve_coordinator(config, central_influxd.url, clock, port, hour0 - 3 * HOUR)
 
 
