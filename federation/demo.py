@@ -44,7 +44,8 @@ from federation.influx import InfluxClient
 from federation.ingest import ingest
 from federation.localstack import KapacitorServer, LocalStack, find_kapacitord, free_port
 from federation.pii_scan import ScanResult, scan_central
-from federation.policy.audit import AuditReport, audit
+from federation.policy.audit import audit
+from federation.policy.audit_report import AuditReport
 from federation.policy.retention import apply_retention
 from federation.reporting.reports import percentile_report, worst_report
 from federation.traffic import generate_events, personal_values, split_late, to_json_lines

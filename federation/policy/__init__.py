@@ -2,22 +2,21 @@
 
 - `retention`: the RPs each region declares, as plain desired state; `reconcile_retention` (what
   an agent runs on every reconcile), `plan_retention` and `apply_retention` over a whole fleet.
-- `audit`: evidence for an auditor that every DC and central comply.
+- `audit`: evidence for an auditor that every DC and central comply (`audit_report`: what it
+  reports; `lifetime`: how long points really live, from the shard groups InfluxDB holds).
 - `erase`: the right to erasure, by redacting a subject's raw fields in place.
 """
 
 from __future__ import annotations
 
-from federation.policy.audit import (
-    DEFAULT_CHECK_INTERVAL_NS,
+from federation.policy.audit import DEFAULT_CHECK_INTERVAL_NS, audit, personal_patterns
+from federation.policy.audit_report import (
     AuditReport,
     CentralAudit,
     DcAudit,
     OldestPoint,
     RetentionEvidence,
     Violation,
-    audit,
-    personal_patterns,
 )
 from federation.policy.erase import (
     AUDIT_DATABASE,

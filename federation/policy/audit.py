@@ -2,9 +2,11 @@
 
 Per DC: the declared raw retention against the RP InfluxDB holds (duration, shard duration,
 default), the oldest raw point of every measurement in every RP against the worst-case lifetime
-of a raw point, and the erasure records kept in the DC. InfluxDB 1.x drops whole shard groups,
-once a shard group's *end* is older than the retention, on a periodic check; so a point can live
-up to retention + shard duration + the check interval.
+of a raw point, personal-data keys in any RP but the declared raw one, and the erasure records
+kept in the DC. InfluxDB 1.x drops whole shard groups, once a shard group's *end* is older than
+the retention, on a periodic check; so a point can live up to retention + the span of its shard
+group + the check interval, and that lifetime is taken from the RP and the shard groups InfluxDB
+holds (`federation.policy.lifetime`), never from the declaration.
 
 Central: every tag key and field key of every measurement against every region's personal-data
 keys; a bounded sample of every tag's values and of every string field's most recent values
@@ -21,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from federation.clock import Clock, SystemClock, format_rfc3339
@@ -29,7 +31,17 @@ from federation.config import FederationConfig
 from federation.durations import format_duration
 from federation.errors import FederationError
 from federation.influx import InfluxClient, RetentionPolicyInfo, quote_ident
-from federation.policy.erase import ErasureRecord, erasure_records
+from federation.policy.audit_report import (
+    AuditReport,
+    CentralAudit,
+    DcAudit,
+    OldestPoint,
+    RetentionEvidence,
+    Violation,
+    duration_text,
+)
+from federation.policy.erase import erasure_records
+from federation.policy.lifetime import Lifetime, lifetime, personal_keys_in, shard_groups
 from federation.policy.retention import (
     CENTRAL,
     DEFAULT_TIMEOUT_S,
@@ -93,181 +105,6 @@ def personal_patterns(value: str) -> list[str]:
     return found
 
 
-# --- report ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One finding that makes the audit fail; never quotes a personal-data value."""
-
-    target: str
-    check: str
-    subject: str
-    message: str
-    remedy: str | None = None
-
-    def line(self) -> str:
-        """The finding on one line, with its remedy statement when there is one."""
-        text = f"VIOLATION {self.target}: {self.check}: {self.subject}: {self.message}"
-        return text + (f" -- fix: {self.remedy}" if self.remedy else "")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "check": self.check,
-            "subject": self.subject,
-            "message": self.message,
-            "remedy": self.remedy,
-        }
-
-
-@dataclass(frozen=True)
-class RetentionEvidence:
-    """A declared RP beside the one InfluxDB holds (`actual_*` None: no such RP)."""
-
-    target: str
-    database: str
-    retention_policy: str
-    declared_ns: int
-    declared_shard_ns: int
-    actual_ns: int | None
-    actual_shard_ns: int | None
-    must_be_default: bool
-    is_default: bool
-    worst_case_lifetime_ns: int | None
-    """Declared retention + shard duration + check interval; None for an infinite retention."""
-    max_retention_ns: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        def text(ns: int | None) -> str | None:
-            return None if ns is None else _text(ns)
-
-        return {
-            "target": self.target,
-            "database": self.database,
-            "retention_policy": self.retention_policy,
-            "declared": text(self.declared_ns),
-            "actual": text(self.actual_ns),
-            "declared_shard": text(self.declared_shard_ns),
-            "actual_shard": text(self.actual_shard_ns),
-            "must_be_default": self.must_be_default,
-            "is_default": self.is_default,
-            "worst_case_lifetime": text(self.worst_case_lifetime_ns),
-            "max_retention": text(self.max_retention_ns),
-        }
-
-
-@dataclass(frozen=True)
-class OldestPoint:
-    """The oldest raw point of one measurement in one RP, against the lifetime allowed."""
-
-    retention_policy: str
-    measurement: str
-    oldest_ns: int
-    age_ns: int
-    limit_ns: int | None
-
-    @property
-    def within(self) -> bool:
-        return self.limit_ns is None or self.age_ns <= self.limit_ns
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "retention_policy": self.retention_policy,
-            "measurement": self.measurement,
-            "oldest": format_rfc3339(self.oldest_ns),
-            "age": _text(max(self.age_ns // 10**9, 1) * 10**9),
-            "limit": None if self.limit_ns is None else _text(self.limit_ns),
-            "within": self.within,
-        }
-
-
-@dataclass(frozen=True)
-class DcAudit:
-    """The evidence gathered on one DC (`error` set when it could not be reached)."""
-
-    dc: str
-    region: str
-    url: str
-    database: str
-    retention: RetentionEvidence | None = None
-    other_policies: tuple[str, ...] = ()
-    oldest: tuple[OldestPoint, ...] = ()
-    erasures: tuple[ErasureRecord, ...] = ()
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "dc": self.dc,
-            "region": self.region,
-            "url": self.url,
-            "database": self.database,
-            "error": self.error,
-            "retention": None if self.retention is None else self.retention.as_dict(),
-            "other_retention_policies": list(self.other_policies),
-            "oldest_points": [p.as_dict() for p in self.oldest],
-            "erasures": [e.as_dict() for e in self.erasures],
-        }
-
-
-@dataclass(frozen=True)
-class CentralAudit:
-    """What the central check looked at."""
-
-    url: str
-    database: str
-    retention: tuple[RetentionEvidence, ...] = ()
-    measurements: tuple[str, ...] = ()
-    tag_values_sampled: int = 0
-    field_values_sampled: int = 0
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "database": self.database,
-            "error": self.error,
-            "retention": [r.as_dict() for r in self.retention],
-            "measurements": list(self.measurements),
-            "tag_values_sampled": self.tag_values_sampled,
-            "field_values_sampled": self.field_values_sampled,
-        }
-
-
-@dataclass(frozen=True)
-class AuditReport:
-    """The whole audit: when, against which policy files, what was found."""
-
-    time_ns: int
-    policy_hashes: dict[str, str]
-    check_interval_ns: int
-    dcs: tuple[DcAudit, ...]
-    central: CentralAudit
-    violations: tuple[Violation, ...]
-    warnings: tuple[str, ...] = field(default=())
-
-    @property
-    def ok(self) -> bool:
-        """True when no violation was found (warnings do not fail an audit)."""
-        return not self.violations
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready evidence, including the audit time and each policy file's sha256."""
-        return {
-            "time": format_rfc3339(self.time_ns),
-            "ok": self.ok,
-            "policies": {
-                region: {"file": f"policies/{region}.yaml", "sha256": digest}
-                for region, digest in sorted(self.policy_hashes.items())
-            },
-            "check_interval": _text(self.check_interval_ns),
-            "dcs": [d.as_dict() for d in self.dcs],
-            "central": self.central.as_dict(),
-            "violations": [v.as_dict() for v in self.violations],
-            "warnings": list(self.warnings),
-        }
-
-
 # --- DCs ---------------------------------------------------------------------------------------
 
 
@@ -276,16 +113,12 @@ def _retention_evidence(
     database: str,
     spec: RetentionSpec,
     actual: Sequence[RetentionPolicyInfo],
-    check_interval_ns: int,
+    lifetimes: dict[str, Lifetime],
     max_retention_ns: int | None,
     report: Callable[[Violation], None],
 ) -> RetentionEvidence:
     current = next((rp for rp in actual if rp.name == spec.name), None)
-    worst = (
-        None
-        if spec.duration_ns == 0
-        else spec.duration_ns + spec.effective_shard_duration_ns + check_interval_ns
-    )
+    held = lifetimes.get(spec.name)
     evidence = RetentionEvidence(
         target,
         database,
@@ -296,8 +129,10 @@ def _retention_evidence(
         None if current is None else current.shard_duration_ns,
         spec.default,
         current is not None and current.default,
-        worst,
+        None if held is None else held.worst_case_ns,
         max_retention_ns,
+        None if held is None or not held.longest_group_ns else held.longest_group_ns,
+        None if held is None else held.latest_expiry_ns,
     )
     subject = f"database {quote_ident(database)} RP {quote_ident(spec.name)}"
     if current is None:
@@ -309,7 +144,7 @@ def _retention_evidence(
                 target,
                 "retention",
                 subject,
-                f"duration is {_text(current.duration_ns)}, declared {_text(spec.duration_ns)}",
+                f"duration is {duration_text(current.duration_ns)}, declared {duration_text(spec.duration_ns)}",
             )
         )
     if current.shard_duration_ns != spec.effective_shard_duration_ns:
@@ -318,8 +153,8 @@ def _retention_evidence(
                 target,
                 "retention",
                 subject,
-                f"shard duration is {_text(current.shard_duration_ns)}, declared "
-                f"{_text(spec.effective_shard_duration_ns)}",
+                f"shard duration is {duration_text(current.shard_duration_ns)}, declared "
+                f"{duration_text(spec.effective_shard_duration_ns)}",
             )
         )
     if spec.default and not current.default:
@@ -336,19 +171,72 @@ def _retention_evidence(
     return evidence
 
 
-def _text(ns: int) -> str:
-    """A duration as people read it: `infinite`, `30d`, `31d30m`, `15d1h30m`."""
-    if ns == 0:
-        return "infinite"
-    if ns % 10**9:
-        return format_duration(ns)
-    seconds = ns // 10**9
-    parts = []
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)
+def _check_lifetime(
+    target: str,
+    rp: str,
+    held: Lifetime | None,
+    max_retention_ns: int,
+    report: Callable[[Violation], None],
+) -> None:
+    """A violation when a point of the raw RP can outlive the region's maximum, judged from the
+    RP's actual duration and the shard groups InfluxDB holds."""
+    if held is None or not max_retention_ns:
+        return
+    worst = held.worst_case_ns
+    if worst is not None and worst <= max_retention_ns:
+        return
+    if worst is None:
+        message = "the retention is infinite: raw points never expire"
+    else:
+        group = max(held.shard_duration_ns, held.longest_group_ns)
+        message = (
+            f"a raw point can live up to {duration_text(worst)} (retention {duration_text(held.duration_ns)} + "
+            f"shard group {duration_text(group)} + check interval {duration_text(held.check_interval_ns)})"
+        )
+        if held.longest_group_ns > held.shard_duration_ns:
+            message += (
+                f"; an existing {duration_text(held.longest_group_ns)} shard group outlives the current "
+                f"shard duration {duration_text(held.shard_duration_ns)}"
+            )
+    report(
+        Violation(
+            target,
+            "lifetime",
+            f"retention policy {quote_ident(rp)}",
+            f"{message}, beyond the region's maximum {format_duration(max_retention_ns)}",
+        )
+    )
+
+
+def _region_personal_keys(config: FederationConfig, dc: str) -> frozenset[str]:
+    measurements = config.policy_for(dc).measurements.values()
+    return frozenset().union(*(m.personal_keys for m in measurements))
+
+
+def _check_personal_outside_raw(
+    client: InfluxClient,
+    target: str,
+    database: str,
+    rp: RetentionPolicyInfo,
+    measurement: str,
+    raw_rp: str,
+    personal: frozenset[str],
+    report: Callable[[Violation], None],
+) -> None:
+    """A violation for each personal-data key that points of a non-raw RP carry: only the
+    declared raw RP has the retention the law requires, so its age does not matter."""
+    source = f"RP {quote_ident(rp.name)} measurement {quote_ident(measurement)}"
+    for kind, key in personal_keys_in(client, database, rp.name, measurement, personal):
+        report(
+            Violation(
+                target,
+                "personal-rp",
+                f"{source} {kind} key {quote_ident(key)}",
+                f"personal data outside the raw RP {quote_ident(raw_rp)} (retention "
+                f"{duration_text(rp.duration_ns)})",
+                f"DROP RETENTION POLICY {quote_ident(rp.name)} ON {quote_ident(database)}",
+            )
+        )
 
 
 def _oldest(client: InfluxClient, database: str, rp: str, measurement: str) -> int | None:
@@ -379,26 +267,32 @@ def _audit_dc(
                 report(Violation(name, "retention", f"database {quote_ident(database)}", "missing"))
                 return replace(base, erasures=erasures)
             actual = client.retention_policies(database)
+            groups = shard_groups(client, database)
+            held = {
+                rp.name: lifetime(rp, groups.get(rp.name, ()), check_interval_ns) for rp in actual
+            }
             spec = RetentionSpec(raw.retention_policy, raw.retention, raw.shard_duration, True)
             evidence = _retention_evidence(
-                name, database, spec, actual, check_interval_ns, raw.max_retention or None, report
+                name, database, spec, actual, held, raw.max_retention or None, report
             )
-            worst = evidence.worst_case_lifetime_ns
-            if worst is not None and raw.max_retention and worst > raw.max_retention:
-                # InfluxDB drops whole shard groups, so this is how long a point really lives.
-                report(
-                    Violation(
-                        name,
-                        "lifetime",
-                        f"retention policy {quote_ident(raw.retention_policy)}",
-                        f"a raw point can live up to {_text(worst)} (retention + shard duration "
-                        f"+ check interval), beyond the region's maximum "
-                        f"{format_duration(raw.max_retention)}",
-                    )
-                )
+            # A raw point may be as old as the declaration allows in the groups that exist.
+            declared = Lifetime(spec.name, raw.retention, spec.effective_shard_duration_ns, 0, None,
+                                check_interval_ns)  # fmt: skip
+            existing = held.get(spec.name)
+            if existing is not None:
+                declared = replace(declared, longest_group_ns=existing.longest_group_ns)
+            worst = declared.worst_case_ns
+            _check_lifetime(
+                name,
+                raw.retention_policy,
+                held.get(raw.retention_policy),
+                raw.max_retention,
+                report,
+            )
             others = tuple(rp.name for rp in actual if rp.name != raw.retention_policy)
             oldest: list[OldestPoint] = []
             measurements = client.measurements(database)
+            personal = _region_personal_keys(config, name)
             for rp in actual:
                 for measurement in measurements:
                     first = _oldest(client, database, rp.name, measurement)
@@ -413,8 +307,19 @@ def _audit_dc(
                                 "raw-age",
                                 f"RP {quote_ident(rp.name)} measurement {quote_ident(measurement)}",
                                 f"oldest point is {format_rfc3339(first)}, older than the "
-                                f"worst-case lifetime {_text(worst or 0)} of a raw point",
+                                f"worst-case lifetime {duration_text(worst or 0)} of a raw point",
                             )
+                        )
+                    if rp.name != raw.retention_policy:
+                        _check_personal_outside_raw(
+                            client,
+                            name,
+                            database,
+                            rp,
+                            measurement,
+                            raw.retention_policy,
+                            personal,
+                            report,
                         )
     except FederationError as exc:
         report(Violation(name, "unreachable", datacenter.influxdb.url, str(exc)))
@@ -470,10 +375,12 @@ def _audit_central(
                 )
                 return base
             actual = client.retention_policies(database)
+            groups = shard_groups(client, database)
+            held = {
+                rp.name: lifetime(rp, groups.get(rp.name, ()), check_interval_ns) for rp in actual
+            }
             evidence = tuple(
-                _retention_evidence(
-                    CENTRAL, database, spec, actual, check_interval_ns, None, report
-                )
+                _retention_evidence(CENTRAL, database, spec, actual, held, None, report)
                 for spec in desired.policies
             )
             measurements = tuple(client.measurements(database))

@@ -194,13 +194,15 @@ def test_retention_drift_default_and_old_raw_points_are_violations(fed: Federati
         )
         client.write(serialize([old]), database="mail", retention_policy="autogen")
     lines = [v.line() for v in audit(fed.config).violations]
-    assert len(lines) == 3, lines
+    assert len(lines) == 4, lines
     assert (
         'VIOLATION dub1: retention: database "mail" RP "raw_30d": duration is 60d, declared 30d'
         in lines
     )
     assert any("default-rp" in ln and "the default is autogen" in ln for ln in lines)
     assert any("raw-age" in ln and 'RP "autogen" measurement "delivery"' in ln for ln in lines)
+    # The lifetime is judged from the RP InfluxDB holds (60d), not from the declaration (30d).
+    assert any("lifetime" in ln and "up to 61d30m (retention 60d" in ln for ln in lines)
 
 
 def test_raw_point_age_uses_the_injected_clock(fed: Federation) -> None:
@@ -228,3 +230,60 @@ def test_unreachable_dc_is_a_violation_and_the_others_are_audited(
     assert dub1.error is None and dub1.retention is not None
     result = runner.invoke(app, ["policy", "audit", "-c", str(fed.root), "--timeout", "2"])
     assert result.exit_code == 1 and url in result.output
+
+
+def test_worst_case_lifetime_comes_from_the_shard_groups_influxdb_holds(fed: Federation) -> None:
+    # 31d with 1d shards outlives the EU maximum (32d); 31d with 12h shards is declared legal,
+    # but the 1-day shard group created before the change still holds points for 32d + 30m.
+    policy_path = fed.root / "policies" / "eu.yaml"
+    policy = yaml.safe_load(policy_path.read_text())
+    policy["raw"].update(retention="31d", shard_duration="12h")
+    policy_path.write_text(yaml.safe_dump(policy))
+    fed.reload()
+    apply_retention(fed.config, "dub1")
+
+    report = audit(fed.config)
+    dub1 = next(d for d in report.dcs if d.dc == "dub1")
+    assert dub1.retention is not None
+    assert dub1.retention.actual_shard_ns == DAY_NS // 2
+    assert dub1.retention.longest_shard_group_ns == DAY_NS
+    assert dub1.retention.worst_case_lifetime_ns == 32 * DAY_NS + 30 * 60 * 10**9
+    (violation,) = report.violations
+    assert (violation.target, violation.check) == ("dub1", "lifetime")
+    assert "up to 32d30m" in violation.message
+    assert "an existing 1d shard group outlives the current shard duration 12h" in violation.message
+    data = report.as_dict()["dcs"][0]["retention"]
+    assert data["longest_shard_group"] == "1d" and data["latest_expiry"].endswith("Z")
+
+    # Once the old group is gone, the 12h groups are the evidence and the audit passes.
+    with fed.client("dub1") as client:
+        client.execute("DROP SHARD 1")
+    assert audit(fed.config).ok
+
+
+def test_personal_data_in_any_rp_but_the_raw_one_is_a_violation_at_once(fed: Federation) -> None:
+    fresh = time.time_ns() - 60 * 10**9
+    with fed.client("dub1") as client:
+        point = Point(
+            "delivery",
+            {"mailer": "mx1", "client_ip": "10.9.8.7"},
+            {"latency_ms": 3.0, "recipient": PERSONAL_VALUE},
+            fresh,
+        )
+        client.write(serialize([point]), database="mail", retention_policy="autogen")
+    report = audit(fed.config)
+    lines = sorted(v.line() for v in report.violations)
+    assert lines == [
+        'VIOLATION dub1: personal-rp: RP "autogen" measurement "delivery" field key "recipient": '
+        'personal data outside the raw RP "raw_30d" (retention infinite) -- fix: '
+        'DROP RETENTION POLICY "autogen" ON "mail"',
+        'VIOLATION dub1: personal-rp: RP "autogen" measurement "delivery" tag key "client_ip": '
+        'personal data outside the raw RP "raw_30d" (retention infinite) -- fix: '
+        'DROP RETENTION POLICY "autogen" ON "mail"',
+    ], lines
+    assert PERSONAL_VALUE not in json.dumps(report.as_dict())
+    # lon1 holds the same keys in its raw RP: that is where they belong.
+    assert {v.target for v in report.violations} == {"dub1"}
+    with fed.client("dub1") as client:
+        client.execute(report.violations[0].remedy or "")
+    assert audit(fed.config).ok
