@@ -29,7 +29,6 @@ from federation.agent.daemon import (
     PlanHealth,
     PreflightError,
     build_agent,
-    catch_up_windows,
     install_signal_handlers,
     mode_name,
 )
@@ -54,6 +53,7 @@ from federation.agent.shipper import (
     Shipper,
     ShipStats,
 )
+from federation.agent.window_choice import catch_up_windows
 
 __all__ = [
     "MODES",

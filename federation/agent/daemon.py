@@ -37,6 +37,7 @@ from apscheduler.schedulers.background import (  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
 from federation import __version__
+from federation.agent.backfill_work import BackfillOutcome, BackfillWork
 from federation.agent.coordinator_client import (
     BackfillRequest,
     CoordinatorClient,
@@ -50,7 +51,13 @@ from federation.agent.executor import (
     WindowSink,
 )
 from federation.agent.shipper import RetryPolicy, Shipper
-from federation.clock import Clock, SystemClock
+from federation.agent.window_choice import (
+    catch_up_windows,
+    ended_windows,
+    settle_ns,
+    within_raw_retention,
+)
+from federation.clock import Clock, SystemClock, format_rfc3339
 from federation.config import FederationConfig
 from federation.durations import SECOND_NS
 from federation.errors import FederationError
@@ -63,7 +70,6 @@ from federation.windows import (
     last_complete_window,
     lookback_windows,
     windows_between,
-    within_retention,
 )
 
 log = logging.getLogger(__name__)
@@ -183,7 +189,7 @@ class EmbeddedMode:
 
     def _delays(self, plan: AggregationPlan) -> tuple[float, float]:
         window_s = plan.window_ns / SECOND_NS
-        return min(self.settings.settle_s, window_s / 10), min(
+        return settle_ns(plan, self.settings.settle_s) / SECOND_NS, min(
             self.settings.max_jitter_s, window_s / 10
         )
 
@@ -301,43 +307,6 @@ def mode_name(config: FederationConfig, dc: str, requested: str = "auto") -> str
     return name
 
 
-def catch_up_windows(
-    plan: AggregationPlan,
-    latest_shipped_ns: int | None,
-    now_ns: int,
-    retention: DesiredRetentionState | None,
-) -> list[Window]:
-    """The windows to compute when the agent starts, oldest first.
-
-    Every complete window after `latest_shipped_ns` (the start of the last window central
-    holds), and at least the look-back, as a scheduled run would. Windows whose raw data may
-    already be partly past the raw retention (`within_retention`, with one shard duration of
-    margin) are left out: those are the coordinator's to mark unrecoverable. When central holds
-    nothing yet, only the look-back: older history is the coordinator's to request as backfill.
-    """
-    last = last_complete_window(now_ns, plan.window_ns)
-    start = last.shifted(-(plan.lookback_windows - 1)).start_ns
-    if latest_shipped_ns is not None:
-        start = min(start, align(latest_shipped_ns, plan.window_ns) + plan.window_ns)
-    windows = windows_between(start, last.end_ns, plan.window_ns)
-    return _within_raw_retention(plan, windows, now_ns, retention)
-
-
-def _within_raw_retention(
-    plan: AggregationPlan,
-    windows: list[Window],
-    now_ns: int,
-    retention: DesiredRetentionState | None,
-) -> list[Window]:
-    """The windows whose raw data is wholly within the plan's raw retention policy at `now_ns`
-    (`within_retention`); all of them when no retention is known for it."""
-    spec = retention.policy(plan.retention_policy) if retention is not None else None
-    if spec is None:
-        return windows
-    shard = spec.effective_shard_duration_ns
-    return [w for w in windows if within_retention(w, now_ns, spec.duration_ns, shard)]
-
-
 @dataclass
 class Agent:
     """One DC's agent: a local InfluxDB, a coordinator, and an execution mode."""
@@ -353,6 +322,7 @@ class Agent:
     plans: dict[str, AggregationPlan] = field(default_factory=dict)
     last_retention: ReconcileResult | None = None
     retention_error: str | None = None
+    work: BackfillWork = field(default_factory=BackfillWork)
 
     def preflight(self) -> None:
         """Check the local InfluxDB and the coordinator answer; PreflightError otherwise."""
@@ -421,6 +391,8 @@ class Agent:
                 "plans": [h.as_dict() for h in self.mode.health()],
                 "retention": retention,
                 "agent_version": __version__,
+                # The coordinator compares it with its own clock and reports a large skew.
+                "clock_ns": self.clock.now_ns(),
             },
         )
 
@@ -443,34 +415,42 @@ class Agent:
             except FederationError as exc:
                 log.warning("catch-up of %s skipped: %s", plan.aggregation, exc)
                 continue
-            windows = catch_up_windows(plan, view.latest_shipped_ns, now, self._desired_retention)
+            windows = ended_windows(
+                catch_up_windows(plan, view.latest_shipped_ns, now, self._desired_retention),
+                now,
+                settle_ns(plan, self.settings.settle_s),
+            )
             log.info("catching up %s: %d window(s)", plan.aggregation, len(windows))
             results.append(self.mode.run_windows(plan, windows, stop))
         return results
 
     def process_backfills(self, stop: threading.Event) -> int:
-        """Run every backfill request leased to the DC and report each result; return how
-        many were reported. A request for a version that does not run here fails."""
-        reported = 0
-        for request in self.coordinator.backfills(self.dc):
-            if stop.is_set():
-                break
-            status, windows, error = self._backfill(request, stop)
-            if status is None:
-                break  # stopped: the lease runs out and the coordinator hands it out again
-            self.coordinator.backfill_result(
-                request.id, status=status, windows=windows, error=error
-            )
-            reported += 1
+        """Report the results not sent yet, lease what the coordinator queued for the DC, run
+        every leased request and report its result; return how many results were reported.
+
+        Nothing leased is dropped (`BackfillWork`): a request not run yet stays queued, a
+        result the coordinator cannot take is retried at later calls with back-off. A request
+        for a version that does not run here fails.
+        """
+        reported = self.work.report(self.coordinator)
+        if not self.work.blocked:
+            try:
+                self.work.lease(self.coordinator.backfills(self.dc))
+            except FederationError as exc:
+                log.warning("leasing backfills failed: %s", exc)
+        while not stop.is_set() and (request := self.work.next()) is not None:
+            outcome = self._backfill(request, stop)
+            if outcome is None:
+                break  # stopped: given back as failed when the agent stops
+            self.work.finished(request, outcome)
+            reported += self.work.report(self.coordinator)
         return reported
 
-    def _backfill(
-        self, request: BackfillRequest, stop: threading.Event
-    ) -> tuple[str | None, int, str]:
+    def _backfill(self, request: BackfillRequest, stop: threading.Event) -> BackfillOutcome | None:
         plan = self.plans.get(request.aggregation)
         if plan is None or plan.version != request.version:
             running = "nothing" if plan is None else f"version {plan.version}"
-            return (
+            return BackfillOutcome(
                 "failed",
                 0,
                 (
@@ -478,19 +458,27 @@ class Agent:
                     f"({running} does)"
                 ),
             )
-        all_windows = windows_between(request.start_ns, request.end_ns, plan.window_ns)
-        windows = _within_raw_retention(
-            plan, all_windows, self.clock.now_ns(), self._desired_retention
-        )
+        now = self.clock.now_ns()
+        requested = windows_between(request.start_ns, request.end_ns, plan.window_ns)
+        ended = ended_windows(requested, now, settle_ns(plan, self.settings.settle_s))
+        windows = within_raw_retention(plan, ended, now, self._desired_retention)
         log.info("backfill %s: %s, %d window(s)", request.id, request.aggregation, len(windows))
         result = self.mode.run_windows(plan, windows, stop)
         if result.stopped:
-            return None, result.shipped, ""
-        skipped = len(all_windows) - len(windows)
-        note = f"{skipped} window(s) past raw retention not recomputed" if skipped else ""
-        if result.ok:
-            return "done", result.shipped, note
-        return "failed", result.shipped, "; ".join(filter(None, [result.error or "", note]))
+            return None
+        notes = []
+        if len(ended) < len(requested):
+            notes.append(
+                f"{len(requested) - len(ended)} window(s) not computed: not ended by "
+                f"{self.dc}'s clock ({format_rfc3339(now)}); is the coordinator's clock ahead?"
+            )
+        if len(windows) < len(ended):
+            notes.append(f"{len(ended) - len(windows)} window(s) past raw retention not recomputed")
+        if result.ok and len(ended) == len(requested):
+            return BackfillOutcome("done", result.shipped, "; ".join(notes))
+        return BackfillOutcome(
+            "failed", result.shipped, "; ".join(filter(None, [result.error or "", *notes]))
+        )
 
     def run(self, stop: threading.Event) -> None:
         """Preflight, reconcile, catch up, then serve backfills until `stop` is set.
@@ -520,6 +508,9 @@ class Agent:
                     log.warning("agent loop: %s", exc)
                 stop.wait(self.settings.poll_interval_s)
         finally:
+            self.work.give_back(
+                self.coordinator, f"the agent of {self.dc} stopped before finishing it"
+            )
             self.mode.close()
 
     def _report_quietly(self) -> None:

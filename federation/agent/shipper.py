@@ -83,10 +83,13 @@ class RetryPolicy:
 
     def delays(self) -> Iterator[float]:
         """The waits before the 2nd, 3rd, … attempt: `attempts - 1` of them."""
-        delay = self.initial_s
-        for _ in range(max(self.attempts - 1, 0)):
-            yield min(delay, self.max_s)
-            delay *= self.multiplier
+        for retry in range(max(self.attempts - 1, 0)):
+            yield self.delay(retry)
+
+    def delay(self, retry: int) -> float:
+        """The wait before retry number `retry` (0 for the first), whatever `attempts` says:
+        for callers that retry for as long as they run."""
+        return min(self.initial_s * self.multiplier ** min(retry, 64), self.max_s)
 
 
 @dataclass

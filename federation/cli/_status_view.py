@@ -9,6 +9,7 @@ from rich.text import Text
 
 from federation.clock import format_rfc3339
 from federation.coordinator.status import StatusReport
+from federation.durations import SECOND_NS, format_duration
 
 # One character and colour per window state in the status grid.
 SYMBOLS: dict[str, tuple[str, str]] = {
@@ -51,6 +52,8 @@ def status_renderables(report: StatusReport, *, reasons: bool = True) -> list[Re
                 items.append(Text(f"  {d.dc} {format_rfc3339(p.start_ns)} {p.state}: {p.reason}"))
             if d.more_problems:
                 items.append(Text(f"  {d.dc}: {d.more_problems} more not listed"))
+    items.extend(_backfill_lines(report) if reasons else ())
+    items.extend(_clock_lines(report))
     legend = Text("legend: ")
     for state, (symbol, style) in SYMBOLS.items():
         if state != "-":
@@ -58,3 +61,46 @@ def status_renderables(report: StatusReport, *, reasons: bool = True) -> list[Re
             legend.append(f" {state}  ")
     items.append(legend)
     return items
+
+
+def _ago(ns: int) -> str:
+    """A span as whole seconds in its largest exact unit (`5h`, `90s`)."""
+    return format_duration(max(ns, 0) // SECOND_NS * SECOND_NS)
+
+
+def _backfill_lines(report: StatusReport) -> list[RenderableType]:
+    """One line per backfill leased to an agent that has not reported its result yet."""
+    lines: list[RenderableType] = []
+    if report.backfills:
+        lines.append(Text(f"backfills running ({len(report.backfills)}):"))
+    for b in report.backfills:
+        expires = (
+            ""
+            if b.lease_expires_ns is None
+            else f", lease runs out in {_ago(b.lease_expires_ns - report.now_ns)}"
+            if b.lease_expires_ns > report.now_ns
+            else ", lease ran out (requeued at the next lease or planner pass)"
+        )
+        lines.append(
+            Text(
+                f"  #{b.id} {b.dc} {b.aggregation} {format_rfc3339(b.start_ns)} → "
+                f"{format_rfc3339(b.end_ns)}: leased {_ago(report.now_ns - b.leased_ns)} ago "
+                f"(attempt {b.attempts}){expires}"
+            )
+        )
+    return lines
+
+
+def _clock_lines(report: StatusReport) -> list[RenderableType]:
+    """A warning per DC whose agent's clock is off by more than the tolerance."""
+    return [
+        Text(
+            f"clock: {c.dc}'s agent is {_ago(abs(c.skew_ns))} "
+            f"{'ahead of' if c.skew_ns > 0 else 'behind'} the coordinator "
+            f"(its report at {format_rfc3339(c.reported_ns)}): windows are computed only once "
+            "they have ended by both clocks",
+            style="bold red",
+        )
+        for c in report.clocks
+        if c.large
+    ]

@@ -54,6 +54,7 @@ from federation.coordinator.backfills import (
     lease_backfills,
     record_backfill_result,
 )
+from federation.coordinator.clocks import clock_skews
 from federation.coordinator.convergence import dc_overview
 from federation.coordinator.desired import record_report, served_desired_state
 from federation.coordinator.gateway import CheckedBatch, Refusal, check_body, log_refusal
@@ -239,9 +240,12 @@ async def _accept(request: Request, coordinator: Coordinator, dc: str) -> Checke
     now_ns = coordinator.clock.now_ns()
 
     def check() -> CheckedBatch:
+        # A window must have ended by the DC agent's clock too (`clocks`): a coordinator whose
+        # clock runs ahead would otherwise take a window still running at the DC as whole.
+        ended_ns = coordinator.clocks.ended_by(dc, now_ns)
         with _CHECKING:
             body = _gunzip(raw, limit) if encoding == "gzip" else raw
-            batch = check_body(coordinator.checker(), dc, body, precision or "ns", now_ns)
+            batch = check_body(coordinator.checker(), dc, body, precision or "ns", ended_ns)
         stale = find_stale(coordinator.ledger, batch.manifests)
         if stale is not None:
             raise Refusal(
@@ -334,12 +338,13 @@ async def _json_body(request: Request) -> dict[str, Any]:
 async def report(request: Request, coordinator: Coordinator, dc: str) -> Response:
     try:
         data = await _json_body(request)
+        now_ns = coordinator.clock.now_ns()
         await run_in_threadpool(
-            record_report, coordinator.ledger, coordinator.config, dc, data,
-            coordinator.clock.now_ns(),
-        )  # fmt: skip
+            record_report, coordinator.ledger, coordinator.config, dc, data, now_ns
+        )
     except InvalidInput as exc:
         return _error(400, str(exc))
+    coordinator.clocks.update(dc, data, now_ns)
     return Response(status_code=204)
 
 
@@ -441,6 +446,7 @@ async def _status(request: Request, render: Callable[[StatusReport], Response]) 
                 aggregation=request.query_params.get("aggregation") or None,
                 since_ns=since,
                 dc=request.query_params.get("dc") or None,
+                max_skew_ns=coordinator.settings.max_clock_skew_ns,
             )
         )
     except FederationError as exc:
@@ -460,6 +466,7 @@ def _metrics_text(coordinator: Coordinator) -> str:
             select(BackfillRow.state, func.count()).group_by(BackfillRow.state)
         ).all()
         seen = session.execute(select(DcRow.name, DcRow.last_seen_ns)).all()
+        skews = clock_skews(session, coordinator.settings.max_clock_skew_ns)
     backfill_counts = dict.fromkeys(BACKFILL_STATES, 0)
     backfill_counts.update({state: int(n) for state, n in backfill_rows})
     refusals, batches, points = coordinator.metrics.snapshot()
@@ -476,6 +483,12 @@ def _metrics_text(coordinator: Coordinator) -> str:
     lines += _family("federation_agent_last_seen_seconds", "gauge",
                      "When each DC's agent last reported (Unix time).", "dc",
                      {dc: round(last / 1e9, 3) for dc, last in seen if last is not None})  # fmt: skip
+    lines += _family("federation_agent_clock_skew_seconds", "gauge",
+                     "Each DC agent's clock minus the coordinator's, at its last report.", "dc",
+                     {s.dc: round(s.skew_ns / 1e9, 3) for s in skews})  # fmt: skip
+    lines += _family("federation_agent_clock_skew_large", "gauge",
+                     "1 when a DC agent's clock is off by more than the tolerance.", "dc",
+                     {s.dc: int(s.large) for s in skews})  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from federation.config import FederationConfig
 from federation.coordinator.ledger import BackfillRow, Ledger, TrackingRow, WindowRow
@@ -38,6 +40,43 @@ class BackfillNotFound(FederationError):
 
 class NotYourBackfill(FederationError):
     """The backfill belongs to another DC."""
+
+
+@dataclass(frozen=True)
+class RunningBackfill:
+    """A request leased to a DC's agent that has not reported a result yet."""
+
+    id: int
+    dc: str
+    aggregation: str
+    start_ns: int
+    end_ns: int
+    attempts: int
+    leased_ns: int
+    """When the current lease was taken (coordinator clock)."""
+    lease_expires_ns: int | None
+
+
+def running_backfills(session: Session, dc: str | None = None) -> list[RunningBackfill]:
+    """Every (or one DC's) leased request without a result, oldest lease first."""
+    query = select(BackfillRow).where(BackfillRow.state == RUNNING)
+    if dc is not None:
+        query = query.where(BackfillRow.dc == dc)
+    rows = session.scalars(query.order_by(BackfillRow.updated_ns, BackfillRow.id)).all()
+    # `updated_ns` of a running request is when it was leased: nothing else touches it then.
+    return [
+        RunningBackfill(
+            row.id,
+            row.dc,
+            row.aggregation,
+            row.start_ns,
+            row.end_ns,
+            row.attempts,
+            row.updated_ns,
+            row.lease_expires_ns,
+        )
+        for row in rows
+    ]
 
 
 def lease_backfills(

@@ -230,7 +230,8 @@ def record_report(
     """Store what the agent of `dc` reports: last seen, mode, running versions and health.
 
     The report body is `{"mode": "embedded"|"kapacitor", "plans": [{"aggregation", "version",
-    "healthy", "detail"}], "retention": {...}, "agent_version"}`; InvalidInput (nothing stored)
+    "healthy", "detail"}], "retention": {...}, "agent_version", "clock_ns"}` (`clock_ns`, the
+    agent's clock, is compared with `now_ns` by `clocks`); InvalidInput (nothing stored)
     when it is malformed or names an aggregation the DC does not run.
     """
     config.dc(dc)
@@ -239,6 +240,9 @@ def record_report(
         raise InvalidInput("report: mode: must be 'embedded' or 'kapacitor'")
     plans = _expect(report, "plans", list, "")
     agent_version = str(report.get("agent_version", ""))[:64]
+    clock = report.get("clock_ns")
+    if clock is not None and (not isinstance(clock, int) or isinstance(clock, bool)):
+        raise InvalidInput("report: clock_ns: must be an integer (the agent's clock, ns)")
     entries: list[tuple[str, str, bool, str]] = []
     for index, item in enumerate(plans):
         if not isinstance(item, Mapping):

@@ -16,7 +16,8 @@ DC, measurement and key. Rules (HTTP status):
     field-type        400  a field of the wrong type (integer vs float vs string vs boolean)
     plan-version      400  a manifest naming a version the ledger does not know for it
     timestamp         400  a point not at the start of one of its plan's windows, or of a
-                           window that has not ended yet by the coordinator's clock
+                           window that has not ended yet by the coordinator's clock (or by
+                           the DC's, as `clocks` estimates it, when that is behind)
     personal-data     400  a tag value or string field that looks like an e-mail or IP address
     k-anonymity       400  a summary whose `count` is below the plan's min_group_events
     sketch            400  a `sketch` that does not decode, has a foreign accuracy, or whose
@@ -268,7 +269,8 @@ class GatewayChecker:
     def check(self, dc: str, lines: Sequence[Line], *, now_ns: int | None = None) -> CheckedBatch:
         """Check every point of a batch from the authenticated `dc`; Refusal on the first
         point that breaks a rule (see the module docstring). With `now_ns`, a window that has
-        not ended by then is refused: a sender whose clock runs ahead computed it too early."""
+        not ended by then is refused: a sender whose clock runs ahead computed it too early (the
+        caller passes the earlier of the coordinator's and the DC's clock, see `clocks`)."""
         plans = self._plans.get(dc, {})
         batch = CheckedBatch(len(lines), list(lines))
         versions: dict[tuple[str, int], str] = {}
@@ -577,7 +579,7 @@ class GatewayChecker:
         if now_ns is not None and time_ns + plan.window_ns > now_ns:
             raise Refusal(
                 "timestamp",
-                "the window has not ended yet by the coordinator's clock",
+                "the window has not ended yet (by the coordinator's clock, or the DC's)",
                 measurement=measurement,
                 line=ln.line,
             )

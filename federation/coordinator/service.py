@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from federation.clock import Clock, SystemClock
 from federation.config import FederationConfig
+from federation.coordinator.clocks import MAX_CLOCK_SKEW_NS, AgentClocks
 from federation.coordinator.desired import known_plans, sync_desired
 from federation.coordinator.gateway import GatewayChecker
 from federation.coordinator.ledger import Ledger
@@ -117,6 +118,8 @@ class CoordinatorSettings:
     plan_refresh_ns: int = 10 * SECOND
     central_timeout_s: float = 30.0
     rollup_interval_s: float = 300.0
+    max_clock_skew_ns: int = MAX_CLOCK_SKEW_NS
+    """Agent clocks further off are reported, and bound what the gateway takes as ended."""
 
 
 class Metrics:
@@ -161,6 +164,7 @@ class Coordinator:
         self.clock: Clock = clock or SystemClock()
         self.settings = settings or CoordinatorSettings()
         self.metrics = Metrics()
+        self.clocks = AgentClocks(ledger, self.settings.max_clock_skew_ns)
         self._checker: GatewayChecker | None = None
         self._checker_at = 0
         self._lock = threading.Lock()

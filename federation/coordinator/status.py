@@ -14,6 +14,8 @@ from typing import Any
 from sqlalchemy import case, func, select
 
 from federation.config import FederationConfig
+from federation.coordinator.backfills import RunningBackfill, running_backfills
+from federation.coordinator.clocks import MAX_CLOCK_SKEW_NS, ClockSkew, clock_skews
 from federation.coordinator.ledger import Ledger, TrackingRow, WindowRow
 from federation.coordinator.tracking import DONE_STATES, WindowState
 from federation.errors import InvalidInput
@@ -59,6 +61,10 @@ class AggregationStatus:
 class StatusReport:
     now_ns: int
     aggregations: list[AggregationStatus]
+    backfills: list[RunningBackfill] = field(default_factory=list)
+    """Requests leased to agents without a result yet; lease age = now - leased_ns."""
+    clocks: list[ClockSkew] = field(default_factory=list)
+    """Each DC agent's clock against the coordinator's, from its last report."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (the body of `GET /api/v1/status`)."""
@@ -89,6 +95,8 @@ class StatusReport:
                     )
                     for a in data["aggregations"]
                 ],
+                backfills=[RunningBackfill(**b) for b in data.get("backfills", [])],
+                clocks=[ClockSkew(**c) for c in data.get("clocks", [])],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"malformed status report: {exc!r}") from None
@@ -116,8 +124,11 @@ def status_report(
     aggregation: str | None = None,
     since_ns: int | None = None,
     dc: str | None = None,
+    max_skew_ns: int = MAX_CLOCK_SKEW_NS,
 ) -> StatusReport:
-    """The status of every (or one) aggregation's windows that ended in `[since, now)`.
+    """The status of every (or one) aggregation's windows that ended in `[since, now)`, the
+    backfills leased to agents without a result yet, and each agent's clock skew (`large`
+    beyond `max_skew_ns`).
 
     Default range: the last 24 windows of each aggregation. Counts cover the whole range; the
     grid shows its newest windows (at most 168); problems list every window of the range that
@@ -135,7 +146,9 @@ def status_report(
             _aggregation_status(session, config, name, dcs, tracking, now_ns, since_ns)
             for name in names
         ]
-    return StatusReport(now_ns=now_ns, aggregations=reports)
+        running = [b for b in running_backfills(session, dc) if b.aggregation in names]
+        skews = clock_skews(session, max_skew_ns, dc)
+    return StatusReport(now_ns=now_ns, aggregations=reports, backfills=running, clocks=skews)
 
 
 def _aggregation_status(

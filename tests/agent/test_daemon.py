@@ -229,3 +229,42 @@ def _example_config() -> FederationConfig:
     from federation.config import load_config
 
     return load_config(Path(__file__).resolve().parents[2])
+
+
+def test_a_coordinator_clock_hours_ahead_never_makes_the_agent_compute_a_running_window(
+    config: tuple[FederationConfig, int],
+    dc_influxd: InfluxServer,
+    central_influxd: InfluxServer,
+    central: InfluxClient,
+    clock: FakeClock,
+    hour0: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from federation.clock import SkewedClock
+    from federation.coordinator.ledger import BackfillRow
+
+    fed, port = config
+    export_agent_tokens(fed, monkeypatch)
+    ahead = SkewedClock(clock, 5 * HOUR)
+    served = serve_coordinator(fed, central_influxd.url, ahead, port, hour0 - 3 * HOUR)
+    coordinator = next(served).coordinator
+    try:
+        write_raw(dc_influxd.url, hour0 - 3 * HOUR, 5)
+        agent = new_agent(fed, clock)
+        agent.preflight()
+        agent.plans = {p.aggregation: p for p in agent.coordinator.desired(DC).plans}
+        # By the coordinator's clock the last 8 hours have ended; by the agent's, only the
+        # three before hour0 (hour0 itself is 5 seconds old).
+        (request,) = request_backfill(
+            coordinator.ledger, fed, DC, "delivery_latency", hour0 - 3 * HOUR,
+            hour0 + 4 * HOUR, ahead.now_ns(),
+        )  # fmt: skip
+        assert agent.process_backfills(threading.Event()) == 1
+        assert sorted(manifest_hours(central, "delivery_latency", hour0)) == [-3, -2, -1]
+        with coordinator.ledger.session() as session:
+            row = session.get(BackfillRow, request.id)
+            assert row is not None and row.state == "failed"
+            assert row.error is not None and "4 window(s) not computed: not ended by" in row.error
+        agent.close()
+    finally:
+        served.close()

@@ -42,6 +42,7 @@ import yaml
 from sqlalchemy import select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from federation.agent.backfill_work import BackfillWork
 from federation.agent.daemon import Agent, AgentSettings, build_agent
 from federation.agent.shipper import RetryPolicy
 from federation.asgi_server import ThreadedServer
@@ -91,6 +92,8 @@ AGENT_SETTINGS = AgentSettings(poll_interval_s=0.25, reconcile_interval_s=60.0, 
 SHIP_RETRY = RetryPolicy(attempts=4, initial_s=0.2, multiplier=2.0, max_s=1.0)
 """About 1.4 s of retries: an outage of a few windows outlasts them, so both the retry and the
 give-up-and-backfill paths run."""
+RESULT_RETRY = RetryPolicy(initial_s=0.25, multiplier=2.0, max_s=1.0)
+"""Back-off of an unsent backfill result: tried again at most a second apart."""
 
 
 def token_env(dc: str) -> str:
@@ -315,12 +318,16 @@ class SummariesHold:
         self._lock = threading.Lock()
         self._dc: str | None = None
         self._action: Callable[[], None] | None = None
+        self._when: Callable[[], bool] | None = None
         self.fired = threading.Event()
         self.body = b""
 
-    def arm(self, dc: str, action: Callable[[], None]) -> None:
+    def arm(
+        self, dc: str, action: Callable[[], None], when: Callable[[], bool] | None = None
+    ) -> None:
+        """Run `action` at the next summaries batch of `dc` (one for which `when` holds)."""
         with self._lock:
-            self._dc, self._action = dc, action
+            self._dc, self._action, self._when = dc, action, when
             self.fired.clear()
 
     @property
@@ -333,6 +340,8 @@ class SummariesHold:
             return None
         with self._lock:
             if self._action is None or dc != self._dc:
+                return None
+            if self._when is not None and not self._when():
                 return None
             action, self._action = self._action, None
             self.body = body
@@ -385,12 +394,19 @@ class ScenarioFederation:
     """Every process and object of one scenario's federation; `close` stops them all."""
 
     def __init__(
-        self, root: Path, spec: ScenarioConfig | None = None, *, clock: Clock | None = None
+        self,
+        root: Path,
+        spec: ScenarioConfig | None = None,
+        *,
+        clock: Clock | None = None,
+        settings: CoordinatorSettings = COORDINATOR_SETTINGS,
     ) -> None:
         set_tokens()
         self.root = root
         self.spec = spec or ScenarioConfig()
         self.clock: Clock = clock or SystemClock()
+        """The coordinator's clock, and by default every agent's and the traffic's."""
+        self.settings = settings
         self.stack = LocalStack(root / "servers")
         self.config_dir = root / "config"
         self.port = free_port()
@@ -456,7 +472,7 @@ class ScenarioFederation:
             self.ledger,
             load_tokens(self.config),
             clock=self.clock,
-            settings=COORDINATOR_SETTINGS,
+            settings=self.settings,
         )
         coordinator.sync(track_from_ns=track_from_ns)
         self.coordinator = coordinator
@@ -514,6 +530,7 @@ class ScenarioFederation:
         )
         assert agent.shipper is not None
         agent.shipper.retry = SHIP_RETRY
+        agent.work = BackfillWork(RESULT_RETRY)
         thread = threading.Thread(target=_run_agent, args=(agent, stop), name=f"agent-{dc}", daemon=True)  # fmt: skip
         thread.start()
         self.agents[dc] = RunningAgent(agent, stop, thread)
