@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -719,7 +720,7 @@ def test_cli_ingests_stdin_and_prints_the_summary(
     dead = tmp_path / "dead.jsonl"
     args = ["ingest", "--dc", DC, "-c", str(config_dir), "--dead-letter", str(dead)]
     result = runner.invoke(app, [*args, "--format", "json"], input=data)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # a line was dead-lettered
     summary = json.loads(result.stdout)
     assert summary["lines_read"] == 6 and summary["points_written"] == 5
     assert summary["dead_lettered_by_reason"] == {"not_json": 1}
@@ -727,9 +728,37 @@ def test_cli_ingests_stdin_and_prints_the_summary(
     events_file = tmp_path / "events.jsonl"
     events_file.write_bytes(data)
     result = runner.invoke(app, [*args, "--batch", "2", "--flush", "500ms", str(events_file)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output
     assert "points_written" in result.stdout and "dead_lettered.not_json" in result.stdout
     assert len(points(raw)) == 5
+    clean = runner.invoke(app, args, input=jsonl([event(i) for i in range(5)]))
+    assert clean.exit_code == 0, clean.output
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_interrupted_prints_its_summary_and_exits_130(
+    config_dir: Path, influxd: InfluxServer, raw: InfluxClient, tmp_path: Path, signum: int
+) -> None:
+    point_fleet_at(config_dir, influxd.url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "federation.cli", "ingest", "--dc", DC, "-c", str(config_dir),
+         "--dead-letter", str(tmp_path / "dead.jsonl"), "--flush", "100ms", "--format", "json"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(jsonl([event(i) for i in range(5)]))
+    proc.stdin.flush()  # the pipe stays open: ingest waits for more
+    deadline = time.monotonic() + 30
+    while len(points(raw)) < 5:
+        assert time.monotonic() < deadline, "the first lines were not written"
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert json.loads(stdout)["points_written"] == 5
+    assert (
+        stderr.decode().strip().splitlines()[-1].startswith("error: interrupted; stopped after 5")
+    )
 
 
 def test_cli_schema_problem_exits_2(config_dir: Path) -> None:

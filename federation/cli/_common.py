@@ -60,6 +60,19 @@ def duration_option(option: str, text: str) -> int:
         raise InvalidInput(f"{option}: {exc}") from None
 
 
+def seconds_bounds(option: str, low: float, high: float) -> Callable[[float], float]:
+    """A typer callback for an option in seconds: the value when `low <= value <= high`, else
+    InvalidInput naming the option and the bounds (one line, exit 2). A zero poll interval
+    would spin; a negative or endless one is a typo."""
+
+    def check(value: float) -> float:
+        if not low <= value <= high:  # also refuses NaN
+            raise InvalidInput(f"{option}: {value:g} s is out of bounds ({low:g} to {high:g} s)")
+        return value
+
+    return check
+
+
 def rows_table(
     rows: Sequence[dict[str, Any]],
     columns: Sequence[str],

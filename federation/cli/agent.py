@@ -14,6 +14,7 @@ from federation.cli._common import (
     add_group,
     err,
     print_rows,
+    seconds_bounds,
 )
 
 DcOption = Annotated[str, typer.Option("--dc", help="The DC this agent runs for.")]
@@ -48,13 +49,20 @@ def run(
         typer.Option("--coordinator", help="Coordinator URL (default: fleet.yaml's)."),
     ] = None,
     poll_interval: Annotated[
-        float, typer.Option("--poll-interval", help="Seconds between backfill polls.")
+        float,
+        typer.Option(
+            "--poll-interval",
+            help="Seconds between backfill polls (0.1 to 3600).",
+            callback=seconds_bounds("--poll-interval", 0.1, 3600),
+        ),
     ] = 30.0,
     reconcile_interval: Annotated[
         float,
         typer.Option(
             "--reconcile-interval",
-            help="Seconds between pulls of the desired state (policy and rollout changes).",
+            help="Seconds between pulls of the desired state (policy and rollout changes; "
+            "1 to 86400).",
+            callback=seconds_bounds("--reconcile-interval", 1, 86400),
         ),
     ] = 300.0,
 ) -> None:

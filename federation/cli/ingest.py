@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +28,14 @@ from federation.errors import InvalidInput
 if TYPE_CHECKING:
     from federation.ingest import IngestSummary
 
-HELP = "Ingest JSON lines (files, or stdin) into a DC's raw database, by a schema."
+HELP = """Ingest JSON lines (files, or stdin) into a DC's raw database, by a schema.
+
+Exit codes: 0 every line written (or blank); 1 stopped by an error (InfluxDB refused to go on,
+or --give-up-after ran out); 2 invalid input (options, config, schema); 3 done, but some lines
+were dead-lettered (the summary counts them by reason); 130 interrupted by SIGINT or SIGTERM.
+The summary is printed in every case but 2."""
+
+DEAD_LETTERED_EXIT = 3
 
 
 def register(app: typer.Typer) -> None:
@@ -40,6 +48,21 @@ def _flush_seconds(text: str) -> float:
     if nanos <= 0:
         raise InvalidInput("--flush must be a positive duration such as 1s or 500ms")
     return nanos / SECOND_NS
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Let SIGTERM interrupt like SIGINT (KeyboardInterrupt), so the summary of what was
+    written is printed either way; the previous handler is restored afterwards."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -109,7 +132,7 @@ def ingest_command(
     config: ConfigOption = Path("."),
 ) -> None:
     from federation.config import load_config
-    from federation.ingest import RetryPolicy, Source, ingest
+    from federation.ingest import IngestAborted, RetryPolicy, Source, ingest
 
     loaded = load_config(config)
     sources: list[Source] = [
@@ -117,19 +140,33 @@ def ingest_command(
     ]
     retry = RetryPolicy(give_up_after=give_up_after)
     flush_seconds = _flush_seconds(flush)
-    with _progress(dc) as show:
-        result = ingest(
-            loaded,
-            dc,
-            sources,
-            schema=schema,
-            batch_size=batch,
-            flush_interval=flush_seconds,
-            dead_letter=dead_letter,
-            retry=retry,
-            progress=show,
+    try:
+        with _sigterm_interrupts(), _progress(dc) as show:
+            result = ingest(
+                loaded,
+                dc,
+                sources,
+                schema=schema,
+                batch_size=batch,
+                flush_interval=flush_seconds,
+                dead_letter=dead_letter,
+                retry=retry,
+                progress=show,
+            )
+    except IngestAborted as exc:
+        _print_summary(exc.summary, dc, fmt)
+        raise
+    _print_summary(result, dc, fmt)
+    if result.dead_lettered_total:
+        err.print(
+            f"{result.dead_lettered_total:,} line(s) dead-lettered to {result.dead_letter_file} "
+            f"(exit {DEAD_LETTERED_EXIT})",
+            markup=False,
         )
+        raise typer.Exit(DEAD_LETTERED_EXIT)
 
+
+def _print_summary(result: IngestSummary, dc: str, fmt: OutputFormat) -> None:
     data = result.to_dict()
     if fmt is OutputFormat.json:
         out.print_json(json.dumps(data))

@@ -36,6 +36,7 @@ from federation.ingest.writer import (
     DeadLetter,
     IngestAborted,
     IngestError,
+    IngestInterrupted,
     IngestSummary,
     RetryPolicy,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "FieldType",
     "IngestAborted",
     "IngestError",
+    "IngestInterrupted",
     "IngestSummary",
     "Reason",
     "Rejected",

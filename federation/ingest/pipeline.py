@@ -37,6 +37,7 @@ from federation.ingest.writer import (
     DeadLetter,
     IngestAborted,
     IngestError,
+    IngestInterrupted,
     IngestSummary,
     RetryPolicy,
     _Stopped,
@@ -325,7 +326,8 @@ def ingest(
 
     Raises `ConfigProblems` for a bad schema, `IngestError` when the database or retention
     policy is missing, and `IngestAborted` (with the summary so far) when InfluxDB refuses to go
-    on (authentication, a database dropped mid-way) or `retry.give_up_after` runs out.
+    on (authentication, a database dropped mid-way) or `retry.give_up_after` runs out, and
+    `IngestInterrupted` (an IngestAborted, with the summary so far) on KeyboardInterrupt.
     """
     if batch_size < 1 or max_queued_batches < 1 or flush_interval <= 0:
         raise ValueError("batch_size, max_queued_batches and flush_interval must be positive")
@@ -377,6 +379,15 @@ def ingest(
             thread.join()
         except _WriterFailed:
             thread.join()
+        except KeyboardInterrupt:
+            stop.set()
+            thread.join(timeout=5.0)
+            summary = pipeline.summary()
+            raise IngestInterrupted(
+                f"interrupted; stopped after {summary.points_written} points "
+                "(ingesting the same input again is safe)",
+                summary,
+            ) from None
         except BaseException:
             stop.set()
             thread.join(timeout=5.0)

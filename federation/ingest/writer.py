@@ -45,6 +45,13 @@ class IngestAborted(IngestError):
         self.summary = summary
 
 
+class IngestInterrupted(IngestAborted):
+    """Ingest was interrupted (SIGINT, or SIGTERM where the CLI turns it into one); `summary`
+    says what was written before. Exit code 130, as a shell reports an interrupted command."""
+
+    exit_code = 130
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Pauses between attempts to write one batch: `initial`, doubling up to `maximum` seconds.

@@ -168,3 +168,23 @@ def test_the_scheduler_runs_the_lookback_at_every_window_boundary(
     assert starts == list(range(starts[0], starts[-1] + SECOND, SECOND))
     assert {m["events"] for m in manifests} <= {0, 4}
     assert sum(1 for m in manifests if m["events"] == 4) == 3
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--poll-interval", "0"), ("--poll-interval", "-1"), ("--poll-interval", "nan"),
+     ("--reconcile-interval", "0.5"), ("--reconcile-interval", "1e9")],
+)  # fmt: skip
+def test_agent_run_refuses_intervals_out_of_bounds_in_one_line(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    # Refused before the config is even read: nothing starts, nothing polls.
+    result = subprocess.run(
+        [sys.executable, "-m", "federation.cli", "agent", "run", "--dc", DC,
+         "--config", str(tmp_path), option, value],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {option}: "), result.stderr
+    assert "out of bounds" in lines[0]
