@@ -7,6 +7,8 @@ from pathlib import Path
 
 from federation.config import FederationConfig, load_config
 from federation.durations import format_duration
+from federation.errors import ConfigProblems
+from federation.ingest.schema import schema_problems
 from federation.plan import AggregationPlan, resolve_all
 
 
@@ -17,12 +19,20 @@ class ValidationResult:
 
 
 def validate_config(root: Path | str) -> ValidationResult:
-    """Load and cross-check the config under `root`, resolving every plan.
+    """Load and cross-check the config under `root`, resolving every plan and checking every
+    ingest schema in `policies/schemas/` against the region policies (`schema_problems`).
 
     Raises ConfigProblems with every problem found; returns only when all checks pass.
     """
     config = load_config(root)
-    return ValidationResult(config, resolve_all(config))
+    problems = schema_problems(config)
+    try:
+        plans = resolve_all(config)
+    except ConfigProblems as exc:
+        problems = [*exc.problems, *problems]
+    if problems:
+        raise ConfigProblems(problems)
+    return ValidationResult(config, plans)
 
 
 def summarize(result: ValidationResult) -> str:

@@ -217,3 +217,25 @@ def policy_problems(
                 )
             )
     return problems
+
+
+def schema_problems(config: FederationConfig) -> list[ConfigError]:
+    """Every problem of every schema under `policies/schemas/`, each reported once.
+
+    Each schema is checked as `load_schema` checks it, against the policy of every region that
+    has a DC (the schema may be ingested into any of them): YAML syntax, keys and types, its
+    measurement against its file name and the region's policy, a personal key as a tag. What
+    `federation validate` runs, so a schema `ingest` would refuse is caught before any DC."""
+    folder = config.root / SCHEMAS_DIR
+    one_dc_per_region: dict[str, str] = {}
+    for name, datacenter in sorted(config.fleet.dcs.items()):
+        one_dc_per_region.setdefault(datacenter.region, name)
+    found: dict[str, ConfigError] = {}
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        for dc in one_dc_per_region.values():
+            try:
+                load_schema(config, dc, path)
+            except ConfigProblems as exc:
+                for problem in exc.problems:
+                    found.setdefault(str(problem), problem)
+    return list(found.values())

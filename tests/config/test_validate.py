@@ -239,3 +239,35 @@ def test_validate_command_exits_2_listing_problems(config_dir: Path) -> None:
     assert result.returncode == 2
     assert "error: 2 problems:" in result.stderr
     assert "fleet.yaml:" in result.stderr and "tickscripts/delivery_latency.yaml:" in result.stderr
+
+
+def validate(config_dir: Path) -> list[str]:
+    from federation.validate import validate_config
+
+    with pytest.raises(ConfigProblems) as info:
+        validate_config(config_dir)
+    return [str(p) for p in info.value.problems]
+
+
+def test_validate_refuses_a_schema_with_a_personal_key_as_a_tag(config_dir: Path) -> None:
+    schema = config_dir / "policies/schemas/delivery.yaml"
+    edit(schema, "  sender: {type: string}    # personal data\n", "")
+    edit(schema, "  customer: {required: true}\n", "  customer: {required: true}\n  sender: {}\n")
+    line = schema.read_text().splitlines().index("  sender: {}") + 1
+    found = validate(config_dir)
+    # Personal in every region: said once per region's policy, each with file, key and line.
+    assert found and all(
+        p.startswith(f"policies/schemas/delivery.yaml:{line}: tags.sender: 'sender' is personal")
+        for p in found
+    ), found
+    result = runner.invoke(app, ["validate", "--config", str(config_dir)])
+    assert isinstance(result.exception, ConfigProblems) and "config OK" not in result.output
+    assert result.exception.exit_code == 2
+
+
+def test_validate_refuses_a_schema_that_is_not_yaml(config_dir: Path) -> None:
+    (config_dir / "policies/schemas/bounce.yaml").write_text("measurement: bounce\ntags: [\n")
+    found = validate(config_dir)
+    assert len(found) == 1 and re.match(
+        r"policies/schemas/bounce.yaml:\d+: YAML syntax error", found[0]
+    ), found
