@@ -46,8 +46,7 @@ def lint(
 ) -> None:
     """Lint TICKscripts: syntax, Kapacitor's batch rules, and no personal data anywhere."""
     from federation.config import load_config
-    from federation.tickscript import lint as lint_source
-    from federation.tickscript.render import context_for_script
+    from federation.tickscript.render import lint_script
 
     loaded = load_config(config)
     found = 0
@@ -57,8 +56,7 @@ def lint(
             source = sys.stdin.read() if name == "<stdin>" else path.read_text(encoding="utf-8")
         except OSError as exc:
             raise InvalidInput(f"{path}: cannot read: {exc.strerror}") from None
-        ctx, note = context_for_script(loaded, source, name)
-        problems = lint_source(source, ctx, file=name)
+        problems, note = lint_script(loaded, source, name)
         found += len(problems)
         for problem in problems:
             err.print(str(problem), markup=False)

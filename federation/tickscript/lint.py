@@ -327,9 +327,12 @@ def _evaluate_binary(expression: Binary, env: dict[str, _Binding]) -> _Value:
 
 
 class _Linter:
-    def __init__(self, file: str, ctx: LintContext | None) -> None:
+    def __init__(
+        self, file: str, ctx: LintContext | None, personal_keys: frozenset[str] = frozenset()
+    ) -> None:
         self.file = file
         self.ctx = ctx
+        self.personal_keys = ctx.personal_keys if ctx is not None else personal_keys
         self.udf_name = ctx.udf_name if ctx is not None else "fedagg"
         self.problems: list[LintProblem] = []
         self.env: dict[str, _Binding] = {}
@@ -540,8 +543,10 @@ class _Linter:
                     f"percentile's second argument must be a float literal like 95.0, "
                     f"got {value.kind}",
                 )
-        if self.ctx is not None:
-            self.check_pii(node, self.ctx)
+        if self.personal_keys:
+            self.check_pii(node, self.personal_keys)
+        if self.ctx is not None and node.kind in SELECTORS:
+            self.check_selector(node, self.ctx)
 
     def check_query(self, node: _Node) -> None:
         self.check_schedule(node)
@@ -592,8 +597,8 @@ class _Linter:
                     "query-dbrp",
                     f'"{names[0]}"."{names[1]}" is not declared: add dbrp "{names[0]}"."{names[1]}"',
                 )
-        if self.ctx is not None:
-            self.check_query_pii(literal, query, self.ctx)
+        if self.personal_keys:
+            self.check_query_pii(literal, query, self.personal_keys)
 
     def duration_of(self, link: ChainLink | None) -> int | None:
         if link is None or not link.args:
@@ -657,8 +662,7 @@ class _Linter:
 
     # -- personal data ------------------------------------------------------------------
 
-    def check_query_pii(self, literal: StringLiteral, query: Query, ctx: LintContext) -> None:
-        keys = ctx.personal_keys
+    def check_query_pii(self, literal: StringLiteral, query: Query, keys: frozenset[str]) -> None:
         places = [(c.name, c.offset, "selected") for c in query.columns]
         places += [(name, offset, "filtered on") for name, offset in query.where_refs]
         for name, offset, verb in places:
@@ -666,8 +670,7 @@ class _Linter:
                 line, column = _position_in(literal, offset)
                 self.report(line, column, "pii-key", f"personal-data key {name!r} is {verb}")
 
-    def check_pii(self, node: _Node, ctx: LintContext) -> None:
-        keys = ctx.personal_keys
+    def check_pii(self, node: _Node, keys: frozenset[str]) -> None:
         strings: list[tuple[Expression, str]] = []
         if node.kind == "groupBy":
             strings += [(arg, "grouped by") for arg in node.args]
@@ -685,8 +688,6 @@ class _Linter:
             value = _evaluate(arg, self.env)
             if value.kind in ("string", "reference") and value.value in keys:
                 self.at(arg, "pii-key", f"personal-data key {value.value!r} is {verb}")
-        if node.kind in SELECTORS:
-            self.check_selector(node, ctx)
 
     def check_selector(self, node: _Node, ctx: LintContext) -> None:
         upstream = node.parent
@@ -762,11 +763,18 @@ def _position_in(literal: StringLiteral, offset: int) -> tuple[int, int]:
     return line, column
 
 
-def lint(source: str, ctx: LintContext | None = None, file: str = "<script>") -> list[LintProblem]:
+def lint(
+    source: str,
+    ctx: LintContext | None = None,
+    file: str = "<script>",
+    *,
+    personal_keys: frozenset[str] = frozenset(),
+) -> list[LintProblem]:
     """Every problem in `source`, sorted by position; never raises.
 
     Without `ctx` only the rules that need no knowledge of the aggregation run (syntax, node
     and property names, task type, query shape, presence of .period/.every/.align, influxDBOut
-    targets, percentile literals); with it, also the window and personal-data rules.
+    targets, percentile literals), and the personal-data rules against `personal_keys` when
+    given; with it, also the window, selector and personal-data rules of its plan.
     """
-    return _Linter(file, ctx).run(source)
+    return _Linter(file, ctx, personal_keys).run(source)

@@ -220,6 +220,27 @@ def context_for_script(
     return None, "no plan found for this script: only the context-free rules ran"
 
 
+def lint_script(config: FederationConfig, source: str, file: str) -> tuple[list[LintProblem], str]:
+    """Lint a script against the plan it names (`context_for_script`), and a note saying how
+    it was checked. A script that names no plan (hand-written, or renamed) is checked against
+    the personal-data keys of every region, since it may be deployed to any DC; the rules that
+    need its aggregation's window and value field do not run."""
+    ctx, note = context_for_script(config, source, file)
+    if ctx is not None:
+        return lint(source, ctx, file=file), note
+    keys = frozenset().union(
+        *(
+            m.personal_keys
+            for policy in config.policies.values()
+            for m in policy.measurements.values()
+        )
+    )
+    return lint(source, file=file, personal_keys=keys), (
+        "no plan found for this script: checked against every region's personal-data keys, "
+        "without the window rules"
+    )
+
+
 def render_all(
     config: FederationConfig, *, dc: str | None = None, aggregation: str | None = None
 ) -> list[RenderedTask]:

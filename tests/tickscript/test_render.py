@@ -140,3 +140,44 @@ def test_render_and_lint_commands(tmp_path: Path) -> None:
     result = runner.invoke(app, ["lint", "--config", str(REPO), str(bad)])
     assert result.exit_code == 1
     assert "align" in result.output
+
+
+HAND_WRITTEN = """dbrp "mail"."raw_30d"
+
+var data = batch
+    |query('SELECT "latency_ms", "customer"::tag, "sender" FROM "mail"."raw_30d"."delivery"')
+        .period(1h)
+        .every(1h)
+        .align()
+        .groupBy('client_ip')
+
+data
+    |count('latency_ms')
+    |influxDBOut()
+        .database('federation')
+        .retentionPolicy('agg_400d')
+        .measurement('hand_written')
+"""
+
+
+def test_lint_checks_a_hand_written_script_against_every_regions_personal_keys(
+    tmp_path: Path,
+) -> None:
+    # Named for no plan and carrying no plan header: the personal keys come from the policies.
+    script = tmp_path / "my-latency.tick"
+    script.write_text(HAND_WRITTEN)
+    result = runner.invoke(app, ["lint", "--config", str(REPO), str(script)])
+    assert result.exit_code == 1, result.output
+    assert (
+        f"{script}:4:" in result.output
+        and "personal-data key 'sender' is selected" in result.output
+    )
+    assert f"{script}:8:" in result.output
+    assert "personal-data key 'client_ip' is grouped by" in result.output
+    assert "checked against every region's personal-data keys" in result.output
+    clean = tmp_path / "clean.tick"
+    clean.write_text(
+        HAND_WRITTEN.replace(', "sender"', "").replace("        .groupBy('client_ip')\n", "")
+    )
+    result = runner.invoke(app, ["lint", "--config", str(REPO), str(clean)])
+    assert result.exit_code == 0, result.output
