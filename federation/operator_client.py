@@ -1,6 +1,6 @@
 """A client for the coordinator's operator endpoints, and the waits `policy` and `rollout` do.
 
-    POST /api/v1/desired/reload      {"dry_run": bool}   operator token
+    POST /api/v1/desired/reload      {"dry_run", "allow_shrink"}   operator token
     POST /api/v1/rollouts            {"aggregations", "canary", "dcs"}
     POST /api/v1/rollouts/advance    {"aggregations", "dcs"}
     POST /api/v1/rollouts/rollback   {"aggregations", "dcs"}
@@ -49,9 +49,13 @@ class OperatorClient(CoordinatorHttp):
     ) -> None:
         super().__init__(url, token, timeout=timeout, transport=transport)
 
-    def reload(self, *, dry_run: bool = False) -> dict[str, Any]:
-        """Reload the coordinator's config directory; the per-DC diff it answers with."""
-        return self._object("POST", "/api/v1/desired/reload", body={"dry_run": dry_run})
+    def reload(
+        self, *, dry_run: bool = False, allow_shrink: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Reload the coordinator's config directory (letting the agents of `allow_shrink`
+        shrink their retention to it); the per-DC diff it answers with."""
+        body = {"dry_run": dry_run, "allow_shrink": _list(allow_shrink)}
+        return self._object("POST", "/api/v1/desired/reload", body=body)
 
     def dcs(self, dcs: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Every DC (or these) against its desired state, as `GET /api/v1/dcs` answers."""
@@ -174,17 +178,21 @@ def wait_for_retention(
     poll_s: float = 1.0,
     on_progress: Progress = _no_progress,
     sleep: Sleep = time.sleep,
+    shrink_granted: Sequence[str] = (),
 ) -> WatchResult:
     """Wait until every DC's agent reports the retention served now as converged.
 
-    A DC reporting drift (a refused shrink) or a failure fails at once; one that has not
-    reported the current retention by `timeout_s` times out.
+    A DC reporting drift (a refused shrink) or a failure fails at once, unless it is in
+    `shrink_granted`: its last report may predate the grant, so it is waited for. One that has
+    not converged by `timeout_s` times out.
     """
 
     def judge(entry: dict[str, Any]) -> tuple[str, str, bool | None]:
         retention = entry.get("retention") or {}
         state, detail = str(retention.get("state")), str(retention.get("detail") or "")
         verdict = {"converged": True, "drift": False, "failed": False}.get(state)
+        if state == "drift" and entry.get("dc") in shrink_granted:
+            verdict = None
         return state, detail, verdict
 
     return _watch(
@@ -266,15 +274,17 @@ def apply_policies(
     client: OperatorClient,
     *,
     dcs: Sequence[str] | None = None,
+    allow_shrink: Sequence[str] | None = None,
     timeout_s: float = 900.0,
     poll_s: float = 1.0,
     on_reload: Callable[[dict[str, Any]], None] | None = None,
     on_progress: Progress = _no_progress,
     sleep: Sleep = time.sleep,
 ) -> PolicyApply:
-    """Reload the coordinator's config, then wait until the agent of every DC (or of `dcs`)
-    reports the new retention converged. InvalidInput (nothing changed) for config problems."""
-    reload = client.reload()
+    """Reload the coordinator's config (the agents of `allow_shrink` may shrink their
+    retention to it), then wait until the agent of every DC (or of `dcs`) reports the new
+    retention converged. InvalidInput (nothing changed) for config problems."""
+    reload = client.reload(allow_shrink=allow_shrink)
     if on_reload is not None:
         on_reload(reload)
     fleet = [d["dc"] for d in reload.get("dcs", []) if d.get("desired_retention") is not None]
@@ -283,7 +293,7 @@ def apply_policies(
             raise InvalidInput(f"--dc {dc}: not a DC of the reloaded fleet ({', '.join(fleet)})")
     watch = wait_for_retention(
         client, list(dcs) if dcs else fleet, timeout_s=timeout_s, poll_s=poll_s,
-        on_progress=on_progress, sleep=sleep,
+        on_progress=on_progress, sleep=sleep, shrink_granted=allow_shrink or (),
     )  # fmt: skip
     return PolicyApply(reload, watch)
 

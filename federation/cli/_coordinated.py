@@ -41,9 +41,12 @@ def reload_rows(
             continue
         if retention:
             for effect in entry.get("retention", []):
+                detail = "DESTRUCTIVE" if entry.get("retention_destructive") else ""
+                if detail and entry.get("shrink_allowed"):
+                    detail += ", allowed"
                 rows.append(
                     {"dc": dc, "what": "retention", "subject": "raw", "change": effect,
-                     "detail": "DESTRUCTIVE" if entry.get("retention_destructive") else ""}
+                     "detail": detail}
                 )  # fmt: skip
         if plans:
             for plan in entry.get("plans", []):

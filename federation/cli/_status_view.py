@@ -26,8 +26,8 @@ SYMBOLS: dict[str, tuple[str, str]] = {
 
 
 def status_renderables(report: StatusReport, *, reasons: bool = True) -> list[RenderableType]:
-    """One table per aggregation, each open window's reason (unless `reasons` is False), and
-    the legend."""
+    """One table per aggregation, each open window's reason (unless `reasons` is False), each
+    DC whose retention drifted, and the legend."""
     items: list[RenderableType] = []
     for agg in report.aggregations:
         span = (
@@ -54,6 +54,8 @@ def status_renderables(report: StatusReport, *, reasons: bool = True) -> list[Re
                 items.append(Text(f"  {d.dc}: {d.more_problems} more not listed"))
     items.extend(_backfill_lines(report) if reasons else ())
     items.extend(_clock_lines(report))
+    for r in report.retention:
+        items.append(Text(f"retention {r.state} on {r.dc}: {r.detail}", style="bold red"))
     legend = Text("legend: ")
     for state, (symbol, style) in SYMBOLS.items():
         if state != "-":

@@ -16,6 +16,7 @@ from federation.cli._common import (
     OutputFormat,
     add_group,
     duration_option,
+    err,
     out,
     print_rows,
 )
@@ -27,7 +28,7 @@ from federation.cli._coordinated import (
     through_coordinator,
 )
 from federation.durations import format_duration
-from federation.errors import FederationError, InvalidInput
+from federation.errors import FederationError
 from federation.operator_client import operator_client
 
 if TYPE_CHECKING:
@@ -104,7 +105,8 @@ def plan(
     Each statement is marked with its effect: + create, ~ alter, ! destructive (a shrinking
     retention deletes data, and apply refuses it without --allow-shrink). Exit 1 when a target
     could not be reached. Through the coordinator (unless --direct): what reloading its config
-    directory would change per DC, retention and plan versions; nothing is applied.
+    directory would change per DC, retention and plan versions, and each DC whose agent reports
+    retention drift (a refused shrink) or a failure; nothing is applied.
     """
     from federation.config import load_config
     from federation.policy import outcome_rows, plan_retention
@@ -147,23 +149,29 @@ def apply(
 
     Through the coordinator (unless --direct): the coordinator reloads its config directory
     (refusing, with every problem, a config that does not validate), then each DC's agent
-    applies its retention at its next reconcile; the command prints a line whenever a DC's
-    state changes and exits 1 when a DC reports drift or a failure, or has not converged
-    within --wait-timeout. With --direct: a target that fails is reported and the others
-    still converge; exit 1 when any target failed or a shrink was refused.
+    applies its retention at its next reconcile (a shrink only with --allow-shrink); the
+    command prints a line whenever a DC's state changes and exits 1 when a DC reports drift or
+    a failure, or has not converged within --wait-timeout. With --direct: the coordinator the
+    agents pull from is made to desire the same retention first (it reloads, or the command
+    refuses, changing nothing, when its config declares another), so no agent undoes the
+    change; a target that fails is reported and the others still converge; exit 1 when any
+    target failed or a shrink was refused.
     """
     from federation.config import load_config
     from federation.policy import apply_retention, outcome_rows
+    from federation.retention_sync import sync_coordinator_retention
 
     fed = load_config(config)
     if through_coordinator(fed, direct):
-        if allow_shrink:
-            raise InvalidInput(
-                "--allow-shrink works only with --direct: the coordinator never tells an agent "
-                "to shrink a retention"
-            )
-        _apply_through_coordinator(fed, dc, fmt, wait_timeout)
+        _apply_through_coordinator(fed, dc, fmt, wait_timeout, allow_shrink=allow_shrink)
         return
+    dcs = [name for name in ([dc] if dc else sorted(fed.fleet.dcs)) if name in fed.fleet.dcs]
+    if dcs:
+        sync = sync_coordinator_retention(fed, dcs, allow_shrink=allow_shrink, timeout=timeout)
+        if sync.state == "unchecked":
+            err.print(f"note: coordinator {sync.url} not checked: {sync.detail}", markup=False)
+        elif fmt is OutputFormat.table:
+            out.print(f"coordinator {sync.url}: {sync.state}: {sync.detail}", markup=False)
     outcomes = apply_retention(fed, dc, allow_shrink=allow_shrink, timeout=timeout)
     rows = outcome_rows(outcomes, applied=True)
     _print_outcomes(rows, fmt, applied=True, title="retention apply")
@@ -193,14 +201,31 @@ def apply(
 def _plan_through_coordinator(config: FederationConfig, dc: str | None, fmt: OutputFormat) -> None:
     with operator_client(config) as client:
         reload = client.reload(dry_run=True)
+        overview = client.dcs([dc] if dc else None)
     rows = reload_rows(reload, dcs=[dc] if dc else None)
+    # What the agents report now: a shrink refused as drift stays to do although no file changes.
+    changing = {row["dc"] for row in rows if row["what"] == "retention"}
+    for entry in overview:
+        retention = entry.get("retention") or {}
+        state = retention.get("state")
+        if state in ("drift", "failed") and entry["dc"] not in changing:
+            rows.append(
+                {"dc": entry["dc"], "what": "retention", "subject": "raw",
+                 "change": f"{state}: {retention.get('detail') or 'not converged'}",
+                 "detail": "apply with --allow-shrink" if state == "drift" else "see the agent"}
+            )  # fmt: skip
     print_reload(rows, fmt, "policy plan (coordinator, dry run)")
     if fmt is OutputFormat.table and any(r["what"] == "plan" for r in rows):
         out.print("plan versions change only through `federation rollout apply`", markup=False)
 
 
 def _apply_through_coordinator(
-    config: FederationConfig, dc: str | None, fmt: OutputFormat, wait_timeout: float
+    config: FederationConfig,
+    dc: str | None,
+    fmt: OutputFormat,
+    wait_timeout: float,
+    *,
+    allow_shrink: bool,
 ) -> None:
     from federation.operator_client import apply_policies
 
@@ -213,9 +238,11 @@ def _apply_through_coordinator(
             out.print("waiting for the agents to apply their retention", markup=False)
 
     with operator_client(config) as client:
+        scope = [dc] if dc else None
         result = apply_policies(
             client,
-            dcs=[dc] if dc else None,
+            dcs=scope,
+            allow_shrink=(scope or sorted(config.fleet.dcs)) if allow_shrink else None,
             timeout_s=wait_timeout,
             on_reload=on_reload,
             on_progress=ProgressPrinter(enabled=table),

@@ -10,8 +10,9 @@
     GET  /api/v1/status?aggregation=&since=&dc= reader token
     GET  /api/v1/dcs?dc=                        reader or operator token: each DC against its
                                                 desired state (versions, health, retention)
-    POST /api/v1/desired/reload                 operator token; {"dry_run": bool}: reload the
-                                                config directory, answer what changes per DC
+    POST /api/v1/desired/reload                 operator token; {"dry_run": bool, "allow_shrink":
+                                                [dc]}: reload the config directory, answer what
+                                                changes per DC; let those DCs shrink retention
     POST /api/v1/rollouts                       operator token; {"aggregations", "canary",
                                                 "dcs"}: pending versions desired in the canary
     POST /api/v1/rollouts/advance               operator token; {"aggregations", "dcs"}
@@ -68,7 +69,7 @@ from federation.coordinator.rollouts import (
     start_rollout,
 )
 from federation.coordinator.service import Coordinator, parse_basic
-from federation.coordinator.status import StatusReport, status_report
+from federation.coordinator.status import StatusReport, retention_problems, status_report
 from federation.coordinator.tracking import (
     dc_windows,
     find_stale,
@@ -319,7 +320,12 @@ def _agent_endpoint(handler: AgentHandler) -> Handler:
 @_agent_endpoint
 async def desired(request: Request, coordinator: Coordinator, dc: str) -> Response:
     state = await run_in_threadpool(
-        served_desired_state, coordinator.ledger, coordinator.config, dc
+        lambda: served_desired_state(
+            coordinator.ledger,
+            coordinator.config,
+            dc,
+            allow_shrink=coordinator.shrink_allowed(dc),
+        )
     )
     return JSONResponse(state)
 
@@ -467,6 +473,8 @@ def _metrics_text(coordinator: Coordinator) -> str:
         ).all()
         seen = session.execute(select(DcRow.name, DcRow.last_seen_ns)).all()
         skews = clock_skews(session, coordinator.settings.max_clock_skew_ns)
+        config = coordinator.config
+        drifted = {r.dc for r in retention_problems(session, config)}
     backfill_counts = dict.fromkeys(BACKFILL_STATES, 0)
     backfill_counts.update({state: int(n) for state, n in backfill_rows})
     refusals, batches, points = coordinator.metrics.snapshot()
@@ -489,6 +497,10 @@ def _metrics_text(coordinator: Coordinator) -> str:
     lines += _family("federation_agent_clock_skew_large", "gauge",
                      "1 when a DC agent's clock is off by more than the tolerance.", "dc",
                      {s.dc: int(s.large) for s in skews})  # fmt: skip
+    lines += _family("federation_retention_drift", "gauge",
+                     "1 when a DC's raw retention is not what the config declares (a refused "
+                     "shrink, or a failure to apply it).", "dc",
+                     {dc: int(dc in drifted) for dc in config.fleet.dcs})  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -575,7 +587,10 @@ async def reload_desired(request: Request) -> Response:
         dry_run = data.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise InvalidInput("dry_run: expected true or false")
-        result = await run_in_threadpool(lambda: reload_config(coordinator, dry_run=dry_run))
+        shrink = _names(data, "allow_shrink") or []
+        result = await run_in_threadpool(
+            lambda: reload_config(coordinator, dry_run=dry_run, allow_shrink=shrink)
+        )
     except ConfigProblems as exc:
         return JSONResponse(
             {"error": "the config has problems; nothing was changed",
@@ -645,7 +660,8 @@ _COLOURS = {
 
 
 def render_html(report: StatusReport) -> str:
-    """The status report as one self-contained HTML page: a DC × window grid per aggregation."""
+    """The status report as one self-contained HTML page: the DCs whose retention drifted, and
+    a DC × window grid per aggregation."""
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>federation status</title>",
@@ -657,6 +673,12 @@ def render_html(report: StatusReport) -> str:
             for s, c in _COLOURS.items() if s != "-"
         ) + "</p>",
     ]  # fmt: skip
+    if report.retention:
+        parts.append("<h2>retention drift</h2><ul>")
+        parts += [
+            f"<li>{esc(r.dc)} <b>{esc(r.state)}</b>: {esc(r.detail)}</li>" for r in report.retention
+        ]
+        parts.append("</ul>")
     for agg in report.aggregations:
         parts.append(f"<h2>{esc(agg.aggregation)}</h2><table><tr><th>DC</th>")
         if agg.starts:

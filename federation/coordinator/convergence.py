@@ -74,6 +74,14 @@ def retention_state(
     return "converged", ""
 
 
+def reported_retention(row: DcRow | None, config: FederationConfig, dc: str) -> tuple[str, str]:
+    """`retention_state` of `dc` from its ledger row (None: never seen), against the retention
+    the coordinator serves now."""
+    wanted = desired_retention(config, dc)
+    report = None if row is None or row.last_seen_ns is None else (row.last_report or {})
+    return retention_state(report, wanted.database, [s.as_dict() for s in wanted.policies])
+
+
 def dc_overview(
     ledger: Ledger, config: FederationConfig, now_ns: int, dcs: Sequence[str] | None = None
 ) -> dict[str, Any]:

@@ -39,13 +39,18 @@ PlanBook = dict[tuple[str, str], list[AggregationPlan]]
 
 
 def desired_state(
-    config: FederationConfig, dc: str, plans: Sequence[AggregationPlan] | None = None
+    config: FederationConfig,
+    dc: str,
+    plans: Sequence[AggregationPlan] | None = None,
+    *,
+    allow_shrink: bool = False,
 ) -> dict[str, Any]:
     """What the agent of `dc` should run: its plans, its raw retention, where it ships.
 
     The shape is the body of `GET /api/v1/dcs/{dc}/desired`. `plans` defaults to the config's
-    plans for `dc`. Retention is never shrunk by an agent unless `allow_shrink` says so, and the
-    coordinator never says so.
+    plans for `dc`. Retention is never shrunk by an agent unless `allow_shrink` says so, which
+    the coordinator says only after an operator granted that shrink (`policy apply
+    --allow-shrink`).
     """
     dc_config = config.dc(dc)
     policy = config.policy_for(dc)
@@ -67,7 +72,7 @@ def desired_state(
                     "default": True,
                 }
             ],
-            "allow_shrink": False,
+            "allow_shrink": allow_shrink,
         },
         "gateway": {
             "url": config.fleet.central.coordinator_url,
@@ -113,9 +118,11 @@ def desired_plans(ledger: Ledger, config: FederationConfig, dc: str) -> list[Agg
     return result
 
 
-def served_desired_state(ledger: Ledger, config: FederationConfig, dc: str) -> dict[str, Any]:
+def served_desired_state(
+    ledger: Ledger, config: FederationConfig, dc: str, *, allow_shrink: bool = False
+) -> dict[str, Any]:
     """The body of `GET /api/v1/dcs/{dc}/desired`: `desired_state` with the ledger's versions."""
-    return desired_state(config, dc, desired_plans(ledger, config, dc))
+    return desired_state(config, dc, desired_plans(ledger, config, dc), allow_shrink=allow_shrink)
 
 
 def sync_desired(

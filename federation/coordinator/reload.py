@@ -3,15 +3,16 @@
 `reload_config` validates the directory fully (every file, every plan for every DC, and what a
 running coordinator cannot take without a restart) and either raises `ConfigProblems` listing
 every problem, changing nothing, or records the new desired state (`sync_desired`) and swaps the
-coordinator's config. Retention takes effect at once (agents pull it on their next reconcile);
+coordinator's config. Retention takes effect at once (agents pull it on their next reconcile;
+a shrink only where the reload grants it, since shrinking deletes data);
 a changed plan version only becomes desired through a rollout, so the diff lists it as changed
 until then. `dry_run` computes the same diff and changes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -62,6 +63,7 @@ class DcChanges:
     retention: tuple[str, ...] = ()
     destructive: bool = False
     retention_to: DesiredRetention | None = None
+    shrink_allowed: bool = False
 
     @property
     def changed(self) -> bool:
@@ -74,6 +76,7 @@ class DcChanges:
             "plans": [p.as_dict() for p in self.plans],
             "retention": list(self.retention),
             "retention_destructive": self.destructive,
+            "shrink_allowed": self.shrink_allowed,
             "desired_retention": None
             if self.retention_to is None
             else [spec.as_dict() for spec in self.retention_to.policies],
@@ -210,8 +213,13 @@ def _dc_changes(
     return DcChanges(dc, tuple(changes), effects, destructive, after_rp)
 
 
-def reload_config(coordinator: Coordinator, *, dry_run: bool = False) -> ReloadResult:
+def reload_config(
+    coordinator: Coordinator, *, dry_run: bool = False, allow_shrink: Collection[str] = ()
+) -> ReloadResult:
     """Reload the coordinator's config directory and record its desired state.
+
+    The agents of the DCs in `allow_shrink` may shrink their retention to what the new config
+    declares (`Coordinator.grant_shrink`); every other agent reports a shrink as drift.
 
     Raises ConfigProblems with every problem found (nothing changed). Otherwise, unless
     `dry_run`, the new plan versions are stored, new aggregations become desired, the
@@ -222,9 +230,20 @@ def reload_config(coordinator: Coordinator, *, dry_run: bool = False) -> ReloadR
         validated = validate_config(coordinator.config.root)
         new = validated.config
         problems = _restart_problems(coordinator, new)
+        problems += [
+            ConfigError("fleet.yaml", f"dcs.{dc}", "allow_shrink names a DC the config lacks")
+            for dc in sorted(set(allow_shrink) - set(new.fleet.dcs))
+        ]
         if problems:
             raise ConfigProblems(problems)
-        result = ReloadResult(dry_run, diff_config(coordinator, new, validated.plans))
+        changes = diff_config(coordinator, new, validated.plans)
+        granted = set(allow_shrink)
+        result = ReloadResult(
+            dry_run,
+            tuple(replace(c, shrink_allowed=c.dc in granted) for c in changes),
+        )
         if not dry_run:
             coordinator.replace_config(new)
+            for dc in sorted(granted):
+                coordinator.grant_shrink(dc)
         return result

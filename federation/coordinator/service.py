@@ -1,6 +1,9 @@
 """What the coordinator's HTTP handlers and jobs share: config, ledger, clock, tokens, metrics.
 
-Nothing here holds state that matters across restarts: the ledger does. The gateway's plan
+Nothing here holds state that matters across restarts: the ledger does; the one exception is a
+shrink grant (`grant_shrink`), the operator's permission for agents to shrink a DC's retention
+to what the config declares now, which a restart forgets (the shrink then shows as drift until
+it is granted again). The gateway's plan
 rules are derived from the ledger's known plan versions and refreshed every few seconds (and at
 once after a desired-state sync), so several replicas agree without talking to each other.
 """
@@ -24,6 +27,7 @@ from federation.coordinator.gateway import GatewayChecker
 from federation.coordinator.ledger import Ledger
 from federation.coordinator.planner import PlannerSettings
 from federation.errors import FederationError
+from federation.policy.retention import DesiredRetention, desired_retention
 
 SECOND = 10**9
 
@@ -169,6 +173,7 @@ class Coordinator:
         self._checker_at = 0
         self._lock = threading.Lock()
         self.reload_lock = threading.Lock()
+        self._shrink_grants: dict[str, DesiredRetention] = {}
 
     def sync(self, *, track_from_ns: int | None = None) -> None:
         """Record the config's desired state in the ledger and refresh the gateway's rules."""
@@ -183,6 +188,22 @@ class Coordinator:
         sync_desired(self.ledger, config, self.clock.now_ns())
         self.config = config
         self.refresh_plans()
+
+    def grant_shrink(self, dc: str) -> None:
+        """Let the agent of `dc` shrink its retention to what the config declares now; the
+        grant ends when the config declares another retention for it."""
+        with self._lock:
+            self._shrink_grants[dc] = desired_retention(self.config, dc)
+
+    def shrink_allowed(self, dc: str) -> bool:
+        """Whether an operator granted `dc` a shrink to the retention the config declares now."""
+        with self._lock:
+            grant = self._shrink_grants.get(dc)
+        return (
+            grant is not None
+            and dc in self.config.fleet.dcs
+            and (grant == desired_retention(self.config, dc))
+        )
 
     def refresh_plans(self) -> GatewayChecker:
         """Rebuild the gateway's rules from the plan versions the ledger knows."""

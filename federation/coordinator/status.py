@@ -1,4 +1,5 @@
-"""The status report: a DC × window grid per aggregation, counts per state, and reasons.
+"""The status report: a DC × window grid per aggregation, counts per state, and reasons; and
+the DCs whose raw retention drifted from the config (a refused shrink) or failed to apply.
 
 Windows without a ledger row are derived from the tracking rows: `expected` until their
 deadline, `missing` after it (until a planner pass stores them). The report is plain data with
@@ -8,15 +9,18 @@ deadline, `missing` after it (until a planner pass stores them). The report is p
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
 
 from federation.config import FederationConfig
 from federation.coordinator.backfills import RunningBackfill, running_backfills
 from federation.coordinator.clocks import MAX_CLOCK_SKEW_NS, ClockSkew, clock_skews
-from federation.coordinator.ledger import Ledger, TrackingRow, WindowRow
+from federation.coordinator.convergence import reported_retention
+from federation.coordinator.ledger import DcRow, Ledger, TrackingRow, WindowRow
 from federation.coordinator.tracking import DONE_STATES, WindowState
 from federation.errors import InvalidInput
 from federation.windows import align
@@ -58,6 +62,16 @@ class AggregationStatus:
 
 
 @dataclass
+class RetentionStatus:
+    """A DC whose raw retention is not what the config declares, as its agent reported."""
+
+    dc: str
+    state: str
+    """`drift` (a shrink refused: the DC keeps a longer retention) or `failed`."""
+    detail: str
+
+
+@dataclass
 class StatusReport:
     now_ns: int
     aggregations: list[AggregationStatus]
@@ -65,6 +79,7 @@ class StatusReport:
     """Requests leased to agents without a result yet; lease age = now - leased_ns."""
     clocks: list[ClockSkew] = field(default_factory=list)
     """Each DC agent's clock against the coordinator's, from its last report."""
+    retention: list[RetentionStatus] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (the body of `GET /api/v1/status`)."""
@@ -97,6 +112,7 @@ class StatusReport:
                 ],
                 backfills=[RunningBackfill(**b) for b in data.get("backfills", [])],
                 clocks=[ClockSkew(**c) for c in data.get("clocks", [])],
+                retention=[RetentionStatus(**r) for r in data.get("retention", [])],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"malformed status report: {exc!r}") from None
@@ -148,7 +164,23 @@ def status_report(
         ]
         running = [b for b in running_backfills(session, dc) if b.aggregation in names]
         skews = clock_skews(session, max_skew_ns, dc)
-    return StatusReport(now_ns=now_ns, aggregations=reports, backfills=running, clocks=skews)
+        retention = retention_problems(session, config, dcs)
+    return StatusReport(now_ns=now_ns, aggregations=reports, backfills=running, clocks=skews,
+                        retention=retention)  # fmt: skip
+
+
+def retention_problems(
+    session: Session, config: FederationConfig, dcs: Sequence[str] | None = None
+) -> list[RetentionStatus]:
+    """The DCs (of `dcs`, default all) whose agent reports retention drift or a failure."""
+    names = sorted(config.fleet.dcs) if dcs is None else list(dcs)
+    rows = {r.name: r for r in session.scalars(select(DcRow).where(DcRow.name.in_(names)))}
+    found = []
+    for dc in names:
+        state, detail = reported_retention(rows.get(dc), config, dc)
+        if state in ("drift", "failed"):
+            found.append(RetentionStatus(dc, state, detail))
+    return found
 
 
 def _aggregation_status(

@@ -184,8 +184,6 @@ def test_policy_apply_reloads_and_waits_until_the_agents_converged(fleet: Fleet)
     code, output = fleet.cli("policy", "apply", "--dc", "fra1", "--wait-timeout", "30")
     assert code == 1, output
     assert "fra1: drift: SHRINK retention 30d -> 25d" in output
-    code, output = fleet.cli("policy", "apply", "--allow-shrink")
-    assert code != 0 and "--allow-shrink works only with --direct" in output
     assert fleet.raw_rp("fra1") == (30 * DAY, 12 * HOUR)
 
 
