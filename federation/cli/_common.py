@@ -60,14 +60,18 @@ def duration_option(option: str, text: str) -> int:
         raise InvalidInput(f"{option}: {exc}") from None
 
 
-def seconds_bounds(option: str, low: float, high: float) -> Callable[[float], float]:
-    """A typer callback for an option in seconds: the value when `low <= value <= high`, else
-    InvalidInput naming the option and the bounds (one line, exit 2). A zero poll interval
-    would spin; a negative or endless one is a typo."""
+def seconds_bounds(option: str, low: float, high: float) -> Callable[[float | None], float | None]:
+    """A typer callback for an option in seconds: the value when `low <= value <= high` (or
+    None, for an optional one left out), else InvalidInput naming the option and the bounds (one
+    line, exit 2). A zero poll interval would spin; a negative or endless one is a typo."""
 
-    def check(value: float) -> float:
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return None
         if not low <= value <= high:  # also refuses NaN
-            raise InvalidInput(f"{option}: {value:g} s is out of bounds ({low:g} to {high:g} s)")
+            raise InvalidInput(
+                f"{option}: {value:.10g} s is out of bounds ({low:.10g} to {high:.10g} s)"
+            )
         return value
 
     return check

@@ -21,6 +21,7 @@ from federation.cli._common import (
     err,
     out,
     print_rows,
+    seconds_bounds,
 )
 from federation.durations import SECOND_NS
 from federation.errors import InvalidInput
@@ -125,7 +126,9 @@ def ingest_command(
         float | None,
         typer.Option(
             "--give-up-after",
-            help="Stop when InfluxDB keeps failing this many seconds (default: wait for it).",
+            help="Stop when InfluxDB keeps failing this many seconds (1 to 2592000; default: "
+            "wait for it).",
+            callback=seconds_bounds("--give-up-after", 1, 30 * 86400),
         ),
     ] = None,
     fmt: FormatOption = OutputFormat.table,

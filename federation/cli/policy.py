@@ -19,6 +19,7 @@ from federation.cli._common import (
     err,
     out,
     print_rows,
+    seconds_bounds,
 )
 from federation.cli._coordinated import (
     ProgressPrinter,
@@ -49,13 +50,19 @@ DirectOption = Annotated[
     ),
 ]
 TimeoutOption = Annotated[
-    float, typer.Option("--timeout", help="Seconds to wait for each InfluxDB request.")
+    float,
+    typer.Option(
+        "--timeout",
+        help="Seconds to wait for each InfluxDB request (0.1 to 3600).",
+        callback=seconds_bounds("--timeout", 0.1, 3600),
+    ),
 ]
 WaitOption = Annotated[
     float,
     typer.Option(
         "--wait-timeout",
-        help="Through the coordinator: seconds to wait for every agent to converge.",
+        help="Through the coordinator: seconds to wait for every agent to converge (0 to 86400).",
+        callback=seconds_bounds("--wait-timeout", 0, 86400),
     ),
 ]
 

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from federation.cli._common import ConfigOption, FormatOption, OutputFormat, out, print_rows
+from federation.cli._common import (
+    ConfigOption,
+    FormatOption,
+    OutputFormat,
+    out,
+    print_rows,
+    seconds_bounds,
+)
 from federation.cli._coordinated import (
     ProgressPrinter,
     names,
@@ -48,7 +55,9 @@ WaitOption = Annotated[
     float,
     typer.Option(
         "--wait-timeout",
-        help="Through the coordinator: seconds to wait for agents to run the new versions.",
+        help="Through the coordinator: seconds to wait for agents to run the new versions "
+        "(0 to 86400).",
+        callback=seconds_bounds("--wait-timeout", 0, 86400),
     ),
 ]
 StateOption = Annotated[
@@ -128,7 +137,8 @@ def apply_command(
             "--window-timeout",
             help="Through the coordinator: seconds to wait for the canary's next window to be "
             "verified, where the coordinator verifies windows of that aggregation (0: do not "
-            "wait for a window).",
+            "wait for a window; at most 7 days).",
+            callback=seconds_bounds("--window-timeout", 0, 7 * 86400),
         ),
     ] = 3 * 3600.0,
 ) -> None:

@@ -171,18 +171,27 @@ def test_the_scheduler_runs_the_lookback_at_every_window_boundary(
 
 
 @pytest.mark.parametrize(
-    ("option", "value"),
-    [("--poll-interval", "0"), ("--poll-interval", "-1"), ("--poll-interval", "nan"),
-     ("--reconcile-interval", "0.5"), ("--reconcile-interval", "1e9")],
-)  # fmt: skip
-def test_agent_run_refuses_intervals_out_of_bounds_in_one_line(
-    tmp_path: Path, option: str, value: str
+    ("command", "option", "value"),
+    [
+        (["agent", "run", "--dc", DC], "--poll-interval", "0"),
+        (["agent", "run", "--dc", DC], "--poll-interval", "-1"),
+        (["agent", "run", "--dc", DC], "--poll-interval", "nan"),
+        (["agent", "run", "--dc", DC], "--reconcile-interval", "0.5"),
+        (["agent", "run", "--dc", DC], "--reconcile-interval", "1e9"),
+        (["policy", "plan"], "--timeout", "0"),
+        (["policy", "apply"], "--wait-timeout", "-5"),
+        (["rollout", "apply"], "--window-timeout", "inf"),
+        (["ingest", "--dc", DC], "--give-up-after", "0"),
+    ],
+)
+def test_interval_options_out_of_bounds_are_refused_in_one_line(
+    tmp_path: Path, command: list[str], option: str, value: str
 ) -> None:
     # Refused before the config is even read: nothing starts, nothing polls.
     result = subprocess.run(
-        [sys.executable, "-m", "federation.cli", "agent", "run", "--dc", DC,
-         "--config", str(tmp_path), option, value],
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "federation.cli", *command, "--config", str(tmp_path), option,
+         value],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
