@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from federation.sketch import Sketch, _decode, decode_many, merge_all
+from federation.sketch import Sketch, _decode, decode_many, encode_many, merge_all
 from federation.stats import summarize_groups
 
 ALPHA = 0.01
@@ -101,6 +101,21 @@ def bench_groups(rng: np.random.Generator) -> None:
         f"  summarize_groups     {t_sum * 1e3:8.2f} ms   summarize/sort = {t_sum / t_sort:.2f}x; "
         f"(summarize - sort)/group = {(t_sum - t_sort) / GROUPS * 1e6:.2f} us"
     )
+    for n in (EVENTS // 10, EVENTS):  # sparse (~3 values a group) and dense histograms
+        sketches = [
+            s.sketch
+            for s in summarize_groups(values[:n], codes[:n], GROUPS, PERCENTILES, ALPHA)
+            if s is not None
+        ]
+        assert encode_many(sketches) == [s.encode() for s in sketches]
+        t_one = best(lambda: [s.encode() for s in sketches], repeat=3)  # noqa: B023
+        t_many = best(lambda: encode_many(sketches), repeat=3)  # noqa: B023
+        per = 1e6 / len(sketches)
+        print(
+            f"  encode {len(sketches):,} group histograms of {n:,} values: one by one "
+            f"{t_one * per:.2f} us/group, encode_many {t_many * per:.2f} us/group; "
+            f"one-by-one/encode_many = {t_one / t_many:.1f}x (target >= 2x)"
+        )
 
 
 def main() -> None:

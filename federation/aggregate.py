@@ -7,6 +7,7 @@ UDF — so that for the same raw data they write identical points.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Protocol
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy.typing as npt
 
 from federation.plan import MANIFEST_MEASUREMENT, NONE_VALUE
 from federation.points import FieldValue, Point
+from federation.sketch import encode_many
 from federation.stats import summarize_groups
 
 DimensionColumn = Sequence[str | None]
@@ -112,11 +114,12 @@ def window_points(
     sizes = np.bincount(codes, minlength=len(keys))
     suppressed = int(sizes[sizes < k].sum())
     points: list[Point] = []
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    for code in order:
-        summary = summaries[code]
-        if summary is None:  # empty, or below k: counted in `suppressed`
-            continue
+    # Empty groups and groups below k have no summary: their events are in `suppressed`.
+    exported = sorted(
+        ((keys[c], s) for c, s in enumerate(summaries) if s is not None), key=itemgetter(0)
+    )
+    sketches = encode_many([summary.sketch for _, summary in exported])
+    for (key, summary), sketch in zip(exported, sketches, strict=True):
         fields: dict[str, FieldValue] = {
             "count": summary.count,
             "sum": summary.sum,
@@ -124,8 +127,8 @@ def window_points(
             "max": summary.max,
         }
         fields.update(summary.percentiles)
-        fields["sketch"] = summary.sketch.encode()
-        tags = {"dc": plan.dc, **dict(zip(plan.dimensions, keys[code], strict=True))}
+        fields["sketch"] = sketch
+        tags = {"dc": plan.dc, **dict(zip(plan.dimensions, key, strict=True))}
         points.append(Point(plan.aggregation, tags, fields, window_start_ns))
     points.append(
         manifest_point(

@@ -45,6 +45,7 @@ from federation._sketch_fast import (
     read_one,
     read_total,
 )
+from federation._sketch_write import Stores, write_many
 from federation.errors import SketchDecodeError
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "Sketch",
     "bucket_indexes",
     "decode_many",
+    "encode_many",
     "merge_all",
     "total_count",
 ]
@@ -441,6 +443,32 @@ class Sketch:
             # Not plainly canonical: the reference decoder gives the verdict and explains it.
             return _decode(text, expected_alpha)
         return cls._make(*parts)
+
+
+def encode_many(sketches: Sequence[Sketch]) -> list[str]:
+    """``[s.encode() for s in sketches]``, byte for byte, written together in one pass.
+
+    Much cheaper per histogram for the many short histograms of a window or a rollup.
+    """
+    if len(sketches) < 2:
+        return [s.encode() for s in sketches]
+    alpha_texts = {a: repr(a) for a in {s.alpha for s in sketches}}
+    texts = write_many(
+        [alpha_texts[s.alpha] for s in sketches],
+        [s.count for s in sketches],
+        [s.zero_count for s in sketches],
+        _stores([s._pos_idx for s in sketches], [s._pos_cnt for s in sketches]),
+        _stores([s._neg_idx for s in sketches], [s._neg_cnt for s in sketches]),
+    )
+    return [s.encode() for s in sketches] if texts is None else texts
+
+
+def _stores(indexes: list[Int64Array], counts: list[Int64Array]) -> Stores:
+    bounds = np.zeros(len(indexes) + 1, dtype=np.int64)
+    np.cumsum([a.size for a in indexes], out=bounds[1:])
+    if not bounds[-1]:
+        return Stores(_EMPTY, _EMPTY, bounds)
+    return Stores(np.concatenate(indexes), np.concatenate(counts), bounds)
 
 
 def decode_many(texts: Iterable[object], expected_alpha: float | None = None) -> list[Sketch]:

@@ -11,8 +11,17 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from federation._sketch_fast import read_batch, read_one, read_total
+from federation._sketch_write import write_many
 from federation.errors import SketchDecodeError
-from federation.sketch import Sketch, decode_many, merge_all, total_count
+from federation.sketch import (
+    _EMPTY,
+    Sketch,
+    _stores,
+    decode_many,
+    encode_many,
+    merge_all,
+    total_count,
+)
 from federation.sketch import _decode as _reference_decode
 from federation.stats import nearest_rank
 
@@ -366,3 +375,46 @@ def test_total_counts_of_a_batch_equal_one_by_one_totals() -> None:
             expected.append(None)
     assert total_counts(mixed, 0.01) == expected
     assert expected[3:] == [None, None, None]
+
+
+# -- the batch writer agrees with the reference writer ---------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(sketch_strategy, max_size=8))
+def test_encode_many_equals_encoding_one_by_one(sketches: list[Sketch]) -> None:
+    assert encode_many(sketches) == [s.encode() for s in sketches]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(value_arrays, min_size=2, max_size=6), alphas)
+def test_encode_many_of_real_histograms_takes_the_batch_path(parts, alpha):
+    sketches = [Sketch.from_values(p, alpha) for p in parts]
+    texts = write_many(
+        [repr(alpha)] * len(sketches),
+        [s.count for s in sketches],
+        [s.zero_count for s in sketches],
+        _stores([s._pos_idx for s in sketches], [s._pos_cnt for s in sketches]),
+        _stores([s._neg_idx for s in sketches], [s._neg_cnt for s in sketches]),
+    )
+    assert texts == [s.encode() for s in sketches]
+
+
+def test_encode_many_keeps_the_golden_strings():
+    spelled = Sketch.from_buckets(0.01, {5: 1, 6: 3, 9: 40}, {-2: 2}, 1)
+    zeros = Sketch.from_values([0.0, -0.0], ALPHA)
+    long_gap = Sketch.from_buckets(0.3, {-100: 1, 900: 2**40, 901: 33})
+    assert encode_many([spelled, Sketch(ALPHA), zeros, long_gap]) == [
+        "v1:a=0.01:n=47:z=1:p=5,AEDuC:m=-2,C",
+        "v1:a=0.01:n=0",
+        "v1:a=0.01:n=2:z=2",
+        "v1:a=0.3:n=1099511627810:p=-100,At-B-_______BgC",
+    ]
+    # Counts past the batch writer's digit arithmetic are written by the reference writer.
+    huge = Sketch.from_buckets(ALPHA, {1: 2**59, 3: 1})
+    assert write_many(
+        ["0.01", "0.01"], [huge.count, 1], [0, 1],
+        _stores([huge._pos_idx, _EMPTY], [huge._pos_cnt, _EMPTY]),
+        _stores([_EMPTY, _EMPTY], [_EMPTY, _EMPTY]),
+    ) is None  # fmt: skip
+    assert encode_many([huge, spelled]) == [huge.encode(), spelled.encode()]

@@ -59,6 +59,7 @@ from federation.reporting._central import (
     stream_rows,
     tag_value,
 )
+from federation.sketch import encode_many
 
 log = logging.getLogger(__name__)
 
@@ -497,13 +498,15 @@ def _write_rollup(
     """Write one (zone, period, DC)'s merged rollup points, then its marker (so a reader never
     trusts a rollup whose points are not all written); return how many points were written."""
     points: list[Point] = []
-    for (index, key), sketch in sorted(merger.results().items()):
+    merged = sorted(merger.results().items())
+    texts = encode_many([sketch for _, sketch in merged])
+    for ((index, key), sketch), text in zip(merged, texts, strict=True):
         dimension_set = sets[index]
         tags = {"tz": tz, "dims": dims_tag(dimension_set), "dc": dc}
         tags.update(zip(dimension_set, key, strict=True))
         fields: dict[str, FieldValue] = {
             "count": sketch.count,
-            "sketch": sketch.encode(),
+            "sketch": text,
             "version": version,
             "build": build,
         }
