@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -59,7 +59,7 @@ from federation.reporting._central import (
     stream_rows,
     tag_value,
 )
-from federation.sketch import encode_many
+from federation.sketch import Sketch, encode_many, merge_all
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,9 @@ def _remerge_dc(
         )
     version = versions.pop()
     build = fingerprint(manifests)
-    merger: SketchMerger[tuple[int, tuple[str, ...]]] = SketchMerger()
+    # Each window series is one group of the finest set (every dimension): its windows are
+    # merged once, and every coarser set is merged from those per-group results.
+    finest: SketchMerger[tuple[str, ...]] = SketchMerger()
     q = select_query(
         database,
         rp,
@@ -240,21 +242,42 @@ def _remerge_dc(
         period.end_ns,
         tuple(dimensions),
     )
-    positions = [[dimensions.index(d) for d in s] for s in sets]
+    series_tags: dict[str, str] | None = None
+    key: tuple[tuple[str, ...]] = ((),)
     for tags, (t, text) in stream_rows(central, q, database):
-        values = tuple(tag_value(tags, d) for d in dimensions)
-        keys = tuple(
-            (index, tuple(values[i] for i in picks)) for index, picks in enumerate(positions)
-        )
-        merger.add_encoded(keys, text, (aggregation, dc, t))
+        if tags is not series_tags:  # rows of one series share its tags
+            series_tags = tags
+            key = (tuple(tag_value(tags, d) for d in dimensions),)
+        finest.add_encoded(key, text, (aggregation, dc, t))
+    merged = _project(finest.results(), dimensions, sets)
     points = _write_rollup(
         central, database, rp, rollup_measurement(aggregation), ROLLUP_MARKER_MEASUREMENT,
-        merger, sets, tz=tz, dc=dc, aggregation=aggregation, version=version, build=build,
+        merged, sets, tz=tz, dc=dc, aggregation=aggregation, version=version, build=build,
         start_ns=period.start_ns, manifests=manifests, marker_fields={},
     )  # fmt: skip
     return RemergeOutcome(
         aggregation, tz, period.label, dc, "written", len(manifests), points, version
     )
+
+
+def _project(
+    finest: Mapping[tuple[str, ...], Sketch],
+    dimensions: Sequence[str],
+    sets: Sequence[tuple[str, ...]],
+) -> dict[tuple[int, tuple[str, ...]], Sketch]:
+    """(set index, group) -> histogram for every dimension set, each group's histogram the
+    exact sum of the finest groups (every dimension) it covers."""
+    merged: dict[tuple[int, tuple[str, ...]], Sketch] = {}
+    for index, dimension_set in enumerate(sets):
+        if tuple(dimension_set) == tuple(dimensions):
+            merged.update(((index, key), sketch) for key, sketch in finest.items())
+            continue
+        picks = [dimensions.index(d) for d in dimension_set]
+        parts: dict[tuple[str, ...], list[Sketch]] = defaultdict(list)
+        for key, sketch in finest.items():
+            parts[tuple(key[i] for i in picks)].append(sketch)
+        merged.update(((index, key), merge_all(group)) for key, group in parts.items())
+    return merged
 
 
 def days_touched(start_ns: int, window_ns: int, tz: str) -> list[date]:
@@ -470,7 +493,7 @@ def _remerge_month_dc(
     build = fingerprint(manifests)
     points = _write_rollup(
         central, database, rp, monthly_measurement(aggregation), MONTHLY_MARKER_MEASUREMENT,
-        merger, month_sets, tz=tz, dc=dc, aggregation=aggregation, version=version,
+        merger.results(), month_sets, tz=tz, dc=dc, aggregation=aggregation, version=version,
         build=build, start_ns=period.start_ns, manifests=manifests,
         marker_fields={"days": len(days)},
     )  # fmt: skip
@@ -483,7 +506,7 @@ def _write_rollup(
     rp: str,
     measurement: str,
     marker_measurement: str,
-    merger: SketchMerger[tuple[int, tuple[str, ...]]],
+    merged: Mapping[tuple[int, tuple[str, ...]], Sketch],
     sets: Sequence[Sequence[str]],
     *,
     tz: str,
@@ -498,9 +521,9 @@ def _write_rollup(
     """Write one (zone, period, DC)'s merged rollup points, then its marker (so a reader never
     trusts a rollup whose points are not all written); return how many points were written."""
     points: list[Point] = []
-    merged = sorted(merger.results().items())
-    texts = encode_many([sketch for _, sketch in merged])
-    for ((index, key), sketch), text in zip(merged, texts, strict=True):
+    ordered = sorted(merged.items())
+    texts = encode_many([sketch for _, sketch in ordered])
+    for ((index, key), sketch), text in zip(ordered, texts, strict=True):
         dimension_set = sets[index]
         tags = {"tz": tz, "dims": dims_tag(dimension_set), "dc": dc}
         tags.update(zip(dimension_set, key, strict=True))
