@@ -12,8 +12,9 @@ fields sender, recipient, client_ip, helo) into a spawned influxd, then measures
 - InfluxDB's own aggregate: count, sum, min, max and five percentile() GROUP BY time(1h),
   direction, mailer, customer.
 
-and prints events/s, the child's peak RSS, where the executor's time goes, and the two ratios
-against their targets (>= 3x faster than InfluxDB's aggregate, <= 1.5x the bare read, < 500 MB).
+and prints events/s, the child's peak RSS, where the executor's time goes, and the ratios
+against their targets (>= 3x faster than InfluxDB's aggregate; a whole window, shipping
+included, <= 1.15x the bare read; < 500 MB).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def measure(n: int) -> None:
                 reads.append(bare_read(client, plan, start))
                 runs.append(executor_in_child(dc.url, central.url, start))
         read_s, rows = min(reads)
-        figures = min(runs, key=lambda f: float(f["read_s"] + f["compute_s"]))
+        figures = min(runs, key=lambda f: float(f["read_s"] + f["compute_s"] + f["ship_s"]))
         with InfluxClient(dc.url, timeout=900) as client:
             influx_s, influx_groups = influx_aggregate(client, plan, start)
     executor_s = figures["read_s"] + figures["compute_s"]
@@ -195,10 +196,17 @@ def measure(n: int) -> None:
           f"target < 500 MB: {'ok' if peak < 500 else 'MISSED'}")  # fmt: skip
     speedup = influx_s / executor_s
     floor = executor_s / read_s
+    whole = total_s / read_s
     print(f"InfluxDB aggregate / executor (read+compute): {speedup:5.2f}x  "
           f"target >= 3x: {'ok' if speedup >= 3 else 'MISSED'}")  # fmt: skip
-    print(f"executor (read+compute) / bare read:          {floor:5.2f}x  "
-          f"target <= 1.5x: {'ok' if floor <= 1.5 else 'MISSED'}")  # fmt: skip
+    print(f"executor (read+compute) / bare read:          {floor:5.2f}x")
+    print(f"executor (read+compute+ship) / bare read:     {whole:5.2f}x  "
+          f"target <= 1.15x: {'ok' if whole <= 1.15 else 'MISSED'}")  # fmt: skip
+    spread = ", ".join(
+        f"{(f['read_s'] + f['compute_s'] + f['ship_s']) / r:.2f}"
+        for f, (r, _) in zip(runs, reads, strict=True)
+    )
+    print(f"  each round's (read+compute+ship) / its own bare read: {spread}")
 
 
 def main() -> None:

@@ -43,37 +43,57 @@ class OutputSpec(Protocol):
     def version(self) -> str: ...
 
 
-def _factorize(column: DimensionColumn) -> tuple[npt.NDArray[np.int64], list[str]]:
-    """Codes for a column of tag values, numbered by first appearance; a missing or empty value
-    is the `_none` group."""
-    # Both passes run in C (dict.fromkeys, map over a dict lookup): a window's columns hold a
-    # few thousand distinct values over up to millions of rows.
-    index = {value: code for code, value in enumerate(dict.fromkeys(column))}
-    codes = np.fromiter(map(index.__getitem__, column), dtype=np.int64, count=len(column))
-    labels = [value or NONE_VALUE for value in index]
-    return codes, labels
+class RowGrouper:
+    """Group codes for a window's rows as they arrive in chunks (the executor's read).
 
-
-def group_rows(
-    columns: Sequence[DimensionColumn], n_rows: int
-) -> tuple[npt.NDArray[np.int64], list[tuple[str, ...]]]:
-    """Assign every row a group code; return the codes and each group's dimension values.
-
-    Rows whose dimension values are equal after mapping missing/empty to `_none` share a group.
+    `add` numbers each column's values by first appearance, chunk after chunk; `finish` then
+    gives exactly what `group_rows` of all the rows at once gives, so a window's groups do not
+    depend on how its rows were chunked.
     """
-    if not columns:
-        return np.zeros(n_rows, dtype=np.int64), [()]
-    combined = np.zeros(n_rows, dtype=np.int64)
-    per_column: list[tuple[npt.NDArray[np.int64], list[str]]] = []
-    for column in columns:
-        codes, labels = _factorize(column)
-        per_column.append((codes, labels))
-        combined = combined * max(len(labels), 1) + codes
+
+    def __init__(self, n_columns: int) -> None:
+        self._index: list[dict[str | None, int]] = [{} for _ in range(n_columns)]
+        self._codes: list[list[npt.NDArray[np.int64]]] = [[] for _ in range(n_columns)]
+        self._rows = 0
+
+    def add(self, columns: Sequence[DimensionColumn], n_rows: int) -> None:
+        """Code the next `n_rows` rows, one column per dimension (None: the tag is missing)."""
+        if len(columns) != len(self._index):
+            raise ValueError(f"expected {len(self._index)} dimension columns, got {len(columns)}")
+        for index, codes, column in zip(self._index, self._codes, columns, strict=True):
+            if len(column) != n_rows:
+                raise ValueError(f"a dimension column has {len(column)} rows, not {n_rows}")
+            # Both passes run in C but the loop over the chunk's distinct values (a few
+            # thousand over up to millions of rows).
+            for value in dict.fromkeys(column):
+                if value not in index:
+                    index[value] = len(index)
+            codes.append(np.fromiter(map(index.__getitem__, column), np.int64, count=n_rows))
+        self._rows += n_rows
+
+    def finish(self) -> tuple[npt.NDArray[np.int64], list[tuple[str, ...]]]:
+        """Every row's group code, and each group's dimension values (see `group_rows`)."""
+        n_rows = self._rows
+        if not self._index:
+            return np.zeros(n_rows, dtype=np.int64), [()]
+        combined = np.zeros(n_rows, dtype=np.int64)
+        per_column: list[list[str]] = []
+        for index, parts in zip(self._index, self._codes, strict=True):
+            labels = [value or NONE_VALUE for value in index]
+            per_column.append(labels)
+            codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            combined = combined * max(len(labels), 1) + codes
+        return _split_groups(combined, per_column)
+
+
+def _split_groups(
+    combined: npt.NDArray[np.int64], per_column: list[list[str]]
+) -> tuple[npt.NDArray[np.int64], list[tuple[str, ...]]]:
     unique, inverse = np.unique(combined, return_inverse=True)
     # Split each distinct combined code back into its per-column codes, last column first.
     label_columns: list[list[str]] = []
     rest = unique
-    for _, labels in reversed(per_column):
+    for labels in reversed(per_column):
         rest, code = np.divmod(rest, max(len(labels), 1))
         label_columns.append(list(map(labels.__getitem__, code.tolist())))
     keys = list(zip(*reversed(label_columns), strict=True))
@@ -83,6 +103,18 @@ def group_rows(
         return inverse.astype(np.int64).reshape(-1), keys
     remap = np.fromiter(map(canonical.__getitem__, keys), dtype=np.int64, count=len(keys))
     return remap[inverse.astype(np.int64).reshape(-1)], list(canonical)
+
+
+def group_rows(
+    columns: Sequence[DimensionColumn], n_rows: int
+) -> tuple[npt.NDArray[np.int64], list[tuple[str, ...]]]:
+    """Assign every row a group code; return the codes and each group's dimension values.
+
+    Rows whose dimension values are equal after mapping missing/empty to `_none` share a group.
+    """
+    grouper = RowGrouper(len(columns))
+    grouper.add(columns, n_rows)
+    return grouper.finish()
 
 
 def window_points(
@@ -107,6 +139,20 @@ def window_points(
         )
     values = np.asarray(values, dtype=np.float64)
     codes, keys = group_rows(dimensions, len(values))
+    return grouped_window_points(plan, window_start_ns, values, codes, keys, run=run)
+
+
+def grouped_window_points(
+    plan: OutputSpec,
+    window_start_ns: int,
+    values: npt.NDArray[np.float64],
+    codes: npt.NDArray[np.int64],
+    keys: Sequence[tuple[str, ...]],
+    *,
+    run: int,
+) -> list[Point]:
+    """`window_points` of rows already grouped: row `i` is in the group whose dimension values
+    are `keys[codes[i]]` (what `group_rows`, or a `RowGrouper` fed chunk by chunk, gives)."""
     k = plan.min_group_events
     summaries = summarize_groups(
         values, codes, len(keys), plan.percentiles, plan.accuracy, min_count=k

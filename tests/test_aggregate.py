@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.aggregate import group_rows, manifest_point, window_points
+from federation.aggregate import RowGrouper, group_rows, manifest_point, window_points
 from federation.config import load_config
 from federation.lineprotocol import serialize
 from federation.plan import resolve_plan
@@ -184,11 +184,19 @@ tag_values = st.sampled_from(["a", "b", "", None, "c", "dd"])
 def test_group_codes_equal_the_plain_computation(
     n_columns: int, n_rows: int, data: st.DataObject
 ) -> None:
+    """All rows at once, and in chunks as the executor reads them: the same codes and keys."""
     columns = [
         data.draw(st.lists(tag_values, min_size=n_rows, max_size=n_rows)) for _ in range(n_columns)
     ]
-    codes, keys = group_rows(columns, n_rows)
     expected_codes, expected_keys = reference_group_rows(columns, n_rows)
+    codes, keys = group_rows(columns, n_rows)
+    assert codes.tolist() == expected_codes
+    assert keys == expected_keys
+    cuts = sorted(data.draw(st.lists(st.integers(0, n_rows), max_size=5)))
+    grouper = RowGrouper(n_columns)
+    for a, b in zip([0, *cuts], [*cuts, n_rows], strict=True):
+        grouper.add([column[a:b] for column in columns], b - a)
+    codes, keys = grouper.finish()
     assert codes.tolist() == expected_codes
     assert keys == expected_keys
 

@@ -3,9 +3,11 @@
 For one plan and a list of whole windows, each window is read with exactly one query,
 `plan.query_between(window.start, window.end)` (the query a Kapacitor branch runs), computed with
 `window_points` (the code the Kapacitor UDF runs), and handed to a `WindowSink` (the gateway
-`Shipper`) only once every point of it is computed. Memory is bounded by one window: the raw
-values become one float64 array and one list per exported dimension whose equal strings share
-one object, and the JSON chunks they came from are dropped as they are converted.
+`Shipper`) only once every point of it is computed. The stages overlap where the data allows:
+chunks are grouped while InfluxDB sends the next ones, and a window's batches are serialized
+while the gateway stores the previous one (`federation.agent.overlap`). Memory is bounded by
+one window: the raw values become one float64 array and one int64 group code per row, and the
+JSON chunks they came from are dropped as they are grouped.
 
 Re-running a window writes the same points again (same measurement, tags and timestamp, same
 fields), except the manifest's `run`, which increases with every computation of a window, so
@@ -25,8 +27,9 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from federation.agent.overlap import read_ahead
 from federation.agent.shipper import ShipmentRefused
-from federation.aggregate import window_points
+from federation.aggregate import RowGrouper, grouped_window_points
 from federation.clock import Clock
 from federation.errors import FederationError
 from federation.influx import InfluxClient
@@ -37,7 +40,9 @@ from federation.windows import Window, windows_between
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 10_000
-"""Rows per chunk InfluxDB streams; one chunk is the most raw JSON held at once."""
+"""Rows per chunk InfluxDB streams."""
+READ_AHEAD_CHUNKS = 2
+"""Chunks read ahead of the one being converted: at most this many more are held at once."""
 
 
 class WindowSink(Protocol):
@@ -80,10 +85,12 @@ class RunIds:
 
 @dataclass
 class WindowData:
-    """One window of raw data: its values and one column per exported dimension (plan order)."""
+    """One window of raw data, grouped: row `i` has value `values[i]` and is in the group whose
+    exported dimension values (plan order) are `keys[codes[i]]`."""
 
     values: npt.NDArray[np.float64]
-    dimensions: list[list[str | None]]
+    codes: npt.NDArray[np.int64]
+    keys: list[tuple[str, ...]]
 
     @property
     def events(self) -> int:
@@ -97,7 +104,8 @@ def read_window(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> WindowData:
-    """Read one whole window of `plan`'s raw data with the plan's query, chunk by chunk.
+    """Read one whole window of `plan`'s raw data with the plan's query, chunk by chunk, and
+    group its rows as they arrive (the same groups as `group_rows` of the whole window).
 
     Only the value field and the exported dimensions are read. A dimension tag a point lacks
     arrives as None (the `_none` group). Rows without a value are skipped. Raises InfluxError
@@ -106,13 +114,12 @@ def read_window(
     if window.size_ns != plan.window_ns:
         raise ValueError(f"window {window} is not a {plan.aggregation} window")
     query = plan.query_between(window.start_ns, window.end_ns)
-    n_dims = len(plan.dimensions)
     value_parts: list[npt.NDArray[np.float64]] = []
-    columns: list[list[str | None]] = [[] for _ in range(n_dims)]
-    # One shared object per distinct tag value: a window's dimension columns then cost one
-    # pointer per row instead of one string object per row.
-    canonical: list[dict[str | None, str | None]] = [{None: None} for _ in range(n_dims)]
-    for series in source.iter_series(query, database=plan.database, chunk_size=chunk_size):
+    grouper = RowGrouper(len(plan.dimensions))
+    # The next chunks arrive (InfluxDB encodes, the worker decodes) while this one is grouped,
+    # so grouping costs the window nothing but the last chunk's share.
+    chunks = source.iter_series(query, database=plan.database, chunk_size=chunk_size)
+    for series in read_ahead(chunks, READ_AHEAD_CHUNKS, name=f"read {plan.aggregation}"):
         if not series.values:
             continue
         index = {name: i for i, name in enumerate(series.columns)}
@@ -124,18 +131,19 @@ def read_window(
             keep = ~np.isnan(values)
             values = values[keep]
         value_parts.append(values)
-        for d, name in enumerate(plan.dimensions):
+        columns: list[Sequence[str | None]] = []
+        for name in plan.dimensions:
             at = index.get(name)
             column: Sequence[str | None] = (
                 transposed[at] if at is not None else [None] * len(transposed[0])
             )
             if keep is not None:
                 column = [v for v, k in zip(column, keep.tolist(), strict=True) if k]
-            lookup = canonical[d].setdefault
-            columns[d].extend(map(lookup, column, column))
-        del transposed
+            columns.append(column)
+        grouper.add(columns, len(values))
+        del transposed, columns
     values_all = np.concatenate(value_parts) if value_parts else np.empty(0, dtype=np.float64)
-    return WindowData(values_all, columns)
+    return WindowData(values_all, *grouper.finish())
 
 
 @dataclass(frozen=True)
@@ -182,7 +190,9 @@ def compute_window(
     data = read_window(source, plan, window, chunk_size=chunk_size)
     read_done = time.perf_counter()
     run = run_ids.next()
-    points = window_points(plan, window.start_ns, data.values, data.dimensions, run=run)
+    points = grouped_window_points(
+        plan, window.start_ns, data.values, data.codes, data.keys, run=run
+    )
     del data
     computed = time.perf_counter()
     if points[-1].measurement != MANIFEST_MEASUREMENT:  # the ordering shipping relies on

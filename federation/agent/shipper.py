@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from federation.agent.overlap import read_ahead
 from federation.errors import CoordinatorError
 from federation.lineprotocol import serialize
 from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan
@@ -188,8 +189,10 @@ class Shipper:
             raise ValueError("a window's points must end with its manifest")
         database = self.database or plan.central_database
         rp = self.retention_policy or plan.central_retention_policy
+        # The next batch is serialized while the gateway stores this one.
+        batches = read_ahead(self._batches(points[:-1]), 1, name=f"ship {plan.aggregation}")
         try:
-            for batch in self._batches(points[:-1]):
+            for batch in batches:
                 if stop is not None and stop.is_set():
                     return False
                 self._write(batch, database, rp, stop)
@@ -198,6 +201,8 @@ class Shipper:
             self._write([serialize(points[-1:])], database, rp, stop)
         except _Stopped:
             return False
+        finally:
+            batches.close()
         return True
 
     def write_points(

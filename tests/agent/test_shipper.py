@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 import pytest
 
@@ -194,3 +196,30 @@ def test_the_coordinators_gateway_target_overrides_the_plans(
         shipper.ship_window(make_plan(), window_of_points(1, SECOND))
     assert {r.url.params["db"] for r in seen} == {"fed2"}
     assert {r.url.params["rp"] for r in seen} == {"agg_800d"}
+
+
+def test_a_refused_batch_ends_the_window_before_its_manifest() -> None:
+    """Batches are serialized ahead, but each is sent only once the previous one was accepted,
+    and the manifest only once all were."""
+    bodies: list[bytes] = []
+
+    def refuse_the_second(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        if len(bodies) == 2:
+            return httpx.Response(400, json={"error": "refused", "rule": "schema"})
+        return httpx.Response(204)
+
+    with (
+        Shipper(
+            "http://gateway.test",
+            dc="dc1",
+            token="t",
+            batch_points=4,
+            transport=httpx.MockTransport(refuse_the_second),
+        ) as shipper,
+        pytest.raises(ShipmentRefused),
+    ):
+        shipper.ship_window(make_plan(), window_of_points(30, base_time()))
+    assert len(bodies) == 2
+    assert not any(MANIFEST_MEASUREMENT.encode() in body for body in bodies)
+    assert not [t for t in threading.enumerate() if t.name.startswith("ship ")]
