@@ -41,7 +41,7 @@ from federation.localstack import InfluxServer
 from federation.points import Point
 
 runner = CliRunner()
-DC = "fra1"  # region eu: database mail, retention policy raw_30d, no credentials
+DC = "fra1"  # region eu: database mail, retention policy raw, no credentials
 NOW_MS = (int(time.time()) - 3600) * 1000
 FAST = RetryPolicy(initial=0.05, maximum=0.3)
 
@@ -61,7 +61,7 @@ def raw(influx: InfluxClient) -> InfluxClient:
 def create_raw(client: InfluxClient) -> None:
     client.execute("CREATE DATABASE mail")
     client.execute(
-        "CREATE RETENTION POLICY raw_30d ON mail DURATION 30d REPLICATION 1 SHARD DURATION 1d"
+        "CREATE RETENTION POLICY raw ON mail DURATION 30d REPLICATION 1 SHARD DURATION 1d"
     )
 
 
@@ -84,7 +84,7 @@ def jsonl(events: list[dict[str, Any]]) -> bytes:
 
 
 def points(client: InfluxClient, where: str = "") -> list[dict[str, Any]]:
-    q = f'SELECT * FROM "mail"."raw_30d"."delivery" {where}'
+    q = f'SELECT * FROM "mail"."raw"."delivery" {where}'
     return list(rows(client.query(q, database="mail")))
 
 
@@ -118,13 +118,13 @@ def test_events_are_written_with_their_types(
     got = points(raw)
     assert [p["time"] for p in got] == [(NOW_MS + i) * 1_000_000 for i in range(12)]
     assert got[3]["latency_ms"] == 3.5 and got[3]["size"] == 1003 and got[3]["mailer"] == "mx0"
-    field_keys = raw.query('SHOW FIELD KEYS FROM "raw_30d"."delivery"', database="mail")
+    field_keys = raw.query('SHOW FIELD KEYS FROM "raw"."delivery"', database="mail")
     assert dict(map(tuple, field_keys[0].values)) == {
         "latency_ms": "float",
         "sender": "string",
         "size": "integer",
     }
-    tag_keys = raw.query('SHOW TAG KEYS FROM "raw_30d"."delivery"', database="mail")
+    tag_keys = raw.query('SHOW TAG KEYS FROM "raw"."delivery"', database="mail")
     assert sorted(row[0] for row in tag_keys[0].values) == ["customer", "direction", "mailer"]
 
 
@@ -378,7 +378,7 @@ def test_points_influxdb_refuses_are_split_out_with_its_reason(
     raw.write(
         b"delivery,mailer=old size=1.5,latency_ms=1 %d\n" % (NOW_MS * 10**6),
         database="mail",
-        retention_policy="raw_30d",
+        retention_policy="raw",
     )
     events = [event(i, size=None) for i in range(20)]
     events[3]["size"] = 7
@@ -531,7 +531,7 @@ def test_missing_retention_policy_is_one_clear_error(
     with pytest.raises(IngestError, match="no database 'mail'"):
         ingest(config, DC, io.BytesIO(jsonl([event(0)])), client=influx)
     influx.create_database("mail")
-    with pytest.raises(IngestError, match="no retention policy 'raw_30d'"):
+    with pytest.raises(IngestError, match="no retention policy 'raw'"):
         ingest(config, DC, io.BytesIO(jsonl([event(0)])), client=influx)
 
 
@@ -634,13 +634,13 @@ def test_influxd_going_away_mid_stream_loses_and_doubles_nothing(
     assert summary.retries >= 3
     with InfluxClient(influxd.url) as client:
         count = client.query(
-            'SELECT count("latency_ms") FROM "mail"."raw_30d"."delivery"', database="mail"
+            'SELECT count("latency_ms") FROM "mail"."raw"."delivery"', database="mail"
         )
         assert count[0].values[0][1] == total
         times = {
             row[0]
             for s in client.iter_series(
-                'SELECT "latency_ms" FROM "mail"."raw_30d"."delivery"', database="mail"
+                'SELECT "latency_ms" FROM "mail"."raw"."delivery"', database="mail"
             )
             for row in s.values
         }

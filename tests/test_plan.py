@@ -21,7 +21,7 @@ def test_query_reads_only_value_and_exported_dimensions() -> None:
     plan = resolve_plan(config, "delivery_latency", "dub1")
     assert plan.query == (
         'SELECT "latency_ms", "direction"::tag, "mailer"::tag, "customer"::tag '
-        'FROM "mail"."raw_30d"."delivery"'
+        'FROM "mail"."raw"."delivery"'
     )
     for key in plan.personal_keys:
         assert key not in plan.query

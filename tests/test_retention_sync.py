@@ -26,7 +26,7 @@ def _serving(duration_ns: int | None) -> httpx.MockTransport:
             raise httpx.ConnectError("connection refused", request=request)
         assert request.url.path == "/api/v1/dcs"
         assert request.headers["Authorization"] == "Bearer reader"
-        spec: dict[str, Any] = {"name": "raw_30d", "duration_ns": duration_ns,
+        spec: dict[str, Any] = {"name": "raw", "duration_ns": duration_ns,
                                 "shard_duration_ns": 86_400 * 10**9, "default": True}  # fmt: skip
         return httpx.Response(200, json={"dcs": [{"dc": "dub1", "retention": {"desired": [spec]}}]})
 
@@ -44,7 +44,7 @@ def test_reader_token_checks_what_the_coordinator_desires(config_dir: Path) -> N
         sync_coordinator_retention(
             config, ["dub1"], environ=ENV, transport=_serving(31 * 86_400 * 10**9)
         )
-    assert "dub1: the coordinator desires raw_30d 31d (shards 1d), this config raw_30d 30d" in str(
+    assert "dub1: the coordinator desires raw 31d (shards 1d), this config raw 30d" in str(
         refused.value
     )
 

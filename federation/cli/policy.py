@@ -335,7 +335,8 @@ def _print_audit(report: AuditReport) -> None:
     retention = [d.retention.as_dict() for d in report.dcs if d.retention is not None]
     retention += [r.as_dict() for r in report.central.retention]
     columns: tuple[str, ...] = ("target", "retention_policy", "declared", "actual")
-    columns += ("declared_shard", "actual_shard", "is_default", "worst_case_lifetime")
+    columns += ("declared_shard", "actual_shard", "longest_shard_group", "is_default")
+    columns += ("worst_case_lifetime",)
     columns += ("max_retention",)
     print_rows(retention, columns, OutputFormat.table, "retention: declared vs actual")
     oldest = [{"dc": d.dc, **p.as_dict()} for d in report.dcs for p in d.oldest]

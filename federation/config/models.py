@@ -157,11 +157,30 @@ class RawMeasurement(Model):
         return frozenset(self.personal_tags) | frozenset(self.personal_fields)
 
 
+_NAMED_DURATION = re.compile(r"(?:^|_)([0-9]+(?:ns|u|ms|s|m|h|d|w))(?=_|$)")
+"""A duration stated in an RP name, such as the `30d` of `raw_30d`."""
+
+
 class RawRetention(Model):
     retention_policy: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    """Best without a duration (`raw`): a retention change then alters the RP in place, with
+    its data, and the name never disagrees with `SHOW RETENTION POLICIES`."""
     max_retention: Duration
     retention: Duration
     shard_duration: Duration
+
+    @model_validator(mode="after")
+    def _name_tells_the_truth(self) -> RawRetention:
+        for match in _NAMED_DURATION.finditer(self.retention_policy):
+            if parse_duration(match.group(1)) != self.retention:
+                declared = format_duration(self.retention) if self.retention else "infinite"
+                raise ValueError(
+                    f"retention_policy {self.retention_policy} states {match.group(1)} but the "
+                    f"retention is {declared}: the name would mislead whoever reads it; name "
+                    "the raw RP without a duration (e.g. raw), so that its retention changes "
+                    "in place"
+                )
+        return self
 
     @model_validator(mode="after")
     def _within_law(self) -> RawRetention:

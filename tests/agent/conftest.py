@@ -36,7 +36,7 @@ def make_plan(**changes: object) -> AggregationPlan:
         dc="dc1",
         region="eu",
         database="mail",
-        retention_policy="raw_30d",
+        retention_policy="raw",
         measurement="delivery",
         value_field="latency_ms",
         unit="ms",
@@ -103,7 +103,7 @@ def write_events(client: InfluxClient, events: Sequence[Event]) -> None:
     points = event_points(events)
     for start in range(0, len(points), 5000):
         client.write(
-            serialize(points[start : start + 5000]), database="mail", retention_policy="raw_30d"
+            serialize(points[start : start + 5000]), database="mail", retention_policy="raw"
         )
 
 
@@ -157,11 +157,11 @@ def central_influxd(localstack: LocalStack, request: pytest.FixtureRequest) -> I
 
 @pytest.fixture
 def dc(dc_influxd: InfluxServer) -> Iterator[InfluxClient]:
-    """The DC's InfluxDB with database `mail` and its default raw RP `raw_30d`."""
+    """The DC's InfluxDB with database `mail` and its default raw RP `raw`."""
     with InfluxClient(dc_influxd.url) as client:
         client.execute('CREATE DATABASE "mail"')
         client.execute(
-            'CREATE RETENTION POLICY "raw_30d" ON "mail" DURATION 30d '
+            'CREATE RETENTION POLICY "raw" ON "mail" DURATION 30d '
             "REPLICATION 1 SHARD DURATION 1d DEFAULT"
         )
         yield client

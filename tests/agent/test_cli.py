@@ -151,7 +151,7 @@ def test_the_scheduler_runs_the_lookback_at_every_window_boundary(
     plan = make_plan()  # one-second windows, a look-back of three
     with InfluxClient(dc_influxd.url) as dc:
         dc.execute('CREATE DATABASE "mail"')
-        dc.execute('CREATE RETENTION POLICY "raw_30d" ON "mail" DURATION 30d REPLICATION 1 '
+        dc.execute('CREATE RETENTION POLICY "raw" ON "mail" DURATION 30d REPLICATION 1 '
                    "SHARD DURATION 1d DEFAULT")  # fmt: skip
         now = time.time_ns()
         write_events(dc, [Event(now - now % SECOND + k * SECOND + 1000 * i, 1.0 + i)

@@ -86,7 +86,7 @@ def write_raw(dc_url: str, start: int, hours: int, per_hour: int = 60) -> None:
     with InfluxClient(dc_url) as client:
         client.execute('CREATE DATABASE "mail"')
         client.execute(
-            'CREATE RETENTION POLICY "raw_30d" ON "mail" DURATION 30d REPLICATION 1 '
+            'CREATE RETENTION POLICY "raw" ON "mail" DURATION 30d REPLICATION 1 '
             "SHARD DURATION 1d DEFAULT"
         )
         write_events(client, events)
@@ -121,7 +121,7 @@ def test_start_catch_up_after_six_hours_down_and_backfill(
         agent = new_agent(fed, clock)
         agent.preflight()
         agent.reconcile()
-        assert {rp.name for rp in dc.retention_policies("mail")} >= {"raw_30d"}
+        assert {rp.name for rp in dc.retention_policies("mail")} >= {"raw"}
     write_raw(dc_influxd.url, hour0 - 4 * HOUR, 12)
 
     # First start, nothing at central yet: the look-back of each aggregation.
@@ -210,9 +210,7 @@ def test_preflight_names_what_does_not_answer(
 
 def test_catch_up_skips_windows_past_raw_retention() -> None:
     plan = resolve_plan(_example_config(), "delivery_latency", DC)
-    retention = DesiredRetentionState(
-        "mail", (RetentionSpec("raw_30d", 30 * DAY, DAY, default=True),)
-    )
+    retention = DesiredRetentionState("mail", (RetentionSpec("raw", 30 * DAY, DAY, default=True),))
     now = 100 * DAY + 5 * SECOND
     windows = catch_up_windows(plan, 60 * DAY, now, retention)
     # Raw data older than retention - one shard duration may already be gone.

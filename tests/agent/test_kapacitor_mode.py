@@ -342,7 +342,7 @@ def test_a_leftover_temporary_task_is_replaced(
     client: KapacitorClient, emulator: KapacitorEmulator, dc: InfluxClient
 ) -> None:
     plan = make_plan()
-    client.create_task(replay_task_id(plan), "// an old copy\n" + FOREIGN, [("mail", "raw_30d")])
+    client.create_task(replay_task_id(plan), "// an old copy\n" + FOREIGN, [("mail", "raw")])
     seen = record_replays(emulator)
     mode = new_mode(client, dc="dc1", source=dc)
     t0 = recent_minute()
@@ -478,7 +478,7 @@ def write_hours(dc_url: str, hour0: int, hours: Sequence[int], per_hour: int = 4
     with InfluxClient(dc_url) as client:
         client.execute('CREATE DATABASE "mail"')
         client.execute(
-            'CREATE RETENTION POLICY "raw_30d" ON "mail" DURATION 30d REPLICATION 1 '
+            'CREATE RETENTION POLICY "raw" ON "mail" DURATION 30d REPLICATION 1 '
             "SHARD DURATION 1d DEFAULT"
         )
         write_events(client, events)

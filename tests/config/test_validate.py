@@ -84,6 +84,29 @@ def test_worst_case_lifetime_must_fit_the_maximum(config_dir: Path) -> None:
     ), found
 
 
+def test_a_raw_rp_name_may_not_state_another_duration_than_its_retention(
+    config_dir: Path,
+) -> None:
+    # A name with the declared duration is true (an existing deployment may keep it)...
+    edit(config_dir / "policies/eu.yaml", "retention_policy: raw", "retention_policy: raw_30d")
+    load_config(config_dir)
+    # ...until the retention changes: then it would lie, and the config is refused.
+    edit(config_dir / "policies/eu.yaml", "  retention: 30d", "  retention: 25d")
+    found = problems(config_dir)
+    assert any(
+        p.startswith("policies/eu.yaml:")
+        and ": raw: " in p
+        and "retention_policy raw_30d states 30d but the retention is 25d" in p
+        and "name the raw RP without a duration (e.g. raw)" in p
+        for p in found
+    ), found
+
+
+def test_the_example_raw_rps_carry_no_duration_in_their_names() -> None:
+    config = load_config(Path(__file__).resolve().parents[2])
+    assert {p.raw.retention_policy for p in config.policies.values()} == {"raw"}
+
+
 def test_exported_dimension_that_is_personal(config_dir: Path) -> None:
     edit(
         config_dir / "policies/uk.yaml",

@@ -30,7 +30,7 @@ def test_desired_state_is_served_only_to_its_own_dc(
     assert {p["aggregation"] for p in data["plans"]} == set(config.aggregations)
     for item in data["plans"]:
         assert plan_from_dict(item["plan"]).version == item["version"]
-    assert data["retention"]["policies"][0]["name"] == "raw_30d"
+    assert data["retention"]["policies"][0]["name"] == "raw"
     assert data["retention"]["allow_shrink"] is False
     assert data["gateway"] == {
         "url": config.fleet.central.coordinator_url,

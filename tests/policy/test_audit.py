@@ -187,7 +187,7 @@ def test_policy_change_making_an_exported_dimension_personal_lists_series_to_dro
 
 def test_retention_drift_default_and_old_raw_points_are_violations(fed: Federation) -> None:
     with fed.client("dub1") as client:
-        client.execute('ALTER RETENTION POLICY "raw_30d" ON "mail" DURATION 60d')
+        client.execute('ALTER RETENTION POLICY "raw" ON "mail" DURATION 60d')
         client.execute('ALTER RETENTION POLICY "autogen" ON "mail" DEFAULT')
         old = Point(
             "delivery", {"mailer": "mx1"}, {"latency_ms": 1.0}, time.time_ns() - 45 * DAY_NS
@@ -196,7 +196,7 @@ def test_retention_drift_default_and_old_raw_points_are_violations(fed: Federati
     lines = [v.line() for v in audit(fed.config).violations]
     assert len(lines) == 4, lines
     assert (
-        'VIOLATION dub1: retention: database "mail" RP "raw_30d": duration is 60d, declared 30d'
+        'VIOLATION dub1: retention: database "mail" RP "raw": duration is 60d, declared 30d'
         in lines
     )
     assert any("default-rp" in ln and "the default is autogen" in ln for ln in lines)
@@ -275,10 +275,10 @@ def test_personal_data_in_any_rp_but_the_raw_one_is_a_violation_at_once(fed: Fed
     lines = sorted(v.line() for v in report.violations)
     assert lines == [
         'VIOLATION dub1: personal-rp: RP "autogen" measurement "delivery" field key "recipient": '
-        'personal data outside the raw RP "raw_30d" (retention infinite) -- fix: '
+        'personal data outside the raw RP "raw" (retention infinite) -- fix: '
         'DROP RETENTION POLICY "autogen" ON "mail"',
         'VIOLATION dub1: personal-rp: RP "autogen" measurement "delivery" tag key "client_ip": '
-        'personal data outside the raw RP "raw_30d" (retention infinite) -- fix: '
+        'personal data outside the raw RP "raw" (retention infinite) -- fix: '
         'DROP RETENTION POLICY "autogen" ON "mail"',
     ], lines
     assert PERSONAL_VALUE not in json.dumps(report.as_dict())

@@ -77,7 +77,7 @@ def _plant(client: InfluxClient) -> int:
 
 def _snapshot(client: InfluxClient) -> dict[Key, dict[str, Any]]:
     result: dict[Key, dict[str, Any]] = {}
-    for rp in ("raw_30d", "autogen"):
+    for rp in ("raw", "autogen"):
         q = f'SELECT * FROM "mail"."{rp}"."delivery" GROUP BY *'
         for series in client.query(q, database="mail"):
             tags = tuple(sorted((k, v) for k, v in series.tags.items() if v))
@@ -98,9 +98,9 @@ def test_erase_redacts_every_matching_field_and_nothing_else(fed: Federation) ->
     assert result.subject_hash == subject_hash(SUBJECT, SALT.encode())
     counts = {(r.retention_policy, r.key): r.points for r in result.redactions}
     assert counts == {
-        ("raw_30d", "sender"): 3,
-        ("raw_30d", "recipient"): 2,
-        ("raw_30d", "helo"): 1,
+        ("raw", "sender"): 3,
+        ("raw", "recipient"): 2,
+        ("raw", "helo"): 1,
         ("autogen", "sender"): 1,
     }
     with fed.client("dub1") as client:

@@ -51,7 +51,7 @@ def test_desired_state_is_plain_data_that_round_trips(config_dir: Path) -> None:
     config = load_config(config_dir)
     desired = desired_retention(config, "dub1")
     assert desired.database == "mail"
-    assert desired.policies == (RetentionSpec("raw_30d", 30 * DAY_NS, DAY_NS, default=True),)
+    assert desired.policies == (RetentionSpec("raw", 30 * DAY_NS, DAY_NS, default=True),)
     assert DesiredRetention.from_dict(desired.as_dict()) == desired
     central = desired_central_retention(config)
     assert central.target == CENTRAL and central.database == "federation"
@@ -105,7 +105,7 @@ def test_plan_on_empty_servers_lists_creates_and_changes_nothing(fed: Federation
     assert dub1 is not None
     assert [c.statement for c in dub1.planned] == [
         'CREATE DATABASE "mail"',
-        'CREATE RETENTION POLICY "raw_30d" ON "mail" DURATION 30d REPLICATION 1 '
+        'CREATE RETENTION POLICY "raw" ON "mail" DURATION 30d REPLICATION 1 '
         "SHARD DURATION 1d DEFAULT",
     ]
     central = outcomes[CENTRAL].result
@@ -120,7 +120,7 @@ def test_plan_on_empty_servers_lists_creates_and_changes_nothing(fed: Federation
 def test_apply_creates_and_second_apply_is_a_no_op(fed: Federation) -> None:
     first = apply_retention(fed.config)
     assert all(o.ok and o.result is not None and o.result.changed for o in first)
-    raw = _rp(fed, "lon1", "mail", "raw_14d")
+    raw = _rp(fed, "lon1", "mail", "raw")
     assert (raw.duration_ns, raw.shard_duration_ns, raw.default) == (14 * DAY_NS, DAY_NS, True)
     agg = _rp(fed, "central", "federation", "agg_800d")
     assert (agg.duration_ns, agg.shard_duration_ns, agg.default) == (
@@ -139,24 +139,24 @@ def test_out_of_band_alter_is_detected_as_drift_and_repaired(fed: Federation) ->
     apply_retention(fed.config)
     desired = desired_retention(fed.config, "dub1")
     with fed.client("dub1") as client:
-        client.execute('ALTER RETENTION POLICY "raw_30d" ON "mail" SHARD DURATION 2h')
+        client.execute('ALTER RETENTION POLICY "raw" ON "mail" SHARD DURATION 2h')
         client.execute(
             'CREATE RETENTION POLICY "other" ON "mail" DURATION 1d REPLICATION 1 DEFAULT'
         )
         result = reconcile_retention(client, desired.database, desired.policies)
-        assert [c.retention_policy for c in result.drift] == ["raw_30d"]
+        assert [c.retention_policy for c in result.drift] == ["raw"]
         assert result.drift[0].effects == ("shard duration 2h -> 1d", "make default")
         assert result.changed and result.converged
         again = reconcile_retention(client, desired.database, desired.policies)
         assert again.planned == () and not again.changed
-    raw = _rp(fed, "dub1", "mail", "raw_30d")
+    raw = _rp(fed, "dub1", "mail", "raw")
     assert (raw.shard_duration_ns, raw.default) == (DAY_NS, True)
 
 
 def test_shrink_is_refused_without_the_flag_and_applied_with_it(fed: Federation) -> None:
     apply_retention(fed.config)
     with fed.client("dub1") as client:
-        client.execute('ALTER RETENTION POLICY "raw_30d" ON "mail" DURATION 60d SHARD DURATION 2d')
+        client.execute('ALTER RETENTION POLICY "raw" ON "mail" DURATION 60d SHARD DURATION 2d')
     (planned,) = plan_retention(fed.config, "dub1")
     assert planned.result is not None
     (change,) = planned.result.planned
@@ -166,14 +166,14 @@ def test_shrink_is_refused_without_the_flag_and_applied_with_it(fed: Federation)
     assert refused.result is not None and not refused.ok
     assert refused.result.refused == (change,)
     assert refused.result.applied == (
-        'ALTER RETENTION POLICY "raw_30d" ON "mail" SHARD DURATION 1d',
+        'ALTER RETENTION POLICY "raw" ON "mail" SHARD DURATION 1d',
     ), "the non-destructive part is still repaired"
-    raw = _rp(fed, "dub1", "mail", "raw_30d")
+    raw = _rp(fed, "dub1", "mail", "raw")
     assert (raw.duration_ns, raw.shard_duration_ns) == (60 * DAY_NS, DAY_NS)
 
     (allowed,) = apply_retention(fed.config, "dub1", allow_shrink=True)
     assert allowed.ok and allowed.result is not None and allowed.result.changed
-    assert _rp(fed, "dub1", "mail", "raw_30d").duration_ns == 30 * DAY_NS
+    assert _rp(fed, "dub1", "mail", "raw").duration_ns == 30 * DAY_NS
 
 
 def test_unreachable_dc_is_reported_with_its_url_and_the_others_converge(
@@ -184,7 +184,7 @@ def test_unreachable_dc_is_reported_with_its_url_and_the_others_converge(
     outcomes = {o.target: o for o in apply_retention(fed.config, timeout=2.0)}
     assert outcomes["tor1"].error is not None and tor1_url in outcomes["tor1"].error
     assert outcomes["dub1"].ok and outcomes[CENTRAL].ok
-    assert _rp(fed, "dub1", "mail", "raw_30d").default
+    assert _rp(fed, "dub1", "mail", "raw").default
 
     result = runner.invoke(app, ["policy", "apply", "-c", str(fed.root), "--timeout", "2"])
     assert result.exit_code == 1
@@ -220,7 +220,7 @@ def test_cli_plan_apply_and_exit_codes(fed: Federation) -> None:
     assert "apply: nothing changed; all 3 target(s) already match the policies" in again.output
 
     with fed.client("lon1") as client:
-        client.execute('ALTER RETENTION POLICY "raw_14d" ON "mail" DURATION 20d')
+        client.execute('ALTER RETENTION POLICY "raw" ON "mail" DURATION 20d')
     plan = runner.invoke(app, ["policy", "plan", "-c", root, "--dc", "lon1", "-f", "json"])
     assert plan.exit_code == 0 and '"destructive": true' in plan.output
 
@@ -230,4 +230,4 @@ def test_cli_plan_apply_and_exit_codes(fed: Federation) -> None:
 
     allowed = runner.invoke(app, ["policy", "apply", "-c", root, "--dc", "lon1", "--allow-shrink"])
     assert allowed.exit_code == 0, allowed.output
-    assert _rp(fed, "lon1", "mail", "raw_14d").duration_ns == 14 * DAY_NS
+    assert _rp(fed, "lon1", "mail", "raw").duration_ns == 14 * DAY_NS

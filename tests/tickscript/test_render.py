@@ -86,7 +86,7 @@ def test_spec_carries_id_type_dbrps_and_version() -> None:
     assert spec == {
         "id": "fed-delivery_latency-tor1",
         "type": "batch",
-        "dbrps": [{"db": "mail", "rp": "raw_90d"}],
+        "dbrps": [{"db": "mail", "rp": "raw"}],
         "version": task.plan.version,
         "script": "delivery_latency.tor1.tick",
     }
