@@ -12,14 +12,37 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console, JustifyMethod
+from rich.console import Console, ConsoleDimensions, JustifyMethod
 from rich.table import Table
 
 from federation.durations import parse_duration
 from federation.errors import InvalidInput
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+PIPE_WIDTH = 10_000
+"""The width tables get when the output is not a terminal: wide enough that no column is cut."""
+
+
+class _Console(Console):
+    """A rich console that, writing to a pipe or a file, never cuts a table to 80 columns.
+
+    Rich sizes a console that is not a terminal at 80 columns and squeezes tables into that
+    (`pe…`, `ve…`); a script reading the output wants every cell whole. Tables do not expand, so
+    each keeps its natural width; a terminal keeps its own width."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and not self.is_terminal:
+            return ConsoleDimensions(PIPE_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+out = _Console(highlight=False, soft_wrap=True)
+err = _Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path,
