@@ -125,11 +125,24 @@ class PeriodStatus:
     version_changes: tuple[VersionChange, ...]
     completeness: Completeness | None
     sources: str
+    per_dc: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Each DC's (events, suppressed events) in the period, from its manifests."""
 
     @property
     def suppressed_share(self) -> float | None:
         """Share of the period's events in groups suppressed by k-anonymity."""
         return self.suppressed_events / self.events if self.events else None
+
+    def dc_suppressed_share(self, dc: str) -> float | None:
+        """Share of `dc`'s events in the period that its groups below k-anonymity suppressed."""
+        events, suppressed = self.per_dc.get(dc, (0, 0))
+        return suppressed / events if events else None
+
+    def dc_completeness(self, dc: str) -> tuple[int, int] | None:
+        """`dc`'s (done, expected) windows in the period; None without a ledger."""
+        if self.completeness is None:
+            return None
+        return self.completeness.per_dc.get(dc, (0, 0))
 
     @property
     def complete(self) -> bool | None:
@@ -172,6 +185,15 @@ class PeriodStatus:
             ],
             "sources": self.sources,
             "flags": self.flags,
+            "per_dc": {
+                dc: {
+                    "events": events,
+                    "suppressed_events": suppressed,
+                    "suppressed_share": self.dc_suppressed_share(dc),
+                    "windows_done_expected": self.dc_completeness(dc),
+                }
+                for dc, (events, suppressed) in self.per_dc.items()
+            },
         }
 
 
@@ -224,8 +246,8 @@ class PercentileReport:
 
     def columns(self) -> list[str]:
         return [
-            "period", "version", *self.by, "events", *self.fields, "error", "suppressed",
-            "complete", "flags",
+            "period", "version", *self.by, "events", *self.fields, "error",
+            *note_columns(self.by), "flags",
         ]  # fmt: skip
 
     def table_rows(self) -> list[dict[str, Any]]:
@@ -295,7 +317,7 @@ class SlaReport:
     def columns(self) -> list[str]:
         return [
             "period", "version", *self.by, "events", "within", "share_low", "share_high",
-            "suppressed", "complete", "flags",
+            *note_columns(self.by), "flags",
         ]  # fmt: skip
 
     def table_rows(self) -> list[dict[str, Any]]:
@@ -338,6 +360,30 @@ class SlaReport:
 
 _PeriodRow = TypeVar("_PeriodRow", PercentileRow, SlaRow)
 
+NO_DATA = "no data"
+"""The flag of a period without any exported event: its figures are absent, not zero."""
+
+
+def note_columns(by: Sequence[str]) -> tuple[str, str]:
+    """The suppressed-share and completeness columns: a row's own DC's figures when the report
+    is split by DC, otherwise the whole period's, and then their names say so."""
+    return ("suppressed", "complete") if "dc" in by else ("period_suppressed", "period_complete")
+
+
+def _notes(status: PeriodStatus, dc: str | None, columns: tuple[str, str]) -> dict[str, Any]:
+    """A row's notes: suppressed share, completeness and flags, of `dc` or of the period."""
+    flags = status.flags
+    if dc is None:
+        c = status.completeness
+        share, done = status.suppressed_share, None if c is None else (c.done, c.expected)
+    else:
+        share, done = status.dc_suppressed_share(dc), status.dc_completeness(dc)
+        flags = [f for f in flags if not f.startswith("incomplete ")]
+        if done is not None and done[0] < done[1]:
+            flags.insert(0, f"incomplete {done[0]}/{done[1]}")
+    complete = "unknown" if done is None else _pct(done[0] / done[1] if done[1] else None)
+    return {columns[0]: _pct(share), columns[1]: complete, "flags": " | ".join(flags)}
+
 
 def _table_rows(
     periods: Sequence[PeriodStatus],
@@ -345,27 +391,34 @@ def _table_rows(
     figures: Callable[[_PeriodRow], dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """Flat table rows: each row's period, version, group and events, its `figures`, then its
-    period's notes (suppressed share, completeness, flags)."""
-    # Formatted once per period: a period may have thousands of group rows.
-    notes = {
-        s.period.label: {
-            "suppressed": _pct(s.suppressed_share),
-            "complete": _pct(s.completeness.ratio) if s.completeness else "unknown",
-            "flags": " | ".join(s.flags),
-        }
-        for s in periods
-    }
-    return [
-        {
-            "period": r.period,
-            "version": r.version,
-            **r.group,
-            "events": r.count,
-            **figures(r),
-            **notes[r.period],
-        }
-        for r in rows
-    ]
+    notes (suppressed share, completeness, flags): its DC's when the row has a `dc`, else the
+    period's. A row without data has only its period and the flag `no data`."""
+    by_label = {s.period.label: s for s in periods}
+    # Formatted once per (period, dc): a period may have thousands of group rows.
+    notes: dict[tuple[str, str | None], dict[str, Any]] = {}
+    table: list[dict[str, Any]] = []
+    for r in rows:
+        dc = r.group.get("dc") or None
+        columns = note_columns(list(r.group))
+        key = (r.period, dc)
+        if key not in notes:
+            notes[key] = _notes(by_label[r.period], dc, columns)
+        note = notes[key]
+        if not r.version and not r.count:
+            flags = " | ".join(f for f in (NO_DATA, note["flags"]) if f)
+            table.append({"period": r.period, columns[1]: note[columns[1]], "flags": flags})
+            continue
+        table.append(
+            {
+                "period": r.period,
+                "version": r.version,
+                **r.group,
+                "events": r.count,
+                **figures(r),
+                **note,
+            }
+        )
+    return table
 
 
 def _json_rows(
@@ -376,7 +429,9 @@ def _json_rows(
     """JSON rows: each row's period and its start, version, group and count, then `figures`."""
     starts = {s.period.label: format_rfc3339(s.period.start_ns) for s in periods}
     return [
-        {
+        {"period": r.period, "start": starts[r.period], "count": 0, "no_data": True}
+        if not r.version and not r.count
+        else {
             "period": r.period,
             "start": starts[r.period],
             "version": r.version,
@@ -505,8 +560,11 @@ def _status(
 ) -> PeriodStatus:
     manifests = list(collected.manifests.values())
     versions: dict[str, set[str]] = defaultdict(set)
+    per_dc: dict[str, tuple[int, int]] = {}
     for m in manifests:
         versions[m.version].add(m.dc)
+        events, suppressed = per_dc.get(m.dc, (0, 0))
+        per_dc[m.dc] = (events + m.events, suppressed + m.suppressed_events)
     return PeriodStatus(
         period=period,
         windows=windows,
@@ -519,6 +577,7 @@ def _status(
         if ledger is None
         else completeness(ledger, aggregation, dcs, period.start_ns, period.end_ns),
         sources=collected.describe_sources(),
+        per_dc=dict(sorted(per_dc.items())),
     )
 
 

@@ -127,7 +127,31 @@ def test_an_incomplete_period_is_flagged(influx: InfluxClient, tmp_path: Path) -
         [status] = report.periods
         assert status.complete is False
         assert status.flags == ["incomplete 44/48 (expected 2, missing 2)"]
-        assert report.table_rows()[0]["complete"] == "91.67%"
+        # Without a DC split, the notes are the period's, and the columns say so.
+        assert report.columns()[-3:] == ["period_suppressed", "period_complete", "flags"]
+        assert report.table_rows()[0]["period_complete"] == "91.67%"
+        # Split by DC, each row's suppressed share and completeness are its own DC's.
+        by_dc = percentile_report(
+            config, influx, AGG, period="day", from_date="2026-11-03", to_date="2026-11-04",
+            dcs=["dub1", "fra1"], by=["dc"], ledger=ledger.engine,
+        )  # fmt: skip
+        assert by_dc.columns()[-3:] == ["suppressed", "complete", "flags"]
+        rows = {(r["period"], r.get("dc")): r for r in by_dc.table_rows()}
+        dub1, fra1 = rows["2026-11-03", "dub1"], rows["2026-11-03", "fra1"]
+        assert (dub1["complete"], dub1["flags"]) == ("100.00%", "")
+        assert (fra1["complete"], fra1["flags"]) == ("83.33%", "incomplete 20/24")
+        per_dc = by_dc.periods[0].per_dc
+        for dc, row in (("dub1", dub1), ("fra1", fra1)):
+            events, suppressed = per_dc[dc]
+            assert row["suppressed"] == f"{suppressed / events * 100:.2f}%"
+        assert dub1["suppressed"] != fra1["suppressed"]
+        # A day without any data says so instead of a row of blanks.
+        empty_day = rows["2026-11-04", None]
+        assert empty_day["flags"].startswith("no data")
+        assert "events" not in empty_day and "p50" not in empty_day
+        assert by_dc.to_json()["rows"][-1] == {
+            "period": "2026-11-04", "start": "2026-11-04T00:00:00Z", "count": 0, "no_data": True,
+        }  # fmt: skip
         only_dub1 = percentile_report(
             config, influx, AGG, period="day", from_date="2026-11-03", to_date="2026-11-03",
             dcs=["dub1"], ledger=ledger.engine,
