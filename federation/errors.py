@@ -99,6 +99,11 @@ class RemoteError(FederationError):
         status_part = f" (HTTP {status})" if status is not None else ""
         super().__init__(f"{self.service} {url}{status_part}: {message}")
 
+    @property
+    def refused_token(self) -> bool:
+        """The service answered, and refused the credentials sent (HTTP 401 or 403)."""
+        return self.status in (401, 403)
+
 
 class InfluxError(RemoteError):
     service = "InfluxDB"

@@ -60,7 +60,7 @@ from federation.agent.window_choice import (
 from federation.clock import Clock, SystemClock, format_rfc3339
 from federation.config import FederationConfig
 from federation.durations import SECOND_NS
-from federation.errors import FederationError
+from federation.errors import CoordinatorError, FederationError
 from federation.influx import InfluxClient, credentials_from_env
 from federation.plan import AggregationPlan
 from federation.policy import ReconcileResult, reconcile_retention
@@ -332,6 +332,10 @@ class Agent:
             raise PreflightError(f"DC {self.dc}: local InfluxDB is not reachable: {exc}") from None
         try:
             self.desired_state = self.coordinator.desired(self.dc)
+        except CoordinatorError as exc:
+            # It answered: a refused token is the agent's to fix, not the network's.
+            what = "refused this DC's agent token" if exc.refused_token else "is not reachable"
+            raise PreflightError(f"DC {self.dc}: coordinator {what}: {exc}") from None
         except FederationError as exc:
             raise PreflightError(f"DC {self.dc}: coordinator is not reachable: {exc}") from None
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from federation.cli._common import ConfigOption, out
+from federation.cli._common import ConfigOption, err, out
 from federation.cli._status_view import status_renderables
 
 coordinator_app = typer.Typer(help="Run the coordinator (gateway, agent API, planner).")
@@ -44,7 +44,13 @@ def run(
     from federation.config import load_config
     from federation.coordinator.app import run_coordinator
 
-    run_coordinator(load_config(config), host=host, port=port, ledger_url=ledger)
+    run_coordinator(
+        load_config(config),
+        host=host,
+        port=port,
+        ledger_url=ledger,
+        announce=lambda line: err.print(line, markup=False),
+    )
 
 
 def status(

@@ -75,13 +75,15 @@ def _sources(
     config_dir: Path, central_url: str | None, ledger_url: str | None, no_ledger: bool
 ) -> Iterator[tuple[FederationConfig, InfluxClient, Engine | None]]:
     from federation.config import load_config
-    from federation.coordinator.ledger import create_ledger_engine
+    from federation.coordinator.ledger import check_ledger, create_ledger_engine
     from federation.reporting._central import open_central
 
     config = load_config(config_dir)
-    engine = (
-        None if no_ledger else create_ledger_engine(ledger_url or config.fleet.central.ledger_url)
-    )
+    engine = None
+    if not no_ledger:
+        url = ledger_url or config.fleet.central.ledger_url
+        check_ledger(url)
+        engine = create_ledger_engine(url)
     try:
         with open_central(config, central_url) as central:
             yield config, central, engine

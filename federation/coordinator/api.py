@@ -96,6 +96,13 @@ def _coordinator(request: Request) -> Coordinator:
     return coordinator
 
 
+def _refused(token: str | None, needed: str) -> str:
+    """Why a request was not authorized: no token at all, or one this coordinator refuses."""
+    if token:
+        return f"the token given was refused: {needed} is required"
+    return f"no token given: {needed} is required"
+
+
 def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
@@ -295,7 +302,7 @@ def _agent(request: Request, dc: str | None) -> str | Response:
     token = _bearer(request)
     owner = coordinator.tokens.dc_for_token(token) if token else None
     if owner is None:
-        return _error(401, "a DC agent token is required")
+        return _error(401, _refused(token, "a DC agent token"))
     if dc is not None and owner != dc:
         return _error(403, f"this token may act only for DC {owner}")
     return owner
@@ -432,7 +439,7 @@ def _reader(request: Request) -> Response | None:
     token = _bearer(request) or request.query_params.get("token")
     if token and _coordinator(request).tokens.check_reader(token):
         return None
-    return _error(401, "the reader token is required")
+    return _error(401, _refused(token, "the reader token"))
 
 
 async def _status(request: Request, render: Callable[[StatusReport], Response]) -> Response:
@@ -539,7 +546,7 @@ def _operator(request: Request) -> Response | None:
         return None
     if token and (coordinator.tokens.check_reader(token) or coordinator.tokens.dc_for_token(token)):
         return _error(403, "this endpoint needs the operator token")
-    return _error(401, "the operator token is required")
+    return _error(401, _refused(token, "the operator token"))
 
 
 def _names(data: dict[str, Any], key: str) -> list[str] | None:

@@ -211,8 +211,12 @@ def run_coordinator(
     clock: Clock | None = None,
     settings: CoordinatorSettings | None = None,
     environ: Mapping[str, str] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Preflight, record desired state, schedule the jobs and serve until interrupted."""
+    """Preflight, record desired state, schedule the jobs and serve until interrupted.
+
+    `announce` gets one line saying where it serves, once preflight has passed (the CLI
+    prints it; by default it is logged)."""
     import uvicorn
 
     ready = preflight(config, ledger_url=ledger_url, central_url=central_url, environ=environ)
@@ -223,8 +227,10 @@ def run_coordinator(
     central = central_client(config, central_url)
     scheduler = schedule_jobs(coordinator, central)
     app = build_app(coordinator, central_url=central_url)
-    log.info("coordinator serving on http://%s:%d (central InfluxDB %s)", host, port,
-             ready.central_version)  # fmt: skip
+    (announce or log.info)(
+        f"coordinator serving on http://{host}:{port} (ledger {safe_url(ready.ledger.url)}, "
+        f"central InfluxDB {ready.central_version}); Ctrl-C stops it"
+    )
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:

@@ -392,6 +392,28 @@ def head_revision() -> str:
     return head
 
 
+def check_ledger(url: str) -> None:
+    """Check that the ledger at `url` exists and is at the newest revision, without creating or
+    changing anything; LedgerError in one line otherwise (what read-only tools check first)."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # SQLAlchemy raises several types for a bad URL
+        raise LedgerError(f"ledger URL {safe_url(url)!r} is not a database URL: {exc}") from None
+    path = parsed.database or ""
+    on_disk = parsed.get_backend_name() == "sqlite" and path not in ("", ":memory:")
+    if on_disk and not path.startswith("file:") and not Path(path).is_file():
+        raise LedgerError(
+            f"ledger {safe_url(url)}: no such file: start the coordinator once to create it "
+            "(or point --ledger/--ledger-url at an existing ledger)"
+        )
+    current = ledger_revision(url)
+    if current != head_revision():
+        raise LedgerError(
+            f"ledger {safe_url(url)} is at revision {current or 'none (empty)'}, "
+            f"not {head_revision()}: start the coordinator once to upgrade it"
+        )
+
+
 def open_ledger(url: str, *, upgrade: bool = True) -> Ledger:
     """Open the ledger at `url`, first upgrading it to head unless `upgrade` is False.
 
@@ -401,10 +423,5 @@ def open_ledger(url: str, *, upgrade: bool = True) -> Ledger:
     if upgrade:
         upgrade_ledger(url)
     else:
-        current = ledger_revision(url)
-        if current != head_revision():
-            raise LedgerError(
-                f"ledger {safe_url(url)} is at revision {current or 'none (empty)'}, "
-                f"not {head_revision()}: start the coordinator once to upgrade it"
-            )
+        check_ledger(url)
     return Ledger(url)

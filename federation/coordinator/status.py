@@ -131,6 +131,21 @@ class StatusReport:
 _DERIVED_MISSING = "nothing shipped by the deadline (not yet classified by the planner)"
 """The reason of an overdue window the planner has not stored yet."""
 
+STATE_MEANINGS: dict[str, str] = {
+    WindowState.EXPECTED.value: "not due yet: its deadline has not passed",
+    WindowState.SHIPPED.value: "manifest received; waiting for its summary points to be counted",
+    WindowState.BACKFILLING.value: "a backfill of it is queued or running at the DC's agent",
+    WindowState.MISSING.value: "nothing shipped by the deadline",
+    WindowState.INCONSISTENT.value: "manifest events differ from the summary counts",
+    WindowState.UNRECOVERABLE.value: "its raw data is past the DC's retention",
+}
+"""What a window's state means, said where the ledger stored no reason of its own."""
+
+
+def state_reason(state: str, reason: str | None) -> str:
+    """The ledger's reason for a window, or what its state means when it stored none."""
+    return reason or STATE_MEANINGS.get(state, "")
+
 
 def status_report(
     ledger: Ledger,
@@ -152,6 +167,9 @@ def status_report(
     """
     if aggregation is not None and aggregation not in config.aggregations:
         raise InvalidInput(f"unknown aggregation {aggregation!r}")
+    if dc is not None and dc not in config.fleet.dcs:
+        known = ", ".join(sorted(config.fleet.dcs))
+        raise InvalidInput(f"--dc: unknown DC {dc!r} (known: {known})")
     names = [aggregation] if aggregation else sorted(config.aggregations)
     dcs = [dc] if dc else sorted(config.fleet.dcs)
     with ledger.session() as session:
@@ -235,7 +253,7 @@ def _aggregation_status(
     ).all()
     problem_rows: dict[str, list[Problem]] = defaultdict(list)
     for dc_name, start, state, reason in rows:
-        problem_rows[dc_name].append(Problem(start, state, reason or ""))
+        problem_rows[dc_name].append(Problem(start, state, state_reason(state, reason)))
     grid_rows = session.execute(
         select(WindowRow.dc, WindowRow.start_ns, WindowRow.state).where(
             WindowRow.aggregation == name,
@@ -250,8 +268,11 @@ def _aggregation_status(
     result = []
     for dc_name in dcs:
         tracked_from = tracking.get((dc_name, name))
+        known = cells_by_dc.get(dc_name, {})
         if tracked_from is None:
-            result.append(DcStatus(dc_name, [NOT_TRACKED] * len(starts), {}))
+            cells = [known.get(s, NOT_TRACKED) for s in starts]
+            counts = dict(stored.get(dc_name, {}))
+            result.append(DcStatus(dc_name, cells, counts, problem_rows.get(dc_name, [])))
             continue
         lo = max(since, tracked_from)
         n_total = max(0, (end - lo) // w)
@@ -265,14 +286,15 @@ def _aggregation_status(
             )
         if derived_expected:
             counts[WindowState.EXPECTED.value] = derived_expected
-        known = cells_by_dc.get(dc_name, {})
         cells = []
         derived_problems = []
         for s in starts:
-            if s < tracked_from:
-                cells.append(NOT_TRACKED)
-            elif s in known:
+            # A window shipped before tracking began (an agent's look-back reaching back past a
+            # fresh coordinator) is drawn and counted alike.
+            if s in known:
                 cells.append(known[s])
+            elif s < tracked_from:
+                cells.append(NOT_TRACKED)
             else:
                 state = (
                     WindowState.MISSING.value if s < deadline_limit else WindowState.EXPECTED.value
@@ -326,7 +348,11 @@ def status_from_api(
     except httpx.HTTPError as exc:
         raise CoordinatorError(target, f"request failed: {exc.__class__.__name__}") from None
     if response.status_code != 200:
+        try:
+            message = str(response.json()["error"])
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:300]
         raise CoordinatorError(
-            target, response.text[:300], status=response.status_code, body=response.text[:500]
+            target, message, status=response.status_code, body=response.text[:500]
         )
     return StatusReport.from_dict(response.json())

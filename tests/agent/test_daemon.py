@@ -208,6 +208,26 @@ def test_preflight_names_what_does_not_answer(
     agent.close()
 
 
+def test_preflight_says_the_coordinator_refused_a_wrong_token(
+    served: Served,
+    config: tuple[FederationConfig, int],
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from federation.agent import PreflightError
+
+    fed, _ = config
+    monkeypatch.setenv(fed.dc(DC).agent_token_env, "not-the-token")
+    agent = new_agent(fed, clock)
+    with pytest.raises(PreflightError) as caught:
+        agent.run(threading.Event())
+    agent.close()
+    message = str(caught.value)
+    assert message.startswith(f"DC {DC}: coordinator refused this DC's agent token: ")
+    assert "(HTTP 401): the token given was refused: a DC agent token is required" in message
+    assert "not reachable" not in message
+
+
 def test_catch_up_skips_windows_past_raw_retention() -> None:
     plan = resolve_plan(_example_config(), "delivery_latency", DC)
     retention = DesiredRetentionState("mail", (RetentionSpec("raw", 30 * DAY, DAY, default=True),))

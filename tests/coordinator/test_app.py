@@ -36,3 +36,28 @@ def test_preflight_failures_are_one_line(config: FederationConfig, tmp_path: Pat
     with pytest.raises(PreflightError, match="central InfluxDB") as down:
         preflight(config, environ=_environ(config), central_url=f"http://127.0.0.1:{free_port()}")
     assert "\n" not in str(down.value)
+
+
+def test_coordinator_run_says_where_it_serves_without_verbose(
+    config: FederationConfig, config_dir: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "federation.cli", "coordinator", "run", "--config",
+         str(config_dir), "--port", str(port)],
+        env={**os.environ, **_environ(config)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()
+    finally:
+        process.send_signal(signal.SIGINT)
+        stdout, _ = process.communicate(timeout=30)
+    assert first.startswith(f"coordinator serving on http://127.0.0.1:{port} (ledger "), first
+    assert stdout == ""
