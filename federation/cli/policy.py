@@ -412,9 +412,14 @@ def erase(
         )
         return
     verb = "would redact" if dry_run else "redacted"
+    subject = (
+        f"subject hmac-sha256 {result.subject_hash}"
+        if result.subject_hash
+        else f"subject not hashed ({salt_env} unset: a dry run needs no salt)"
+    )
     out.print(
-        f"erase on {result.dc} (database {result.database}), subject hmac-sha256 "
-        f"{result.subject_hash}: {verb} {result.points} point(s)"
+        f"erase on {result.dc} (database {result.database}), {subject}: "
+        f"{verb} {result.points} point(s)"
         + (f", deleted {result.deleted_points}" if result.deleted_points else ""),
         markup=False,
     )

@@ -229,14 +229,16 @@ def erase_subject(
     re-query found no match left; an audit record was written to the DC's `federation_audit`
     database. With `dry_run` it only counts, and writes nothing.
 
-    Raises InvalidInput for an empty subject or an unset salt variable, ConfigError for an
+    Raises InvalidInput for an empty subject or an unset salt variable (unless `dry_run`: its
+    result's `subject_hash` is then empty), ConfigError for an
     unknown DC, ErasureError when the DC fails or matches remain (after recording the failed
     proof). No error or log line carries the subject.
     """
     if not subject:
         raise InvalidInput("the subject to erase is empty")
-    salt = salt_from_env(salt_env)
-    hashed = subject_hash(subject, salt)
+    # A dry run records nothing, so it needs no salt; with one set it shows the hash too.
+    salt = salt_from_env(salt_env) if not dry_run or os.environ.get(salt_env) else None
+    hashed = "" if salt is None else subject_hash(subject, salt)
     datacenter = config.dc(dc)
     policy = config.policy_for(dc)
     database = datacenter.raw_database

@@ -179,6 +179,17 @@ def test_cli_erase_prints_only_the_hash(fed: Federation) -> None:
     assert "redacted 5 point(s)" in done.output and SUBJECT not in done.output
 
 
+def test_a_dry_run_needs_no_salt(fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    with fed.client("dub1") as client:
+        _plant(client)
+    monkeypatch.delenv(SALT_ENV)
+    args = ["erase", "-c", str(fed.root), "--dc", "dub1", "--salt-env", SALT_ENV, "--dry-run"]
+    dry = CliRunner().invoke(app, [*args, "--subject", SUBJECT])
+    assert dry.exit_code == 0, dry.output
+    assert f"subject not hashed ({SALT_ENV} unset" in dry.output
+    assert "would redact 5 point(s)" in dry.output and SUBJECT not in dry.output
+
+
 def test_cli_erase_without_salt_exits_2_without_echoing_the_subject(fed: Federation) -> None:
     env = {k: v for k, v in os.environ.items() if k != SALT_ENV}
     command = [sys.executable, "-m", "federation.cli", "erase", "-c", str(fed.root)]
