@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from federation.coordinator.planner import PlannerSettings
 from federation.coordinator.service import Coordinator, CoordinatorSettings, load_tokens
 from federation.coordinator.status import StatusReport, status_report
 from federation.durations import HOUR_NS
-from federation.errors import FederationError
+from federation.errors import FederationError, InvalidInput
 from federation.influx import InfluxClient
 from federation.ingest import ingest
 from federation.localstack import KapacitorServer, LocalStack, find_kapacitord, free_port
@@ -100,9 +101,13 @@ class DemoFederation:
 
     def __init__(self, options: DemoOptions) -> None:
         if not 1 <= options.dcs <= len(DEMO_DCS):
-            raise FederationError(f"--dcs must be between 1 and {len(DEMO_DCS)}")
+            raise InvalidInput(f"--dcs {options.dcs}: must be between 1 and {len(DEMO_DCS)}")
         if options.hours < 6:
-            raise FederationError("--hours must be at least 6 (the look-back and a backfill)")
+            raise InvalidInput(
+                f"--hours {options.hours}: must be at least 6 (the look-back and a backfill)"
+            )
+        if options.events_per_hour < 1:
+            raise InvalidInput(f"--events-per-hour {options.events_per_hour}: must be at least 1")
         self.options = options
         self.root = options.root or Path(tempfile.mkdtemp(prefix="federation-demo-"))
         self.dcs = list(DEMO_DCS[: options.dcs])
@@ -153,6 +158,9 @@ class DemoFederation:
         central["ledger_url"] = f"sqlite:///{self.root / 'ledger.sqlite'}"
         central["reader_token_env"] = "FEDERATION_DEMO_READER_TOKEN"
         os.environ.setdefault("FEDERATION_DEMO_READER_TOKEN", secrets.token_urlsafe(18))
+        # The operator token too, so that `policy apply` and `rollout apply` go through it.
+        central["operator_token_env"] = "FEDERATION_DEMO_OPERATOR_TOKEN"
+        os.environ.setdefault("FEDERATION_DEMO_OPERATOR_TOKEN", secrets.token_urlsafe(18))
         fleet.update(
             name="demo",
             regions={r: fleet["regions"][r] for r in regions},
@@ -255,6 +263,25 @@ class DemoFederation:
         self.stack.close()
         if self.options.root is None:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def write_env_file(self) -> Path:
+        """Write `demo.env` beside the config: FEDERATION_CONFIG and every token variable the
+        fleet names, as shell `export` lines, so that after `source demo.env` each command of
+        the README runs against this federation. Readable by its owner only (it holds tokens)."""
+        assert self.config is not None
+        central = self.config.fleet.central
+        names: list[str | None] = [dc.agent_token_env for dc in self.config.fleet.dcs.values()]
+        names += [central.reader_token_env, central.operator_token_env]
+        lines = [f"export FEDERATION_CONFIG={shlex.quote(str(self.root / 'config'))}"]
+        lines += [
+            f"export {name}={shlex.quote(os.environ[name])}"
+            for name in dict.fromkeys(names)
+            if name and name in os.environ
+        ]
+        path = self.root / "demo.env"
+        path.touch(mode=0o600)
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
     # -- what the demo looks at ---------------------------------------------------------------
 
@@ -420,7 +447,11 @@ def run_demo(
         for finding in scan.findings[:10]:
             view.note(f"FOUND {finding}")
         outcome.seconds = time.monotonic() - started
-        return outcome, fed
-    finally:
-        if not keep:
-            fed.close()
+    except BaseException:
+        # Whatever stopped the demo (an error, Ctrl-C, a signal turned into SystemExit), every
+        # process it started stops with it, --keep or not.
+        fed.close()
+        raise
+    if not keep:
+        fed.close()
+    return outcome, fed

@@ -3,11 +3,17 @@ throwaway PostgreSQL cluster for the ledger (`PostgresServer`).
 
 Each influxd gets random free ports, its own temporary directory, the TSI index, and no internal
 monitoring, and is stopped cleanly (SIGTERM, then SIGKILL) when the stack closes.
+
+Every server runs in a process group of its own (so a terminal's Ctrl-C reaches only the
+program that started it, which then stops the server and whatever the server started, as one
+group), and on Linux dies with the process that started it: when that process is killed
+outright (SIGKILL, a crash) the kernel kills its servers too, so none is left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import pwd
@@ -17,7 +23,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +63,36 @@ def find_influxd() -> str:
     return candidate
 
 
+_PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal the kernel sends a process when its parent dies."""
+
+
+def _die_with_parent() -> Any:
+    """A pre-exec hook that makes the child die (SIGKILL) when the process starting it does, or
+    None where that cannot be asked for.
+
+    Linux sends that signal when the *thread* that forked the child ends, so it is asked only
+    when the main thread spawns: the main thread ends only with the process. A server started
+    from another thread is stopped by `stop()`/`close()` alone.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def hook() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
 def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start a server in a session of its own, its output appended to `log_path`."""
+    """Start a server in a session (and process group) of its own that dies with this process,
+    its output appended to `log_path`."""
     with log_path.open("ab") as out:
         return subprocess.Popen(
             argv,
@@ -64,6 +100,7 @@ def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent(),
         )
 
 
@@ -91,16 +128,30 @@ def _await_ping(
     return False
 
 
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    """Send `sig` to the server's process group (the server and what it started, such as
+    kapacitord's UDF processes)."""
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(sig)
+
+
 def _terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    """Stop a running server: SIGTERM, then SIGKILL after `timeout` seconds."""
+    """Stop a running server and its process group: SIGTERM, then SIGKILL after `timeout`
+    seconds."""
     if process is None or process.poll() is not None:
         return
-    process.send_signal(signal.SIGTERM)
+    _signal_group(process, signal.SIGTERM)
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
+        _signal_group(process, signal.SIGKILL)
         process.wait(10)
+    # Whatever the server started and left behind goes with it.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 _CONFIG = """\

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,3 +65,109 @@ def test_small_demo_ends_verified_clean_and_without_personal_data() -> None:
     assert {row["dc"] for row in daily} == {"dub1", "lon1"}
     assert sum(int(row["events"]) for row in daily) > 0
     assert not fed.root.exists(), "the demo removes its temporary directory"
+
+
+def _processes_under(root: Path) -> list[str]:
+    """Command lines of the running processes that name a path under `root`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next(
+                line for line in (proc / "status").read_text().splitlines() if line[:6] == "State:"
+            )
+        except (OSError, StopIteration):
+            continue
+        if str(root) in cmdline and "zombie" not in state:
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def _demo_process(tmp: Path, *extra: str) -> subprocess.Popen[str]:
+    # TMPDIR puts the demo's directory, and so every server's command line, under `tmp`.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDERATION_DEMO_")}
+    env.update(TMPDIR=str(tmp), PYTHONUNBUFFERED="1")
+    env.pop("FEDERATION_KAPACITORD", None)
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "federation.cli", "demo", "--config", str(REPO), "--dcs", "1",
+            "--hours", "6", "--events-per-hour", "60", *extra,
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+
+
+def _wait_for_line(process: subprocess.Popen[str], prefix: str, lines: list[str]) -> str:
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if line.strip().startswith(prefix):
+            return line.strip()
+    raise AssertionError("the demo ended before printing " + repr(prefix) + ":\n" + "".join(lines))
+
+
+def _assert_nothing_left(tmp: Path) -> None:
+    deadline = time.monotonic() + 20
+    while (left := _processes_under(tmp)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, left
+
+
+@pytest.mark.slow
+def test_demo_keep_writes_an_env_file_and_sigterm_stops_every_process(tmp_path: Path) -> None:
+    process = _demo_process(tmp_path, "--keep")
+    lines: list[str] = []
+    try:
+        source = _wait_for_line(process, "source ", lines)
+        env_file = Path(source.removeprefix("source "))
+        exported = dict(
+            line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines()
+        )
+        assert exported["FEDERATION_CONFIG"] == str(env_file.parent / "config")
+        assert {
+            "FEDERATION_DEMO_DUB1_TOKEN",
+            "FEDERATION_DEMO_READER_TOKEN",
+            "FEDERATION_DEMO_OPERATOR_TOKEN",
+        } <= set(exported)
+        assert env_file.stat().st_mode & 0o077 == 0
+        # With it, a README command reads the live federation through its coordinator.
+        status = subprocess.run(
+            ["bash", "-c", f"source {env_file} && {sys.executable} -m federation.cli status --via api"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert "dub1" in status.stdout
+        assert _processes_under(tmp_path), "the demo's servers run while it is kept"
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM
+    _assert_nothing_left(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_demo_killed_outright_leaves_no_process(tmp_path: Path) -> None:
+    process = _demo_process(tmp_path)
+    lines: list[str] = []
+    try:
+        _wait_for_line(process, "2.", lines)  # its influxd servers are up
+        assert _processes_under(tmp_path)
+        process.kill()
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    _assert_nothing_left(tmp_path)
+
+
+def test_demo_refuses_bad_numbers_in_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "federation.cli", "demo", "--events-per-hour", "-5"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --events-per-hour -5: must be at least 1"

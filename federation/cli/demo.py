@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,23 @@ class DemoFailed(FederationError):
     """The demo ran but one of its end checks failed (the message says which)."""
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop the demo as Ctrl-C (SIGINT) does: every process it started is stopped."""
+
+
+def _stop_on_signals() -> None:
+    """Turn SIGTERM and SIGHUP into SystemExit(128 + signal) in the main thread, so the demo
+    unwinds and stops every process it started; a second signal during that is ignored."""
+
+    def stop(signum: int, _frame: object) -> None:
+        for sig in (*STOP_SIGNALS, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+
+
 def demo(
     config: ConfigOption = Path("."),
     dcs: Annotated[int, typer.Option(help="How many DCs (1-5; 3 span three regions).")] = 3,
@@ -60,6 +78,7 @@ def demo(
     # The agents' and coordinator's own warnings during the staged outage are expected.
     for name in ("federation.agent", "federation.coordinator", "apscheduler", "uvicorn"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    _stop_on_signals()
     started = time.monotonic()
     options = DemoOptions(
         dcs=dcs, hours=hours, events_per_hour=events_per_hour, config_source=config
@@ -78,10 +97,16 @@ def demo(
     )
     out.print(f"[bold]{'FAILED' if problems else 'OK'}[/]: {verdict} — {outcome.seconds:.0f}s")
     if keep:
-        out.print("still running (Ctrl-C to stop):", markup=False)
+        env_file = fed.write_env_file()
+        out.print("still running (Ctrl-C or SIGTERM stops everything):", markup=False)
         for name, url in outcome.urls.items():
             out.print(f"  {name:<12} {url}", markup=False)
         out.print(f"  config       {fed.root / 'config'}", markup=False)
+        out.print(
+            "to run the README's commands against it (its config and tokens), in another shell:",
+            markup=False,
+        )
+        out.print(f"  source {env_file}", markup=False)
         try:
             while True:
                 time.sleep(3600)
