@@ -129,6 +129,8 @@ class WatchResult:
     states: dict[str, tuple[str, str]] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
+    never_reported: list[str] = field(default_factory=list)
+    """The DCs of `timed_out` whose agent has never reported to the coordinator at all."""
 
     @property
     def ok(self) -> bool:
@@ -151,10 +153,15 @@ def _watch(
     """
     result = WatchResult()
     waiting = list(dcs)
+    unseen: set[str] = set()
     deadline = time.monotonic() + timeout_s
     while waiting:
         for entry in client.dcs(waiting):
             dc = str(entry.get("dc"))
+            if entry.get("last_seen_ns") is None:
+                unseen.add(dc)
+            else:
+                unseen.discard(dc)
             state, detail, verdict = judge(entry)
             if result.states.get(dc) != (state, detail):
                 result.states[dc] = (state, detail)
@@ -167,6 +174,7 @@ def _watch(
             break
         sleep(poll_s)
     result.timed_out = waiting
+    result.never_reported = [dc for dc in waiting if dc in unseen]
     return result
 
 

@@ -256,13 +256,20 @@ def _print_step(name: str, step: dict[str, object]) -> None:
         out.print(f"  {line}", markup=False)
     waiting = step.get("waiting")
     if isinstance(waiting, list) and waiting:
-        out.print(f"  waiting for the canary: {names(str(w) for w in waiting)}", markup=False)
+        out.print(
+            f"  held back until the canary is done: {names(str(w) for w in waiting)}",
+            markup=False,
+        )
 
 
 def _failures(watch: WatchResult) -> str:
     parts = [f"{d}: {watch.states[d][1]}" for d in watch.failed]
-    parts += [f"{d}: timed out ({watch.states.get(d, ('unknown', ''))[1]})"
-              for d in watch.timed_out]  # fmt: skip
+    parts += [
+        f"{d}: timed out: no agent has ever reported for {d} (is one running?)"
+        if d in watch.never_reported
+        else f"{d}: timed out ({watch.states.get(d, ('unknown', ''))[1]})"
+        for d in watch.timed_out
+    ]
     return "; ".join(parts)
 
 

@@ -123,7 +123,8 @@ def fleet(
         config, central_influxd.url, clock, port, hour0 - 3 * HOUR, operator=OPERATOR
     ):
         fleet = Fleet(config_dir, config, servers, served, {}, clock)
-        for dc in DCS:
+        # `indirect` parametrization names the DCs that get an agent (default: all).
+        for dc in getattr(request, "param", DCS):
             fleet.start_agent(dc)
         try:
             yield fleet
@@ -251,3 +252,15 @@ def test_a_canary_that_does_not_converge_is_rolled_back(fleet: Fleet) -> None:
     assert code == 1, output
     assert "rollout stopped at canary fra1" in output and "canary rolled back" in output
     assert running(fleet) == {dc: (old[dc], old[dc]) for dc in DCS}
+
+
+@pytest.mark.parametrize("fleet", [("fra1",)], indirect=True)
+def test_a_rollout_reaching_a_dc_without_an_agent_says_none_ever_reported(fleet: Fleet) -> None:
+    old = resolve_plan(fleet.config, AGG, "fra1").version
+    wait_until(lambda: running(fleet)["fra1"] == (old, old))
+    edit(fleet.root / "tickscripts" / "delivery_latency.yaml", {"accuracy": 0.02})
+    code, output = fleet.cli("rollout", "apply", "--canary", "fra1", "--wait-timeout", "2")
+    assert code == 1, output
+    assert "canary fra1:" in output and "held back until the canary is done: tor1" in output
+    assert "waiting for the canary" not in output
+    assert "tor1: timed out: no agent has ever reported for tor1" in output
