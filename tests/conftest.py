@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,3 +54,21 @@ def config_dir(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "policies", target / "policies")
     shutil.copytree(REPO / "tickscripts", target / "tickscripts")
     return target
+
+
+def system_binary(name: str, package: str) -> str:
+    """The path of a binary a Debian package installs (`bash .ci/run` installs it). Without it
+    the test is skipped saying so, except under CI=true, where it fails."""
+    found = shutil.which(name)
+    if found is None:
+        reason = f"{name} not found: install the Debian package {package}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: this test must run)", pytrace=False)
+        pytest.skip(reason)
+    return found
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus' `promtool` (Debian package `prometheus`)."""
+    return system_binary("promtool", "prometheus")
