@@ -100,6 +100,15 @@ def seconds_bounds(option: str, low: float, high: float) -> Callable[[float | No
     return check
 
 
+def write_or_print(text: str, out_file: Path | None, what: str = "") -> None:
+    """Write `text` to `out_file` and say so (`wrote FILE (what)`), or print it to stdout."""
+    if out_file is None:
+        out.print(text, end="", markup=False)
+        return
+    out_file.write_text(text)
+    out.print(f"wrote {out_file}" + (f" ({what})" if what else ""), markup=False)
+
+
 def rows_table(
     rows: Sequence[dict[str, Any]],
     columns: Sequence[str],

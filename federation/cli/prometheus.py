@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from federation.cli._common import add_group, duration_option, out
+from federation.cli._common import add_group, duration_option, write_or_print
 
 
 def rules(
@@ -30,19 +30,14 @@ def rules(
     """Print Prometheus alerting rules (a rule file `promtool check rules` accepts)."""
     from federation.coordinator.alerts import AlertThresholds, alert_rules
 
-    text = alert_rules(
+    write_or_print(alert_rules(
         AlertThresholds(
             window_open=duration_option("--window-open", window_open),
             agent_silent=duration_option("--agent-silent", agent_silent),
             refusals_window=duration_option("--refusals-window", refusals_window),
             rollout_stuck=duration_option("--rollout-stuck", rollout_stuck),
         )
-    )
-    if out_file is None:
-        out.print(text, end="", markup=False)
-    else:
-        out_file.write_text(text)
-        out.print(f"wrote {out_file}", markup=False)
+    ), out_file)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

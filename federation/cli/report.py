@@ -17,6 +17,7 @@ from federation.cli._common import (
     add_group,
     out,
     print_rows,
+    write_or_print,
 )
 
 if TYPE_CHECKING:
@@ -234,11 +235,7 @@ def dashboard(
         api_url=api_url, tz=tz,
     )  # fmt: skip
     text = json.dumps(board, indent=2) + "\n"
-    if out_file is None:
-        out.print(text, end="", markup=False)
-    else:
-        out_file.write_text(text)
-        out.print(f"wrote {out_file} ({len(board['panels'])} panels)", markup=False)
+    write_or_print(text, out_file, f"{len(board['panels'])} panels")
 
 
 def register(app: typer.Typer) -> None:
