@@ -403,7 +403,7 @@ def check_ledger(url: str) -> None:
     on_disk = parsed.get_backend_name() == "sqlite" and path not in ("", ":memory:")
     if on_disk and not path.startswith("file:") and not Path(path).is_file():
         raise LedgerError(
-            f"ledger {safe_url(url)}: no such file: start the coordinator once to create it "
+            f"ledger {safe_url(url)} does not exist: start the coordinator once to create it "
             "(or point --ledger/--ledger-url at an existing ledger)"
         )
     current = ledger_revision(url)

@@ -123,7 +123,7 @@ def test_a_ledger_that_is_missing_or_behind_is_one_line_and_never_created(
     behind = tmp_path / "behind.sqlite"
     sqlite3.connect(behind).close()  # a database, but no table of the ledger in it
     runner = CliRunner()
-    for path, expected in ((typo, "no such file"), (behind, "is at revision none (empty)")):
+    for path, expected in ((typo, "does not exist"), (behind, "is at revision none (empty)")):
         url = f"sqlite:///{path}"
         for args in (
             ["status", "--ledger", url],
