@@ -12,7 +12,9 @@ them current), then times:
 3. the same report, now from monthly rollups, and a read of exactly the monthly points it uses
    (the floor for any report from them);
 4. ``refresh_rollups`` of one DC-day and its month after one of its hourly windows was
-   re-shipped with more events (its 24 hourly windows at full group count written first).
+   re-shipped with more events (its 24 hourly windows at full group count written first),
+   against a bare read of that day's window points and against re-merging the day and the
+   month whole (the month from all of its days), whose report must be the same.
 
 The real fleet has 2,000 customers x 16 direction/mailer pairs; the default here is 200
 customers (a printed scale factor), so that the month of rollups is written in under a minute
@@ -45,7 +47,13 @@ from federation.lineprotocol import serialize
 from federation.localstack import LocalStack
 from federation.plan import AggregationPlan, resolve_plan
 from federation.points import Point
-from federation.reporting import PercentileReport, percentile_report, refresh_rollups, remerge_month
+from federation.reporting import (
+    PercentileReport,
+    percentile_report,
+    refresh_rollups,
+    remerge_day,
+    remerge_month,
+)
 from federation.reporting._central import WindowManifest, fingerprint
 from federation.reporting.rollups import (
     ROLLUP_MARKER_MEASUREMENT,
@@ -207,6 +215,18 @@ def read_rollup_points(central: InfluxClient, config: FederationConfig, measurem
     return rows
 
 
+def read_day_windows(central: InfluxClient, config: FederationConfig, dc: str, day: int) -> int:
+    """Stream the `sketch` of every window point of one DC-day, decoding nothing."""
+    database = config.fleet.central.database
+    rp = config.policy_for(dc).central.retention_policy
+    source = ".".join(quote_ident(p) for p in (database, rp, AGG))
+    q = (
+        f'SELECT "sketch" FROM {source} WHERE "dc" = \'{dc}\' AND time >= {day} '
+        f'AND time < {day + 24 * HOUR_NS} GROUP BY "direction", "mailer", "customer"'
+    )
+    return sum(len(s.values) for s in central.iter_series(q, database=database, chunk_size=10_000))
+
+
 def month_report(central: InfluxClient, config: FederationConfig) -> PercentileReport:
     return percentile_report(
         config, central, AGG, period="month", from_date="2026-11-01", to_date="2026-11-30",
@@ -314,6 +334,25 @@ def main() -> None:
                 f"{outcome.groups:,} rollup points over {len(rollup_dimension_sets(plan.dimensions))}"
                 f" dimension sets; month: {month_outcome.status}, {month_outcome.windows} windows, "
                 f"{month_outcome.groups:,} monthly points)"
+            )
+            # Same-run baselines: the day's window points read bare, and each level re-merged
+            # whole (the month from all of its days), as refreshing did before.
+            after = month_report(central, config)
+            t_read, rows = timed(lambda: read_day_windows(central, config, dc, day.start_ns))
+            t_day, _ = timed(lambda: remerge_day(config, central, AGG, "UTC", day.label, dcs=[dc]))
+            t_month, _ = timed(
+                lambda: remerge_month(config, central, AGG, "UTC", "2026-11", dcs=[dc])
+            )
+            t_whole = t_day + t_month
+            assert month_report(central, config).rows == after.rows, "refresh != whole re-merge"
+            print(
+                f"  bare read of the day's {rows:,} window points: {t_read:.2f} s; whole re-merge "
+                f"of the day {t_day:.2f} s + of the month {t_month:.2f} s = {t_whole:.2f} s"
+            )
+            print(
+                f"  refresh / whole re-merge = {t_merge / t_whole:.2f}x; refresh / bare read of the"
+                f" day = {t_merge / t_read:.2f}x; reports identical; target: refresh < 2 s "
+                f"{'ok' if t_merge < 2 else 'MISSED'}"
             )
             central.close()
     finally:

@@ -55,6 +55,7 @@ __all__ = [
     "decode_many",
     "encode_many",
     "merge_all",
+    "subtract",
     "total_count",
 ]
 
@@ -550,6 +551,41 @@ def merge_all(sketches: Iterable[Sketch], alpha: float | None = None) -> Sketch:
     pos_idx, pos_cnt = _sum_buckets([s._pos_idx for s in items], [s._pos_cnt for s in items], count)
     neg_idx, neg_cnt = _sum_buckets([s._neg_idx for s in items], [s._neg_cnt for s in items], count)
     return Sketch._make(first, lg, count, zeros, pos_idx, pos_cnt, neg_idx, neg_cnt)
+
+
+def subtract(total: Sketch, part: Sketch) -> Sketch:
+    """The histogram of `total`'s values without `part`'s: counts taken away exactly, so
+    ``subtract(merge_all([a, b]), b) == a``.
+
+    Raises ValueError when `part` is not within `total` (a bucket, zero or total count larger
+    than `total`'s) or the two differ in alpha.
+    """
+    if total.alpha != part.alpha:
+        raise ValueError(
+            f"cannot subtract sketches of different accuracy: {total.alpha}, {part.alpha}"
+        )
+    count = total.count - part.count
+    zeros = total.zero_count - part.zero_count
+    if count < 0 or zeros < 0:
+        raise ValueError("the part holds more values than the total")
+    stores = []
+    for idx, cnt, p_idx, p_cnt in (
+        (total._pos_idx, total._pos_cnt, part._pos_idx, part._pos_cnt),
+        (total._neg_idx, total._neg_cnt, part._neg_idx, part._neg_cnt),
+    ):
+        at = np.searchsorted(idx, p_idx)
+        found = at < idx.size
+        found[found] = idx[at[found]] == p_idx[found]
+        if not found.all():
+            raise ValueError("the part has a bucket the total lacks")
+        left = cnt.copy()
+        left[at] -= p_cnt
+        if (left < 0).any():
+            raise ValueError("the part holds more values in a bucket than the total")
+        keep = left > 0
+        stores.append((_frozen(idx[keep]), _frozen(left[keep])))
+    (pi, pc), (ni, nc) = stores
+    return Sketch._make(total.alpha, total._log_gamma, count, zeros, pi, pc, ni, nc)
 
 
 def _encode_body(idx: Int64Array, cnt: Int64Array) -> str:

@@ -20,6 +20,7 @@ from federation.sketch import (
     decode_many,
     encode_many,
     merge_all,
+    subtract,
     total_count,
 )
 from federation.sketch import _decode as _reference_decode
@@ -418,3 +419,27 @@ def test_encode_many_keeps_the_golden_strings():
         _stores([_EMPTY, _EMPTY], [_EMPTY, _EMPTY]),
     ) is None  # fmt: skip
     assert encode_many([huge, spelled]) == [huge.encode(), spelled.encode()]
+
+
+@given(value_arrays, value_arrays, alphas)
+def test_subtract_takes_a_merged_part_away_exactly(a, b, alpha):
+    part = Sketch.from_values(b, alpha)
+    whole = Sketch.from_values(a, alpha)
+    assert subtract(merge_all([whole, part]), part) == whole
+    assert subtract(part, part) == Sketch(alpha)
+    if part.count and whole != merge_all([whole, part]):
+        with pytest.raises(ValueError):
+            subtract(whole, merge_all([whole, part]))
+
+
+def test_subtract_refuses_what_the_total_does_not_hold():
+    total = Sketch.from_buckets(ALPHA, {3: 2, 5: 1}, zero_count=1)
+    with pytest.raises(ValueError, match="lacks"):
+        subtract(total, Sketch.from_buckets(ALPHA, {4: 1}))
+    with pytest.raises(ValueError, match="in a bucket"):
+        subtract(total, Sketch.from_buckets(ALPHA, {5: 2}))
+    with pytest.raises(ValueError, match="more values"):
+        subtract(total, Sketch.from_buckets(ALPHA, zero_count=2))
+    with pytest.raises(ValueError, match="accuracy"):
+        subtract(total, Sketch(0.02))
+    assert subtract(total, Sketch.from_buckets(ALPHA, {3: 2})).encode() == "v1:a=0.01:n=2:z=1:p=5,A"

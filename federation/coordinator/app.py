@@ -32,7 +32,7 @@ from federation.coordinator.tracking import VerifyResult, WindowState, verify_sh
 from federation.durations import format_influx_duration
 from federation.errors import FederationError, InfluxError
 from federation.influx import InfluxClient, credentials_from_env, quote_ident
-from federation.reporting.rollups import refresh_rollups
+from federation.reporting.monthly import refresh_rollups
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ and optionally the coordinator's ledger, returning a value object with `table_ro
 from __future__ import annotations
 
 from federation.reporting.completeness import Completeness, completeness
+from federation.reporting.monthly import refresh_rollups, remerge_month
 from federation.reporting.reports import (
     Metric,
     PercentileReport,
@@ -32,9 +33,7 @@ from federation.reporting.rollups import (
     RemergeOutcome,
     covering_dimension_set,
     monthly_measurement,
-    refresh_rollups,
     remerge_day,
-    remerge_month,
     rollup_dimension_sets,
     rollup_measurement,
 )

@@ -10,7 +10,8 @@ merges a local day's window histograms per DC and writes:
   and the set's dimensions; fields `count` (int), `sketch`, `version` and `build`; timestamp =
   the day's local midnight (in UTC);
 - one `federation_rollup` marker per (aggregation, tz, dc, day): fields `fingerprint` (a digest
-  of the manifests the day was built from), `version`, `windows`, `events`, `dims`.
+  of the manifests the day was built from), `version`, `windows`, `events`, `dims` and
+  `set_groups` (how many points each of those sets holds).
 
 Points go to the DC's central retention policy, beside the windows they summarise. A report uses
 a DC's rollup for a day only when the marker's fingerprint equals the digest of the manifests
@@ -19,13 +20,12 @@ a backfill makes the old rollup stale (the report reads that day's windows inste
 `refresh_rollups` re-merges the day. A day whose windows carry more than one plan version is not
 rolled up (versions are never merged), and its days are read from windows.
 
-Monthly rollups (`remerge_month`) merge a local month's daily rollups the same way, into
-`<aggregation>__monthly` points (same tags and fields; timestamp = the month's local midnight of
-the 1st, in UTC) and one `federation_rollup_monthly` marker per (aggregation, tz, dc, month)
-whose `fingerprint` digests every manifest of the month: a late window on any day makes the
-month stale as well as the day. A month is written only when every one of its days has a daily
-rollup matching the manifests central holds, all of one plan version; `refresh_rollups`
-re-merges the touched days, then their months.
+Monthly rollups (`federation.reporting.monthly`) merge a local month's daily rollups the same
+way, into `<aggregation>__monthly` points (same tags and fields; timestamp = the month's local
+midnight of the 1st, in UTC) and one `federation_rollup_monthly` marker per (aggregation, tz, dc,
+month) whose `fingerprint` digests every manifest of the month: a late window on any day makes
+the month stale as well as the day. `refresh_rollups` there re-merges the touched days, then
+their months.
 
 Re-merging writes the same points again for the same windows, so it is idempotent and safe to
 run from more than one process; a re-merge that raced with a newer shipment leaves a marker that
@@ -43,7 +43,6 @@ from datetime import date, timedelta
 from federation.calendar import CalendarPeriod, period_of, period_windows, periods
 from federation.config import Aggregation, FederationConfig
 from federation.errors import CalendarError, InvalidInput
-from federation.influx import quote_string
 from federation.lineprotocol import serialize
 from federation.points import FieldValue, Point
 from federation.reporting._central import (
@@ -53,7 +52,6 @@ from federation.reporting._central import (
     dc_condition,
     dcs_by_retention_policy,
     fingerprint,
-    manifests_by_period,
     read_manifests,
     select_query,
     stream_rows,
@@ -290,216 +288,6 @@ def days_touched(start_ns: int, window_ns: int, tz: str) -> list[date]:
     return days
 
 
-def refresh_rollups(
-    config: FederationConfig,
-    central: CentralWriter,
-    aggregation: str,
-    changed_windows: Iterable[tuple[str, int]],
-    *,
-    zones: Sequence[str] | None = None,
-) -> list[RemergeOutcome]:
-    """Re-merge every (zone, local day, DC) that one of `changed_windows` ((dc, start_ns) pairs
-    whose data changed: a late window, a backfill) falls in, for each reporting time zone.
-
-    Guarantees: afterwards every touched day's rollup matches the manifests central held when
-    it was read (or the day is left to windows, see `remerge_day`), and then the month of each
-    touched day is re-merged from its daily rollups (or left to days, see `remerge_month`);
-    outcomes list the days, then the months (`level`). A zone whose days the aggregation's
-    windows cannot tile is skipped with a warning. Each day and month is re-merged once
-    however many of its windows changed.
-    """
-    spec = _spec(config, aggregation)
-    targets: dict[tuple[str, date], set[str]] = defaultdict(set)
-    changed = list(changed_windows)
-    for tz in zones if zones is not None else config.fleet.central.reporting_timezones:
-        for dc, start_ns in changed:
-            for day in days_touched(start_ns, spec.window, tz):
-                targets[(tz, day)].add(dc)
-    outcomes: list[RemergeOutcome] = []
-    months: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for (tz, day), dcs in sorted(targets.items()):
-        try:
-            outcomes += remerge_day(config, central, aggregation, tz, day, dcs=dcs)
-        except CalendarError as exc:
-            log.warning("rollups of %s in %s skipped: %s", aggregation, tz, exc)
-            continue
-        months[(tz, day.isoformat()[:7])] |= dcs
-    for (tz, month), dcs in sorted(months.items()):
-        try:
-            outcomes += remerge_month(config, central, aggregation, tz, month, dcs=dcs)
-        except CalendarError as exc:
-            log.warning("monthly rollups of %s in %s skipped: %s", aggregation, tz, exc)
-    return outcomes
-
-
-def _month_period(month: date | str, tz: str) -> CalendarPeriod:
-    """The local month `month` (`2026-11`, or any date in it) in `tz`."""
-    text = month.isoformat() if isinstance(month, date) else month
-    if len(text) == len("2026-11"):
-        text += "-01"
-    found = periods("month", text, text, tz)
-    if not found:
-        raise CalendarError(f"month {month} does not exist in {tz}")
-    return found[0]
-
-
-@dataclass(frozen=True)
-class _DayMarker:
-    fingerprint: str
-    version: str
-    dims: tuple[str, ...]
-
-
-def remerge_month(
-    config: FederationConfig,
-    central: CentralWriter,
-    aggregation: str,
-    tz: str,
-    month: date | str,
-    *,
-    dcs: Iterable[str] | None = None,
-) -> list[RemergeOutcome]:
-    """Rebuild the monthly rollups of one local month in `tz` (`2026-11`, or a date in it) for
-    `dcs` (default: every DC of the fleet) from its daily rollups.
-
-    Guarantees, per DC: only when every local day of the month has a daily rollup whose marker
-    matches the manifests central holds now, all of one plan version, it writes, for each
-    dimension set every day's rollup holds, per group exactly the sum of the bucket counts of
-    those daily rollups (hence of the month's window histograms), then a marker whose
-    fingerprint digests all of the month's manifests. Otherwise it writes nothing and the
-    outcome says why (`no data`, `mixed versions`, `incomplete`). Raises CalendarError when
-    the aggregation's windows cannot tile the month in `tz`, InvalidInput for an unknown
-    aggregation, InfluxError when central fails (a partly written month keeps its old marker,
-    which no longer matches, so reports read its days).
-    """
-    spec = _spec(config, aggregation)
-    _check_dimensions(aggregation, spec.dimensions)
-    period = _month_period(month, tz)
-    period_windows(period, spec.window)
-    first = date.fromisoformat(period.label + "-01")
-    last = (first + timedelta(days=31)).replace(day=1) - timedelta(days=1)
-    days = periods("day", first, last, tz)
-    database = config.fleet.central.database
-    sets = rollup_dimension_sets(spec.dimensions)
-    outcomes: list[RemergeOutcome] = []
-    for rp, rp_dcs, per_dc in _manifests_per_dc(central, config, aggregation, dcs, period):
-        markers = _read_day_markers(central, database, rp, aggregation, tz, rp_dcs, period)
-        for dc in rp_dcs:
-            outcome = _remerge_month_dc(
-                central, database, rp, aggregation, sets, tz, period, days, dc,
-                per_dc.get(dc, []), markers,
-            )  # fmt: skip
-            outcomes.append(outcome)
-    return outcomes
-
-
-def _read_day_markers(
-    central: CentralWriter,
-    database: str,
-    rp: str,
-    aggregation: str,
-    tz: str,
-    dcs: Sequence[str],
-    period: CalendarPeriod,
-) -> dict[tuple[str, int], _DayMarker]:
-    q = select_query(
-        database,
-        rp,
-        ROLLUP_MARKER_MEASUREMENT,
-        ("fingerprint", "version", "dims"),
-        (
-            f'"aggregation" = {quote_string(aggregation)}',
-            f'"tz" = {quote_string(tz)}',
-            dc_condition(dcs),
-        ),
-        period.start_ns,
-        period.end_ns,
-        ("dc",),
-    )
-    return {
-        (tags.get("dc", ""), int(t)): _DayMarker(
-            str(build), str(version or ""), tuple(str(dims or "").split("|"))
-        )
-        for tags, (t, build, version, dims) in stream_rows(central, q, database)
-    }
-
-
-def _remerge_month_dc(
-    central: CentralWriter,
-    database: str,
-    rp: str,
-    aggregation: str,
-    sets: Sequence[tuple[str, ...]],
-    tz: str,
-    period: CalendarPeriod,
-    days: Sequence[CalendarPeriod],
-    dc: str,
-    manifests: Sequence[WindowManifest],
-    markers: dict[tuple[str, int], _DayMarker],
-) -> RemergeOutcome:
-    def outcome(status: str, groups: int = 0, version: str = "") -> RemergeOutcome:
-        return RemergeOutcome(
-            aggregation, tz, period.label, dc, status, len(manifests), groups, version, "month"
-        )
-
-    if not manifests:
-        return outcome("no data")
-    versions = {m.version for m in manifests}
-    if len(versions) > 1:
-        return outcome("mixed versions")
-    version = versions.pop()
-    per_day = manifests_by_period(manifests, days)
-    builds: dict[int, str] = {}
-    held_dims = {dims_tag(s) for s in sets}
-    for start in (d.start_ns for d in days):
-        day = markers.get((dc, start))
-        day_manifests = per_day.get((dc, start))
-        if (
-            day is None
-            or not day_manifests
-            or day.version != version
-            or day.fingerprint != fingerprint(day_manifests)
-        ):
-            log.info("%s %s %s %s: a day is not rolled up", aggregation, tz, period.label, dc)
-            return outcome("incomplete")
-        builds[start] = day.fingerprint
-        held_dims &= set(day.dims)
-    month_sets = [s for s in sets if dims_tag(s) in held_dims]
-    if not month_sets:
-        return outcome("incomplete")
-    index_of = {dims_tag(s): i for i, s in enumerate(month_sets)}
-    merger: SketchMerger[tuple[int, tuple[str, ...]]] = SketchMerger()
-    daily = rollup_measurement(aggregation)
-    q = select_query(
-        database,
-        rp,
-        daily,
-        ("sketch", "build"),
-        (
-            f'"tz" = {quote_string(tz)}',
-            dc_condition([dc]),
-            "(" + " OR ".join(f'"dims" = {quote_string(d)}' for d in index_of) + ")",
-        ),
-        period.start_ns,
-        period.end_ns,
-        ("*",),
-    )
-    for tags, (t, text, build) in stream_rows(central, q, database):
-        index = index_of.get(tags.get("dims", ""))
-        if index is None or builds.get(int(t)) != build:
-            continue  # a stale point of an older build of that day
-        key = tuple(tag_value(tags, d) for d in month_sets[index])
-        merger.add_encoded(((index, key),), text, (daily, dc, t))
-    build = fingerprint(manifests)
-    points = _write_rollup(
-        central, database, rp, monthly_measurement(aggregation), MONTHLY_MARKER_MEASUREMENT,
-        merger.results(), month_sets, tz=tz, dc=dc, aggregation=aggregation, version=version,
-        build=build, start_ns=period.start_ns, manifests=manifests,
-        marker_fields={"days": len(days)},
-    )  # fmt: skip
-    return outcome("written", points, version)
-
-
 def _write_rollup(
     central: CentralWriter,
     database: str,
@@ -538,6 +326,9 @@ def _write_rollup(
         central.write(
             serialize(points[i : i + _WRITE_BATCH]), database=database, retention_policy=rp
         )
+    groups = [0] * len(sets)
+    for index, _ in merged:
+        groups[index] += 1
     marker_values: dict[str, FieldValue] = {
         "fingerprint": build,
         "version": version,
@@ -545,6 +336,8 @@ def _write_rollup(
         "events": sum(m.events for m in manifests),
         **marker_fields,
         "dims": "|".join(dims_tag(s) for s in sets),
+        # How many points each set holds: a reader that finds fewer knows the set is not whole.
+        "set_groups": "|".join(map(str, groups)),
     }
     marker = Point(
         marker_measurement,

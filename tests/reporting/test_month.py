@@ -3,8 +3,11 @@ whose October 2026 has a 25-hour day: percentiles, SLA and rollups against the r
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from federation.calendar import periods
 from federation.clock import parse_rfc3339
 from federation.config import FederationConfig
 from federation.durations import HOUR_NS
-from federation.influx import InfluxClient
+from federation.influx import InfluxClient, Series
 from federation.plan import resolve_plan
 from federation.reporting import (
     PercentileRow,
@@ -331,11 +334,42 @@ def test_a_late_window_makes_the_month_stale_until_refreshed(month: Month) -> No
     total = sum(r.count for r in rows)
     assert total == month.raw.values(MONTH_START, MONTH_END).size
 
-    outcomes = refresh_rollups(month.config, month.central, AGG, [("lon1", late)], zones=[TZ])
+    counting = CountingCentral(month.central)
+    outcomes = refresh_rollups(month.config, counting, AGG, [("lon1", late)], zones=[TZ])
     assert [(o.level, o.day, o.dc, o.status) for o in outcomes] == [
         ("day", "2026-10-17", "lon1", "written"),
         ("month", "2026-10", "lon1", "written"),
     ]
+    # The month cost what changed: its old points and the re-merged day's old and new rollups,
+    # not the daily rollups of all 31 days.
+    assert 0 < counting.rows[rollup_measurement(AGG)] <= 2 * outcomes[0].groups
     refreshed, sources = report()
     assert sources.startswith(f"rollups {TZ}: 93 dc-days (3 dc-months monthly")
     assert refreshed == rows
+    incremental = _monthly_points(month, "lon1")
+    remerge_month(month.config, month.central, AGG, TZ, "2026-10", dcs=["lon1"])  # whole
+    assert _monthly_points(month, "lon1") == incremental
+
+
+def _monthly_points(month: Month, dc: str) -> list[tuple[dict[str, str], list[object]]]:
+    series = month.central.query(
+        f'SELECT "count", "sketch", "build" FROM "federation"."agg_400d".'
+        f'"{monthly_measurement(AGG)}" WHERE "dc" = \'{dc}\' GROUP BY *'
+    )
+    return sorted(((s.tags, s.values) for s in series), key=lambda p: sorted(p[0].items()))
+
+
+@dataclass
+class CountingCentral:
+    """Central, counting the rows each measurement's reads return."""
+
+    inner: InfluxClient
+    rows: Counter[str] = dataclasses.field(default_factory=Counter)
+
+    def iter_series(self, q: str, **kwargs: Any) -> Iterator[Series]:
+        for series in self.inner.iter_series(q, **kwargs):
+            self.rows[series.name] += len(series.values)
+            yield series
+
+    def write(self, body: bytes, **kwargs: Any) -> None:
+        self.inner.write(body, **kwargs)
