@@ -1,6 +1,6 @@
 """Fast readers of the canonical ``v1:`` histogram text (format: `federation.sketch`).
 
-`federation.sketch` holds the reference decoder: vectorised with numpy and explaining every
+`federation._sketch_reference` holds the reference decoder: vectorised with numpy and explaining every
 refusal. Its fixed cost per call (a few dozen numpy calls) dominates for the short strings of
 hourly windows and for reports that read hundreds of thousands of them. The readers here handle
 only what is plainly canonical and answer None for anything else, so the caller asks the
