@@ -26,8 +26,10 @@ def run_once(
     """Compute and ship, through the gateway, every whole window in `[start_ns, end_ns)` of
     every aggregation of DC `dc` (or only `aggregation`), resolved from the local config.
 
-    Plans come from the config directory, not from the coordinator. Returns one RangeResult
-    per aggregation; a failure of one aggregation does not stop the next.
+    Plans come from the config directory, not from the coordinator. Windows that have not
+    ended by `clock` are left out, as the agent leaves them out (`window_choice`): a range
+    reaching into the future covers only what has ended. Returns one RangeResult per
+    aggregation; a failure of one aggregation does not stop the next.
     """
     if end_ns <= start_ns:
         raise InvalidInput("the range is empty: its end must be later than its start")
@@ -52,7 +54,7 @@ def run_once(
                 run_range(
                     plan,
                     start_ns,
-                    end_ns,
+                    min(end_ns, clock.now_ns()),
                     source=source,
                     sink=shipper,
                     clock=clock,

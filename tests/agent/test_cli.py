@@ -197,3 +197,21 @@ def test_interval_options_out_of_bounds_are_refused_in_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {option}: "), result.stderr
     assert "out of bounds" in lines[0]
+
+
+def test_agent_once_computes_no_window_that_has_not_ended_by_its_clock(
+    served: Served, fed: tuple[FederationConfig, int], dc_influxd: InfluxServer,
+    central: InfluxClient, hour0: int,
+) -> None:  # fmt: skip
+    from federation.agent import run_once
+    from federation.clock import FakeClock
+
+    config, _ = fed
+    write_raw(dc_influxd.url, hour0, 2)
+    # By the agent's clock the second hour is still running (the coordinator's says it ended).
+    clock = FakeClock(hour0 + HOUR + 5 * SECOND)
+    (result,) = run_once(
+        config, DC, hour0, hour0 + 2 * HOUR, aggregation="delivery_latency", clock=clock
+    )
+    assert [w.window.start_ns for w in result.windows] == [hour0]
+    assert [m["events"] for m in central_points(central, "federation_manifest")] == [60]
