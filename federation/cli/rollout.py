@@ -207,7 +207,8 @@ def status_command(
     """Which version each DC runs, its health, and any drift (a script changed out of band).
 
     Through the coordinator (reader token): per DC and aggregation the version the config
-    declares, the one desired, the one the agent reports running, and its health.
+    declares, the one desired, the one the agent reports running, and its health; then each DC
+    whose agent reports retention drift (a refused shrink) or a failure.
     """
     from federation.config import load_config
     from federation.rollout import rollout_status
@@ -224,6 +225,11 @@ def status_command(
         columns = ["dc", "aggregation", "config_version", "desired_version", "running_version",
                    "previous_version", "healthy", "state", "last_seen", "detail"]  # fmt: skip
         print_rows(rows, columns, fmt, title="rollout status (coordinator)")
+        for entry in found if fmt is OutputFormat.table else ():
+            retention = entry.get("retention") or {}
+            if retention.get("state") in ("drift", "failed"):
+                out.print(f"retention {retention['state']} on {entry['dc']}: "
+                          f"{retention.get('detail') or 'not converged'}", markup=False)  # fmt: skip
         return
     rows = [vars(r) for r in rollout_status(fed, dc)]
     columns = ["dc", "task_id", "running_version", "desired_version", "state", "healthy", "detail"]

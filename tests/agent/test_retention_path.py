@@ -112,6 +112,9 @@ def test_retention_drift_shows_in_plan_status_metrics_and_the_page(fleet: Fleet)
     assert "tor1" not in [line.split(": ")[0].split()[-1] for line in output.splitlines()
                           if line.startswith("retention")]  # fmt: skip
 
+    code, output = fleet.cli("rollout", "status")
+    assert code == 0 and "retention drift on fra1: SHRINK retention 30d -> 20d" in output, output
+
     headers = {"Authorization": f"Bearer {READER}"}
     metrics = httpx.get(fleet.served.url + "/metrics", headers=headers).text
     assert 'federation_retention_drift{dc="fra1"} 1' in metrics
