@@ -869,3 +869,26 @@ def test_kapacitor_conf_takes_the_token_from_the_environment_given(config_dir: P
     assert with_token.password_set
     assert tomllib.loads(with_token.text)["influxdb"][0]["password"] == secret
     assert secret not in unset.text
+
+
+def test_the_udf_command_starts_without_loading_the_cli() -> None:
+    # Kapacitor starts every UDF process of a task at once and kills one that is slow to answer:
+    # the installed `federation kapacitor-udf` goes straight to the UDF.
+    code = (
+        "import sys\n"
+        "sys.argv = ['federation', 'kapacitor-udf']\n"
+        "from federation._entry import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    print(exc.code, sorted(m for m in sys.modules if m.startswith('federation.cli')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "0 []"
