@@ -10,6 +10,7 @@ DC runs either its old tasks or its new ones, never a mix.
 from __future__ import annotations
 
 import difflib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -51,16 +52,22 @@ def owns(task_id: str, dc: str) -> bool:
 
 @dataclass(frozen=True)
 class TaskSnapshot:
-    """A task's definition, enough to put it back: script, dbrps and whether it was enabled."""
+    """A task's definition, enough to put it back: script, dbrps and whether it was enabled.
+
+    `stale` marks an enabled task whose stored definition changed after it last started: it
+    still runs an older script (a PATCH does not reload), so it differs from any desired task.
+    """
 
     id: str
     script: str
     dbrps: tuple[tuple[str, str], ...]
     enabled: bool
+    stale: bool = False
 
     @classmethod
     def of(cls, task: Task) -> TaskSnapshot:
-        return cls(task.id, task.script, task.dbrps, task.status == "enabled")
+        enabled = task.status == "enabled"
+        return cls(task.id, task.script, task.dbrps, enabled, enabled and task.reload_pending)
 
     @classmethod
     def of_rendered(cls, task: RenderedTask) -> TaskSnapshot:
@@ -102,7 +109,8 @@ class TaskChange:
 def deployed_tasks(client: KapacitorClient, dc: str) -> dict[str, TaskSnapshot]:
     """The federation-owned tasks of `dc` as Kapacitor holds them (raw scripts)."""
     tasks = client.list_tasks(
-        pattern=f"{TASK_PREFIX}*", fields=("script", "dbrps", "status", "executing", "error")
+        pattern=f"{TASK_PREFIX}*",
+        fields=("script", "dbrps", "status", "executing", "error", "modified", "last-enabled"),
     )
     return {t.id: TaskSnapshot.of(t) for t in tasks if owns(t.id, dc)}
 
@@ -161,19 +169,28 @@ def _check_running(client: KapacitorClient, dc: str, task_id: str) -> TaskHealth
     return health
 
 
+SETTLE_S = 2.0
+"""How long a started task must keep executing before it counts as deployed. Kapacitor answers
+an enable before the task's UDF processes have started (each node opens its UDF in a goroutine
+of its own): a UDF that cannot start stops the task a moment later, with the node's error."""
+
+
 def apply_tasks(
     client: KapacitorClient,
     dc: str,
     desired: Sequence[TaskSnapshot],
     *,
     check: Callable[[KapacitorClient, str, str], TaskHealth] = _check_running,
+    settle_s: float = SETTLE_S,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> DeployResult:
     """Bring `dc`'s Kapacitor to exactly the desired tasks, or leave it as it was.
 
     Creates missing tasks, updates changed ones (disable then enable, so the new script really
     runs), deletes owned tasks the plans no longer have, then checks that every desired task is
-    executing without error. On any failure the snapshot taken first is restored and
-    DeploymentError is raised; foreign tasks are never touched.
+    executing without error, and, when any task was started, checks again after `settle_s`.
+    On any failure the snapshot taken first is restored and DeploymentError is raised;
+    foreign tasks are never touched.
     """
     before = deployed_tasks(client, dc)
     changes = plan_tasks(before, desired)
@@ -185,9 +202,10 @@ def apply_tasks(
                 _put(client, change.desired, exists=change.action == "update")
             elif change.action == "delete":
                 client.delete_task(change.task_id)
-        for task in desired:
-            if task.enabled:
-                result.health[task.id] = check(client, dc, task.id)
+        _check_all(client, dc, desired, result, check)
+        if settle_s > 0 and any(c.action in ("create", "update") for c in changes):
+            sleep(settle_s)
+            _check_all(client, dc, desired, result, check)
     except (KapacitorError, DeploymentError) as exc:
         restore_tasks(client, dc, before)
         if isinstance(exc, DeploymentError):
@@ -195,6 +213,18 @@ def apply_tasks(
         task_id = getattr(exc, "task_id", "?")
         raise DeploymentError(dc, task_id, f"{exc} (previous tasks restored)") from exc
     return result
+
+
+def _check_all(
+    client: KapacitorClient,
+    dc: str,
+    desired: Sequence[TaskSnapshot],
+    result: DeployResult,
+    check: Callable[[KapacitorClient, str, str], TaskHealth],
+) -> None:
+    for task in desired:
+        if task.enabled:
+            result.health[task.id] = check(client, dc, task.id)
 
 
 def restore_tasks(client: KapacitorClient, dc: str, snapshot: Mapping[str, TaskSnapshot]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from federation.clock import TimeInputError, parse_rfc3339
 from federation.errors import KapacitorError
 
 __all__ = [
@@ -55,6 +56,17 @@ class Task:
     error: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
+    modified: str = ""
+    last_enabled: str = ""
+
+    @property
+    def reload_pending(self) -> bool:
+        """Whether the stored definition changed after the task last started: a PATCH does not
+        reload a running task, so it still runs the older script."""
+        try:
+            return parse_rfc3339(self.modified) > parse_rfc3339(self.last_enabled)
+        except TimeInputError:  # absent, or Go's zero time: the task never started
+            return False
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Task:
@@ -69,6 +81,8 @@ class Task:
             error=str(data.get("error") or ""),
             stats=dict(data.get("stats") or {}),
             vars=dict(data.get("vars") or {}),
+            modified=str(data.get("modified") or ""),
+            last_enabled=str(data.get("last-enabled") or ""),
         )
 
 

@@ -254,7 +254,9 @@ class KapacitorMode:
         current = TaskSnapshot.of(task)
         if wanted is None or current != wanted:
             running = script_version(current.script)
-            state = "" if current.enabled else " (disabled)"
+            state = " (disabled)" if not current.enabled else ""
+            if current.stale:
+                state = " (changed since it started: it runs an older script)"
             return unhealthy(
                 f"task {task_id} differs from the plan: deployed version {running}{state}, "
                 f"plan version {plan.version}"
