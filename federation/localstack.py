@@ -643,6 +643,9 @@ class KapacitorServer:
     token: str
     prog: str
     gateway_cluster: str = "federation_gateway"
+    udf_timeout: str = "10s"
+    """How long kapacitord waits for any answer of the UDF (its keepalives too) before it kills
+    it; also what paces its keepalive requests (every half of it)."""
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -707,7 +710,7 @@ skip-config-overrides = true
   [udf.functions.fedagg]
     prog = {_toml(self.prog)}
     args = ["kapacitor-udf"]
-    timeout = "10s"
+    timeout = {_toml(self.udf_timeout)}
 """
 
     def start(self, timeout: float = 60.0) -> None:
@@ -735,3 +738,11 @@ skip-config-overrides = true
         """SIGTERM, then SIGKILL after `timeout` seconds."""
         process, self.process = self.process, None
         _terminate(process, timeout)
+
+    def kill(self) -> None:
+        """Kill kapacitord at once (SIGKILL), as a crash would. Its UDF processes see their
+        stdin end and exit; its data directory stays for a `start` on the same port."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(10)

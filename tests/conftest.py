@@ -1,13 +1,22 @@
-"""Shared fixtures: real influxd servers on loopback, and a copy of the example config."""
+"""Shared fixtures: real influxd servers on loopback, a copy of the example config, and Kapacitor
+(a real kapacitord, or the emulator and a real kapacitord in turn: see `kapacitor_fixture`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kapacitor_fixture import (
+    KapacitorFactory,
+    KapacitorUnderTest,
+    StartKapacitord,
+    kapacitord_starter,
+    require_kapacitord,
+)
 
 from federation.influx import InfluxClient
 from federation.localstack import InfluxServer, LocalStack
@@ -72,3 +81,38 @@ def system_binary(name: str, package: str) -> str:
 def promtool() -> str:
     """Prometheus' `promtool` (Debian package `prometheus`)."""
     return system_binary("promtool", "prometheus")
+
+
+@pytest.fixture(scope="session")
+def kapacitord_binary() -> str:
+    """The kapacitord FEDERATION_KAPACITORD names; skipped without one (failed under CI=true)."""
+    return require_kapacitord()
+
+
+@pytest.fixture
+def start_kapacitord(kapacitord_binary: str, tmp_path: Path) -> Iterator[StartKapacitord]:
+    """A factory of real kapacitords, each stopped when the test ends (`kapacitor_fixture`)."""
+    with kapacitord_starter(kapacitord_binary, tmp_path / "kapacitord") as start:
+        yield start
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("emulator", id="emulator"),
+        pytest.param("kapacitord", id="kapacitord", marks=pytest.mark.kapacitor),
+    ]
+)
+def kapacitors(request: pytest.FixtureRequest) -> Iterator[KapacitorFactory]:
+    """Kapacitors per DC, emulated in one run of the test and real in the other."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "emulator":
+            yield KapacitorFactory("emulator", stack)
+            return
+        start: StartKapacitord = request.getfixturevalue("start_kapacitord")
+        yield KapacitorFactory("kapacitord", stack, start)
+
+
+@pytest.fixture
+def kapacitor(kapacitors: KapacitorFactory) -> KapacitorUnderTest:
+    """DC dub1's Kapacitor: the emulator, then a real kapacitord."""
+    return kapacitors.new("dub1")

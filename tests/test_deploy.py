@@ -1,10 +1,14 @@
-"""Deploying rendered tasks into a Kapacitor (the documented API, emulated)."""
+"""Deploying rendered tasks into a Kapacitor: each test runs against the emulator and against a
+real kapacitord (the `kapacitor` fixture), except where it needs a fault only the emulator
+injects."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kapacitor_fixture import STALE, KapacitorUnderTest
 
 from federation.config import load_config
 from federation.deploy import (
@@ -27,32 +31,28 @@ def desired(dc: str = "dub1") -> list[TaskSnapshot]:
 
 
 @pytest.fixture
-def emulator() -> KapacitorEmulator:
-    return KapacitorEmulator()
-
-
-@pytest.fixture
-def client(emulator: KapacitorEmulator) -> KapacitorClient:
-    return KapacitorClient("http://kapacitor.test:9092", transport=emulator.transport())
+def client(kapacitor: KapacitorUnderTest) -> Iterator[KapacitorClient]:
+    with kapacitor.client() as client:
+        yield client
 
 
 FOREIGN = "stream\n    |from()\n        .measurement('cpu')\n    |log()\n"
 
 
 def test_first_deployment_creates_and_runs_every_task(
-    client: KapacitorClient, emulator: KapacitorEmulator
+    client: KapacitorClient, kapacitor: KapacitorUnderTest
 ) -> None:
     tasks = desired()
     result = apply_tasks(client, "dub1", tasks)
     assert [c.action for c in result.changes] == ["create", "create"]
     for task in tasks:
-        assert emulator.running_script(task.id) == task.script
+        assert kapacitor.running_script(task.id) == task.script
         assert result.health[task.id].executing
     assert apply_tasks(client, "dub1", tasks).changed is False
 
 
 def test_update_reloads_the_running_script(
-    client: KapacitorClient, emulator: KapacitorEmulator
+    client: KapacitorClient, kapacitor: KapacitorUnderTest
 ) -> None:
     old = desired()
     apply_tasks(client, "dub1", old)
@@ -60,9 +60,12 @@ def test_update_reloads_the_running_script(
         TaskSnapshot(t.id, t.script.replace(".accuracy(0.01)", ".accuracy(0.02)"), t.dbrps, True)
         for t in old
     ]
+    # A PATCH alone leaves the running task on its old script: that is why deploying reloads.
+    client.update_task(new[-1].id, script=new[-1].script)
+    assert kapacitor.running_script(new[-1].id) == STALE
     result = apply_tasks(client, "dub1", new)
     assert {c.action for c in result.changes} == {"update"}
-    assert all(emulator.running_script(t.id) == t.script for t in new)
+    assert all(kapacitor.running_script(t.id) == t.script for t in new)
     assert "-        .accuracy(0.01)" in result.changes[0].diff()
 
 
@@ -93,18 +96,34 @@ def test_a_refused_update_restores_the_previous_tasks(client: KapacitorClient) -
 
 
 def test_a_task_that_fails_to_start_leaves_the_dc_as_it_was(
-    client: KapacitorClient, emulator: KapacitorEmulator
+    client: KapacitorClient, kapacitor: KapacitorUnderTest
 ) -> None:
     tasks = desired()
-    emulator.fail_enable(tasks[1].id, "failed to start: no such InfluxDB config federation_gateway")
-    with pytest.raises(DeploymentError, match="no such InfluxDB config"):
+    kapacitor.break_udf()
+    # Kapacitor accepts the enable; the task then stops with its UDF node's error.
+    with pytest.raises(
+        DeploymentError,
+        match=r"deployed but not running: fedagg\d+: failed to initialize processes the UDF refuses",
+    ):
         apply_tasks(client, "dub1", tasks)
     assert deployed_tasks(client, "dub1") == {}
 
 
-def test_health_reports_node_errors_and_dead_udf(
-    client: KapacitorClient, emulator: KapacitorEmulator
-) -> None:
+def test_a_task_refused_at_enable_leaves_the_dc_as_it_was() -> None:
+    emulator = KapacitorEmulator()
+    with KapacitorClient("http://kapacitor.test:9092", transport=emulator.transport()) as client:
+        tasks = desired()
+        emulator.fail_enable(
+            tasks[1].id, "failed to start: no such InfluxDB config federation_gateway"
+        )
+        with pytest.raises(DeploymentError, match="no such InfluxDB config"):
+            apply_tasks(client, "dub1", tasks)
+        assert deployed_tasks(client, "dub1") == {}
+
+
+def test_health_reports_node_errors_and_dead_udf() -> None:
+    emulator = KapacitorEmulator()
+    client = KapacitorClient("http://kapacitor.test:9092", transport=emulator.transport())
     tasks = desired()
     apply_tasks(client, "dub1", tasks)
     emulator.set_node_stats(tasks[0].id, "influxdb_out4", write_errors=3)

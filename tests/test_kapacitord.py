@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ import httpx
 import pytest
 import uvicorn
 import yaml
+from kapacitor_fixture import federation_command
 
 from federation.agent import AgentSettings, RunIds, build_agent, compute_window
 from federation.clock import SystemClock
@@ -34,14 +33,13 @@ from federation.coordinator.app import ensure_central
 from federation.coordinator.service import CoordinatorSettings, Tokens
 from federation.influx import InfluxClient, quote_ident
 from federation.lineprotocol import serialize
-from federation.localstack import KapacitorServer, LocalStack, find_kapacitord, free_port
+from federation.localstack import KapacitorServer, LocalStack, free_port
 from federation.plan import AggregationPlan
 from federation.points import Point
 from federation.windows import windows_between
 
 pytestmark = pytest.mark.kapacitor
 
-KAPACITORD_ENV = "FEDERATION_KAPACITORD"
 DC = "dub1"
 SECOND = 10**9
 HOUR = 3600 * SECOND
@@ -49,29 +47,6 @@ HOUR = 3600 * SECOND
 
 def token(dc: str) -> str:
     return f"agent-secret-{dc}"
-
-
-@pytest.fixture
-def kapacitord_binary() -> str:
-    """The kapacitord binary FEDERATION_KAPACITORD names; the test is skipped without one."""
-    path = find_kapacitord()
-    if path is None:
-        pytest.skip(
-            "FEDERATION_KAPACITORD does not name a kapacitord binary: "
-            "no real Kapacitor on this machine"
-        )
-    return path
-
-
-def federation_command() -> str:
-    """The installed `federation` executable, beside this interpreter or on PATH."""
-    beside = Path(sys.executable).parent / "federation"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("federation")
-    if found is None:
-        pytest.fail("the `federation` command is not installed (pip install -e .)")
-    return found
 
 
 @contextlib.contextmanager

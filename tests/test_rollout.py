@@ -1,4 +1,6 @@
-"""Rollout across DCs' Kapacitors: canary first, stop at the first failure, rollback, drift."""
+"""Rollout across DCs' Kapacitors: canary first, stop at the first failure, rollback, drift.
+
+The tests taking `kapacitor_fleet` run against the emulator and against real kapacitords."""
 
 from __future__ import annotations
 
@@ -6,12 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kapacitor_fixture import KapacitorFactory, KapacitorUnderTest
 
 from federation.config import FederationConfig, load_config
 from federation.deploy import deployed_tasks, script_version
 from federation.errors import FederationError
 from federation.kapacitor import KapacitorClient
 from federation.rollout import (
+    ClientFactory,
     RolloutState,
     rollout_apply,
     rollout_plan,
@@ -36,10 +40,20 @@ def emulators() -> dict[str, KapacitorEmulator]:
     return {dc: KapacitorEmulator() for dc in ("dub1", "fra1", "lon1")}
 
 
+@pytest.fixture
+def kapacitor_fleet(kapacitors: KapacitorFactory) -> dict[str, KapacitorUnderTest]:
+    """The Kapacitors of dub1, fra1 and lon1: emulated, then real kapacitords."""
+    return {dc: kapacitors.new(dc) for dc in ("dub1", "fra1", "lon1")}
+
+
 def factory(emulators: dict[str, KapacitorEmulator]):  # type: ignore[no-untyped-def]
     return lambda dc: KapacitorClient(
         f"http://kapacitor.{dc}:9092", transport=emulators[dc].transport()
     )
+
+
+def clients_of(kapacitor_fleet: dict[str, KapacitorUnderTest]) -> ClientFactory:
+    return lambda dc: kapacitor_fleet[dc].client()
 
 
 def bump_accuracy(config_dir: Path) -> FederationConfig:
@@ -48,8 +62,8 @@ def bump_accuracy(config_dir: Path) -> FederationConfig:
     return load_config(config_dir)
 
 
-def versions(emulators: dict[str, KapacitorEmulator], dc: str) -> set[str | None]:
-    with factory(emulators)(dc) as client:
+def versions(clients: ClientFactory, dc: str) -> set[str | None]:
+    with clients(dc) as client:
         return {
             script_version(t.script)
             for t in deployed_tasks(client, dc).values()
@@ -68,19 +82,19 @@ def test_plan_shows_diffs_and_changes_nothing(
 
 
 def test_canary_first_then_the_rest(
-    fleet: FederationConfig, emulators: dict[str, KapacitorEmulator], tmp_path: Path
+    fleet: FederationConfig, kapacitor_fleet: dict[str, KapacitorUnderTest], tmp_path: Path
 ) -> None:
     order: list[str] = []
     result = rollout_apply(
         fleet,
         state=RolloutState(tmp_path / "state.json"),
         canary="lon1",
-        clients=factory(emulators),
+        clients=clients_of(kapacitor_fleet),
         gate=order.append,
     )
     assert result.ok and result.done == ["lon1", "dub1", "fra1"] == order
     again = rollout_apply(
-        fleet, state=RolloutState(tmp_path / "state.json"), clients=factory(emulators)
+        fleet, state=RolloutState(tmp_path / "state.json"), clients=clients_of(kapacitor_fleet)
     )
     assert again.done == [] and again.unchanged == ["dub1", "fra1", "lon1"]
 
@@ -88,25 +102,24 @@ def test_canary_first_then_the_rest(
 def test_failure_mid_wave_stops_it_and_every_dc_runs_one_whole_version(
     fleet: FederationConfig,
     config_dir: Path,
-    emulators: dict[str, KapacitorEmulator],
+    kapacitor_fleet: dict[str, KapacitorUnderTest],
     tmp_path: Path,
 ) -> None:
+    clients = clients_of(kapacitor_fleet)
     state = RolloutState(tmp_path / "state.json")
-    assert rollout_apply(fleet, state=state, clients=factory(emulators)).ok
-    old = versions(emulators, "dub1")
+    assert rollout_apply(fleet, state=state, clients=clients).ok
+    old = versions(clients, "dub1")
     new_config = bump_accuracy(config_dir)
-    emulators["fra1"].fail_enable(
-        "fed-delivery_latency-fra1", "failed to start task: udf fedagg not found"
-    )
-    result = rollout_apply(new_config, state=state, canary="dub1", clients=factory(emulators))
+    kapacitor_fleet["fra1"].break_udf()
+    result = rollout_apply(new_config, state=state, canary="dub1", clients=clients)
     assert not result.ok and result.failed == "fra1" and result.done == ["dub1"]
     assert result.not_reached == ["lon1"]
-    assert "udf fedagg not found" in (result.error or "")
-    assert versions(emulators, "dub1") != old  # the canary went ahead
-    emulators["fra1"].clear_enable_failure("fed-delivery_latency-fra1")
-    assert versions(emulators, "fra1") == old == versions(emulators, "lon1")
+    assert "failed to initialize processes the UDF refuses" in (result.error or "")
+    assert versions(clients, "dub1") != old  # the canary went ahead
+    kapacitor_fleet["fra1"].repair_udf()
+    assert versions(clients, "fra1") == old == versions(clients, "lon1")
     for dc in ("dub1", "fra1", "lon1"):
-        assert len(versions(emulators, dc)) == 1
+        assert len(versions(clients, dc)) == 1
 
 
 def test_health_gate_failure_restores_the_canary(
@@ -117,7 +130,7 @@ def test_health_gate_failure_restores_the_canary(
 ) -> None:
     state = RolloutState(tmp_path / "state.json")
     rollout_apply(fleet, state=state, clients=factory(emulators))
-    old = versions(emulators, "dub1")
+    old = versions(factory(emulators), "dub1")
 
     def gate(dc: str) -> None:
         raise FederationError("next window not verified within 2 windows")
@@ -126,38 +139,43 @@ def test_health_gate_failure_restores_the_canary(
         bump_accuracy(config_dir), state=state, canary="dub1", clients=factory(emulators), gate=gate
     )
     assert result.failed == "dub1" and result.done == [] and "not verified" in (result.error or "")
-    assert versions(emulators, "dub1") == old
+    assert versions(factory(emulators), "dub1") == old
 
 
 def test_rollback_restores_the_previous_version(
     fleet: FederationConfig,
     config_dir: Path,
-    emulators: dict[str, KapacitorEmulator],
+    kapacitor_fleet: dict[str, KapacitorUnderTest],
     tmp_path: Path,
 ) -> None:
+    clients = clients_of(kapacitor_fleet)
     state = RolloutState(tmp_path / "state.json")
-    rollout_apply(fleet, state=state, clients=factory(emulators))
-    old = versions(emulators, "lon1")
+    rollout_apply(fleet, state=state, clients=clients)
+    old = versions(clients, "lon1")
     new_config = bump_accuracy(config_dir)
-    assert rollout_apply(new_config, state=state, clients=factory(emulators)).ok
-    assert versions(emulators, "lon1") != old
-    outcome = rollout_rollback(new_config, state=state, clients=factory(emulators))
+    assert rollout_apply(new_config, state=state, clients=clients).ok
+    assert versions(clients, "lon1") != old
+    outcome = rollout_rollback(new_config, state=state, clients=clients)
     assert all(v.startswith("restored") for v in outcome.values()), outcome
-    assert versions(emulators, "lon1") == old
-    assert emulators["lon1"].running_script("fed-delivery_latency-lon1") is not None
+    assert versions(clients, "lon1") == old
+    with clients("lon1") as client:
+        restored = client.get_task("fed-delivery_latency-lon1")
+    assert restored is not None
+    assert kapacitor_fleet["lon1"].running_script(restored.id) == restored.script
 
 
 def test_status_reports_versions_and_drift(
-    fleet: FederationConfig, emulators: dict[str, KapacitorEmulator], tmp_path: Path
+    fleet: FederationConfig, kapacitor_fleet: dict[str, KapacitorUnderTest], tmp_path: Path
 ) -> None:
-    rollout_apply(fleet, state=RolloutState(tmp_path / "s.json"), clients=factory(emulators))
-    with factory(emulators)("dub1") as client:
+    clients = clients_of(kapacitor_fleet)
+    rollout_apply(fleet, state=RolloutState(tmp_path / "s.json"), clients=clients)
+    with clients("dub1") as client:
         task = client.get_task("fed-delivery_latency-dub1")
         assert task is not None
         client.update_task(
             task.id, script=task.script.replace(".minGroupEvents(5)", ".minGroupEvents(1)")
         )
-    rows = {(r.dc, r.task_id): r for r in rollout_status(fleet, clients=factory(emulators))}
+    rows = {(r.dc, r.task_id): r for r in rollout_status(fleet, clients=clients)}
     assert rows[("dub1", "fed-delivery_latency-dub1")].state == "drift"
     assert rows[("lon1", "fed-delivery_latency-lon1")].state == "current"
     assert rows[("lon1", "fed-delivery_latency-lon1")].healthy is True

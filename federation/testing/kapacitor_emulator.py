@@ -10,7 +10,8 @@ Serve it three ways: `transport()` for an in-process `httpx.Client`, `app` (a St
 app) and `serve()` (uvicorn on loopback, for a separate process such as a real agent).
 
 Fault injection for tests: `fail_enable` (enabling answers 500, the task stays saved and enabled
-but not executing), `set_node_stats` (`errors`, `write_errors`), `fail_task` (the task stops with
+but not executing, as when a node cannot be created), `fail_udf_start` (the enable is accepted,
+then the task stops with its UDF node's init error, as Kapacitor does), `set_node_stats` (`errors`, `write_errors`), `fail_task` (the task stops with
 "task finished with error", as when its UDF dies), `fail_replays`, `replay_polls` (how many GETs
 a replay answers 202 before finishing) and `on_replay` (a callback doing the replay's work).
 
@@ -151,6 +152,7 @@ class KapacitorEmulator:
         self.requests: list[tuple[str, str]] = []
         self._enable_failures: dict[str, str] = {}
         self._replay_failure: str | None = None
+        self._udf_failure: str | None = None
         self._lock = threading.Lock()
 
     # --- fault injection and inspection -----------------------------------------------------
@@ -158,6 +160,13 @@ class KapacitorEmulator:
     def fail_enable(self, task_id: str, message: str = "failed to start task") -> None:
         """Make every start of `task_id` fail: 500, saved and enabled, executing false."""
         self._enable_failures[task_id] = message
+
+    def fail_udf_start(self, message: str | None = "refused") -> None:
+        """Make every later start of a task that calls a UDF fail as Kapacitor's does when the
+        UDF refuses its init request with `message`: the enable is accepted (200: Kapacitor
+        starts UDF processes after answering), then the task stops with a UDF node's error
+        (`fedagg2: failed to initialize processes <message>`). None: UDFs start again."""
+        self._udf_failure = message
 
     def clear_enable_failure(self, task_id: str) -> None:
         """Let `task_id` start again."""
@@ -422,6 +431,12 @@ class KapacitorEmulator:
             task.running_script = None
             task.error = failure
             raise _HttpError(500, failure)
+        udf_node = _first_udf_node(task.script)
+        if self._udf_failure is not None and udf_node is not None:
+            task.executing = False
+            task.running_script = None
+            task.error = f"{udf_node}: failed to initialize processes {self._udf_failure}"
+            return
         task.executing = True
         task.error = ""
         task.running_script = task.script
@@ -525,6 +540,19 @@ def _formatted(script: str) -> str:
         return format_script(parse(script))
     except Exception:
         return script
+
+
+_CHAIN_CALL = re.compile(r"([|@])\s*([A-Za-z]\w*)\s*\(")
+
+
+def _first_udf_node(script: str) -> str | None:
+    """The name Kapacitor gives the script's first UDF node: the UDF's name and the node's id,
+    counting the chain calls in order after the source node (`batch0`, `query1`, `fedagg2`)."""
+    code = "\n".join(line.split("//", 1)[0] for line in script.splitlines())
+    for node_id, match in enumerate(_CHAIN_CALL.finditer(code), start=1):
+        if match.group(1) == "@":
+            return f"{match.group(2)}{node_id}"
+    return None
 
 
 def _json(body: bytes) -> dict[str, Any]:

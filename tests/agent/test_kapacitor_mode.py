@@ -1,4 +1,5 @@
-"""The Kapacitor execution mode against the Kapacitor emulator (the documented API).
+"""The Kapacitor execution mode against the Kapacitor emulator (the documented API); tests taking
+the `kapacitor` fixture run against a real kapacitord too.
 
 The emulator stores and "runs" tasks by state only: it executes no TICKscript and starts no UDF.
 Where a test needs what Kapacitor would ship for a replayed window, the emulator's `on_replay`
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kapacitor_fixture import KapacitorUnderTest
 
 from federation.agent import (
     AgentSettings,
@@ -119,14 +121,15 @@ def example_plans(dc: str = "dub1") -> list[AggregationPlan]:
 
 
 def test_apply_creates_updates_and_deletes_tasks_and_reports_healthy(
-    client: KapacitorClient, emulator: KapacitorEmulator
+    kapacitor: KapacitorUnderTest,
 ) -> None:
+    client = kapacitor.client()
     client.create_task("cpu_alert", FOREIGN, [("telegraf", "autogen")], type="stream")
     mode = new_mode(client)
     direction, latency = example_plans()
     mode.apply([direction, latency])
     for plan in (direction, latency):
-        script = emulator.running_script(plan.task_id)
+        script = kapacitor.running_script(plan.task_id)
         assert script is not None and script_version(script) == plan.version
     health = mode.health()
     assert [(h.aggregation, h.healthy) for h in health] == [
@@ -137,11 +140,10 @@ def test_apply_creates_updates_and_deletes_tasks_and_reports_healthy(
 
     changed = replace(latency, accuracy=0.02)
     mode.apply([changed])
-    running = emulator.running_script(changed.task_id)
+    running = kapacitor.running_script(changed.task_id)
     assert running is not None and script_version(running) == changed.version
     assert ".accuracy(0.02)" in running
-    assert direction.task_id not in emulator.tasks
-    assert "cpu_alert" in emulator.tasks
+    assert {t.id for t in client.list_tasks()} == {"cpu_alert", changed.task_id}
     assert [(h.aggregation, h.version, h.healthy) for h in mode.health()] == [
         ("delivery_latency", changed.version, True)
     ]
