@@ -42,6 +42,22 @@ class MeasurementSchema:
     fields: dict[str, FieldType]
 
 
+def manifest_schema() -> MeasurementSchema:
+    """The manifest every plan ships per window, aggregation or detection alike."""
+    return MeasurementSchema(MANIFEST_MEASUREMENT, ("aggregation", "dc"), dict(_MANIFEST_FIELDS))
+
+
+def raw_source(database: str, retention_policy: str, measurement: str) -> str:
+    """The fully qualified `"db"."rp"."m"` a plan's query reads (Kapacitor requires it)."""
+    return ".".join(quote_ident(p) for p in (database, retention_policy, measurement))
+
+
+def content_version(identity: Mapping[str, object]) -> str:
+    """A plan version: the first 12 hex digits of the SHA-256 of its canonical identity."""
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class AggregationPlan:
     """What one DC computes for one aggregation, and exactly what it may ship."""
@@ -90,9 +106,7 @@ class AggregationPlan:
         """
         columns = [quote_ident(self.value_field)]
         columns += [f"{quote_ident(d)}::tag" for d in self.dimensions]
-        source = ".".join(
-            quote_ident(p) for p in (self.database, self.retention_policy, self.measurement)
-        )
+        source = raw_source(self.database, self.retention_policy, self.measurement)
         return f"SELECT {', '.join(columns)} FROM {source}"
 
     def query_between(self, start_ns: int, stop_ns: int) -> str:
@@ -113,9 +127,7 @@ class AggregationPlan:
 
     @property
     def manifest_schema(self) -> MeasurementSchema:
-        return MeasurementSchema(
-            MANIFEST_MEASUREMENT, ("aggregation", "dc"), dict(_MANIFEST_FIELDS)
-        )
+        return manifest_schema()
 
     @property
     def version(self) -> str:
@@ -137,8 +149,7 @@ class AggregationPlan:
             "min_group_events": self.min_group_events,
             "schema": "v1",
         }
-        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return content_version(identity)
 
 
 def resolve_plan(

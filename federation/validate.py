@@ -1,4 +1,5 @@
-"""`federation validate`: load a config directory and resolve every aggregation for every DC."""
+"""`federation validate`: load a config directory and resolve every aggregation and detection
+for every DC."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from federation.config import FederationConfig, load_config
+from federation.detection_plan import DetectionPlan, resolve_detections
 from federation.durations import format_duration
 from federation.errors import ConfigProblems
 from federation.ingest.schema import schema_problems
@@ -16,6 +18,7 @@ from federation.plan import AggregationPlan, resolve_all
 class ValidationResult:
     config: FederationConfig
     plans: list[AggregationPlan]
+    detections: list[DetectionPlan]
 
 
 def validate_config(root: Path | str) -> ValidationResult:
@@ -32,7 +35,7 @@ def validate_config(root: Path | str) -> ValidationResult:
         problems = [*exc.problems, *problems]
     if problems:
         raise ConfigProblems(problems)
-    return ValidationResult(config, plans)
+    return ValidationResult(config, plans, resolve_detections(config))
 
 
 def summarize(result: ValidationResult) -> str:
@@ -63,5 +66,16 @@ def summarize(result: ValidationResult) -> str:
             f"  {plan.aggregation:<20} {plan.dc:<6} version {plan.version}  "
             f"window {format_duration(plan.window_ns)} x{plan.lookback_windows} look-back  "
             f"by {', '.join(plan.dimensions) or '(none)'}{dropped}  k >= {plan.min_group_events}"
+        )
+    if result.detections:
+        lines.append(
+            f"detections ({len(config.detections)}), local to each DC (findings never leave it):"
+        )
+    for det in result.detections:
+        counted = f"distinct {det.distinct}" if det.distinct else "events"
+        lines.append(
+            f"  {det.detection:<22} {det.dc:<6} version {det.version}  "
+            f"window {format_duration(det.window_ns)} x{det.lookback_windows} look-back  "
+            f"{counted} per {det.key} >= {det.at_least} and >= {det.factor:g}x the median"
         )
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Config models and loading: fleet, per-region policies, the aggregation catalog."""
+"""Config models and loading: fleet, per-region policies, the aggregation and detection catalog."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from federation.config.models import (
     Central,
     CentralRetention,
     DataCenter,
+    Detection,
+    DetectionSource,
     Fleet,
     InfluxEndpoint,
     KapacitorEndpoint,
@@ -15,6 +17,7 @@ from federation.config.models import (
     RawMeasurement,
     RawRetention,
     Source,
+    Threshold,
 )
 
 __all__ = [
@@ -22,6 +25,8 @@ __all__ = [
     "Central",
     "CentralRetention",
     "DataCenter",
+    "Detection",
+    "DetectionSource",
     "FederationConfig",
     "Fleet",
     "InfluxEndpoint",
@@ -30,5 +35,6 @@ __all__ = [
     "RawMeasurement",
     "RawRetention",
     "Source",
+    "Threshold",
     "load_config",
 ]

@@ -10,14 +10,21 @@ Layout of a config directory:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from federation.config.models import Aggregation, DataCenter, Fleet, Policy
+from federation.config.models import (
+    Aggregation,
+    DataCenter,
+    Detection,
+    Fleet,
+    Policy,
+    RawMeasurement,
+)
 from federation.config.yamlfile import KeyLines, load_yaml
 from federation.errors import ConfigError, ConfigProblems
 
@@ -34,6 +41,7 @@ class FederationConfig:
     aggregations: dict[str, Aggregation]
     policy_hashes: dict[str, str] = field(default_factory=dict)
     templates_dir: Path = Path("tickscripts")
+    detections: dict[str, Detection] = field(default_factory=dict)
 
     def dc(self, name: str) -> DataCenter:
         """The DC called `name`; ConfigError naming the known DCs otherwise."""
@@ -76,13 +84,9 @@ def _problems_from(exc: ValidationError, file: str, lines: KeyLines) -> list[Con
     return problems
 
 
-def parse_model_file(
-    model: type[M], path: Path, display: str, problems: list[ConfigError]
-) -> tuple[M | None, KeyLines]:
-    """Load one YAML file into `model`; append every problem (with lines) to `problems`.
-
-    Returns the model (None when it did not validate) and the key lines, for further checks.
-    """
+def _load_mapping(
+    path: Path, display: str, problems: list[ConfigError]
+) -> tuple[dict[str, object] | None, KeyLines]:
     try:
         data, lines = load_yaml(path, display)
     except ConfigProblems as exc:
@@ -94,11 +98,44 @@ def parse_model_file(
     if not isinstance(data, dict):
         problems.append(ConfigError(display, "", "expected a mapping at the top level"))
         return None, lines
+    return data, lines
+
+
+def _validate(
+    model: type[M], data: dict[str, object], display: str, lines: KeyLines,
+    problems: list[ConfigError],
+) -> M | None:  # fmt: skip
     try:
-        return model.model_validate(data), lines
+        return model.model_validate(data)
     except ValidationError as exc:
         problems.extend(_problems_from(exc, display, lines))
+        return None
+
+
+def parse_model_file(
+    model: type[M], path: Path, display: str, problems: list[ConfigError]
+) -> tuple[M | None, KeyLines]:
+    """Load one YAML file into `model`; append every problem (with lines) to `problems`.
+
+    Returns the model (None when it did not validate) and the key lines, for further checks.
+    """
+    data, lines = _load_mapping(path, display, problems)
+    if data is None:
         return None, lines
+    return _validate(model, data, display, lines, problems), lines
+
+
+def parse_catalog_file(
+    path: Path, display: str, problems: list[ConfigError]
+) -> tuple[Aggregation | Detection | None, KeyLines]:
+    """One file of the catalog in `tickscripts/`: an aggregation, or (`kind: detection`) a
+    detection; problems appended as `parse_model_file` does."""
+    data, lines = _load_mapping(path, display, problems)
+    if data is None:
+        return None, lines
+    if data.get("kind", "aggregation") == "detection":
+        return _validate(Detection, data, display, lines, problems), lines
+    return _validate(Aggregation, data, display, lines, problems), lines
 
 
 def load_config(root: Path | str = ".") -> FederationConfig:
@@ -144,30 +181,36 @@ def load_config(root: Path | str = ".") -> FederationConfig:
 
     templates_dir = root / "tickscripts"
     aggregations: dict[str, Aggregation] = {}
-    aggregation_lines: dict[str, tuple[str, KeyLines]] = {}
+    detections: dict[str, Detection] = {}
+    catalog_lines: dict[str, tuple[str, KeyLines]] = {}
     for path in sorted(templates_dir.glob("*.yaml")):
-        aggregation, lines = parse_model_file(Aggregation, path, rel(path), problems)
-        if aggregation is None:
+        entry, lines = parse_catalog_file(path, rel(path), problems)
+        if entry is None:
             continue
-        if aggregation.name in aggregations:
-            first = aggregation_lines[aggregation.name][0]
+        if entry.name in catalog_lines:
+            # Aggregations and detections share one namespace: central measurements, the
+            # manifest's `aggregation` tag and Kapacitor task ids are all named by it.
+            first = catalog_lines[entry.name][0]
             problems.append(
                 ConfigError(
                     rel(path),
                     "name",
-                    f"aggregation {aggregation.name!r} is also declared in {first}",
+                    f"{entry.kind} {entry.name!r}: the name is also declared in {first}",
                     lines.get("name"),
                 )
             )
             continue
-        aggregations[aggregation.name] = aggregation
-        aggregation_lines[aggregation.name] = (rel(path), lines)
-        if not (templates_dir / aggregation.template).is_file():
+        if isinstance(entry, Detection):
+            detections[entry.name] = entry
+        else:
+            aggregations[entry.name] = entry
+        catalog_lines[entry.name] = (rel(path), lines)
+        if not (templates_dir / entry.template).is_file():
             problems.append(
                 ConfigError(
                     rel(path),
                     "template",
-                    f"template file {rel(templates_dir / aggregation.template)} does not exist",
+                    f"template file {rel(templates_dir / entry.template)} does not exist",
                     lines.get("template"),
                 )
             )
@@ -178,8 +221,11 @@ def load_config(root: Path | str = ".") -> FederationConfig:
     if fleet is not None:
         _check_fleet(fleet, rel(fleet_path), fleet_lines, policies, problems.append, root)
         for name, aggregation in aggregations.items():
-            file, lines = aggregation_lines[name]
-            _check_aggregation(aggregation, fleet, policies, file, lines, problems.append)
+            problem = _problem_in(*catalog_lines[name], problems.append)
+            _check_aggregation(aggregation, fleet, policies, problem)
+        for name, detection in detections.items():
+            problem = _problem_in(*catalog_lines[name], problems.append)
+            _check_detection(detection, fleet, policies, problem)
 
     if problems:
         raise ConfigProblems(problems)
@@ -191,10 +237,20 @@ def load_config(root: Path | str = ".") -> FederationConfig:
         aggregations=aggregations,
         policy_hashes=hashes,
         templates_dir=templates_dir,
+        detections=detections,
     )
 
 
 Report = Callable[[ConfigError], None]
+Problem = Callable[[str, str], None]
+"""Report a problem at a key path of one file: `problem("source.field", "is personal data")`."""
+
+
+def _problem_in(file: str, lines: KeyLines, report: Report) -> Problem:
+    def problem(path: str, message: str) -> None:
+        report(ConfigError(file, path, message, line_for(lines, path)))
+
+    return problem
 
 
 def _check_policy(policy: Policy, file: str, lines: KeyLines, report: Report) -> None:
@@ -256,29 +312,37 @@ def _check_fleet(
             )
 
 
-def _check_aggregation(
-    aggregation: Aggregation,
+def _source_per_region(
+    measurement: str,
     fleet: Fleet,
     policies: dict[str, Policy],
-    file: str,
-    lines: KeyLines,
-    report: Report,
-) -> None:
-    def problem(path: str, message: str) -> None:
-        report(ConfigError(file, path, message, line_for(lines, path)))
-
+    problem: Problem,
+) -> Iterator[tuple[Policy, str, RawMeasurement]]:
+    """Each region with a DC that declares `measurement`: its policy, a `where` for messages,
+    and the measurement's declaration; a region that does not declare it is a problem."""
     regions = sorted({dc.region for dc in fleet.dcs.values() if dc.region in policies})
     for region in regions:
         policy = policies[region]
         where = f"in region {region} (policies/{region}.yaml)"
-        measurement = policy.measurements.get(aggregation.source.measurement)
-        if measurement is None:
+        declared = policy.measurements.get(measurement)
+        if declared is None:
             problem(
                 "source.measurement",
-                f"measurement {aggregation.source.measurement!r} is not declared {where}, "
+                f"measurement {measurement!r} is not declared {where}, "
                 "so its personal data is unknown",
             )
             continue
+        yield policy, where, declared
+
+
+def _check_aggregation(
+    aggregation: Aggregation,
+    fleet: Fleet,
+    policies: dict[str, Policy],
+    problem: Problem,
+) -> None:
+    source = aggregation.source.measurement
+    for policy, where, measurement in _source_per_region(source, fleet, policies, problem):
         if aggregation.source.field in measurement.personal_keys:
             problem("source.field", f"{aggregation.source.field!r} is personal data {where}")
         for index, dimension in enumerate(aggregation.dimensions):
@@ -292,4 +356,23 @@ def _check_aggregation(
                 "min_group_events",
                 f"{aggregation.min_group_events} is below the minimum group size "
                 f"{policy.min_group_events} {where}; an aggregation may ask for more, never less",
+            )
+
+
+def _check_detection(
+    detection: Detection,
+    fleet: Fleet,
+    policies: dict[str, Policy],
+    problem: Problem,
+) -> None:
+    """A detection must be keyed by personal data in every region with a DC: keyed by anything
+    else it would be an aggregation, whose groups belong at central under k-anonymity."""
+
+    source = detection.source.measurement
+    for _, where, measurement in _source_per_region(source, fleet, policies, problem):
+        if detection.per not in measurement.personal_keys:
+            problem(
+                "per",
+                f"{detection.per!r} is not personal data {where}: a detection is keyed by "
+                "personal data (otherwise declare an aggregation)",
             )

@@ -4,6 +4,8 @@
 - `Policy` (policies/<region>.yaml, owned by the compliance team): raw retention, personal-data
   keys, exportable dimensions, k-anonymity, central retention for aggregates.
 - `Aggregation` (tickscripts/<name>.yaml, owned by platform engineers): what to compute.
+- `Detection` (tickscripts/<name>.yaml with `kind: detection`): a local analysis keyed by a
+  personal-data key, whose findings never leave the DC.
 
 Credentials are never written in these files: only the names of environment variables that hold
 them (`password_env: FEDERATION_DUB1_PASSWORD`).
@@ -12,7 +14,7 @@ them (`password_env: FEDERATION_DUB1_PASSWORD`).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -247,9 +249,21 @@ def _percentile(value: float) -> float:
     return float(value)
 
 
+def check_window_rules(window: int, lookback: int) -> None:
+    """The window divides a day; the look-back is a whole multiple of it (ValueError if not)."""
+    if window <= 0 or DAY_NS % window != 0:
+        raise ValueError(f"window {format_duration(window)} must divide 24h")
+    if lookback < window or lookback % window != 0:
+        raise ValueError(
+            f"lookback {format_duration(lookback)} must be a whole multiple of the "
+            f"window {format_duration(window)}"
+        )
+
+
 class Aggregation(Model):
     """tickscripts/<name>.yaml: one aggregation, declared once for every DC."""
 
+    kind: Literal["aggregation"] = "aggregation"
     name: Identifier
     description: str = ""
     source: Source
@@ -264,13 +278,7 @@ class Aggregation(Model):
 
     @model_validator(mode="after")
     def _window_rules(self) -> Aggregation:
-        if self.window <= 0 or DAY_NS % self.window != 0:
-            raise ValueError(f"window {format_duration(self.window)} must divide 24h")
-        if self.lookback < self.window or self.lookback % self.window != 0:
-            raise ValueError(
-                f"lookback {format_duration(self.lookback)} must be a whole multiple of the "
-                f"window {format_duration(self.window)}"
-            )
+        check_window_rules(self.window, self.lookback)
         if len(set(self.percentiles)) != len(self.percentiles):
             raise ValueError("percentiles repeat a value")
         if len(set(self.dimensions)) != len(self.dimensions):
@@ -285,3 +293,55 @@ class Aggregation(Model):
     @property
     def lookback_windows(self) -> int:
         return self.lookback // self.window
+
+
+class DetectionSource(Model):
+    measurement: str
+    database: str | None = None
+
+
+class Threshold(Model):
+    """A key is a finding when its count reaches both the floor and `factor` × the median."""
+
+    at_least: int = Field(ge=2)
+    """The absolute floor: a count below it is never a finding, however quiet the window."""
+    factor_over_median: float = Field(ge=1.0, le=1_000_000.0)
+    """How far above the window's median key a count must be (1.0: the floor alone decides)."""
+
+
+class Detection(Model):
+    """tickscripts/<name>.yaml with `kind: detection`: counts per personal-data key and window.
+
+    Per window, each distinct value of the key `per` gets a count — of its events, or of the distinct
+    values of `distinct` — and is a finding when that count reaches the threshold. Findings
+    (personal data) stay in the DC; central learns how many keys were evaluated and how many
+    were findings.
+    """
+
+    kind: Literal["detection"]
+    name: Identifier
+    description: str = ""
+    source: DetectionSource
+    per: str
+    """The personal-data key findings are about (`sender`, `client_ip`)."""
+    distinct: str | None = None
+    """Count distinct values of this key per key; absent: count events."""
+    threshold: Threshold
+    window: Duration
+    lookback: Duration
+    grace: Duration | None = None
+    webhook_url_env: EnvName | None = None
+    """The environment variable holding an in-region webhook's URL, if findings are posted."""
+    template: str = "detection.tick.j2"
+
+    @model_validator(mode="after")
+    def _rules(self) -> Detection:
+        check_window_rules(self.window, self.lookback)
+        if self.distinct == self.per:
+            raise ValueError(f"distinct: counts distinct values of {self.per!r} per itself")
+        return self
+
+    @property
+    def grace_ns(self) -> int:
+        """Grace after the look-back before a window counts as missing (default one window)."""
+        return self.window if self.grace is None else self.grace
