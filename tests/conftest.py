@@ -116,3 +116,37 @@ def kapacitors(request: pytest.FixtureRequest) -> Iterator[KapacitorFactory]:
 def kapacitor(kapacitors: KapacitorFactory) -> KapacitorUnderTest:
     """DC dub1's Kapacitor: the emulator, then a real kapacitord."""
     return kapacitors.new("dub1")
+
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+"""Headless Chromium that reaches nothing but the pages under test."""
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """Debian's Chromium (headless) driven through chromium-driver by Selenium, collecting the
+    browser console's messages (`get_log("browser")`)."""
+    chromium = system_binary("chromium", "chromium")
+    driver_path = system_binary("chromedriver", "chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -3,8 +3,6 @@ groups and option parsing."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
@@ -17,6 +15,7 @@ from rich.table import Table
 
 from federation.durations import parse_duration
 from federation.errors import InvalidInput
+from federation.reporting.export import rows_csv
 
 PIPE_WIDTH = 10_000
 """The width tables get when the output is not a terminal: wide enough that no column is cut."""
@@ -131,10 +130,6 @@ def print_rows(
     if fmt is OutputFormat.json:
         out.print_json(json.dumps(list(rows), default=str))
     elif fmt is OutputFormat.csv:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        out.print(buffer.getvalue(), end="", markup=False)
+        out.print(rows_csv(rows, columns), end="", markup=False)
     else:
         out.print(rows_table(rows, columns, title))

@@ -17,7 +17,7 @@ Public entry points (each takes the config or the ledger first):
 
 from __future__ import annotations
 
-from federation.coordinator.api import build_app, render_html
+from federation.coordinator.api import build_app
 from federation.coordinator.app import PreflightError, preflight, run_coordinator
 from federation.coordinator.backfills import (
     lease_backfills,
@@ -61,7 +61,6 @@ __all__ = [
     "record_backfill_result",
     "record_report",
     "reload_config",
-    "render_html",
     "request_backfill",
     "rollback_rollout",
     "run_coordinator",

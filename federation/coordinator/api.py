@@ -18,7 +18,8 @@
     POST /api/v1/rollouts/advance               operator token; {"aggregations", "dcs"}
     POST /api/v1/rollouts/rollback              operator token; {"aggregations", "dcs"}
     GET  /metrics                               reader token (Prometheus text format)
-    GET  /                                      reader token (bearer, or ?token= for a browser)
+    GET  /, /windows/…, /dcs/…, /reports        web pages (federation.coordinator.web): reader
+                                                token as bearer, cookie, or once ?token=
 
 Agent endpoints answer 401 without a valid agent token and 403 when the token is another DC's.
 Read endpoints answer 401 without the reader token. Operator endpoints answer 403 when
@@ -30,7 +31,6 @@ that cannot start as asked gets 409.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import threading
@@ -45,10 +45,10 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from federation.clock import TimeInputError, format_rfc3339, parse_instant
+from federation.clock import TimeInputError, parse_instant
 from federation.coordinator.backfills import (
     BackfillNotFound,
     NotYourBackfill,
@@ -653,74 +653,6 @@ def _rollout_handler(step: str) -> Handler:
     return handler
 
 
-_COLOURS = {
-    "verified": "#2e7d32",
-    "empty": "#81c784",
-    "shipped": "#64b5f6",
-    "expected": "#e0e0e0",
-    "backfilling": "#ffb74d",
-    "missing": "#e53935",
-    "inconsistent": "#8e24aa",
-    "unrecoverable": "#424242",
-    "-": "#ffffff",
-}
-
-
-def render_html(report: StatusReport) -> str:
-    """The status report as one self-contained HTML page: the DCs whose retention drifted, and
-    a DC × window grid per aggregation."""
-    esc = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>federation status</title>",
-        "<style>body{font-family:sans-serif}td.c{width:10px;height:14px}"
-        "table{border-collapse:collapse}td,th{padding:1px 4px;font-size:12px}</style>",
-        f"</head><body><h1>federation status</h1><p>at {esc(format_rfc3339(report.now_ns))}</p>",
-        "<p>" + " ".join(
-            f"<span style='background:{c};padding:0 6px'>&nbsp;</span> {esc(s)}"
-            for s, c in _COLOURS.items() if s != "-"
-        ) + "</p>",
-    ]  # fmt: skip
-    if report.retention:
-        parts.append("<h2>retention drift</h2><ul>")
-        parts += [
-            f"<li>{esc(r.dc)} <b>{esc(r.state)}</b>: {esc(r.detail)}</li>" for r in report.retention
-        ]
-        parts.append("</ul>")
-    for agg in report.aggregations:
-        parts.append(f"<h2>{esc(agg.aggregation)}</h2><table><tr><th>DC</th>")
-        if agg.starts:
-            parts.append(
-                f"<th colspan='{len(agg.starts)}'>{esc(format_rfc3339(agg.starts[0]))} … "
-                f"{esc(format_rfc3339(agg.starts[-1]))}</th>"
-            )
-        parts.append("<th>counts</th></tr>")
-        for d in agg.dcs:
-            cells = "".join(
-                f"<td class='c' style='background:{_COLOURS.get(state, '#fff')}' "
-                f"title='{esc(format_rfc3339(start))} {esc(state)}'></td>"
-                for start, state in zip(agg.starts, d.cells, strict=True)
-            )
-            counts = ", ".join(f"{esc(s)} {n}" for s, n in sorted(d.counts.items()))
-            parts.append(f"<tr><th>{esc(d.dc)}</th>{cells}<td>{counts}</td></tr>")
-        parts.append("</table><ul>")
-        for d in agg.dcs:
-            for p in d.problems[:20]:
-                parts.append(
-                    f"<li>{esc(d.dc)} {esc(format_rfc3339(p.start_ns))} "
-                    f"<b>{esc(p.state)}</b>: {esc(p.reason)}</li>"
-                )
-            if len(d.problems) > 20 or d.more_problems:
-                more = len(d.problems) - 20 + d.more_problems
-                parts.append(f"<li>{esc(d.dc)}: {max(more, 0)} more</li>")
-        parts.append("</ul>")
-    parts.append("</body></html>")
-    return "".join(parts)
-
-
-async def page(request: Request) -> Response:
-    return await _status(request, lambda result: HTMLResponse(render_html(result)))
-
-
 def _central_client(
     coordinator: Coordinator, url: str | None, transport: httpx.AsyncBaseTransport | None
 ) -> httpx.AsyncClient:
@@ -769,6 +701,7 @@ def build_app(
 
     # Imported here: the reports read the ledger through federation.coordinator, so a module-level
     # import would make the two packages import each other.
+    from federation.coordinator.web import web_routes
     from federation.reporting.http import routes as reporting_routes
 
     report_routes = reporting_routes(
@@ -795,8 +728,8 @@ def build_app(
             Route("/api/v1/rollouts/advance", _rollout_handler("advance"), methods=["POST"]),
             Route("/api/v1/rollouts/rollback", _rollout_handler("rollback"), methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
-            Route("/", page, methods=["GET"]),
             *report_routes,
+            *web_routes(coordinator, reader),
         ],
         lifespan=lifespan,
     )
@@ -804,4 +737,4 @@ def build_app(
     return app
 
 
-__all__ = ["INFLUXDB_VERSION", "build_app", "render_html"]
+__all__ = ["INFLUXDB_VERSION", "build_app"]

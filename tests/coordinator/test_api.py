@@ -124,9 +124,13 @@ def test_status_metrics_and_page_need_the_reader_token(
     client: TestClient, clock: FakeClock, hour0: int
 ) -> None:
     clock.set(hour0 + 6 * HOUR)
-    for path in ("/api/v1/status", "/metrics", "/"):
+    for path in ("/api/v1/status", "/metrics"):
         assert client.get(path).status_code == 401
         assert client.get(path, headers=agent("dub1")).status_code == 401
+    # A page sends a browser without the reader token to the login form.
+    for headers in ({}, agent("dub1")):
+        denied = client.get("/", headers=headers, follow_redirects=False)
+        assert (denied.status_code, denied.headers["location"]) == (303, "/login?next=%2F")
     response = client.get(
         "/api/v1/status", params={"aggregation": "delivery_direction"}, headers=READ
     )
