@@ -34,18 +34,18 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from federation.clock import TimeInputError, parse_instant
@@ -55,12 +55,11 @@ from federation.coordinator.backfills import (
     lease_backfills,
     record_backfill_result,
 )
-from federation.coordinator.clocks import clock_skews
 from federation.coordinator.convergence import dc_overview
 from federation.coordinator.desired import record_report, served_desired_state
 from federation.coordinator.gateway import CheckedBatch, Refusal, check_body, log_refusal
-from federation.coordinator.ledger import BackfillRow, DcRow
-from federation.coordinator.planner import BACKFILL_STATES
+from federation.coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from federation.coordinator.metrics import metrics_text
 from federation.coordinator.reload import reload_config
 from federation.coordinator.rollouts import (
     RolloutConflict,
@@ -69,12 +68,11 @@ from federation.coordinator.rollouts import (
     start_rollout,
 )
 from federation.coordinator.service import Coordinator, parse_basic
-from federation.coordinator.status import StatusReport, retention_problems, status_report
+from federation.coordinator.status import StatusReport, status_report
 from federation.coordinator.tracking import (
     dc_windows,
     find_stale,
     record_manifests,
-    window_state_counts,
 )
 from federation.errors import ConfigProblems, FederationError, InvalidInput
 from federation.influx import InfluxClient, credentials_from_env
@@ -200,6 +198,14 @@ async def _forward(
 
 
 async def write(request: Request) -> Response:
+    started = time.perf_counter()
+    try:
+        return await _write(request)
+    finally:
+        _coordinator(request).metrics.observe_request(time.perf_counter() - started)
+
+
+async def _write(request: Request) -> Response:
     coordinator = _coordinator(request)
     dc = _gateway_dc(request, coordinator)
     if dc is None:
@@ -471,63 +477,12 @@ async def status(request: Request) -> Response:
     return await _status(request, lambda result: JSONResponse(result.to_dict()))
 
 
-def _metrics_text(coordinator: Coordinator) -> str:
-    ledger = coordinator.ledger
-    window_counts = window_state_counts(ledger)
-    with ledger.session() as session:
-        backfill_rows = session.execute(
-            select(BackfillRow.state, func.count()).group_by(BackfillRow.state)
-        ).all()
-        seen = session.execute(select(DcRow.name, DcRow.last_seen_ns)).all()
-        skews = clock_skews(session, coordinator.settings.max_clock_skew_ns)
-        config = coordinator.config
-        drifted = {r.dc for r in retention_problems(session, config)}
-    backfill_counts = dict.fromkeys(BACKFILL_STATES, 0)
-    backfill_counts.update({state: int(n) for state, n in backfill_rows})
-    refusals, batches, points = coordinator.metrics.snapshot()
-    lines = _family("federation_windows", "gauge", "Windows stored in the ledger, by state.",
-                    "state", window_counts)  # fmt: skip
-    lines += _family("federation_backfills", "gauge", "Backfill requests, by state.",
-                     "state", backfill_counts)  # fmt: skip
-    lines += _family("federation_gateway_refusals_total", "counter",
-                     "Batches the gateway refused, by rule.", "rule", refusals)  # fmt: skip
-    lines += _family("federation_gateway_batches_total", "counter",
-                     "Write batches, by outcome.", "outcome", batches)  # fmt: skip
-    lines += _family("federation_gateway_points_total", "counter",
-                     "Points accepted and stored in central.", None, {"": points})  # fmt: skip
-    lines += _family("federation_agent_last_seen_seconds", "gauge",
-                     "When each DC's agent last reported (Unix time).", "dc",
-                     {dc: round(last / 1e9, 3) for dc, last in seen if last is not None})  # fmt: skip
-    lines += _family("federation_agent_clock_skew_seconds", "gauge",
-                     "Each DC agent's clock minus the coordinator's, at its last report.", "dc",
-                     {s.dc: round(s.skew_ns / 1e9, 3) for s in skews})  # fmt: skip
-    lines += _family("federation_agent_clock_skew_large", "gauge",
-                     "1 when a DC agent's clock is off by more than the tolerance.", "dc",
-                     {s.dc: int(s.large) for s in skews})  # fmt: skip
-    lines += _family("federation_retention_drift", "gauge",
-                     "1 when a DC's raw retention is not what the config declares (a refused "
-                     "shrink, or a failure to apply it).", "dc",
-                     {dc: int(dc in drifted) for dc in config.fleet.dcs})  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def _family(
-    name: str, kind: str, help_text: str, label: str | None, values: Mapping[str, float]
-) -> list[str]:
-    """One metric family in Prometheus' text format, its samples sorted by label value."""
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    for key, value in sorted(values.items()):
-        selector = f'{{{label}="{key}"}}' if label else ""
-        lines.append(f"{name}{selector} {value}")
-    return lines
-
-
 async def metrics(request: Request) -> Response:
     denied = _reader(request)
     if denied is not None:
         return denied
-    text = await run_in_threadpool(_metrics_text, _coordinator(request))
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+    text = await run_in_threadpool(metrics_text, _coordinator(request))
+    return Response(text, media_type=METRICS_CONTENT_TYPE)
 
 
 # --- operators ------------------------------------------------------------------------------

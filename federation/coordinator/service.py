@@ -15,7 +15,6 @@ import binascii
 import hmac
 import os
 import threading
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from federation.coordinator.clocks import MAX_CLOCK_SKEW_NS, AgentClocks
 from federation.coordinator.desired import known_plans, sync_desired
 from federation.coordinator.gateway import GatewayChecker
 from federation.coordinator.ledger import Ledger
+from federation.coordinator.metrics import GatewayMetrics
 from federation.coordinator.planner import PlannerSettings
 from federation.errors import FederationError
 from federation.policy.retention import DesiredRetention, desired_retention
@@ -126,30 +126,6 @@ class CoordinatorSettings:
     """Agent clocks further off are reported, and bound what the gateway takes as ended."""
 
 
-class Metrics:
-    """In-process counters for `/metrics` (per replica, as Prometheus expects)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.refusals: Counter[str] = Counter()
-        self.batches: Counter[str] = Counter()
-        self.points = 0
-
-    def refused(self, rule: str) -> None:
-        with self._lock:
-            self.refusals[rule] += 1
-            self.batches["refused"] += 1
-
-    def outcome(self, outcome: str, points: int = 0) -> None:
-        with self._lock:
-            self.batches[outcome] += 1
-            self.points += points
-
-    def snapshot(self) -> tuple[dict[str, int], dict[str, int], int]:
-        with self._lock:
-            return dict(self.refusals), dict(self.batches), self.points
-
-
 class Coordinator:
     """One coordinator process: the shared objects every handler and job uses."""
 
@@ -167,7 +143,7 @@ class Coordinator:
         self.tokens = tokens
         self.clock: Clock = clock or SystemClock()
         self.settings = settings or CoordinatorSettings()
-        self.metrics = Metrics()
+        self.metrics = GatewayMetrics()
         self.clocks = AgentClocks(ledger, self.settings.max_clock_skew_ns)
         self._checker: GatewayChecker | None = None
         self._checker_at = 0
