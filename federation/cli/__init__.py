@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer import rich_utils as typer_rich
+
+# typer carries its own copy of click: its exceptions are what a bad command line raises.
+from typer._click.exceptions import ClickException, MissingParameter
+from typer.exceptions import Abort
 
 from federation.cli._common import ConfigOption, err, out
 from federation.errors import FederationError
@@ -73,12 +78,26 @@ for _module in COMMAND_MODULES:
 def main() -> None:
     """Entry point: run the app, turning FederationErrors into one-line messages.
 
-    Usage errors (a missing option, an unknown command) are typer's to report: in its
-    standalone mode it prints the usage and exits 2, and exits with a command's `typer.Exit`
-    code.
+    A bad option value is one line, `error: Invalid value for '--top': …`, exit 2; other usage
+    errors (a missing option, an unknown command) print the usage and exit 2; a command's
+    `typer.Exit` code is the exit code.
     """
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.BadParameter as exc:
+        if isinstance(exc, MissingParameter):
+            typer_rich.rich_format_error(exc)  # the usage says what is missing
+        else:
+            # A bad value for an option (`--top abc`) is bad input like any other: one line.
+            err.print(f"error: {exc.format_message()}", markup=False)
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        # Any other usage error (a missing option, an unknown command) shows the usage.
+        typer_rich.rich_format_error(exc)
+        sys.exit(exc.exit_code)
+    except Abort:
+        err.print("aborted", markup=False)
+        sys.exit(1)
     except FederationError as exc:
         if _State.debug:
             raise
@@ -90,3 +109,4 @@ def main() -> None:
             for line in lines:
                 err.print(f"  {line}", markup=False)
         sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
