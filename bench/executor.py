@@ -26,6 +26,7 @@ import json
 import math
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -314,11 +315,12 @@ def measure(n: int, *, personal_tags: bool = False, repeat: int = REPEAT) -> Non
     print(f"executor (read+compute) / bare read:          {floor:5.2f}x")
     print(f"executor (read+compute+ship) / bare read:     {whole:5.2f}x  "
           f"target <= 1.15x: {'ok' if whole <= 1.15 else 'MISSED'}")  # fmt: skip
-    spread = ", ".join(
-        f"{(f['read_s'] + f['compute_s'] + f['ship_s']) / r:.2f}"
+    paired = sorted(
+        (f["read_s"] + f["compute_s"] + f["ship_s"]) / r
         for f, (r, _) in zip(runs, reads, strict=True)
     )
-    print(f"  each round's (read+compute+ship) / its own bare read: {spread}")
+    print(f"  each round's (read+compute+ship) / its own bare read, sorted: "
+          f"{', '.join(f'{x:.2f}' for x in paired)}; median {statistics.median(paired):.2f}x")  # fmt: skip
 
 
 def main() -> None:
