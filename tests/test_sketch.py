@@ -18,6 +18,7 @@ from federation.sketch import (
     Sketch,
     _stores,
     decode_many,
+    decode_sums,
     encode_many,
     merge_all,
     subtract,
@@ -443,3 +444,28 @@ def test_subtract_refuses_what_the_total_does_not_hold():
     with pytest.raises(ValueError, match="accuracy"):
         subtract(total, Sketch(0.02))
     assert subtract(total, Sketch.from_buckets(ALPHA, {3: 2})).encode() == "v1:a=0.01:n=2:z=1:p=5,A"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(sketch_strategy, min_size=2, max_size=8), st.data())
+def test_decode_sums_equal_merging_the_decoded_histograms(
+    sketches: list[Sketch], data: st.DataObject
+) -> None:
+    alpha = sketches[0].alpha
+    same = [Sketch.from_buckets(alpha, s.positive_buckets(), s.negative_buckets(), s.zero_count)
+            for s in sketches]  # fmt: skip
+    n_owners = data.draw(st.integers(1, len(same)))
+    owners = [i % n_owners for i in range(len(same))]
+    data.draw(st.randoms()).shuffle(owners)
+    texts: list[object] = [s.encode() for s in same]
+    expected = [
+        merge_all([s for s, o in zip(same, owners, strict=True) if o == k]) for k in range(n_owners)
+    ]
+    # Narrower, never broader: what the batch reader declines is left to the one-by-one path.
+    assert decode_sums(texts, owners, n_owners) in (None, expected)
+    assert decode_sums([*texts[:-1], "v1:a=0.01:n=2:p=5,A"], owners, n_owners) is None
+    real = [Sketch.from_values(np.abs(data.draw(value_arrays)), alpha) for _ in same]
+    assert decode_sums([s.encode() for s in real], owners, n_owners) == [
+        merge_all([s for s, o in zip(real, owners, strict=True) if o == k], alpha)
+        for k in range(n_owners)
+    ]

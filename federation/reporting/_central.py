@@ -20,7 +20,7 @@ from federation.config import FederationConfig
 from federation.errors import FederationError, InvalidInput, SketchDecodeError
 from federation.influx import InfluxClient, Series, credentials_from_env, quote_ident, quote_string
 from federation.plan import MANIFEST_MEASUREMENT, NONE_VALUE
-from federation.sketch import Sketch, decode_many, merge_all
+from federation.sketch import Sketch, decode_many, decode_sums, merge_all
 
 CHUNK_SIZE = 10_000
 # Sketches waiting to be merged into a key's running histogram: merging in batches keeps the
@@ -238,6 +238,16 @@ class SketchMerger(Generic[K]):
     def _decode_texts(self) -> None:
         texts, keys, refs = self._texts, self._text_keys, self._text_refs
         self._texts, self._text_keys, self._text_refs = [], [], []
+        if all(len(targets) == 1 for targets in keys):
+            # Each text adds to one key (the usual case): the batch is decoded and summed per
+            # key in one pass, and each key takes one histogram instead of one per text.
+            ids: dict[K, int] = {}
+            owners = [ids.setdefault(targets[0], len(ids)) for targets in keys]
+            sums = decode_sums(texts, owners, len(ids))
+            if sums is not None:
+                for key, sketch in zip(ids, sums, strict=True):
+                    self.add(key, sketch)
+                return
         try:
             sketches = decode_many(texts)
         except SketchDecodeError:
