@@ -125,7 +125,10 @@ def child(dc_url: str, central_url: str, start: int) -> None:
 
     plan = the_plan()
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with InfluxClient(dc_url) as source, Shipper(central_url, dc=DC, token="bench") as shipper:
+    with (
+        InfluxClient(dc_url, timeout=1800) as source,
+        Shipper(central_url, dc=DC, token="bench") as shipper,
+    ):
         computed = compute_window(
             source, plan, Window(start, plan.window_ns), run_ids=RunIds(SystemClock())
         )
