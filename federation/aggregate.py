@@ -21,6 +21,17 @@ from federation.stats import summarize_groups
 DimensionColumn = Sequence[str | None]
 
 
+class ManifestSpec(Protocol):
+    """What a manifest names: the plan (aggregation or detection), the DC, the version."""
+
+    @property
+    def aggregation(self) -> str: ...
+    @property
+    def dc(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+
+
 class OutputSpec(Protocol):
     """What computing a window's points needs to know; an AggregationPlan is one.
 
@@ -190,7 +201,7 @@ def grouped_window_points(
 
 
 def manifest_point(
-    plan: OutputSpec,
+    plan: ManifestSpec,
     window_start_ns: int,
     *,
     events: int,
