@@ -39,7 +39,7 @@ from federation.coordinator.planner import QUEUED
 from federation.coordinator.service import Coordinator
 from federation.coordinator.status import StatusReport, state_reason, status_report
 from federation.durations import SECOND_NS, format_duration
-from federation.errors import FederationError
+from federation.errors import FederationError, InvalidInput
 from federation.reporting._central import CentralReader
 from federation.reporting.chart import line_chart
 from federation.reporting.export import rows_csv
@@ -68,6 +68,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 DEFAULT_REFRESH_S = 30
 REPORT_DAYS = 14
 """The reports page's default range: the last two weeks, per day."""
+DEFAULT_PERCENTILES = "50,95,99"
+"""What the reports page plots unless asked for others (any percentile merges exactly)."""
 
 _TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -233,14 +235,22 @@ class _Web:
             "to": q.get("to") or today.isoformat(),
             "tz": q.get("tz") or "UTC",
             "dcs": q.get("dcs") or "",
+            "percentiles": q.get("percentiles") or DEFAULT_PERCENTILES,
         }
 
     def _report(self, form: dict[str, str]) -> PercentileReport:
         c = self.coordinator
+        try:
+            ps = [float(p) for p in form["percentiles"].split(",") if p.strip()]
+        except ValueError:
+            raise InvalidInput(
+                f"percentiles {form['percentiles']!r}: write numbers like 50,95,99"
+            ) from None
         return percentile_report(
             c.config, self.central, form["aggregation"], period=form["period"],
             from_date=form["from"], to_date=form["to"], tz=form["tz"],
-            dcs=[d for d in form["dcs"].split(",") if d.strip()], ledger=c.ledger.engine,
+            dcs=[d.strip() for d in form["dcs"].split(",") if d.strip()], percentiles=ps or None,
+            ledger=c.ledger.engine,
         )  # fmt: skip
 
 
