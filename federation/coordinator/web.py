@@ -43,7 +43,8 @@ from federation.errors import FederationError, InvalidInput
 from federation.reporting._central import CentralReader
 from federation.reporting.chart import line_chart
 from federation.reporting.export import rows_csv
-from federation.reporting.reports import PercentileReport, percentile_report
+from federation.reporting.reports import percentile_report
+from federation.reporting.results import PercentileReport
 
 __all__ = ["COOKIE", "STATE_COLOURS", "web_routes"]
 

@@ -12,6 +12,14 @@ from federation.reporting.completeness import Completeness, completeness
 from federation.reporting.monthly import refresh_rollups, remerge_month
 from federation.reporting.reports import (
     Metric,
+    parse_last,
+    parse_metric,
+    parse_threshold,
+    percentile_report,
+    sla_report,
+    worst_report,
+)
+from federation.reporting.results import (
     PercentileReport,
     PercentileRow,
     PeriodStatus,
@@ -20,12 +28,6 @@ from federation.reporting.reports import (
     VersionChange,
     WorstReport,
     WorstRow,
-    parse_last,
-    parse_metric,
-    parse_threshold,
-    percentile_report,
-    sla_report,
-    worst_report,
 )
 from federation.reporting.rollups import (
     MONTHLY_MARKER_MEASUREMENT,
