@@ -175,6 +175,9 @@ bind-address = "127.0.0.1:{rpc_port}"
 
 [coordinator]
   log-queries-after = "0s"
+  # The default 10s fails writes with "timeout" on a loaded machine (benches write a million
+  # series); the client's own timeout still bounds every request.
+  write-timeout = "120s"
 
 [retention]
   enabled = true
