@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from federation.clock import format_rfc3339
+from federation.coordinator.replicas import REPLICA_STALE_NS
 from federation.coordinator.status import StatusReport
 from federation.durations import SECOND_NS, format_duration
 
@@ -54,6 +55,7 @@ def status_renderables(report: StatusReport, *, reasons: bool = True) -> list[Re
                 items.append(Text(f"  {d.dc}: {d.more_problems} more not listed"))
     items.extend(_backfill_lines(report) if reasons else ())
     items.extend(_clock_lines(report))
+    items.extend(_replica_lines(report))
     for r in report.retention:
         items.append(Text(f"retention {r.state} on {r.dc}: {r.detail}", style="bold red"))
     legend = Text("legend: ")
@@ -106,3 +108,23 @@ def _clock_lines(report: StatusReport) -> list[RenderableType]:
         for c in report.clocks
         if c.large
     ]
+
+
+def _replica_lines(report: StatusReport) -> list[RenderableType]:
+    """One line per coordinator replica over the ledger: the config generation it runs; in red
+    when it runs an older one than the newest, or its heartbeat stopped."""
+    if not report.replicas:
+        return []
+    lines: list[RenderableType] = [
+        Text(f"coordinator replicas (newest config generation {report.generation}):")
+    ]
+    for r in report.replicas:
+        age = report.now_ns - r.heartbeat_ns
+        stale = age > REPLICA_STALE_NS
+        behind = r.generation != report.generation
+        where = f" at {r.url}" if r.url else ""
+        line = f"  {r.name}{where}: generation {r.generation}, {r.state}"
+        line += f", not seen for {_ago(age)}" if stale else ""
+        line += f": {r.problem}" if r.problem else ""
+        lines.append(Text(line, style="bold red" if stale or behind or r.problem else ""))
+    return lines

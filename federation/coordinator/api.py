@@ -594,7 +594,8 @@ def _rollout_handler(step: str) -> Handler:
                     result = rollback_rollout(
                         coordinator.ledger, config, now, aggregations=aggregations, dcs=dcs
                     )
-                coordinator.refresh_plans()
+                if result.moved:
+                    coordinator.publish(f"rollout {step}")
                 return result.as_dict()
 
             body = await run_in_threadpool(run)

@@ -3,7 +3,8 @@
 `run_coordinator` starts in three steps: the config is already loaded and validated by the
 caller; preflight checks central InfluxDB answers, brings the ledger to the Alembic head, reads
 the tokens and makes sure central's database and retention policies exist; then it records the
-desired state, schedules the jobs and serves. A failed preflight raises one `PreflightError`
+desired state (a config generation other replicas over the same ledger catch up with),
+schedules the jobs and serves. A failed preflight raises one `PreflightError`
 whose message is one line.
 """
 
@@ -21,6 +22,8 @@ from federation.config import FederationConfig
 from federation.coordinator.api import build_app
 from federation.coordinator.ledger import Ledger, LedgerError, WindowRow, open_ledger, safe_url
 from federation.coordinator.planner import PlannerResult, plan_backfills
+from federation.coordinator.reload import follow_generation
+from federation.coordinator.replicas import default_replica_name, forget_replica
 from federation.coordinator.service import (
     Coordinator,
     CoordinatorSettings,
@@ -164,7 +167,8 @@ class RollupJob:
 
 
 def schedule_jobs(coordinator: Coordinator, central: InfluxClient) -> BackgroundScheduler:
-    """Start the planner, verification and rollup jobs (each never overlaps itself)."""
+    """Start the planner, verification and rollup jobs and the replica's generation check and
+    heartbeat (each never overlaps itself)."""
     scheduler = BackgroundScheduler(timezone="UTC")
 
     def guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
@@ -187,6 +191,7 @@ def schedule_jobs(coordinator: Coordinator, central: InfluxClient) -> Background
             settings.verify_interval_s,
         ),
         ("rollups", RollupJob(coordinator, central), settings.rollup_interval_s),
+        ("generation", lambda: follow_generation(coordinator), settings.generation_interval_s),
     ]
     for name, job, interval_s in jobs:
         scheduler.add_job(
@@ -221,9 +226,16 @@ def run_coordinator(
 
     ready = preflight(config, ledger_url=ledger_url, central_url=central_url, environ=environ)
     coordinator = Coordinator(
-        config, ready.ledger, ready.tokens, clock=clock or SystemClock(), settings=settings
+        config,
+        ready.ledger,
+        ready.tokens,
+        clock=clock or SystemClock(),
+        settings=settings,
+        replica=default_replica_name(port),
+        url=f"http://{host}:{port}",
     )
     coordinator.sync()
+    coordinator.beat()
     central = central_client(config, central_url)
     scheduler = schedule_jobs(coordinator, central)
     app = build_app(coordinator, central_url=central_url)
@@ -236,4 +248,8 @@ def run_coordinator(
     finally:
         scheduler.shutdown(wait=False)
         central.close()
+        try:
+            forget_replica(ready.ledger, coordinator.replica)
+        except Exception as exc:  # the ledger may be unreachable as we stop; its row then ages
+            log.warning("could not remove this replica's heartbeat: %s", exc)
         ready.ledger.close()

@@ -188,6 +188,47 @@ class WindowRow(Base):
     updated_ns: Mapped[int] = mapped_column(BigInteger)
 
 
+class ConfigGenerationRow(Base):
+    """One change of desired state taken through some replica: a reload (the config directory's
+    digest changed) or a rollout step. Replicas poll the newest row and catch up with it."""
+
+    __tablename__ = "config_generations"
+
+    generation: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(64))
+    replica: Mapped[str] = mapped_column(String(255))
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+class ShrinkGrantRow(Base):
+    """An operator's permission for a DC's agent to shrink its raw retention to exactly the
+    retention recorded here (a `DesiredRetention` as data); it lapses when the config declares
+    another one."""
+
+    __tablename__ = "shrink_grants"
+
+    dc: Mapped[str] = mapped_column(ForeignKey("dcs.name", ondelete="CASCADE"), primary_key=True)
+    retention: Mapped[dict[str, Any]] = mapped_column(JSON)
+    generation: Mapped[int] = mapped_column(BigInteger)
+    granted_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+class ReplicaRow(Base):
+    """A coordinator process serving over this ledger, and the generation it runs."""
+
+    __tablename__ = "replicas"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    url: Mapped[str | None] = mapped_column(String(255))
+    generation: Mapped[int | None] = mapped_column(BigInteger)
+    digest: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    problem: Mapped[str | None] = mapped_column(Text)
+    started_ns: Mapped[int] = mapped_column(BigInteger)
+    heartbeat_ns: Mapped[int] = mapped_column(BigInteger)
+
+
 def windows_table() -> Table:
     """The `windows` table object, for bulk Core statements."""
     return WindowRow.__table__  # type: ignore[return-value]

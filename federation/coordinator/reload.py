@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from federation.config import FederationConfig
 from federation.coordinator.ledger import DeploymentRow, PlanVersionRow
+from federation.coordinator.replicas import config_digest, latest_generation
 from federation.coordinator.service import Coordinator
 from federation.errors import ConfigError, ConfigProblems
 from federation.influx import RetentionPolicyInfo
@@ -219,14 +220,17 @@ def reload_config(
     """Reload the coordinator's config directory and record its desired state.
 
     The agents of the DCs in `allow_shrink` may shrink their retention to what the new config
-    declares (`Coordinator.grant_shrink`); every other agent reports a shrink as drift.
+    declares (a grant recorded in the ledger, so every replica serves it); every other agent reports a shrink as drift.
 
     Raises ConfigProblems with every problem found (nothing changed). Otherwise, unless
     `dry_run`, the new plan versions are stored, new aggregations become desired, the
-    coordinator serves the new config (retention, removed aggregations) from now on and the
-    gateway's rules are refreshed. Reloads in one process are serialised.
+    coordinator serves the new config (retention, removed aggregations) from now on, the
+    gateway's rules are refreshed, and the change is recorded as a new config generation that
+    every other replica catches up with (`follow_generation`). Reloads in one process are
+    serialised.
     """
     with coordinator.reload_lock:
+        digest = config_digest(coordinator.config.root)
         validated = validate_config(coordinator.config.root)
         new = validated.config
         problems = _restart_problems(coordinator, new)
@@ -243,7 +247,46 @@ def reload_config(
             tuple(replace(c, shrink_allowed=c.dc in granted) for c in changes),
         )
         if not dry_run:
-            coordinator.replace_config(new)
-            for dc in sorted(granted):
-                coordinator.grant_shrink(dc)
+            coordinator.replace_config(new, digest=digest)
+            coordinator.publish("reload", allow_shrink=tuple(sorted(granted)))
         return result
+
+
+def follow_generation(coordinator: Coordinator) -> bool:
+    """Catch up with the newest config generation another replica recorded, then write this
+    replica's heartbeat; returns whether it moved to a newer generation.
+
+    A generation with another config digest is taken by reloading the config directory (every
+    replica reads the same one) and is adopted only when the directory now has that digest and
+    validates; otherwise the replica keeps running what it runs, and its heartbeat says why.
+    """
+    newest = latest_generation(coordinator.ledger)
+    moved = False
+    if newest is not None and newest.number != coordinator.generation:
+        with coordinator.reload_lock:
+            moved = _catch_up(coordinator, newest.number, newest.digest)
+    coordinator.beat()
+    return moved
+
+
+def _catch_up(coordinator: Coordinator, number: int, digest: str) -> bool:
+    if digest == coordinator.digest:
+        coordinator.adopt(number)
+        return True
+    root = coordinator.config.root
+    try:
+        on_disk = config_digest(root)
+        loaded = validate_config(root).config if on_disk == digest else None
+    except ConfigProblems as exc:
+        coordinator.problem = (
+            f"generation {number}: the config directory has problems ({exc.problems[0]})"
+        )
+        return False
+    if loaded is None:
+        coordinator.problem = (
+            f"generation {number}: the config directory {root} differs from the config "
+            "recorded by the replica that made it"
+        )
+        return False
+    coordinator.adopt(number, loaded, digest)
+    return True

@@ -1,11 +1,11 @@
 """What the coordinator's HTTP handlers and jobs share: config, ledger, clock, tokens, metrics.
 
-Nothing here holds state that matters across restarts: the ledger does; the one exception is a
-shrink grant (`grant_shrink`), the operator's permission for agents to shrink a DC's retention
-to what the config declares now, which a restart forgets (the shrink then shows as drift until
-it is granted again). The gateway's plan
-rules are derived from the ledger's known plan versions and refreshed every few seconds (and at
-once after a desired-state sync), so several replicas agree without talking to each other.
+Nothing here holds state that matters across restarts: the ledger does. What a replica caches
+(the config it loaded, the gateway's plan rules, the shrink grants) belongs to one config
+generation recorded in the ledger (`replicas.py`): a change taken through this replica records a
+new generation (`publish`), and `adopt` catches up with one another replica recorded. The plan
+rules are also refreshed every few seconds on their own, so several replicas agree without
+talking to each other.
 """
 
 from __future__ import annotations
@@ -26,6 +26,15 @@ from federation.coordinator.gateway import GatewayChecker
 from federation.coordinator.ledger import Ledger
 from federation.coordinator.metrics import GatewayMetrics
 from federation.coordinator.planner import PlannerSettings
+from federation.coordinator.replicas import (
+    ReplicaStatus,
+    config_digest,
+    default_replica_name,
+    heartbeat,
+    latest_generation,
+    record_generation,
+    shrink_grants,
+)
 from federation.errors import FederationError
 from federation.policy.retention import DesiredRetention, desired_retention
 
@@ -124,6 +133,8 @@ class CoordinatorSettings:
     rollup_interval_s: float = 300.0
     max_clock_skew_ns: int = MAX_CLOCK_SKEW_NS
     """Agent clocks further off are reported, and bound what the gateway takes as ended."""
+    generation_interval_s: float = 2.0
+    """How often a replica looks for a newer config generation and writes its heartbeat."""
 
 
 class Coordinator:
@@ -137,6 +148,8 @@ class Coordinator:
         *,
         clock: Clock | None = None,
         settings: CoordinatorSettings | None = None,
+        replica: str | None = None,
+        url: str | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -150,26 +163,84 @@ class Coordinator:
         self._lock = threading.Lock()
         self.reload_lock = threading.Lock()
         self._shrink_grants: dict[str, DesiredRetention] = {}
+        self.replica = replica or default_replica_name()
+        self.url = url
+        self.digest = config_digest(config.root)
+        self.generation: int | None = None
+        self.problem: str | None = None
+        """Why this replica runs an older generation than the newest (None when it does not)."""
+        self.draining = False
+        self.started_ns = self.clock.now_ns()
 
     def sync(self, *, track_from_ns: int | None = None) -> None:
-        """Record the config's desired state in the ledger and refresh the gateway's rules."""
-        sync_desired(self.ledger, self.config, self.clock.now_ns(), track_from_ns=track_from_ns)
-        self.refresh_plans()
+        """Record the config's desired state in the ledger and refresh the gateway's rules.
 
-    def replace_config(self, config: FederationConfig) -> None:
-        """Record `config`'s desired state in the ledger, then serve it from now on.
+        The config becomes the newest generation unless the newest already has its digest
+        (another replica runs the same config), which this replica then adopts."""
+        sync_desired(self.ledger, self.config, self.clock.now_ns(), track_from_ns=track_from_ns)
+        newest = latest_generation(self.ledger)
+        if newest is not None and newest.digest == self.digest:
+            self.adopt(newest.number)
+        else:
+            self.publish("start")
+
+    def replace_config(self, config: FederationConfig, *, digest: str | None = None) -> None:
+        """Record `config`'s desired state in the ledger, then serve it from now on (the caller
+        records the generation: `publish`).
 
         Handlers read `self.config` per request, so each request sees one config whole.
         """
         sync_desired(self.ledger, config, self.clock.now_ns())
         self.config = config
+        self.digest = digest or config_digest(config.root)
         self.refresh_plans()
 
-    def grant_shrink(self, dc: str) -> None:
-        """Let the agent of `dc` shrink its retention to what the config declares now; the
-        grant ends when the config declares another retention for it."""
+    def publish(self, reason: str, *, allow_shrink: tuple[str, ...] = ()) -> int:
+        """Record a change of desired state taken through this replica as a new generation
+        (granting the DCs of `allow_shrink` a shrink to the retention the config declares now),
+        and run it: every other replica catches up within `generation_interval_s`."""
+        grants = {dc: desired_retention(self.config, dc) for dc in allow_shrink}
+        number = record_generation(
+            self.ledger,
+            digest=self.digest,
+            reason=reason,
+            replica=self.replica,
+            now_ns=self.clock.now_ns(),
+            grants=grants,
+        )
+        self.adopt(number)
+        self.beat()
+        return number
+
+    def adopt(self, generation: int, config: FederationConfig | None = None,
+              digest: str | None = None) -> None:  # fmt: skip
+        """Run `generation`: serve `config` (loaded from the digest the generation names) when
+        given, and rebuild the plan rules and shrink grants from the ledger."""
+        grants = shrink_grants(self.ledger)
+        if config is not None:
+            self.config = config
+            self.digest = digest or config_digest(config.root)
         with self._lock:
-            self._shrink_grants[dc] = desired_retention(self.config, dc)
+            self._shrink_grants = grants
+        self.refresh_plans()
+        self.generation = generation
+        self.problem = None
+
+    def status(self) -> ReplicaStatus:
+        """This replica as its heartbeat describes it."""
+        return ReplicaStatus(
+            name=self.replica,
+            url=self.url,
+            generation=self.generation,
+            state="draining" if self.draining else "serving",
+            problem=self.problem,
+            started_ns=self.started_ns,
+            heartbeat_ns=self.clock.now_ns(),
+        )
+
+    def beat(self) -> None:
+        """Write this replica's heartbeat row."""
+        heartbeat(self.ledger, self.status(), self.digest)
 
     def shrink_allowed(self, dc: str) -> bool:
         """Whether an operator granted `dc` a shrink to the retention the config declares now."""

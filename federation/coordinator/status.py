@@ -21,6 +21,7 @@ from federation.coordinator.backfills import RunningBackfill, running_backfills
 from federation.coordinator.clocks import MAX_CLOCK_SKEW_NS, ClockSkew, clock_skews
 from federation.coordinator.convergence import reported_retention
 from federation.coordinator.ledger import DcRow, Ledger, TrackingRow, WindowRow
+from federation.coordinator.replicas import ReplicaStatus, replica_statuses
 from federation.coordinator.tracking import DONE_STATES, WindowState
 from federation.errors import InvalidInput
 from federation.windows import align
@@ -80,6 +81,10 @@ class StatusReport:
     clocks: list[ClockSkew] = field(default_factory=list)
     """Each DC agent's clock against the coordinator's, from its last report."""
     retention: list[RetentionStatus] = field(default_factory=list)
+    replicas: list[ReplicaStatus] = field(default_factory=list)
+    """Every coordinator replica's last heartbeat: the config generation it runs."""
+    generation: int | None = None
+    """The newest config generation in the ledger."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (the body of `GET /api/v1/status`)."""
@@ -113,6 +118,8 @@ class StatusReport:
                 backfills=[RunningBackfill(**b) for b in data.get("backfills", [])],
                 clocks=[ClockSkew(**c) for c in data.get("clocks", [])],
                 retention=[RetentionStatus(**r) for r in data.get("retention", [])],
+                replicas=[ReplicaStatus(**r) for r in data.get("replicas", [])],
+                generation=data.get("generation"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"malformed status report: {exc!r}") from None
@@ -183,8 +190,10 @@ def status_report(
         running = [b for b in running_backfills(session, dc) if b.aggregation in names]
         skews = clock_skews(session, max_skew_ns, dc)
         retention = retention_problems(session, config, dcs)
+        replicas, generation = replica_statuses(session)
     return StatusReport(now_ns=now_ns, aggregations=reports, backfills=running, clocks=skews,
-                        retention=retention)  # fmt: skip
+                        retention=retention, replicas=replicas,
+                        generation=generation)  # fmt: skip
 
 
 def retention_problems(
