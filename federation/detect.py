@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from federation.aggregate import manifest_point
-from federation.detection_plan import FINDINGS_MEASUREMENT
+from federation.detection_plan import DETECTION_RUNS_MEASUREMENT, FINDINGS_MEASUREMENT
 from federation.points import Point
 
 Column = Sequence[str | None]
@@ -161,12 +161,19 @@ def key_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def finding_points(result: WindowResult, *, run: int) -> list[Point]:
-    """The findings as points for the DC's own InfluxDB (raw database, raw RP), never central.
+def finding_points(spec: DetectionSpec, result: WindowResult, *, run: int) -> list[Point]:
+    """The findings as points for the DC's own InfluxDB (raw database, raw RP), never central,
+    then the window's run point (`DETECTION_RUNS_MEASUREMENT`).
 
     `run` lets a reader keep only a window's newest computation: a re-run with more data may
     no longer find a key an earlier run found (the median moved), and that stale point stays.
     """
+    run_point = Point(
+        DETECTION_RUNS_MEASUREMENT,
+        {"detection": spec.detection},
+        {"run": run, "keys": result.keys, "findings": len(result.findings)},
+        result.window_start_ns,
+    )
     return [
         Point(
             FINDINGS_MEASUREMENT,
@@ -175,7 +182,7 @@ def finding_points(result: WindowResult, *, run: int) -> list[Point]:
             f.window_start_ns,
         )
         for f in result.findings
-    ]
+    ] + [run_point]
 
 
 def shipped_points(spec: DetectionSpec, result: WindowResult, *, run: int) -> list[Point]:

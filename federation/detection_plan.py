@@ -27,6 +27,12 @@ from federation.plan import (
 
 FINDINGS_MEASUREMENT = "federation_findings"
 """Where a DC keeps its findings, in its own raw database under the raw retention policy."""
+FINDINGS_PERSONAL_FIELDS = ("key",)
+"""The fields of a kept finding that hold personal data: erasure and the audit treat them as the
+region's own personal-data keys."""
+DETECTION_RUNS_MEASUREMENT = "federation_detection_runs"
+"""Beside the findings: each window's newest computation (run, keys, findings), so a re-run
+that finds nothing still says that an earlier run's findings no longer hold."""
 
 _COUNT_FIELDS: dict[str, FieldType] = {"count": "integer", "keys": "integer", "findings": "integer"}
 _FINDING_FIELDS: dict[str, FieldType] = {

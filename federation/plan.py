@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from federation.config import Aggregation, FederationConfig
 from federation.errors import ConfigError, InvalidInput
@@ -40,6 +40,17 @@ class MeasurementSchema:
     measurement: str
     tags: tuple[str, ...]
     fields: dict[str, FieldType]
+
+
+class ShippedPlan(Protocol):
+    """What shipping a window needs of its plan, aggregation or detection alike."""
+
+    @property
+    def aggregation(self) -> str: ...
+    @property
+    def central_database(self) -> str: ...
+    @property
+    def central_retention_policy(self) -> str: ...
 
 
 def manifest_schema() -> MeasurementSchema:

@@ -120,7 +120,9 @@ def test_only_the_dc_tag_and_counts_leave_and_an_empty_window_ships_its_manifest
 def test_a_finding_point_keeps_the_key_in_a_field_and_a_stable_hash_as_its_tag() -> None:
     p = plan(at_least=2, factor=1.0)
     result = detect_window(p, START, ["a@x.test", "a@x.test"], ["b@y.test", "c@y.test"])
-    (point,) = finding_points(result, run=3)
+    point, run = finding_points(p, result, run=3)
+    assert (run.measurement, run.tags) == ("federation_detection_runs", {"detection": p.detection})
+    assert run.fields == {"run": 3, "keys": 1, "findings": 1}
     assert point.measurement == "federation_findings"
     assert point.tags == {"detection": p.detection, "key_id": key_id("a@x.test")}
     assert point.fields == {"key": "a@x.test", "count": 2, "threshold": 2.0, "run": 3}

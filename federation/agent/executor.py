@@ -33,7 +33,7 @@ from federation.aggregate import RowGrouper, grouped_window_points
 from federation.clock import Clock
 from federation.errors import FederationError
 from federation.influx import InfluxClient
-from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan
+from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan, ShippedPlan
 from federation.points import Point
 from federation.windows import Window, windows_between
 
@@ -50,7 +50,7 @@ class WindowSink(Protocol):
 
     def ship_window(
         self,
-        plan: AggregationPlan,
+        plan: ShippedPlan,
         points: Sequence[Point],
         *,
         stop: threading.Event | None = None,

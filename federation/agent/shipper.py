@@ -32,7 +32,7 @@ import httpx
 from federation.agent.overlap import read_ahead
 from federation.errors import CoordinatorError
 from federation.lineprotocol import serialize
-from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan
+from federation.plan import MANIFEST_MEASUREMENT, ShippedPlan
 from federation.points import Point
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class Shipper:
 
     def ship_window(
         self,
-        plan: AggregationPlan,
+        plan: ShippedPlan,
         points: Sequence[Point],
         *,
         stop: threading.Event | None = None,

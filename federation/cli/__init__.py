@@ -43,6 +43,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rollout",
     "demo",
     "prometheus",
+    "findings",
 )
 
 

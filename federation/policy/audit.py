@@ -2,8 +2,8 @@
 
 Per DC: the declared raw retention against the RP InfluxDB holds (duration, shard duration,
 default), the oldest raw point of every measurement in every RP against the worst-case lifetime
-of a raw point, personal-data keys in any RP but the declared raw one, and the erasure records
-kept in the DC. InfluxDB 1.x drops whole shard groups, once a shard group's *end* is older than
+of a raw point, personal-data keys in any RP but the declared raw one (the kept detection
+findings' `key` counts as one), and the erasure records kept in the DC. InfluxDB 1.x drops whole shard groups, once a shard group's *end* is older than
 the retention, on a periodic check; so a point can live up to retention + the span of its shard
 group + the check interval, and that lifetime is taken from the RP and the shard groups InfluxDB
 holds (`federation.policy.lifetime`), never from the declaration.
@@ -28,6 +28,7 @@ from typing import Any
 
 from federation.clock import Clock, SystemClock, format_rfc3339
 from federation.config import FederationConfig
+from federation.detection_plan import FINDINGS_MEASUREMENT, FINDINGS_PERSONAL_FIELDS
 from federation.durations import format_duration
 from federation.errors import FederationError
 from federation.influx import InfluxClient, RetentionPolicyInfo, quote_ident
@@ -311,6 +312,10 @@ def _audit_dc(
                             )
                         )
                     if rp.name != raw.retention_policy:
+                        # Kept detection findings hold personal data in their own fields.
+                        keys = personal
+                        if measurement == FINDINGS_MEASUREMENT:
+                            keys = personal | frozenset(FINDINGS_PERSONAL_FIELDS)
                         _check_personal_outside_raw(
                             client,
                             name,
@@ -318,7 +323,7 @@ def _audit_dc(
                             rp,
                             measurement,
                             raw.retention_policy,
-                            personal,
+                            keys,
                             report,
                         )
     except FederationError as exc:

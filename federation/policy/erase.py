@@ -2,8 +2,8 @@
 
 InfluxDB 1.x cannot delete by field value, but a point written again with the same measurement,
 tags and timestamp keeps its other fields and takes the new values of the fields written. So
-the raw points whose personal-data fields hold the subject are found per retention policy and
-measurement (`SELECT <personal fields> ... WHERE "f" = '<subject>' OR ... GROUP BY *`, which
+the raw points whose personal-data fields hold the subject — and the DC's kept detection
+findings whose `key` holds it — are found per retention policy and measurement (`SELECT <personal fields> ... WHERE "f" = '<subject>' OR ... GROUP BY *`, which
 hands back every tag), and only the matching fields are written again as `REDACTED`. Every
 other field and every other point stays as it was. A personal-data *tag* cannot be rewritten
 (a different tag value is a different series), so points whose personal tag holds the subject
@@ -24,13 +24,14 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from federation.clock import Clock, SystemClock, format_rfc3339
-from federation.config import FederationConfig
+from federation.config import FederationConfig, RawMeasurement
+from federation.detection_plan import FINDINGS_MEASUREMENT, FINDINGS_PERSONAL_FIELDS
 from federation.errors import FederationError, InfluxError, InvalidInput
 from federation.influx import InfluxClient, quote_ident, quote_string
 from federation.lineprotocol import serialize
@@ -254,7 +255,7 @@ def erase_subject(
         present = database in client.databases()
         rps = [rp.name for rp in client.retention_policies(database)] if present else []
         measurements = set(client.measurements(database)) if present else set()
-        for name, declared in sorted(policy.measurements.items()):
+        for name, declared in sorted(_with_findings(policy.measurements).items()):
             if name not in measurements:
                 continue
             tag_keys = set(client.tag_keys(database, name))
@@ -319,6 +320,13 @@ def erase_subject(
         verified,
         recorded,
     )
+
+
+def _with_findings(measurements: Mapping[str, RawMeasurement]) -> dict[str, RawMeasurement]:
+    """The region's raw measurements and the DC's kept findings, whose `key` field holds the
+    personal-data value a detection found (a subject's findings are erased with the rest)."""
+    findings = RawMeasurement(personal_fields=FINDINGS_PERSONAL_FIELDS)
+    return {**measurements, FINDINGS_MEASUREMENT: findings}
 
 
 def _record(
