@@ -4,10 +4,15 @@
 missing tasks are created, changed ones updated and reloaded, tasks the plans no longer have
 deleted, foreign tasks never touched, and a failed deployment is rolled back and raised.
 
-`health` watches what Kapacitor does not say on its own: besides a task that stopped (a dead
-UDF stops its task with an error) or differs from its plan (drift), a failed query or write
-only ever shows as a node counter (`errors`, `write_errors`). Counters are compared with the
-previous check, so a failure makes the plan unhealthy until the counters stop growing.
+`health` watches what Kapacitor does not say on its own: besides a task that stopped or differs
+from its plan (drift), a failed query or write only ever shows as a node counter (`errors`,
+`write_errors`), and so does a dead UDF process: Kapacitor 1.5.7 notices it at its next
+keepalive or batch, fails that UDF node and the query node feeding it, and keeps the task
+`executing` with no error while that branch computes nothing (the task stops only when the
+failed node is the last one it waits for). Counters are compared with the previous check, so a
+failure makes the plan unhealthy until the counters stop growing; a stopped task, or a UDF node
+whose errors grew, is reloaded (disable + enable starts new UDF processes), and the windows it
+missed are the coordinator's to have backfilled.
 
 `run_windows` (catch-up and backfill) replays a temporary single-branch copy of the plan's
 task, `fed-<aggregation>-<dc>-replay`, over exactly the requested windows with
@@ -23,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,7 +43,7 @@ from federation.errors import FederationError, KapacitorError
 from federation.influx import InfluxClient, credentials_from_env, quote_ident
 from federation.kapacitor import KapacitorClient, NodeHealth, TaskHealth
 from federation.plan import AggregationPlan
-from federation.tickscript.render import render_plan
+from federation.tickscript.render import UDF_NAME, render_plan
 from federation.windows import Window, coalesce
 
 log = logging.getLogger(__name__)
@@ -75,19 +81,25 @@ class _Counters:
     write_errors: int
 
 
-def _growth(now: dict[str, NodeHealth], before: dict[str, _Counters]) -> _Counters:
-    """How much each node's counters grew since `before`; a node whose counters went down
-    was restarted (stats start again at zero), so all of its current count is new."""
+def _growth(now: dict[str, NodeHealth], before: dict[str, _Counters]) -> dict[str, _Counters]:
+    """How much each node's counters grew since `before` (nodes that grew only); a node whose
+    counters went down was restarted (stats start again at zero), so all of its count is new."""
 
     def grown(count: int, seen: int) -> int:
         return count - seen if count >= seen else count
 
-    errors = write_errors = 0
+    growth = {}
     for name, node in now.items():
         seen = before.get(name, _Counters(0, 0))
-        errors += grown(node.errors, seen.errors)
-        write_errors += grown(node.write_errors, seen.write_errors)
-    return _Counters(errors, write_errors)
+        errors, write_errors = grown(node.errors, seen.errors), grown(node.write_errors, seen.write_errors)  # fmt: skip
+        if errors or write_errors:
+            growth[name] = _Counters(errors, write_errors)
+    return growth
+
+
+def _is_udf_node(name: str) -> bool:
+    """Kapacitor names a node after its type and a number: `fedagg2` is a UDF node."""
+    return name.rstrip("0123456789") == UDF_NAME
 
 
 class _Stopped(Exception):
@@ -116,6 +128,7 @@ class KapacitorMode:
         stop: threading.Event,
         replay_timeout_s: float = 3600.0,
         replay_poll_s: float = 1.0,
+        reload_interval_s: float = 60.0,
     ) -> None:
         self.client = client
         self.dc = dc
@@ -126,6 +139,8 @@ class KapacitorMode:
         self.stop = stop
         self.replay_timeout_s = replay_timeout_s
         self.replay_poll_s = replay_poll_s
+        self.reload_interval_s = reload_interval_s
+        self._reloaded: dict[str, float] = {}
         self.run_ids = RunIds(clock)
         self._plans: dict[str, AggregationPlan] = {}
         self._desired: dict[str, TaskSnapshot] = {}
@@ -211,11 +226,12 @@ class KapacitorMode:
         """One entry per plan applied, in aggregation order; never raises.
 
         Unhealthy when the task is missing or differs from the plan (drift, or a deployment
-        that failed and was rolled back), is not executing or carries an error (a dead UDF
-        stops its task), or when a node's `errors` or `write_errors` grew since the previous
-        check (skipped windows, dropped writes; at the first check of a task, since it
-        started). Counters that stopped growing are healthy again, so a failure long ago does
-        not flag forever.
+        that failed and was rolled back), is not executing or carries an error, or when a
+        node's `errors` or `write_errors` grew since the previous check (skipped windows,
+        dropped writes, a dead UDF; at the first check of a task, since it started). Counters
+        that stopped growing are healthy again, so a failure long ago does not flag forever.
+        A task that stopped, or whose UDF node failed, is also reloaded (at most once per
+        `reload_interval_s`), and the detail says so.
         """
         with self._lock:
             plans = dict(self._plans)
@@ -263,7 +279,8 @@ class KapacitorMode:
             )
         health = TaskHealth.of(task)
         if not health.executing or health.error:
-            return unhealthy(f"task {task_id} is not executing: {health.error or 'stopped'}")
+            stopped = f"task {task_id} is not executing: {health.error or 'stopped'}"
+            return unhealthy(self._reload(task_id, stopped))
         with self._lock:
             before = self._counters.get(task_id, {})
             self._counters[task_id] = {
@@ -271,28 +288,60 @@ class KapacitorMode:
                 for name, node in health.nodes.items()
             }
         growth = _growth(health.nodes, before)
-        if growth.errors or growth.write_errors:
+        dead = sorted(name for name, grown in growth.items() if _is_udf_node(name) and grown.errors)
+        if dead:
+            # A UDF process that died (killed, crashed, stuck past its keepalive) takes its
+            # branch down, yet Kapacitor 1.5.7 keeps the task executing with no error: the
+            # UDF node's error counter is the only trace. A reload starts new UDF processes.
+            failed = (
+                f"task {task_id}: UDF node {', '.join(dead)} failed since the previous check "
+                "(its branch computes nothing more, though Kapacitor says the task executes)"
+            )
+            return unhealthy(self._reload(task_id, failed))
+        # A failed write counts in both of its node's counters.
+        errors = sum(max(grown.errors - grown.write_errors, 0) for grown in growth.values())
+        write_errors = sum(grown.write_errors for grown in growth.values())
+        if growth:
             return unhealthy(
-                f"task {task_id}: {growth.errors} failed queries and {growth.write_errors} "
+                f"task {task_id}: {errors} failed queries and {write_errors} "
                 "failed writes since the previous check"
             )
         return PlanHealth(
             plan.aggregation, plan.version, True, f"task {task_id} executing version {plan.version}"
         )
 
+    def _reload(self, task_id: str, why: str) -> str:
+        """Restart a task that stopped or lost a branch (disable + enable: new UDF processes),
+        at most once per `reload_interval_s`; `why` with what was done."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._reloaded.get(task_id)
+            if last is not None and now - last < self.reload_interval_s:
+                return f"{why}; reloaded {now - last:.0f}s ago, waiting before the next reload"
+            self._reloaded[task_id] = now
+            self._counters.pop(task_id, None)
+        try:
+            self.client.reload_task(task_id)
+        except KapacitorError as exc:
+            log.error("DC %s: %s; reloading the task failed: %s", self.dc, why, exc)
+            return f"{why}; reloading the task failed: {exc}"
+        log.warning("DC %s: %s; reloaded the task (disable + enable)", self.dc, why)
+        return f"{why}; reloaded the task (disable + enable)"
+
     # --- replays ------------------------------------------------------------------------------
 
     def run_windows(
         self, plan: AggregationPlan, windows: Sequence[Window], stop: threading.Event
     ) -> RangeResult:
-        """Recompute and ship `windows` with Kapacitor replays, then ship the empty ones.
+        """Recompute and ship `windows` with Kapacitor replays, and ship the empty ones.
 
-        Each run of contiguous windows is one replay (`recording-time: true`) of the temporary
-        task `fed-<aggregation>-<dc>-replay`: the plan with a single branch (offset 0), created
-        disabled and deleted afterwards, also when the replay fails. Replays run one at a
-        time. After a replay the raw events of each window are counted with one query; every
-        window without any gets a zero manifest through the sink, the others were shipped by
-        Kapacitor's UDF.
+        The raw events of each run of contiguous windows are counted first, with one query.
+        Every run of contiguous windows that hold events is one replay (`recording-time: true`)
+        of the temporary task `fed-<aggregation>-<dc>-replay`: the plan with a single branch
+        (offset 0), created disabled and deleted afterwards, also when the replay fails;
+        Kapacitor's UDF ships those windows. Replays run one at a time. A window without
+        events gets its zero manifest through the sink, without a replay (which would yield
+        no batch for it anyway).
 
         The result lists every window, oldest first, like the embedded executor's: `events`
         from the count; `groups`, `points` and `run` are 0 for windows Kapacitor computed (the
@@ -325,19 +374,22 @@ class KapacitorMode:
                     return finish(stopped=True)
                 span = f"{format_rfc3339(start_ns)}..{format_rfc3339(end_ns)}"
                 try:
-                    self._replay(plan, start_ns, end_ns, stop)
-                except _Stopped:
-                    return finish(stopped=True)
-                except FederationError as exc:
-                    log.error("%s: replay of %s failed: %s", plan.aggregation, span, exc)
-                    return finish(error=f"replay of {span} failed: {exc}")
-                try:
                     counts = self._count_events(plan, start_ns, end_ns)
                 except FederationError as exc:
                     log.error(
                         "%s: counting the raw events of %s failed: %s", plan.aggregation, span, exc
                     )
                     return finish(error=f"counting the raw events of {span} failed: {exc}")
+                busy = [w for w in ordered if start_ns <= w.start_ns < end_ns and counts.get(w.start_ns)]  # fmt: skip
+                for busy_start, busy_end in coalesce(busy):
+                    part = f"{format_rfc3339(busy_start)}..{format_rfc3339(busy_end)}"
+                    try:
+                        self._replay(plan, busy_start, busy_end, stop)
+                    except _Stopped:
+                        return finish(stopped=True)
+                    except FederationError as exc:
+                        log.error("%s: replay of %s failed: %s", plan.aggregation, part, exc)
+                        return finish(error=f"replay of {part} failed: {exc}")
                 for start in range(start_ns, end_ns, plan.window_ns):
                     window = Window(start, plan.window_ns)
                     events = counts.get(start, 0)

@@ -11,11 +11,18 @@ app) and `serve()` (uvicorn on loopback, for a separate process such as a real a
 
 Fault injection for tests: `fail_enable` (enabling answers 500, the task stays saved and enabled
 but not executing, as when a node cannot be created), `fail_udf_start` (the enable is accepted,
-then the task stops with its UDF node's init error, as Kapacitor does), `set_node_stats` (`errors`, `write_errors`), `fail_task` (the task stops with
-"task finished with error", as when its UDF dies), `fail_replays`, `replay_polls` (how many GETs
+then the task stops with its UDF node's init error, as Kapacitor does), `kill_udf` (a UDF
+process killed: its node and the query node feeding it count an error while the task still
+reads executing with no error, as in Kapacitor 1.5.7), `set_node_stats` (`errors`,
+`write_errors`), `fail_task` (the task stops with an error, as when the node it waits on last
+fails), `fail_replays`, `replay_polls` (how many GETs
 a replay answers 202 before finishing) and `on_replay` (a callback doing the replay's work).
 
-Not emulated: running TICKscripts (no queries, no data flow, no alerts, no UDF processes),
+Node stats start again from zero whenever a task starts, as a started task's do in Kapacitor;
+the emulator lists only the nodes a fault touched, where Kapacitor lists every node.
+
+Not emulated: running TICKscripts (no queries, no data flow, no alerts, no UDF processes, so
+no schedule: a fault shows in the stats at once, not at the next run or keepalive),
 stream writes (`/write`), recordings and replays of recordings, `/replays/query`, templates
 (a `template-id` is refused as an unknown template), `dot` graphs (always empty), Kapacitor's
 exact `formatted` output (scripts are re-printed with federation's own TICKscript printer, so
@@ -178,8 +185,25 @@ class KapacitorEmulator:
         """Set one node's `errors` and `write_errors` (visible while the task executes)."""
         self.tasks[task_id].node_stats[node] = {"errors": errors, "write_errors": write_errors}
 
+    def kill_udf(self, task_id: str) -> str:
+        """Kill the process of the task's first UDF node, as `kill -9` would, and return the
+        node's name. Kapacitor 1.5.7 fails that node at its next keepalive (`errors` + 1) and
+        the query node feeding it at the next run (+ 1), and keeps the task executing with no
+        error: a branch that computes nothing more."""
+        task = self.tasks[task_id]
+        node = _first_udf_node(task.script)
+        if node is None or not task.executing:
+            raise ValueError(f"task {task_id} runs no UDF process")
+        node_id = int(node[len(node.rstrip("0123456789")) :])
+        query = f"query{node_id - 1}"  # the node before it in its branch
+        for name in (node, query):
+            counters = task.node_stats.setdefault(name, {"errors": 0, "write_errors": 0})
+            counters["errors"] += 1
+        return node
+
     def fail_task(self, task_id: str, message: str = "task finished with error") -> None:
-        """Stop a running task with an error, as Kapacitor does when its UDF process dies."""
+        """Stop a running task with an error, as Kapacitor does when the node it waits on
+        fails (a dead UDF in a task's last branch, for one)."""
         task = self.tasks[task_id]
         task.executing = False
         task.running_script = None
@@ -440,6 +464,7 @@ class KapacitorEmulator:
         task.executing = True
         task.error = ""
         task.running_script = task.script
+        task.node_stats = {}  # a started task counts from zero again
 
     # --- replays ------------------------------------------------------------------------------
 

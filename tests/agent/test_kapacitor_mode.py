@@ -204,18 +204,43 @@ def test_growing_node_errors_are_unhealthy_until_they_stop_growing(
     mode.close()
 
 
-def test_a_dead_udf_stops_the_task_and_is_unhealthy_with_its_error(
+def test_a_dead_udf_is_noticed_by_its_node_errors_and_the_task_reloaded(
     client: KapacitorClient, emulator: KapacitorEmulator
 ) -> None:
     mode = new_mode(client)
     plans = example_plans()
     mode.apply(plans)
-    emulator.fail_task(plans[0].task_id, "task finished with error: udf fedagg: process exited")
+    assert all(h.healthy for h in mode.health())
+    started = emulator.tasks[plans[1].task_id].last_enabled
+    # The task still executes, without an error: only the node counters tell.
+    node = emulator.kill_udf(plans[1].task_id)
+    task = client.get_task(plans[1].task_id)
+    assert task is not None and task.executing and task.error == ""
+    health = {h.aggregation: h for h in mode.health()}
+    assert not health["delivery_latency"].healthy
+    detail = health["delivery_latency"].detail
+    assert f"UDF node {node} failed since the previous check" in detail
+    assert detail.endswith("reloaded the task (disable + enable)")
+    assert health["delivery_direction"].healthy
+    assert emulator.tasks[plans[1].task_id].last_enabled > started
+    assert all(h.healthy for h in mode.health())
+    mode.close()
+
+
+def test_a_stopped_task_is_unhealthy_with_its_error_and_restarted(
+    client: KapacitorClient, emulator: KapacitorEmulator
+) -> None:
+    mode = new_mode(client)
+    plans = example_plans()
+    mode.apply(plans)
+    emulator.fail_task(plans[0].task_id, "fedagg5: write error: write |1: broken pipe")
     health = {h.aggregation: h for h in mode.health()}
     assert not health["delivery_direction"].healthy
-    assert "is not executing" in health["delivery_direction"].detail
-    assert "udf fedagg: process exited" in health["delivery_direction"].detail
+    assert "is not executing: fedagg5: write error" in health["delivery_direction"].detail
+    assert "reloaded the task" in health["delivery_direction"].detail
     assert health["delivery_latency"].healthy
+    assert emulator.running_script(plans[0].task_id) is not None
+    assert all(h.healthy for h in mode.health())
     mode.close()
 
 
@@ -260,7 +285,7 @@ def recent_minute() -> int:
     return now - now % (60 * SECOND) - 5 * 60 * SECOND
 
 
-def test_run_windows_replays_one_branch_over_exactly_the_windows_and_ships_empty_ones(
+def test_run_windows_replays_one_branch_over_the_windows_with_events_and_ships_empty_ones(
     client: KapacitorClient, emulator: KapacitorEmulator, dc: InfluxClient
 ) -> None:
     plan = make_plan()
@@ -275,11 +300,14 @@ def test_run_windows_replays_one_branch_over_exactly_the_windows_and_ships_empty
     windows = windows_between(t0, t0 + 6 * SECOND, SECOND)
     result = mode.run_windows(plan, list(reversed(windows)), threading.Event())
 
-    assert len(seen) == 1
+    # Only the windows holding events are replayed; the empty ones get their zero manifests.
+    assert [(r.start_ns - t0, r.stop_ns - t0) for r in seen] == [
+        (0, 2 * SECOND),
+        (4 * SECOND, 5 * SECOND),
+    ]
     replay = seen[0]
     assert replay.task == replay_task_id(plan) == "fed-delivery_latency-dc1-replay"
     assert replay.recording_time is True
-    assert (replay.start_ns, replay.stop_ns) == (t0, t0 + 6 * SECOND)
     assert replay.script.count("batch\n") == 1
     assert ".offset(0s)" in replay.script
     assert ".period(1s)" in replay.script and ".every(1s)" in replay.script
@@ -307,6 +335,7 @@ def test_separate_runs_of_windows_are_separate_replays(
 ) -> None:
     plan = make_plan()
     t0 = recent_minute()
+    write_events(dc, [Event(t0 + k * SECOND, 10.0) for k in range(6)])
     seen = record_replays(emulator)
     mode = new_mode(client, dc="dc1", source=dc)
     windows = [Window(t0 + k * SECOND, SECOND) for k in (0, 1, 5)]
@@ -324,6 +353,7 @@ def test_a_failed_replay_surfaces_kapacitors_error_and_deletes_the_temporary_tas
 ) -> None:
     plan = make_plan()
     t0 = recent_minute()
+    write_events(dc, [Event(t0 + k * SECOND, 10.0) for k in range(3)])
     seen = record_replays(emulator)
     emulator.fail_replays('error executing query: database not found: "mail"')
     sink = RecordingSink([])
@@ -348,6 +378,7 @@ def test_a_leftover_temporary_task_is_replaced(
     seen = record_replays(emulator)
     mode = new_mode(client, dc="dc1", source=dc)
     t0 = recent_minute()
+    write_events(dc, [Event(t0, 10.0)])
     assert mode.run_windows(plan, [Window(t0, SECOND)], threading.Event()).ok
     assert script_version(seen[0].script) == plan.version
     assert emulator.tasks == {}
@@ -361,6 +392,7 @@ def test_replays_of_one_dc_run_one_at_a_time(
     seen = record_replays(emulator)
     mode = new_mode(client, dc="dc1", source=dc)
     t0 = recent_minute()
+    write_events(dc, [Event(t0 + k * SECOND, 10.0) for k in range(2)])
     plans = [make_plan(), make_plan(aggregation="delivery_direction", dimensions=("direction",))]
     results = []
     threads = [
@@ -544,7 +576,12 @@ def test_empty_windows_get_zero_manifests_at_central_and_the_ledger_marks_them_e
         windows = windows_between(hour0 - 3 * HOUR, hour0 + 3 * HOUR, HOUR)
         result = mode.run_windows(plan, windows, threading.Event())
         mode.close()
-    assert replays == [("delivery_latency", hour0 - 3 * HOUR, hour0 + 3 * HOUR)]
+    # Only the hours holding events are replayed.
+    assert replays == [
+        ("delivery_latency", hour0 - 3 * HOUR, hour0 - HOUR),
+        ("delivery_latency", hour0, hour0 + HOUR),
+        ("delivery_latency", hour0 + 2 * HOUR, hour0 + 3 * HOUR),
+    ]
     assert result.ok, result.summary()
     assert manifest_events(central, "delivery_latency", hour0) == {
         -3: 40,
@@ -604,8 +641,9 @@ def test_the_agent_in_kapacitor_mode_deploys_reports_health_and_backfills(
         assert all(r.ok for r in results), [r.summary() for r in results]
         assert manifest_events(central, "delivery_latency", hour0) == {-3: 40, -2: 0, -1: 40}
         assert sorted(replays) == [
-            ("delivery_direction", hour0 - 2 * HOUR, hour0),
-            ("delivery_latency", hour0 - 3 * HOUR, hour0),
+            ("delivery_direction", hour0 - HOUR, hour0),
+            ("delivery_latency", hour0 - 3 * HOUR, hour0 - 2 * HOUR),
+            ("delivery_latency", hour0 - HOUR, hour0),
         ]
 
         # A backfill request: replayed, empty hours get their zero manifests, result reported.
@@ -624,7 +662,7 @@ def test_the_agent_in_kapacitor_mode_deploys_reports_health_and_backfills(
         events = manifest_events(central, "delivery_latency", hour0)
         assert {h: events[h] for h in range(4)} == {0: 0, 1: 40, 2: 40, 3: 40}
 
-        # A UDF that dies stops its task: the next report says so.
+        # A task stopped by a dead UDF: the next report says so, and the task is restarted.
         latency = plans[1]
         emulator.fail_task(latency.task_id, "task finished with error: udf fedagg died")
         agent.report()
