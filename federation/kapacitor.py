@@ -129,6 +129,23 @@ class TaskHealth:
         """Executing, no error, and no node reported a failed query or write."""
         return self.executing and not self.error and not self.errors and not self.write_errors
 
+    @property
+    def problem(self) -> str:
+        """What is wrong, for a person ("" when `ok`): Kapacitor's error, or the nodes whose
+        counters say something failed since the task started (a failed node may have stopped
+        its branch while the task still reads executing without error)."""
+        if not self.executing or self.error:
+            return self.error or "not executing"
+        failing = [
+            f"{name} {node.errors} error(s)"
+            + (f", {node.write_errors} failed write(s)" if node.write_errors else "")
+            for name, node in self.nodes.items()
+            if node.errors or node.write_errors
+        ]
+        if not failing:
+            return ""
+        return "node errors since the task started: " + "; ".join(failing)
+
 
 @dataclass(frozen=True)
 class Replay:
@@ -166,13 +183,17 @@ def format_time(time_ns: int) -> str:
 
 
 class KapacitorClient:
-    """One Kapacitor: one `httpx.Client` with explicit timeouts; use as a context manager."""
+    """One Kapacitor: one `httpx.Client` with explicit timeouts; use as a context manager.
+
+    The default timeout is generous: Kapacitor answers a PATCH or DELETE that stops a task only
+    once the task's UDF processes have stopped, which takes seconds on a busy host.
+    """
 
     def __init__(
         self,
         base_url: str,
         *,
-        timeout: float = 10.0,
+        timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         auth: httpx.Auth | tuple[str, str] | None = None,
     ) -> None:

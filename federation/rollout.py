@@ -279,7 +279,7 @@ def rollout_status(
             want_v = script_version(want.script) if want else None
             have_v = script_version(have.script) if have else None
             healthy = health[task_id].ok if task_id in health else None
-            detail = health[task_id].error if task_id in health else ""
+            detail = health[task_id].problem if task_id in health else ""
             if have is None:
                 state = "missing"
             elif want is None:

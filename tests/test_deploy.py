@@ -130,6 +130,9 @@ def test_health_reports_node_errors_and_dead_udf() -> None:
     emulator.fail_task(tasks[1].id, "udf process died")
     health = task_health(client, "dub1")
     assert health[tasks[0].id].write_errors == 3 and not health[tasks[0].id].ok
+    assert health[tasks[0].id].problem == (
+        "node errors since the task started: influxdb_out4 0 error(s), 3 failed write(s)"
+    )
     assert health[tasks[1].id].error == "udf process died" and not health[tasks[1].id].ok
 
 
