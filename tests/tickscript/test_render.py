@@ -53,6 +53,26 @@ def test_branches_follow_the_look_back() -> None:
         assert task.plan.query in task.script
 
 
+def test_windows_shorter_than_influxdbouts_flush_are_flushed_every_window(
+    config_dir: Path,
+) -> None:
+    # influxDBOut flushes every 10 s by default: a 2 s window would reach the gateway after
+    # its deadline (end + look-back + grace) and be backfilled although Kapacitor computed it.
+    hourly = render_all(load_config(config_dir), dc="lon1")
+    assert all(".flushInterval(" not in t.script for t in hourly)
+    for name in ("delivery_latency", "delivery_direction"):
+        path = config_dir / f"tickscripts/{name}.yaml"
+        text = path.read_text().replace("window: 1h", "window: 2s")
+        path.write_text(
+            text.replace("lookback: 3h", "lookback: 6s").replace("lookback: 2h", "lookback: 4s")
+        )
+    for task in render_all(load_config(config_dir), dc="lon1"):
+        k = task.plan.lookback_windows
+        assert task.script.count(".flushInterval(2s)") == k
+        ctx, _ = context_for_script(load_config(config_dir), task.script, task.filename)
+        assert ctx is not None and lint(task.script, ctx, task.filename) == []
+
+
 def test_parser_round_trips_every_rendered_script() -> None:
     for task in render_all(load_config(REPO)):
         program = parse(task.script, task.filename)
