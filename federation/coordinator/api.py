@@ -31,10 +31,12 @@ that cannot start as asked gets 409.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -228,6 +230,15 @@ async def _write(request: Request) -> Response:
     return Response(status_code=204, headers={"X-Influxdb-Version": INFLUXDB_VERSION})
 
 
+# One DC's batches are checked, forwarded and recorded one at a time: two shipments of the same
+# window (a Kapacitor task's look-back branch and a replay, say) that both passed the stale check
+# could otherwise reach central in one order and the ledger in the other, leaving central with
+# an older run than the ledger holds.
+_SHIPPING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 # One batch is parsed and checked at a time. The work holds the GIL, so batches checked side by
 # side would all finish late, together; one at a time, each finishes as early as it can and is
 # forwarded to central while the next one is checked.
@@ -251,6 +262,22 @@ async def _accept(request: Request, coordinator: Coordinator, dc: str) -> Checke
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding not in ("", "identity", "gzip"):
         raise Refusal("line-protocol", f"unsupported Content-Encoding {encoding!r}", status=415)
+    locks = _SHIPPING.setdefault(asyncio.get_running_loop(), {})
+    lock = locks.setdefault(dc, asyncio.Lock())
+    async with lock:
+        return await _check_forward_record(request, coordinator, dc, raw, encoding, precision, rp)
+
+
+async def _check_forward_record(
+    request: Request,
+    coordinator: Coordinator,
+    dc: str,
+    raw: bytes,
+    encoding: str,
+    precision: str,
+    rp: str,
+) -> CheckedBatch:
+    limit = coordinator.settings.max_body_bytes
     now_ns = coordinator.clock.now_ns()
 
     def check() -> CheckedBatch:
