@@ -742,6 +742,19 @@ skip-config-overrides = true
         process, self.process = self.process, None
         _terminate(process, timeout)
 
+    def udf_processes(self) -> list[int]:
+        """The pids of kapacitord's UDF processes (its children), oldest first (Linux)."""
+        if self.process is None:
+            return []
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # pid (comm) state ppid ... starttime: fields after the command's parenthesis.
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.process.pid:
+                    children.append((int(fields[19]), int(stat.parent.name)))
+        return [pid for _started, pid in sorted(children)]
+
     def kill(self) -> None:
         """Kill kapacitord at once (SIGKILL), as a crash would. Its UDF processes see their
         stdin end and exit; its data directory stays for a `start` on the same port."""

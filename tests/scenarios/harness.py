@@ -1,7 +1,8 @@
 """A whole local federation for the scenario tests: two DCs in two regions and central.
 
 `ScenarioFederation` starts a real `influxd` per DC (dub1 in eu, lon1 in uk) and for central,
-applies the regions' retention policies, serves the coordinator (gateway, agent API, ledger in
+a real `kapacitord` for each DC the spec names in `kapacitor_dcs` (its agent then runs in
+Kapacitor mode), applies the regions' retention policies, serves the coordinator (gateway, agent API, ledger in
 a SQLite file) on loopback with its planner and verification jobs, and runs one agent per DC
 (in a thread, or as a real `federation agent run` subprocess). Everything is tuned for
 second-long windows: the planner and verifier run twice a second, agents poll every quarter
@@ -23,6 +24,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kapacitor_fixture import udf_wrapper
 from sqlalchemy import select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -56,7 +59,7 @@ from federation.coordinator.service import Coordinator, CoordinatorSettings, loa
 from federation.errors import FederationError
 from federation.influx import InfluxClient
 from federation.ingest import ingest
-from federation.localstack import LocalStack, free_port
+from federation.localstack import KapacitorServer, LocalStack, free_port
 from federation.policy.retention import apply_retention
 from federation.traffic import generate_events, personal_values, to_json_lines
 
@@ -89,6 +92,9 @@ COORDINATOR_SETTINGS = CoordinatorSettings(
     ),
 )
 AGENT_SETTINGS = AgentSettings(poll_interval_s=0.25, reconcile_interval_s=60.0, mode="embedded")
+KAPACITOR_UDF_TIMEOUT = "20s"
+"""The scenario kapacitords' UDF keepalive deadline: Python UDF processes all starting at once on
+a loaded machine need more than production's 10 s; a killed UDF is noticed within half of it."""
 SHIP_RETRY = RetryPolicy(attempts=4, initial_s=0.2, multiplier=2.0, max_s=1.0)
 """About 1.4 s of retries: an outage of a few windows outlasts them, so both the retry and the
 give-up-and-backfill paths run."""
@@ -117,6 +123,8 @@ class ScenarioConfig:
     window_s: int = 1
     raw: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """Per region, keys of the policy's `raw` section to replace (e.g. a short retention)."""
+    kapacitor_dcs: tuple[str, ...] = ()
+    """DCs that run a real kapacitord, their agent in Kapacitor mode (the others embedded)."""
 
 
 def write_config(
@@ -124,13 +132,17 @@ def write_config(
     urls: Mapping[str, str],
     coordinator_url: str,
     spec: ScenarioConfig,
+    kapacitor_urls: Mapping[str, str] | None = None,
 ) -> FederationConfig:
-    """The example policies and aggregations, with `spec`'s windows, for the scenario DCs."""
+    """The example policies and aggregations, with `spec`'s windows, for the scenario DCs;
+    a DC in `kapacitor_urls` has that Kapacitor, the others run the embedded executor."""
     fleet = yaml.safe_load((REPO / "fleet.yaml").read_text())
     dcs: dict[str, Any] = {}
     for name in DCS:
         dc = dict(fleet["dcs"][name])
-        dc.pop("kapacitor", None)  # the embedded executor everywhere
+        dc.pop("kapacitor", None)
+        if kapacitor_urls and name in kapacitor_urls:
+            dc["kapacitor"] = {"url": kapacitor_urls[name]}
         dc["influxdb"] = {"url": urls[name]}
         dc["agent_token_env"] = token_env(name)
         dcs[name] = dc
@@ -400,8 +412,11 @@ class ScenarioFederation:
         *,
         clock: Clock | None = None,
         settings: CoordinatorSettings = COORDINATOR_SETTINGS,
+        kapacitord: str | None = None,
     ) -> None:
         set_tokens()
+        self.kapacitord = kapacitord
+        self.kapacitors: dict[str, KapacitorServer] = {}
         self.root = root
         self.spec = spec or ScenarioConfig()
         self.clock: Clock = clock or SystemClock()
@@ -449,8 +464,12 @@ class ScenarioFederation:
         `history_windows` before now) is tracked; returns that first window's start."""
         urls = {name: self.stack.influxd(name).url for name in (*DCS, "central")}
         self.config_dir.mkdir(parents=True, exist_ok=True)
+        coordinator_url = f"http://127.0.0.1:{self.port}"
+        for dc in self.spec.kapacitor_dcs:
+            self.kapacitors[dc] = self.start_kapacitord(dc, urls[dc], coordinator_url)
+        kapacitor_urls = {dc: server.url for dc, server in self.kapacitors.items()}
         self._config = write_config(
-            self.config_dir, urls, f"http://127.0.0.1:{self.port}", self.spec
+            self.config_dir, urls, coordinator_url, self.spec, kapacitor_urls
         )
         for outcome in apply_retention(self.config):
             if not outcome.ok:
@@ -463,6 +482,20 @@ class ScenarioFederation:
             )
         self.start_coordinator(track_from_ns=track_from_ns)
         return track_from_ns
+
+    def start_kapacitord(self, dc: str, influx_url: str, gateway_url: str) -> KapacitorServer:
+        """A real kapacitord for DC `dc` (the binary given at construction), its UDF a
+        `udf_wrapper` that a test can break."""
+        if self.kapacitord is None:
+            raise AssertionError(f"{dc} runs Kapacitor, but no kapacitord binary was given")
+        home = self.root / "kapacitor" / dc
+        program, _switch = udf_wrapper(home)
+        server = KapacitorServer(
+            self.kapacitord, home, dc, influx_url, gateway_url, os.environ[token_env(dc)],
+            str(program), udf_timeout=KAPACITOR_UDF_TIMEOUT,
+        )  # fmt: skip
+        server.start()
+        return server
 
     def start_coordinator(self, *, track_from_ns: int | None = None) -> None:
         """Open the ledger, record the desired state, serve the gateway, start the jobs."""
@@ -525,9 +558,10 @@ class ScenarioFederation:
 
     def start_agent(self, dc: str, *, clock: Clock | None = None) -> Agent:
         """Run DC `dc`'s agent in a thread (embedded executor, scenario timings)."""
-        agent, stop = build_agent(
-            self.config, dc, clock=clock or self.clock, settings=AGENT_SETTINGS
-        )
+        settings = AGENT_SETTINGS
+        if dc in self.kapacitors:
+            settings = dataclasses.replace(settings, mode="kapacitor")
+        agent, stop = build_agent(self.config, dc, clock=clock or self.clock, settings=settings)
         assert agent.shipper is not None
         agent.shipper.retry = SHIP_RETRY
         agent.work = BackfillWork(RESULT_RETRY)
@@ -575,9 +609,12 @@ class ScenarioFederation:
             del self.processes[dc]
 
     def freeze(self) -> None:
-        """Stop the agents, let the coordinator verify what they shipped last, then stop its
-        jobs, so the checks read a state that holds still. Servers and ledger stay up."""
+        """Stop the agents (and kapacitord), let the coordinator verify what they shipped last,
+        then stop its jobs, so the checks read a state that holds still. The InfluxDB servers
+        and the ledger stay up."""
         self.stop_agents()
+        for server in self.kapacitors.values():
+            server.kill()  # its tasks would go on shipping the look-back
         if self.coordinator is not None:
             run_verification(self.coordinator, self.central)
         self.stop_jobs()
@@ -591,6 +628,8 @@ class ScenarioFederation:
             traffic.close()
         if self._central is not None:
             self._central.close()
+        for server in self.kapacitors.values():
+            server.kill()  # nothing to keep; a clean stop waits for every UDF process
         self.stack.close()
 
     # -- the real CLI -------------------------------------------------------------------------
