@@ -1,10 +1,25 @@
-"""What every client of the coordinator's HTTP API shares: one httpx client with a bearer
-token and explicit timeouts, and errors turned into CoordinatorError (or InvalidInput when the
-coordinator refused a config, listing every problem)."""
+"""What every client of the coordinator's HTTP API shares: one httpx client per coordinator
+replica with a bearer token and explicit timeouts, fail-over between the replicas, and errors
+turned into CoordinatorError (or InvalidInput when the coordinator refused a config, listing
+every problem).
+
+Fail-over: a request goes to the replica that answered last; when that replica cannot have
+handled it, the next one is tried, and after a round over all of them the client sleeps
+(doubling from `backoff_s`) and starts another, up to `rounds`. "Cannot have handled it" means
+the connection was never made, or the answer was 503 (a replica draining refuses new requests
+with it). A GET, which changes nothing, also moves on after a read failure or a 502/504 from a
+proxy; a POST does not, since the replica may have applied it.
+
+    status / failure         GET          POST
+    connect error, 503       next replica next replica
+    read error, 502, 504     next replica CoordinatorError
+    any other answer         returned or raised as is
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
 import httpx
@@ -13,28 +28,57 @@ from federation.errors import CoordinatorError, InvalidInput
 
 Params = Mapping[str, str] | httpx.QueryParams
 
+UNAVAILABLE = 503
+"""What a draining replica answers a new request with: it was not handled; try another."""
+
+_GATEWAY_FAILURES = (502, 504)
+
 
 class CoordinatorHttp:
-    """One coordinator, as one bearer of a token (a DC's agent, an operator, a reader)."""
+    """The coordinator (one or several replicas), as one bearer of a token (a DC's agent, an
+    operator, a reader)."""
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str,
         *,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        rounds: int = 3,
+        backoff_s: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.url = url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            transport=transport,
-        )
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("at least one coordinator URL is needed")
+        self.urls = tuple(u.rstrip("/") for u in urls)
+        self._current = 0
+        self._rounds = max(rounds, 1)
+        self._backoff_s = backoff_s
+        self._sleep = sleep
+        self._clients = [
+            httpx.Client(
+                base_url=u,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+                transport=transport,
+            )
+            for u in self.urls
+        ]
+
+    @property
+    def url(self) -> str:
+        """The replica the next request goes to first."""
+        return self.urls[self._current]
+
+    @property
+    def _client(self) -> httpx.Client:
+        return self._clients[self._current]
 
     def close(self) -> None:
-        self._client.close()
+        for client in self._clients:
+            client.close()
 
     def __enter__(self) -> Self:
         return self
@@ -50,15 +94,36 @@ class CoordinatorHttp:
         params: Params | None = None,
         body: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
-        """Send one request; CoordinatorError with the URL, status and the coordinator's
-        `error` text for anything but a 2xx answer."""
-        url = self.url + path
-        try:
-            response = self._client.request(method, path, params=params, json=body)
-        except httpx.HTTPError as exc:
-            raise CoordinatorError(
-                url, f"request failed: {exc.__class__.__name__}: {exc}"
-            ) from None
+        """Send one request, failing over between replicas (the module's table);
+        CoordinatorError with the URL, status and the coordinator's `error` text for anything
+        but a 2xx answer."""
+        safe = method.upper() in ("GET", "HEAD")
+        failure: CoordinatorError | None = None
+        for round_ in range(self._rounds):
+            if round_:
+                self._sleep(self._backoff_s * 2 ** (round_ - 1))
+            for _ in self.urls:
+                url = self.url + path
+                try:
+                    response = self._client.request(method, path, params=params, json=body)
+                except httpx.HTTPError as exc:
+                    failure = CoordinatorError(
+                        url, f"request failed: {exc.__class__.__name__}: {exc}"
+                    )
+                    if not (safe or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)):
+                        raise failure from None
+                else:
+                    status = response.status_code
+                    if status != UNAVAILABLE and not (safe and status in _GATEWAY_FAILURES):
+                        return self._answer(url, response)
+                    failure = CoordinatorError(
+                        url, f"unavailable: {response.text[:200]}", status, response.text[:500]
+                    )
+                self._current = (self._current + 1) % len(self.urls)
+        assert failure is not None
+        raise failure
+
+    def _answer(self, url: str, response: httpx.Response) -> httpx.Response:
         if response.status_code < 300:
             return response
         text = response.text[:500]

@@ -41,7 +41,7 @@ class OperatorClient(CoordinatorHttp):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str,
         *,
         timeout: float = 30.0,
@@ -119,7 +119,7 @@ def operator_client(
     token = env.get(name)
     if not token:
         raise FederationError(f"environment variable {name} (the coordinator token) is not set")
-    return OperatorClient(central.coordinator_url, token, transport=transport)
+    return OperatorClient(central.coordinator_urls, token, transport=transport)
 
 
 @dataclass

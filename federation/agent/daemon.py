@@ -586,7 +586,7 @@ def build_agent(
     token = agent_token(config, dc)
     source = local_influx(config, dc)
     shipper = build_shipper(config, dc, gateway_url=gateway_url or coordinator_url)
-    coordinator = CoordinatorClient(coordinator_url or config.fleet.central.coordinator_url, token)
+    coordinator = CoordinatorClient(coordinator_url or config.fleet.central.coordinator_urls, token)
     context = ModeContext(dc, config, source, shipper, clock, stop, settings)
     agent = Agent(
         dc,

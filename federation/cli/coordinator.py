@@ -85,7 +85,7 @@ def status(
         if not token:
             raise FederationError(f"environment variable {env} (the reader token) is not set")
         report = status_from_api(
-            cfg.fleet.central.coordinator_url, token, aggregation=aggregation, since=since, dc=dc
+            cfg.fleet.central.coordinator_urls, token, aggregation=aggregation, since=since, dc=dc
         )
     else:
         clock = SystemClock()

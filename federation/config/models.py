@@ -112,12 +112,20 @@ class Central(Model):
     influxdb: InfluxEndpoint
     database: str = "federation"
     coordinator_url: str = Field(pattern=r"^https?://")
+    # Further coordinator replicas over the same ledger: agents and operator commands try
+    # coordinator_url first, then these, failing over with back-off.
+    coordinator_replicas: tuple[Annotated[str, Field(pattern=r"^https?://")], ...] = ()
     ledger_url: str = "sqlite:///federation-ledger.sqlite"
     reader_token_env: EnvName
     # Optional: without it the coordinator's operator endpoints (reload, rollouts) are disabled.
     operator_token_env: EnvName | None = None
     reporting_timezones: tuple[str, ...] = ("UTC",)
     gateway_cluster: str = Field(default="federation_gateway", pattern=r"^[A-Za-z0-9._-]+$")
+
+    @property
+    def coordinator_urls(self) -> tuple[str, ...]:
+        """Every coordinator replica's URL, `coordinator_url` first."""
+        return tuple(dict.fromkeys((self.coordinator_url, *self.coordinator_replicas)))
 
     @model_validator(mode="after")
     def _zones_exist(self) -> Central:

@@ -46,6 +46,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -59,6 +60,7 @@ from federation.coordinator.backfills import (
 )
 from federation.coordinator.convergence import dc_overview
 from federation.coordinator.desired import record_report, served_desired_state
+from federation.coordinator.draining import RefuseWhileDraining
 from federation.coordinator.gateway import CheckedBatch, Refusal, check_body, log_refusal
 from federation.coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from federation.coordinator.metrics import metrics_text
@@ -715,6 +717,7 @@ def build_app(
             *web_routes(coordinator, reader),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(RefuseWhileDraining, coordinator=coordinator)],
     )
     app.state.coordinator = coordinator
     return app

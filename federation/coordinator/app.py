@@ -20,6 +20,7 @@ from sqlalchemy import select
 from federation.clock import Clock, SystemClock
 from federation.config import FederationConfig
 from federation.coordinator.api import build_app
+from federation.coordinator.draining import serve
 from federation.coordinator.ledger import Ledger, LedgerError, WindowRow, open_ledger, safe_url
 from federation.coordinator.planner import PlannerResult, plan_backfills
 from federation.coordinator.reload import follow_generation
@@ -222,8 +223,6 @@ def run_coordinator(
 
     `announce` gets one line saying where it serves, once preflight has passed (the CLI
     prints it; by default it is logged)."""
-    import uvicorn
-
     ready = preflight(config, ledger_url=ledger_url, central_url=central_url, environ=environ)
     coordinator = Coordinator(
         config,
@@ -241,10 +240,10 @@ def run_coordinator(
     app = build_app(coordinator, central_url=central_url)
     (announce or log.info)(
         f"coordinator serving on http://{host}:{port} (ledger {safe_url(ready.ledger.url)}, "
-        f"central InfluxDB {ready.central_version}); Ctrl-C stops it"
+        f"central InfluxDB {ready.central_version}); Ctrl-C or SIGTERM drains and stops it"
     )
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        serve(app, coordinator, host=host, port=port)
     finally:
         scheduler.shutdown(wait=False)
         central.close()

@@ -330,7 +330,7 @@ def _aggregation_status(
 
 
 def status_from_api(
-    url: str,
+    url: str | Sequence[str],
     token: str,
     *,
     aggregation: str | None = None,
@@ -339,29 +339,13 @@ def status_from_api(
     transport: Any = None,
     timeout: float = 30.0,
 ) -> StatusReport:
-    """The status report as a coordinator serves it (`GET /api/v1/status`, reader token).
+    """The status report as a coordinator serves it (`GET /api/v1/status`, reader token),
+    failing over between the replicas `url` names.
 
     Raises CoordinatorError with the URL, status and body when the request fails.
     """
-    import httpx
-
-    from federation.errors import CoordinatorError
+    from federation.coordinator_http import CoordinatorHttp
 
     params = {k: v for k, v in (("aggregation", aggregation), ("since", since), ("dc", dc)) if v}
-    target = url.rstrip("/") + "/api/v1/status"
-    try:
-        with httpx.Client(timeout=timeout, transport=transport) as client:
-            response = client.get(
-                target, params=params, headers={"Authorization": f"Bearer {token}"}
-            )
-    except httpx.HTTPError as exc:
-        raise CoordinatorError(target, f"request failed: {exc.__class__.__name__}") from None
-    if response.status_code != 200:
-        try:
-            message = str(response.json()["error"])
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:300]
-        raise CoordinatorError(
-            target, message, status=response.status_code, body=response.text[:500]
-        )
-    return StatusReport.from_dict(response.json())
+    with CoordinatorHttp(url, token, timeout=timeout, transport=transport) as client:
+        return StatusReport.from_dict(client._object("GET", "/api/v1/status", params=params))

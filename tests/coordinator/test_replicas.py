@@ -5,6 +5,7 @@ ledger; each replica's heartbeat says which generation it runs."""
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from federation.cli._status_view import status_renderables
 from federation.clock import FakeClock
 from federation.config import FederationConfig, load_config
 from federation.coordinator.api import build_app
+from federation.coordinator.draining import DRAINING_MESSAGE, draining_server
 from federation.coordinator.ledger import Ledger
 from federation.coordinator.reload import follow_generation
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
@@ -153,3 +155,17 @@ def test_status_lists_each_replica_and_flags_one_behind_or_silent(
     assert text["a at http"].style == "bold red"
     assert str(text["b at http"]).endswith("generation 2, serving")
     assert text["b at http"].style == ""
+
+
+def test_a_draining_replica_refuses_new_requests_with_503_and_says_so(
+    coordinator: Coordinator, client: TestClient, ledger: Ledger
+) -> None:
+    assert client.get("/ping").status_code == 204
+    server = draining_server(build_app(coordinator), coordinator, host="127.0.0.1", port=0)
+    server.handle_exit(signal.SIGTERM, None)  # what uvicorn calls on SIGTERM
+    assert server.should_exit and coordinator.draining
+    refused = client.get("/ping")
+    assert refused.status_code == 503 and refused.json()["error"] == DRAINING_MESSAGE
+    follow_generation(coordinator)
+    report = status_report(ledger, coordinator.config, coordinator.clock.now_ns())
+    assert [r.state for r in report.replicas] == ["draining"]
