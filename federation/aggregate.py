@@ -2,6 +2,13 @@
 
 This is the single implementation both executors use — the embedded executor and the Kapacitor
 UDF — so that for the same raw data they write identical points.
+
+A group is withheld from the shipment, whatever its size, when one of its dimension values looks
+like personal data (`federation.pii`: the same detector as the gateway's). Ingest refuses such a
+tag, but raw data written by something else may still hold one; without this the gateway would
+refuse the DC's whole batch and the window would never ship. The withheld events are counted in
+the manifest's `suppressed_events` (so events = Σ count + suppressed still holds) and, apart, in
+`personal_value_events`, so the coordinator can say which windows hold such data.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from federation.pii import personal_data_kind
 from federation.plan import MANIFEST_MEASUREMENT, NONE_VALUE
 from federation.points import FieldValue, Point
 from federation.sketch import encode_many
@@ -128,6 +136,17 @@ def group_rows(
     return grouper.finish()
 
 
+def personal_groups(keys: Sequence[tuple[str, ...]]) -> npt.NDArray[np.bool_]:
+    """For each group key, whether one of its dimension values looks like personal data."""
+    distinct = {value for key in keys for value in key}
+    personal = {value for value in distinct if personal_data_kind(value) is not None}
+    if not personal:
+        return np.zeros(len(keys), dtype=np.bool_)
+    return np.fromiter(
+        (not personal.isdisjoint(key) for key in keys), dtype=np.bool_, count=len(keys)
+    )
+
+
 def window_points(
     plan: OutputSpec,
     window_start_ns: int,
@@ -140,9 +159,11 @@ def window_points(
 
     `values` are the window's raw values (float64, as both InfluxDB's JSON and Kapacitor
     deliver them); `dimensions` holds one column per exported dimension, in plan order.
-    Groups below `plan.min_group_events` are not emitted; their events are counted in the
-    manifest's `suppressed_events`. Summaries come sorted by their tags, so the output is the
-    same for the same input whatever order the rows arrived in.
+    Groups below `plan.min_group_events`, and groups with a dimension value that looks like
+    personal data (`personal_groups`), are not emitted; their events are counted in the
+    manifest's `suppressed_events`, the latter's also in `personal_value_events`. Summaries
+    come sorted by their tags, so the output is the same for the same input whatever order the
+    rows arrived in.
     """
     if len(dimensions) != len(plan.dimensions):
         raise ValueError(
@@ -169,11 +190,14 @@ def grouped_window_points(
         values, codes, len(keys), plan.percentiles, plan.accuracy, min_count=k
     )
     sizes = np.bincount(codes, minlength=len(keys))
-    suppressed = int(sizes[sizes < k].sum())
+    personal = personal_groups(keys)
+    suppressed = int(sizes[(sizes < k) | personal].sum())
     points: list[Point] = []
-    # Empty groups and groups below k have no summary: their events are in `suppressed`.
+    # Empty groups, groups below k and groups keyed by a personal-looking value have no
+    # summary shipped: their events are in `suppressed`.
     exported = sorted(
-        ((keys[c], s) for c, s in enumerate(summaries) if s is not None), key=itemgetter(0)
+        ((keys[c], s) for c, s in enumerate(summaries) if s is not None and not personal[c]),
+        key=itemgetter(0),
     )
     sketches = encode_many([summary.sketch for _, summary in exported])
     for (key, summary), sketch in zip(exported, sketches, strict=True):
@@ -194,6 +218,7 @@ def grouped_window_points(
             events=len(values),
             groups=len(points),
             suppressed_events=suppressed,
+            personal_value_events=int(sizes[personal].sum()),
             run=run,
         )
     )
@@ -208,8 +233,13 @@ def manifest_point(
     groups: int,
     suppressed_events: int,
     run: int,
+    personal_value_events: int = 0,
 ) -> Point:
-    """The manifest of one window; written for empty windows too, so empty differs from missing."""
+    """The manifest of one window; written for empty windows too, so empty differs from missing.
+
+    `personal_value_events` (part of `suppressed_events`) counts the events of groups withheld
+    because a dimension value looked like personal data.
+    """
     return Point(
         MANIFEST_MEASUREMENT,
         {"aggregation": plan.aggregation, "dc": plan.dc},
@@ -217,6 +247,7 @@ def manifest_point(
             "events": events,
             "groups": groups,
             "suppressed_events": suppressed_events,
+            "personal_value_events": personal_value_events,
             "version": plan.version,
             "run": run,
         },

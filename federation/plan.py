@@ -28,6 +28,7 @@ _MANIFEST_FIELDS: dict[str, FieldType] = {
     "events": "integer",
     "groups": "integer",
     "suppressed_events": "integer",
+    "personal_value_events": "integer",
     "version": "string",
     "run": "integer",
 }

@@ -75,9 +75,42 @@ def test_empty_window_still_has_a_manifest() -> None:
         "events": 0,
         "groups": 0,
         "suppressed_events": 0,
+        "personal_value_events": 0,
         "version": PLAN.version,
         "run": 1,
     }
+
+
+def test_a_group_with_a_personal_looking_dimension_value_is_withheld() -> None:
+    # Raw data written by something other than ingest may hold an address in a dimension tag.
+    # The gateway refuses any batch carrying it, so the group stays in the DC, counted.
+    n = 60
+    values = np.arange(1.0, n + 1.0)
+    direction = ["inbound"] * n
+    mailer = ["mx1"] * 20 + ["192.0.2.55"] * 20 + ["mx2"] * 20
+    customer = ["c1"] * 10 + ["bob@example.org"] * 10 + ["c1"] * 20 + ["c2"] * 20
+    points = window_points(PLAN, 0, values, [direction, mailer, customer], run=3)
+    manifest = points[-1].fields
+    summaries = points[:-1]
+    assert [(p.tags["mailer"], p.tags["customer"]) for p in summaries] == [
+        ("mx1", "c1"),
+        ("mx2", "c2"),
+    ]
+    assert manifest["events"] == n and manifest["groups"] == 2
+    # (mx1, bob@…) 10 events, (192.0.2.55, c1) 20 events
+    assert manifest["personal_value_events"] == 30
+    assert manifest["suppressed_events"] == 30
+    assert sum(int(p.fields["count"]) for p in summaries) + 30 == n
+    # One point per line, so the gateway's own detector would see any value that slipped by.
+    assert "@" not in serialize(points).decode() and "192.0.2" not in serialize(points).decode()
+
+
+def test_personal_groups_below_k_count_in_both_totals() -> None:
+    values = np.arange(1.0, 13.0)
+    customer = ["c1"] * 10 + ["2001:db8::1"] * 2
+    points = window_points(PLAN, 0, values, [["in"] * 12, ["mx1"] * 12, customer], run=1)
+    assert points[-1].fields["suppressed_events"] == 2
+    assert points[-1].fields["personal_value_events"] == 2
 
 
 def test_no_personal_key_or_value_in_output() -> None:

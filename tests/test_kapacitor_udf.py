@@ -509,7 +509,13 @@ def test_an_empty_batch_gives_a_zero_manifest(udf: UdfSubprocess) -> None:
     assert manifest.tags == {"aggregation": "delivery_latency", "dc": "dub1"}
     assert manifest.time_ns == START
     fields = {k: v for k, v in manifest.fields.items() if k != "run"}
-    assert fields == {"events": 0, "groups": 0, "suppressed_events": 0, "version": "e46a4c37f733"}
+    assert fields == {
+        "events": 0,
+        "groups": 0,
+        "suppressed_events": 0,
+        "personal_value_events": 0,
+        "version": "e46a4c37f733",
+    }
     assert all(type(v) is int for k, v in fields.items() if k != "version")
 
 

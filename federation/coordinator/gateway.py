@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from federation.coordinator.desired import PlanBook
-from federation.coordinator.pii import personal_data_kind
 from federation.coordinator.tracking import Manifest
 from federation.coordinator.wire import (
     Columns,
@@ -52,6 +51,7 @@ from federation.coordinator.wire import (
 )
 from federation.errors import InvalidInput, LineProtocolError, SketchDecodeError
 from federation.lineprotocol import parse
+from federation.pii import personal_data_kind
 from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan, FieldType
 from federation.points import FieldValue
 from federation.sketch import Sketch, total_counts
@@ -369,13 +369,18 @@ class GatewayChecker:
                 line=ln.line,
             )
         self._check_alignment(entry.plan, point.time_ns, m, ln, now_ns)
-        for name in ("events", "groups", "suppressed_events", "run"):
+        for name in ("events", "groups", "suppressed_events", "personal_value_events", "run"):
             value = point.fields[name]
             if isinstance(value, int) and value < 0:
                 raise Refusal(
                     "field-type", f"{name} must not be negative", measurement=m, key=name,
                     line=ln.line,
                 )  # fmt: skip
+        if int(point.fields["personal_value_events"]) > int(point.fields["suppressed_events"]):
+            raise Refusal(
+                "field-type", "personal_value_events are part of suppressed_events, never more",
+                measurement=m, key="personal_value_events", line=ln.line,
+            )  # fmt: skip
         return Manifest.from_point(point)
 
     # -- summaries ----------------------------------------------------------------------------

@@ -38,11 +38,11 @@ from federation.config import FederationConfig, load_config
 from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central
 from federation.coordinator.ledger import Ledger, WindowRow, open_ledger
-from federation.coordinator.pii import personal_data_kind
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.influx import InfluxClient, quote_ident
 from federation.lineprotocol import parse
 from federation.localstack import InfluxServer, LocalStack, free_port
+from federation.pii import personal_data_kind
 from federation.pii_scan import scan_central
 from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan, resolve_plan
 from federation.points import FieldValue, Point

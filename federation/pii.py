@@ -1,6 +1,9 @@
 """Does a value look like personal data? E-mail addresses and IP addresses, by shape.
 
-Used by the gateway on every tag value and string field of every point it receives. The
+One detector for every place that asks: the gateway on every tag value and string field of
+every point it receives, ingest on every tag value it would write, both executors (through
+`federation.aggregate`) on every dimension value of a group, and the audit on the raw series.
+Pure: no I/O, so the agent, the UDF and ingest import it without the coordinator. The
 patterns look for the shapes inside a value (`user@example.com`, `10.1.2.3`, `2001:db8::1`,
 also embedded, e.g. `rcpt=user@example.com`), while ordinary identifiers such as mailer names
 (`mx1`, `smtp-out-3`), customer ids (`c1042`), versions (`v1.2.3`) and clock times (`10:00:00`)
