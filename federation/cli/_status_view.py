@@ -27,8 +27,8 @@ SYMBOLS: dict[str, tuple[str, str]] = {
 
 
 def status_renderables(report: StatusReport, *, reasons: bool = True) -> list[RenderableType]:
-    """One table per aggregation, each open window's reason (unless `reasons` is False), each
-    DC whose retention drifted, and the legend."""
+    """One table per aggregation, each open window's reason and each notice (unless `reasons`
+    is False), each DC whose retention drifted, and the legend."""
     items: list[RenderableType] = []
     for agg in report.aggregations:
         span = (
@@ -53,6 +53,10 @@ def status_renderables(report: StatusReport, *, reasons: bool = True) -> list[Re
                 items.append(Text(f"  {d.dc} {format_rfc3339(p.start_ns)} {p.state}: {p.reason}"))
             if d.more_problems:
                 items.append(Text(f"  {d.dc}: {d.more_problems} more not listed"))
+            for p in d.notices:
+                items.append(
+                    Text(f"  {d.dc} {format_rfc3339(p.start_ns)} {p.state} (notice): {p.reason}")
+                )
     items.extend(_backfill_lines(report) if reasons else ())
     items.extend(_clock_lines(report))
     items.extend(_replica_lines(report))

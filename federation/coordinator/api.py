@@ -64,6 +64,7 @@ from federation.coordinator.draining import RefuseWhileDraining
 from federation.coordinator.gateway import CheckedBatch, Refusal, check_body, log_refusal
 from federation.coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from federation.coordinator.metrics import metrics_text
+from federation.coordinator.refusals import note_refusal
 from federation.coordinator.reload import reload_config
 from federation.coordinator.rollouts import (
     RolloutConflict,
@@ -288,7 +289,14 @@ async def _check_forward_record(
         ended_ns = coordinator.clocks.ended_by(dc, now_ns)
         with _CHECKING:
             body = _gunzip(raw, limit) if encoding == "gzip" else raw
-            batch = check_body(coordinator.checker(), dc, body, precision or "ns", ended_ns)
+            checker = coordinator.checker()
+            try:
+                batch = check_body(checker, dc, body, precision or "ns", ended_ns)
+            except Refusal as refusal:
+                if refusal.status != 503:
+                    ledger = coordinator.ledger
+                    note_refusal(ledger, checker, dc, body, precision or "ns", refusal, now_ns)
+                raise
         stale = find_stale(coordinator.ledger, batch.manifests)
         if stale is not None:
             raise Refusal(

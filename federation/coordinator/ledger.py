@@ -180,12 +180,17 @@ class WindowRow(Base):
     events: Mapped[int | None] = mapped_column(BigInteger)
     groups: Mapped[int | None] = mapped_column(BigInteger)
     suppressed_events: Mapped[int | None] = mapped_column(BigInteger)
+    personal_value_events: Mapped[int | None] = mapped_column(BigInteger)
+    """Part of `suppressed_events`: groups withheld for a personal-looking dimension value."""
     summary_count: Mapped[int | None] = mapped_column(BigInteger)
     reason: Mapped[str | None] = mapped_column(Text)
     backfill_id: Mapped[int | None] = mapped_column(ForeignKey("backfills.id", ondelete="SET NULL"))
     shipped_ns: Mapped[int | None] = mapped_column(BigInteger)
     verified_ns: Mapped[int | None] = mapped_column(BigInteger)
     updated_ns: Mapped[int] = mapped_column(BigInteger)
+    refusal: Mapped[str | None] = mapped_column(Text)
+    """The gateway's last refusal of a shipment of this window, until a shipment is accepted."""
+    refused_ns: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ConfigGenerationRow(Base):

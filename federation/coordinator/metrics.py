@@ -20,6 +20,12 @@ rules (`federation.coordinator.alerts`) read them from this module.
     federation_retention_drift{dc}                             gauge: 1 when drifted
     federation_rollout_pending{dc}                             gauge: aggregations whose
                                                                desired version is not running
+    federation_windows_personal_values{dc,aggregation}         gauge: windows with events
+                                                               withheld for a personal-looking
+                                                               dimension value
+    federation_windows_refused{dc,aggregation}                 gauge: windows whose latest
+                                                               shipment the gateway refused
+    …_latest_start_seconds{dc,aggregation} of both             gauge: the newest one's start
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ AGENT_CLOCK_SKEW = "federation_agent_clock_skew_seconds"
 AGENT_CLOCK_SKEW_LARGE = "federation_agent_clock_skew_large"
 RETENTION_DRIFT = "federation_retention_drift"
 ROLLOUT_PENDING = "federation_rollout_pending"
+WINDOWS_PERSONAL_VALUES = "federation_windows_personal_values"
+WINDOWS_REFUSED = "federation_windows_refused"
+LATEST_START = "_latest_start_seconds"
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -229,6 +238,29 @@ class _LedgerCollector(Collector):
         yield from (windows, oldest, backfills, queue)
         yield from self._gateway()
         yield from (last_seen, skew, skew_large, drift, pending)
+        yield from self._notices()
+
+    def _notices(self) -> Iterator[Metric]:
+        """Per (dc, aggregation): the windows whose data at central is not the whole story."""
+        from federation.coordinator.status import notice_counts
+
+        counts = notice_counts(self.coordinator.ledger)
+        for name, kind, what in (
+            (WINDOWS_PERSONAL_VALUES, "personal_values",
+             "with events withheld because a dimension value looked like personal data"),
+            (WINDOWS_REFUSED, "refused",
+             "whose latest shipment the gateway refused (none accepted since)"),
+        ):  # fmt: skip
+            windows = GaugeMetricFamily(name, f"Windows {what}.", labels=["dc", "aggregation"])
+            latest = GaugeMetricFamily(
+                name + LATEST_START,
+                f"Start of the newest window {what} (Unix time).",
+                labels=["dc", "aggregation"],
+            )
+            for (dc, aggregation), notice in sorted(counts[kind].items()):
+                windows.add_metric([dc, aggregation], notice.windows)
+                latest.add_metric([dc, aggregation], notice.latest_start_ns / 1e9)
+            yield from (windows, latest)
 
     def _gateway(self) -> Iterator[Metric]:
         refusals, batches, points = self.coordinator.metrics.snapshot()

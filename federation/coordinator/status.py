@@ -13,14 +13,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
+from federation.clock import format_rfc3339
 from federation.config import FederationConfig
 from federation.coordinator.backfills import RunningBackfill, running_backfills
 from federation.coordinator.clocks import MAX_CLOCK_SKEW_NS, ClockSkew, clock_skews
 from federation.coordinator.convergence import reported_retention
-from federation.coordinator.ledger import DcRow, Ledger, TrackingRow, WindowRow
+from federation.coordinator.ledger import BackfillRow, DcRow, Ledger, TrackingRow, WindowRow
+from federation.coordinator.planner import DONE, FAILED
 from federation.coordinator.replicas import ReplicaStatus, replica_statuses
 from federation.coordinator.tracking import DONE_STATES, WindowState
 from federation.errors import InvalidInput
@@ -34,7 +36,8 @@ NOT_TRACKED = "-"
 
 @dataclass
 class Problem:
-    """A window that is not (yet) verified or empty, and why."""
+    """A window that is not (yet) verified or empty, and why; or, as a notice, a window whose
+    data at central is not the whole story, or a backfill given up on."""
 
     start_ns: int
     state: str
@@ -50,6 +53,9 @@ class DcStatus:
     """Windows per state over the whole requested range."""
     problems: list[Problem] = field(default_factory=list)
     more_problems: int = 0
+    notices: list[Problem] = field(default_factory=list)
+    """Windows of any state with events withheld for a personal-looking dimension value or a
+    refused shipment, and backfills given up on (state `backfill-failed`), newest first."""
 
 
 @dataclass
@@ -109,6 +115,7 @@ class StatusReport:
                                 counts={k: int(v) for k, v in d["counts"].items()},
                                 problems=[Problem(**p) for p in d["problems"]],
                                 more_problems=int(d["more_problems"]),
+                                notices=[Problem(**p) for p in d.get("notices", [])],
                             )
                             for d in a["dcs"]
                         ],
@@ -274,6 +281,7 @@ def _aggregation_status(
     for dc_name, start, state in grid_rows:
         cells_by_dc[dc_name][start] = state
 
+    notices = _notices(session, name, since, end)
     result = []
     for dc_name in dcs:
         tracked_from = tracking.get((dc_name, name))
@@ -281,7 +289,15 @@ def _aggregation_status(
         if tracked_from is None:
             cells = [known.get(s, NOT_TRACKED) for s in starts]
             counts = dict(stored.get(dc_name, {}))
-            result.append(DcStatus(dc_name, cells, counts, problem_rows.get(dc_name, [])))
+            result.append(
+                DcStatus(
+                    dc_name,
+                    cells,
+                    counts,
+                    problem_rows.get(dc_name, []),
+                    notices=notices[dc_name],
+                )
+            )
             continue
         lo = max(since, tracked_from)
         n_total = max(0, (end - lo) // w)
@@ -324,9 +340,120 @@ def _aggregation_status(
                 counts=counts,
                 problems=problems[:MAX_PROBLEMS],
                 more_problems=max(0, open_windows - min(len(problems), MAX_PROBLEMS)),
+                notices=notices[dc_name],
             )
         )
     return AggregationStatus(name, w, since, starts, result)
+
+
+def personal_value_notice(events: int) -> str:
+    """Why a window's central data lacks `events` events: their group's dimension value
+    looked like personal data (the same words in status and the page)."""
+    return (
+        f"{events} event(s) withheld: a dimension value looked like personal data "
+        "(see `federation policy audit` for the raw series)"
+    )
+
+
+@dataclass(frozen=True)
+class NoticeCounts:
+    """Per (dc, aggregation): windows with a notice, and the start of the newest one."""
+
+    windows: int
+    latest_start_ns: int
+
+
+def notice_counts(ledger: Ledger) -> dict[str, dict[tuple[str, str], NoticeCounts]]:
+    """For `/metrics`: per kind (`personal_values`, `refused`), per (dc, aggregation), how many
+    stored windows carry that notice and the start of the newest one."""
+    kinds = {
+        "personal_values": WindowRow.personal_value_events > 0,
+        "refused": WindowRow.refusal.is_not(None),
+    }
+    found: dict[str, dict[tuple[str, str], NoticeCounts]] = {}
+    with ledger.session() as session:
+        for kind, condition in kinds.items():
+            rows = session.execute(
+                select(
+                    WindowRow.dc,
+                    WindowRow.aggregation,
+                    func.count(),
+                    func.max(WindowRow.start_ns),
+                )
+                .where(condition)
+                .group_by(WindowRow.dc, WindowRow.aggregation)
+            ).all()
+            found[kind] = {
+                (dc, aggregation): NoticeCounts(int(n), int(latest))
+                for dc, aggregation, n, latest in rows
+            }
+    return found
+
+
+def _notices(session: Any, name: str, since: int, end: int) -> dict[str, list[Problem]]:
+    """Per DC, the notices of one aggregation's windows in `[since, end)` (see `DcStatus`)."""
+    found: dict[str, list[Problem]] = defaultdict(list)
+    rows = session.execute(
+        select(
+            WindowRow.dc,
+            WindowRow.start_ns,
+            WindowRow.state,
+            WindowRow.personal_value_events,
+            WindowRow.refusal,
+            WindowRow.refused_ns,
+        )
+        .where(
+            WindowRow.aggregation == name,
+            WindowRow.start_ns >= since,
+            WindowRow.start_ns < end,
+            or_(WindowRow.personal_value_events > 0, WindowRow.refusal.is_not(None)),
+        )
+        .order_by(WindowRow.start_ns.desc())
+        .limit(MAX_PROBLEMS)
+    ).all()
+    for dc_name, start, state, personal, refusal, refused_ns in rows:
+        reasons = []
+        if refusal:
+            reasons.append(f"{refusal} (at {format_rfc3339(refused_ns or 0)})")
+        if personal:
+            reasons.append(personal_value_notice(int(personal)))
+        found[dc_name].append(Problem(start, state, "; ".join(reasons)))
+    backfills = session.execute(
+        select(BackfillRow)
+        .where(
+            BackfillRow.aggregation == name,
+            BackfillRow.state.in_([DONE, FAILED]),
+            BackfillRow.end_ns > since,
+            BackfillRow.start_ns < end,
+        )
+        .order_by(BackfillRow.id)
+    ).scalars()
+    done: dict[str, list[BackfillRow]] = defaultdict(list)
+    given_up: list[BackfillRow] = []
+    for row in backfills:
+        if row.state == DONE:
+            done[row.dc].append(row)
+        elif row.next_attempt_ns is None:
+            given_up.append(row)
+    for row in given_up:
+        # A later request that covered the same range and finished makes the failure history.
+        if any(
+            d.id > row.id and d.start_ns <= row.start_ns and d.end_ns >= row.end_ns
+            for d in done[row.dc]
+        ):
+            continue
+        found[row.dc].append(
+            Problem(
+                row.start_ns,
+                "backfill-failed",
+                f"backfill #{row.id} of {format_rfc3339(row.start_ns)} … "
+                f"{format_rfc3339(row.end_ns)} given up after {row.attempts} attempt(s): "
+                f"{row.error or 'no error reported'}",
+            )
+        )
+    for notes in found.values():
+        notes.sort(key=lambda p: -p.start_ns)
+    return found
 
 
 def status_from_api(

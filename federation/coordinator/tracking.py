@@ -61,6 +61,7 @@ class Manifest:
     events: int
     groups: int
     suppressed_events: int
+    personal_value_events: int = 0
 
     @classmethod
     def from_point(cls, point: Point) -> Manifest:
@@ -75,6 +76,7 @@ class Manifest:
             events=int(f["events"]),
             groups=int(f["groups"]),
             suppressed_events=int(f["suppressed_events"]),
+            personal_value_events=int(f.get("personal_value_events", 0)),
         )
 
     @property
@@ -152,7 +154,8 @@ def find_stale(ledger: Ledger, manifests: Sequence[Manifest]) -> StaleShipment |
 def record_manifests(ledger: Ledger, manifests: Sequence[Manifest], now_ns: int) -> int:
     """Mark each manifest's window `shipped` with its counts; return how many rows changed.
 
-    Called only after central stored the batch. The update is monotonic: a row that already
+    Called only after central stored the batch; an accepted shipment clears the window's
+    recorded refusal (`record_refusal`). The update is monotonic: a row that already
     holds a newer run or more events (another gateway replica won a race) is left alone.
     """
     rows = [
@@ -166,11 +169,14 @@ def record_manifests(ledger: Ledger, manifests: Sequence[Manifest], now_ns: int)
             "events": m.events,
             "groups": m.groups,
             "suppressed_events": m.suppressed_events,
+            "personal_value_events": m.personal_value_events,
             "summary_count": None,
             "reason": None,
             "shipped_ns": now_ns,
             "verified_ns": None,
             "updated_ns": now_ns,
+            "refusal": None,
+            "refused_ns": None,
         }
         for m in _latest_per_window(manifests)
     ]
@@ -197,15 +203,53 @@ def record_manifests(ledger: Ledger, manifests: Sequence[Manifest], now_ns: int)
                 "events",
                 "groups",
                 "suppressed_events",
+                "personal_value_events",
                 "summary_count",
                 "reason",
                 "shipped_ns",
                 "verified_ns",
                 "updated_ns",
+                "refusal",
+                "refused_ns",
             ),
             where=newer,
         )
     return len(rows)
+
+
+MAX_REFUSED_WINDOWS = 100
+"""At most this many windows of one refused batch are marked (a batch is a few windows)."""
+
+
+def record_refusal(
+    ledger: Ledger,
+    dc: str,
+    windows: Iterable[tuple[str, int]],
+    message: str,
+    now_ns: int,
+) -> int:
+    """Note the gateway's refusal of a shipment on each already stored (aggregation, start)
+    window of `dc`; return how many rows were marked.
+
+    The window keeps its state (a `verified` window still holds its older, complete data), but
+    `federation status` and `/metrics` show the refusal until a shipment of the window is
+    accepted. Windows without a row are not inserted: they go `missing` at their deadline and
+    are backfilled like any other. `message` names the rule and key, never a value.
+    """
+    keys = sorted(set(windows))[:MAX_REFUSED_WINDOWS]
+    if not keys:
+        return 0
+    with ledger.session(write=True) as session:
+        result = session.execute(
+            update(WindowRow)
+            .where(
+                WindowRow.dc == dc,
+                tuple_(WindowRow.aggregation, WindowRow.start_ns).in_(keys),
+            )
+            .values(refusal=message, refused_ns=now_ns, updated_ns=now_ns)
+            .execution_options(synchronize_session=False)
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 class CentralReader(Protocol):
@@ -428,6 +472,7 @@ __all__ = [
     "dc_windows",
     "find_stale",
     "record_manifests",
+    "record_refusal",
     "verify_shipped",
     "window_state_counts",
 ]
