@@ -349,6 +349,55 @@ def test_every_schema_reason_is_dead_lettered_and_the_stream_goes_on(
     assert len(points(raw)) == len(good)
 
 
+def test_a_tag_value_that_looks_like_personal_data_is_dead_lettered(
+    config: FederationConfig, raw: InfluxClient, tmp_path: Path
+) -> None:
+    # A personal value in a dimension tag would make every shipment of its window refused at
+    # the gateway; ingest refuses it with the gateway's own detector, naming the kind only.
+    cases = [
+        event(0, customer="bob@example.org"),
+        event(1, mailer="192.0.2.55"),
+        event(2, direction="2001:db8::7"),
+        event(3, customer="rcpt=bob%40example.org"),
+    ]
+    ok = [event(i, customer="c1042", mailer="smtp-out-3") for i in range(10, 13)]
+    summary = run(config, raw, jsonl(cases + ok), tmp_path)
+    assert summary.points_written == len(ok)
+    assert summary.dead_lettered == {"personal_value": len(cases)}
+    letters = dead_letters(tmp_path)
+    assert [(d["line"], d["key"]) for d in letters] == [
+        (1, "customer"),
+        (2, "mailer"),
+        (3, "direction"),
+        (4, "customer"),
+    ]
+    assert letters[0]["detail"] == "the value looks like an e-mail address"
+    assert letters[1]["detail"] == "the value looks like an IPv4 address"
+    tag_values = raw.query('SHOW TAG VALUES FROM "delivery" WITH KEY =~ /.*/', database="mail")
+    assert {row[1] for s in tag_values for row in s.values} == {
+        "c1042",
+        "smtp-out-3",
+        "inbound",
+        "outbound",
+    }
+
+
+def test_the_dead_letter_file_is_owner_only_and_the_summary_says_so(
+    config: FederationConfig, raw: InfluxClient, tmp_path: Path
+) -> None:
+    path = tmp_path / "dead.jsonl"
+    path.write_text("")
+    path.chmod(0o644)  # left by an older run: narrowed too
+    summary = run(config, raw, jsonl([event(0, customer="bob@example.org")]), tmp_path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert summary.to_dict()["dead_letter_access"] == "owner only (0600)"
+    path.unlink()
+    run(config, raw, b"not json\n", tmp_path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    clean = run(config, raw, jsonl([event(1)]), tmp_path, dead_letter=tmp_path / "other.jsonl")
+    assert clean.to_dict()["dead_letter_access"] is None
+
+
 def test_no_fields_and_a_custom_string_limit(
     config: FederationConfig, raw: InfluxClient, tmp_path: Path
 ) -> None:

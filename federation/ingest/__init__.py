@@ -39,6 +39,7 @@ from federation.ingest.writer import (
     IngestInterrupted,
     IngestSummary,
     RetryPolicy,
+    purge_dead_letters,
 )
 
 __all__ = [
@@ -64,5 +65,6 @@ __all__ = [
     "ingest",
     "load_schema",
     "policy_problems",
+    "purge_dead_letters",
     "schema_path",
 ]

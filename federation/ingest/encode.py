@@ -24,6 +24,7 @@ from typing import Any
 from federation.errors import InvalidInput
 from federation.ingest.schema import EventSchema, FieldType, TimeFormat
 from federation.lineprotocol import serialize
+from federation.pii import personal_data_kind
 from federation.points import Point
 
 _INT64_MIN = -(2**63)
@@ -49,6 +50,7 @@ class Reason(StrEnum):
     string_too_long = "string_too_long"  # a string beyond the schema's max_string_bytes
     empty_tag = "empty_tag"  # an empty string as a tag value
     unrepresentable = "unrepresentable"  # a tag line protocol cannot carry, or invalid Unicode
+    personal_value = "personal_value"  # a tag value that looks like personal data (detail: kind)
     bad_timestamp = "bad_timestamp"  # a timestamp that does not parse or is out of range
     no_fields = "no_fields"  # every field is optional and none is present
     field_type_conflict = "field_type_conflict"  # InfluxDB holds the field with another type
@@ -57,19 +59,41 @@ class Reason(StrEnum):
 
 
 class Rejected(Exception):
-    """An event that cannot become a point; `key` names the offending key where there is one."""
+    """An event that cannot become a point; `key` names the offending key where there is one,
+    `detail` what was wrong with its value (never the value)."""
 
-    def __init__(self, reason: Reason, key: str | None = None) -> None:
+    def __init__(self, reason: Reason, key: str | None = None, detail: str | None = None) -> None:
         super().__init__(reason.value if key is None else f"{reason.value}: {key}")
         self.reason = reason
         self.key = key
+        self.detail = detail
 
 
 class _Bad(Exception):
     """A value converter's refusal; the encoder adds the key."""
 
-    def __init__(self, reason: Reason) -> None:
+    def __init__(self, reason: Reason, detail: str | None = None) -> None:
         self.reason = reason
+        self.detail = detail
+
+
+_CLEAN_TAGS_LIMIT = 100_000
+"""Tag values already found clean, remembered so each distinct value is looked at once."""
+
+
+def _check_personal(value: str, clean: set[str]) -> None:
+    """Refuse a tag value that looks like personal data (the gateway's own detector); the
+    detail names the kind found, never the value.
+
+    A tag is a series key: an address there would be exported by any aggregation grouping by
+    it (the gateway then refuses the DC's whole shipment), and cannot be redacted in place.
+    """
+    kind = personal_data_kind(value)
+    if kind is not None:
+        raise _Bad(Reason.personal_value, f"the value looks like an {kind}")
+    if len(clean) >= _CLEAN_TAGS_LIMIT:
+        clean.clear()
+    clean.add(value)
 
 
 def _float(value: Any) -> str:
@@ -269,6 +293,7 @@ class Encoder:
             _Rfc3339() if fmt is TimeFormat.rfc3339 else _epoch(_EPOCH_UNITS[fmt])
         )
         self.ties = TieBreaker(tie_window)
+        self._clean_tags: set[str] = set()
         # Leave room above the latest timestamp for the tie-break's shifts.
         self._time_max = _TIME_MAX - tie_window
 
@@ -282,6 +307,7 @@ class Encoder:
             raise Rejected(Reason.not_object)
         get = event.get
         quick = self._quick
+        clean = self._clean_tags
         head = [self._measurement]
         fields: list[str] = []
         key = ""
@@ -292,6 +318,8 @@ class Encoder:
                     if required:
                         raise _Bad(Reason.missing_key)
                     continue
+                if type(value) is str and value not in clean:
+                    _check_personal(value, clean)
                 if (
                     type(value) is not str
                     or not value
@@ -314,7 +342,7 @@ class Encoder:
                 raise _Bad(Reason.missing_key)
             time_ns = self._time(stamp)
         except _Bad as exc:
-            raise Rejected(exc.reason, key) from None
+            raise Rejected(exc.reason, key, exc.detail) from None
         if not _TIME_MIN <= time_ns <= self._time_max:
             raise Rejected(Reason.bad_timestamp, key)
         if not fields:

@@ -213,7 +213,7 @@ class _Pipeline:
             try:
                 line = encode(event)
             except Rejected as exc:
-                self.dead_letter.add(name, line_no, exc.reason, raw, key=exc.key)
+                self.dead_letter.add(name, line_no, exc.reason, raw, key=exc.key, detail=exc.detail)
                 continue
             if not batch.lines:
                 self.deadline = time.monotonic() + self.flush_interval

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -102,15 +103,23 @@ class IngestSummary:
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.lines_read / self.seconds) if self.seconds else None,
             "dead_letter_file": self.dead_letter_file,
+            "dead_letter_access": DEAD_LETTER_ACCESS if self.dead_letter_file else None,
         }
+
+
+DEAD_LETTER_MODE = 0o600
+DEAD_LETTER_ACCESS = "owner only (0600)"
+"""How the summary describes who may read the dead-letter file."""
 
 
 class DeadLetter:
     """A JSON-lines file of refused input lines: source, line number, reason, key, detail, raw.
 
     The file holds the raw lines, personal data included, so it stays in the DC like the raw
-    database; nothing else (summary, logs) ever quotes a line. It is opened for appending on the
-    first refused line only, so a clean run leaves no file. Safe to use from several threads.
+    database, readable by its owner only (0600, also when it existed with wider permissions),
+    and `federation erase --dead-letter` purges a subject from it; nothing else (summary, logs)
+    ever quotes a line. It is opened for appending on the first refused line only, so a clean
+    run leaves no file. Safe to use from several threads.
     """
 
     def __init__(self, path: Path) -> None:
@@ -146,7 +155,9 @@ class DeadLetter:
         with self._lock:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("a", encoding="utf-8", errors="surrogateescape")
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, DEAD_LETTER_MODE)
+                os.fchmod(fd, DEAD_LETTER_MODE)
+                self._file = open(fd, "a", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
             self._file.write(text)
             self._file.flush()
             self.counts[reason.value] += 1
@@ -164,6 +175,67 @@ class DeadLetter:
         with self._lock:
             if self._file is not None:
                 self._file.close()
+
+
+def _holds(record: object, subject: str) -> bool:
+    """Whether a dead-letter record's raw line holds `subject` (as text, or once JSON-decoded,
+    so an escaped form such as `\\u0040` is found too)."""
+    if not isinstance(record, dict):
+        return False
+    raw = record.get("raw")
+    if isinstance(raw, str):
+        if subject in raw:
+            return True
+        try:
+            decoded = json.loads(raw)
+        except (ValueError, RecursionError):
+            return False
+        return subject in json.dumps(decoded, ensure_ascii=False)
+    encoded = record.get("raw_base64")
+    if isinstance(encoded, str):
+        try:
+            return subject.encode("utf-8") in base64.b64decode(encoded)
+        except ValueError:
+            return False
+    return False
+
+
+def purge_dead_letters(path: Path, subject: str, *, dry_run: bool = False) -> int:
+    """Erase `subject` from a dead-letter file; return how many records held it.
+
+    Each such record keeps its source, line number and reason, but its raw line is replaced by
+    `"raw_erased": true`; a line of the file that is not a record and holds the subject is
+    dropped. The file is rewritten whole (owner only) and swapped in atomically, so run it when
+    no ingest appends to that file. Raises OSError when the file cannot be read or replaced.
+    """
+    kept: list[str] = []
+    found = 0
+    with path.open(encoding="utf-8", errors="surrogateescape") as source:
+        for line in source:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if subject in line:
+                    found += 1
+                    continue
+                kept.append(line)
+                continue
+            if _holds(record, subject):
+                found += 1
+                record.pop("raw", None)
+                record.pop("raw_base64", None)
+                record["raw_erased"] = True
+                line = json.dumps(record, ensure_ascii=False) + "\n"
+            kept.append(line)
+    if found and not dry_run:
+        temporary = path.with_name(f".{path.name}.erasing")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, DEAD_LETTER_MODE)
+        with open(fd, "w", encoding="utf-8", errors="surrogateescape") as target:
+            target.writelines(kept)
+            target.flush()
+            os.fsync(target.fileno())
+        os.replace(temporary, path)
+    return found
 
 
 @dataclass
