@@ -384,22 +384,52 @@ def erase(
             "subject with.",
         ),
     ] = "FEDERATION_ERASURE_SALT",
+    delete_points: Annotated[
+        bool,
+        typer.Option(
+            "--delete-points",
+            help="Delete the points whose tag (one the policy does not declare personal, "
+            "e.g. a customer dimension) holds the subject; without it such an erasure is "
+            "refused and nothing changes.",
+        ),
+    ] = False,
+    dead_letter: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--dead-letter",
+            help="An ingest dead-letter file to purge of the subject (repeatable; default: "
+            "ingest-<dc>.dead.jsonl when it exists here).",
+        ),
+    ] = None,
     fmt: FormatOption = OutputFormat.table,
     timeout: TimeoutOption = 10.0,
 ) -> None:
-    """Right to erasure: redact a subject's personal-data fields in one DC's raw data.
+    """Right to erasure: remove a subject from one DC's raw data and ingest's dead letters.
 
-    Rewrites every matching field with a redaction marker, proves nothing matches any more,
-    and records the erasure (a salted hash of the subject, never the subject) in the DC's own
+    Looks in every string field and tag of the raw measurements; rewrites every matching field
+    with a redaction marker, deletes points whose tag holds the subject (a tag the policy does
+    not declare personal only with --delete-points), proves nothing matches any more, and
+    records the erasure (a salted hash of the subject, never the subject) in the DC's own
     InfluxDB, where `policy audit` reports it.
     """
     from federation.config import load_config
+    from federation.ingest import default_dead_letter
     from federation.policy import erase_subject
 
     if subject == "-":
         subject = sys.stdin.readline().rstrip("\r\n")
+    letters = dead_letter
+    if letters is None:
+        letters = [default_dead_letter(dc)] if default_dead_letter(dc).is_file() else []
     result = erase_subject(
-        load_config(config), dc, subject, salt_env=salt_env, dry_run=dry_run, timeout=timeout
+        load_config(config),
+        dc,
+        subject,
+        salt_env=salt_env,
+        dry_run=dry_run,
+        delete_points=delete_points,
+        dead_letters=letters,
+        timeout=timeout,
     )
     if fmt is OutputFormat.json:
         out.print_json(json.dumps(result.as_dict()))
@@ -430,6 +460,12 @@ def erase(
             f"{item.points} {action}",
             markup=False,
         )
+    for purge in result.dead_letters:
+        out.print(f"  dead letters {purge.path}: {purge.records} record(s)", markup=False)
+    if not result.dead_letters:
+        out.print("  dead letters: no file named (--dead-letter)", markup=False)
+    for where in result.blocked:
+        out.print(f"  needs --delete-points: {where}", markup=False)
     if dry_run:
         out.print("dry run: nothing written, nothing recorded", markup=False)
     else:

@@ -1,18 +1,27 @@
-"""Right to erasure: redact one data subject's values from a DC's raw data, in place, with proof.
+"""Right to erasure: remove one data subject's values from a DC's raw data, with proof.
+
+The subject is looked for in every string field and every tag of every measurement of every
+retention policy of the DC's raw database — the DC's kept detection findings included — not
+only in the keys the region's policy declares personal: an address written into an ordinary
+dimension tag or text field is the subject's data all the same.
 
 InfluxDB 1.x cannot delete by field value, but a point written again with the same measurement,
 tags and timestamp keeps its other fields and takes the new values of the fields written. So
-the raw points whose personal-data fields hold the subject — and the DC's kept detection
-findings whose `key` holds it — are found per retention policy and measurement (`SELECT <personal fields> ... WHERE "f" = '<subject>' OR ... GROUP BY *`, which
-hands back every tag), and only the matching fields are written again as `REDACTED`. Every
-other field and every other point stays as it was. A personal-data *tag* cannot be rewritten
-(a different tag value is a different series), so points whose personal tag holds the subject
-are deleted.
+the points whose string fields hold the subject are found (`SELECT <string fields> ... WHERE
+"f" = '<subject>' OR ... GROUP BY *`, which hands back every tag), and only the matching fields
+are written again as `REDACTED`. A tag cannot be rewritten (a different tag value is a different
+series), so the series whose tag holds the subject are dropped with their points (`DROP SERIES`,
+which also takes the value out of the series index): always for a tag the policy declares
+personal, and for any other tag (a customer dimension, say) only when asked (`delete_points`);
+otherwise the erasure refuses before changing anything and says where the subject is.
 
-Afterwards the same queries run again and must find nothing. An audit record (time, DC, a
-salted hash of the subject, the number of points redacted) is written to the DC's own InfluxDB
-(database `federation_audit`, measurement `erasure`), so it stays in the region; `policy audit`
-reports it.
+Ingest's dead-letter files hold raw input lines, personal data included (owner-only files);
+the files named are purged of the subject too (`purge_dead_letters`).
+
+Afterwards the whole survey runs again and must find nothing. An audit record (time, DC, a
+salted hash of the subject, the number of points redacted and deleted) is written to the DC's
+own InfluxDB (database `federation_audit`, measurement `erasure`), so it stays in the region;
+`policy audit` reports it.
 
 The subject never appears in a log line, an error message or a record: only its salted hash
 (HMAC-SHA256 keyed by a salt read from an environment variable) does.
@@ -24,16 +33,17 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from federation.clock import Clock, SystemClock, format_rfc3339
 from federation.config import FederationConfig, RawMeasurement
-from federation.detection_plan import FINDINGS_MEASUREMENT, FINDINGS_PERSONAL_FIELDS
 from federation.errors import FederationError, InfluxError, InvalidInput
 from federation.influx import InfluxClient, quote_ident, quote_string
+from federation.ingest.writer import purge_dead_letters
 from federation.lineprotocol import serialize
 from federation.points import FieldValue, Point
 from federation.policy.retention import DEFAULT_TIMEOUT_S, connect
@@ -47,6 +57,8 @@ REDACTED = "redacted"
 DEFAULT_SALT_ENV = "FEDERATION_ERASURE_SALT"
 HASH_SCHEME = "hmac-sha256"
 _BATCH = 5_000
+SERIES_ONLY = "*"
+"""The retention policy named for a tag value left in the series index with no point."""
 
 
 class ErasureError(FederationError):
@@ -86,11 +98,20 @@ class FieldRedaction:
 
 
 @dataclass(frozen=True)
+class DeadLetterPurge:
+    """How many records of one ingest dead-letter file held the subject (and were purged)."""
+
+    path: str
+    records: int
+
+
+@dataclass(frozen=True)
 class ErasureResult:
     """The outcome of one erasure: counts per key, the proof, the record written.
 
-    `points` counts distinct points rewritten, `deleted_points` points removed because a
-    personal-data tag held the subject. `verified` is True when the re-query found nothing.
+    `points` counts distinct points rewritten, `deleted_points` points removed because a tag
+    held the subject. `verified` is True when the re-survey found nothing. `blocked` (dry run
+    only) lists the tags that would need `delete_points`.
     """
 
     dc: str
@@ -103,6 +124,8 @@ class ErasureResult:
     deleted_points: int
     verified: bool
     recorded: bool
+    dead_letters: tuple[DeadLetterPurge, ...] = ()
+    blocked: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +148,8 @@ class ErasureResult:
                 }
                 for r in self.redactions
             ],
+            "dead_letters": [{"path": d.path, "records": d.records} for d in self.dead_letters],
+            "blocked": list(self.blocked),
         }
 
 
@@ -212,6 +237,65 @@ def _count_tagged(
     return sum(len(series.values) for series in client.iter_series(q, database=database))
 
 
+@dataclass(frozen=True)
+class _Found:
+    """Where the subject is in a raw database: points to rewrite, tags holding it."""
+
+    rewrites: dict[tuple[str, str], list[Point]]
+    """Per (rp, measurement): the redacting point of each point whose string field holds it."""
+    tagged: list[FieldRedaction]
+    """Per (rp, measurement, tag key) holding it: the number of points."""
+
+    @property
+    def empty(self) -> bool:
+        return not self.tagged and not any(self.rewrites.values())
+
+
+def _survey(client: InfluxClient, database: str, subject: str) -> _Found:
+    """Every string field and every tag of every measurement of every RP holding `subject`.
+
+    Not only the keys the policy declares personal: an address written into an ordinary tag
+    (a customer dimension) or field (a status text) is the subject's data all the same.
+    """
+    found = _Found({}, [])
+    if database not in client.databases():
+        return found
+    rps = [rp.name for rp in client.retention_policies(database)]
+    for name in sorted(client.measurements(database)):
+        for rp in rps:
+            strings = sorted(_string_fields(client, database, rp, name))
+            if strings:
+                found.rewrites[(rp, name)] = _matches(client, database, rp, name, strings, subject)
+        for tag in sorted(client.tag_keys(database, name)):
+            # The series index holds tag values even where no point is left (a series whose
+            # shards retention dropped): it is asked first, and the series are dropped whole.
+            q = (
+                f"SHOW SERIES FROM {quote_ident(name)} "
+                f"WHERE {quote_ident(tag)} = {quote_string(subject)} LIMIT 1"
+            )
+            if not any(s.values for s in client.query(q, database=database)):
+                continue
+            counts = {rp: _count_tagged(client, database, rp, name, tag, subject) for rp in rps}
+            held = [FieldRedaction(rp, name, tag, n, kind="tag") for rp, n in counts.items() if n]
+            found.tagged.extend(held or [FieldRedaction(SERIES_ONLY, name, tag, 0, kind="tag")])
+    return found
+
+
+class ErasureBlocked(ErasureError):
+    """The subject is in tags the erasure may not remove without `delete_points`; nothing was
+    changed. `where` lists them ("rp.measurement tag key: n point(s)")."""
+
+    def __init__(self, dc: str, where: Sequence[str]) -> None:
+        self.where = tuple(where)
+        super().__init__(
+            dc,
+            "the subject is the value of a tag, which InfluxDB 1.x cannot rewrite in place: "
+            + "; ".join(self.where)
+            + ". Nothing was changed; delete those points with --delete-points "
+            "(they leave every aggregate recomputed afterwards)",
+        )
+
+
 def erase_subject(
     config: FederationConfig,
     dc: str,
@@ -219,21 +303,26 @@ def erase_subject(
     *,
     salt_env: str = DEFAULT_SALT_ENV,
     dry_run: bool = False,
+    delete_points: bool = False,
+    dead_letters: Sequence[Path] = (),
     clock: Clock | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> ErasureResult:
-    """Redact every personal-data value equal to `subject` in DC `dc`'s raw database.
+    """Erase every value equal to `subject` from DC `dc`'s raw database (and dead letters).
 
-    Guarantees, unless it raises: every point of every retention policy whose personal-data
-    string field (per the region's policy) equals `subject` now holds `REDACTED` in that field
-    and keeps every other field; points whose personal-data tag equals it are deleted; a
-    re-query found no match left; an audit record was written to the DC's `federation_audit`
-    database. With `dry_run` it only counts, and writes nothing.
+    Every string field and every tag of every measurement of every retention policy is looked
+    at, not only the keys the region's policy declares personal. Guarantees, unless it raises:
+    every matching string field now holds `REDACTED` and its point keeps every other field;
+    points whose tag equals `subject` are deleted — a tag the policy declares personal always,
+    any other tag only with `delete_points`; each file of `dead_letters` (ingest's) holds the
+    subject no more (`purge_dead_letters`); a re-survey found the subject nowhere; an audit
+    record was written to the DC's `federation_audit` database. With `dry_run` it only counts.
 
     Raises InvalidInput for an empty subject or an unset salt variable (unless `dry_run`: its
-    result's `subject_hash` is then empty), ConfigError for an
-    unknown DC, ErasureError when the DC fails or matches remain (after recording the failed
-    proof). No error or log line carries the subject.
+    result's `subject_hash` is then empty), ConfigError for an unknown DC, ErasureBlocked
+    (before changing anything) when an undeclared tag holds the subject and `delete_points` is
+    False, ErasureError when the DC fails or matches remain (after recording the failed proof).
+    No error or log line carries the subject.
     """
     if not subject:
         raise InvalidInput("the subject to erase is empty")
@@ -245,61 +334,54 @@ def erase_subject(
     database = datacenter.raw_database
     now_ns = (clock or SystemClock()).now_ns()
     redactions: list[FieldRedaction] = []
-    points = deleted = 0
-    verified = True
     try:
         client = connect(datacenter.influxdb, timeout=timeout)
     except InfluxError as exc:
         raise ErasureError(dc, str(exc)) from None
     with client, _hiding(dc, subject):
-        present = database in client.databases()
-        rps = [rp.name for rp in client.retention_policies(database)] if present else []
-        measurements = set(client.measurements(database)) if present else set()
-        for name, declared in sorted(_with_findings(policy.measurements).items()):
-            if name not in measurements:
-                continue
-            tag_keys = set(client.tag_keys(database, name))
-            tags = [t for t in declared.personal_tags if t in tag_keys]
-            for rp in rps:
-                strings = _string_fields(client, database, rp, name)
-                fields = [f for f in declared.personal_fields if f in strings]
-                if fields:
-                    found = _matches(client, database, rp, name, fields, subject)
-                    for key in fields:
-                        count = sum(1 for p in found if key in p.fields)
-                        if count:
-                            redactions.append(FieldRedaction(rp, name, key, count))
-                    points += len(found)
-                    if not dry_run:
-                        for start in range(0, len(found), _BATCH):
-                            body = serialize(found[start : start + _BATCH])
-                            client.write(body, database=database, retention_policy=rp)
-                        if _matches(client, database, rp, name, fields, subject):
-                            verified = False
-                for tag in tags:
-                    count = _count_tagged(client, database, rp, name, tag, subject)
-                    if count:
-                        redactions.append(FieldRedaction(rp, name, tag, count, kind="tag"))
-                        deleted += count
-            if not dry_run:
-                for tag in tags:
-                    client.execute(
-                        f"DELETE FROM {quote_ident(name)} "
-                        f"WHERE {quote_ident(tag)} = {quote_string(subject)}",
-                        database=database,
-                    )
-                    if any(_count_tagged(client, database, rp, name, tag, subject) for rp in rps):
-                        verified = False
+        found = _survey(client, database, subject)
+        for (rp, name), rewrites in sorted(found.rewrites.items()):
+            keys = sorted({key for p in rewrites for key in p.fields})
+            for key in keys:
+                count = sum(1 for p in rewrites if key in p.fields)
+                redactions.append(FieldRedaction(rp, name, key, count))
+        redactions.extend(found.tagged)
+        blocked = [
+            f"{t.retention_policy}.{t.measurement} tag {t.key}: {t.points} point(s)"
+            for t in found.tagged
+            if not delete_points
+            and t.key not in _declared_tags(policy.measurements.get(t.measurement))
+        ]
+        if blocked and not dry_run:
+            raise ErasureBlocked(dc, blocked)
+        letters = [(Path(path), _purge(dc, Path(path), subject, dry_run)) for path in dead_letters]
+        points = sum(len(rewrites) for rewrites in found.rewrites.values())
+        deleted = sum(t.points for t in found.tagged)
+        verified = True
         recorded = False
         if not dry_run:
+            for (rp, _), rewrites in sorted(found.rewrites.items()):
+                for start in range(0, len(rewrites), _BATCH):
+                    body = serialize(rewrites[start : start + _BATCH])
+                    client.write(body, database=database, retention_policy=rp)
+            for name, tag in sorted({(t.measurement, t.key) for t in found.tagged}):
+                client.execute(
+                    f"DROP SERIES FROM {quote_ident(name)} "
+                    f"WHERE {quote_ident(tag)} = {quote_string(subject)}",
+                    database=database,
+                )
+            verified = _survey(client, database, subject).empty and not any(
+                _purge(dc, path, subject, True) for path, _ in letters
+            )
             _record(client, dc, hashed, now_ns, points, deleted, verified, salt_env)
             recorded = True
     log.info(
-        "erasure on %s (subject %s): %d points redacted, %d deleted%s",
+        "erasure on %s (subject %s): %d points redacted, %d deleted, %d dead letters%s",
         dc,
         hashed[:16],
         points,
         deleted,
+        sum(n for _, n in letters),
         " (dry run)" if dry_run else "",
     )
     if not verified:
@@ -319,14 +401,20 @@ def erase_subject(
         deleted,
         verified,
         recorded,
+        dead_letters=tuple(DeadLetterPurge(str(path), n) for path, n in letters),
+        blocked=tuple(blocked),
     )
 
 
-def _with_findings(measurements: Mapping[str, RawMeasurement]) -> dict[str, RawMeasurement]:
-    """The region's raw measurements and the DC's kept findings, whose `key` field holds the
-    personal-data value a detection found (a subject's findings are erased with the rest)."""
-    findings = RawMeasurement(personal_fields=FINDINGS_PERSONAL_FIELDS)
-    return {**measurements, FINDINGS_MEASUREMENT: findings}
+def _declared_tags(measurement: RawMeasurement | None) -> frozenset[str]:
+    return frozenset(measurement.personal_tags) if measurement is not None else frozenset()
+
+
+def _purge(dc: str, path: Path, subject: str, dry_run: bool) -> int:
+    try:
+        return purge_dead_letters(path, subject, dry_run=dry_run)
+    except OSError as exc:
+        raise ErasureError(dc, f"dead-letter file {path}: {exc.strerror}") from None
 
 
 def _record(

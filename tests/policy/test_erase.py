@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from federation.points import FieldValue, Point
 from federation.policy import (
     AUDIT_DATABASE,
     REDACTED,
+    ErasureBlocked,
     apply_retention,
     audit,
     erase_subject,
@@ -227,3 +229,94 @@ def test_points_whose_personal_tag_holds_the_subject_are_deleted(fed: Federation
     with fed.client("dub1") as client:
         rows = client.query('SELECT "sender", "relay"::tag FROM "delivery"', database="mail")
     assert [row[1:] for row in rows[0].values] == [[REDACTED, "relay.example.org"]]
+
+
+def _plant_in_a_dimension(client: InfluxClient) -> list[Point]:
+    """The subject as the value of the `customer` dimension tag (not declared personal) and of
+    the `status` text field (neither), as something other than ingest may have written it."""
+    t0 = time.time_ns() - 10**9
+    planted = [
+        _point(t0 + i, {"direction": "inbound", "mailer": "mx1", "customer": SUBJECT})
+        for i in range(3)
+    ]
+    planted.append(_point(t0 + 9, {"customer": "c1"}, status=SUBJECT, sender="x@example.org"))
+    client.write(serialize(planted), database="mail")
+    return planted
+
+
+def test_a_subject_in_an_undeclared_tag_is_found_and_not_erased_without_the_flag(
+    fed: Federation,
+) -> None:
+    with fed.client("dub1") as client:
+        _plant_in_a_dimension(client)
+        before = _snapshot(client)
+    with pytest.raises(ErasureBlocked) as info:
+        erase_subject(fed.config, "dub1", SUBJECT, salt_env=SALT_ENV)
+    assert info.value.where == ("raw.delivery tag customer: 3 point(s)",)
+    assert SUBJECT not in str(info.value)
+    with fed.client("dub1") as client:
+        assert _snapshot(client) == before  # refused before anything changed
+        assert AUDIT_DATABASE not in client.databases()
+
+    dry = erase_subject(fed.config, "dub1", SUBJECT, salt_env=SALT_ENV, dry_run=True)
+    assert dry.points == 1 and dry.deleted_points == 3 and dry.blocked == info.value.where
+
+    done = erase_subject(fed.config, "dub1", SUBJECT, salt_env=SALT_ENV, delete_points=True)
+    assert (done.points, done.deleted_points, done.verified) == (1, 3, True)
+    assert {(r.key, r.kind, r.points) for r in done.redactions} == {
+        ("status", "field", 1),
+        ("customer", "tag", 3),
+    }
+    with fed.client("dub1") as client:
+        after = _snapshot(client)
+        # (InfluxDB 1.6's bare SHOW TAG VALUES still lists a dropped series' value; any
+        # condition makes it read the series index, which no longer has it.)
+        q = 'SHOW TAG VALUES FROM "delivery" WITH KEY = "customer" WHERE "customer" =~ /./'
+        tags = client.query(q, database="mail")
+        series = client.query("SHOW SERIES", database="mail")
+    assert SUBJECT not in repr(after) and SUBJECT not in repr(tags) + repr(series)
+    assert [v["status"] for v in after.values()] == [REDACTED]
+
+
+def test_cli_erase_never_says_verified_while_a_tag_holds_the_subject(fed: Federation) -> None:
+    with fed.client("dub1") as client:
+        _plant_in_a_dimension(client)
+    runner = CliRunner()
+    args = ["erase", "-c", str(fed.root), "--dc", "dub1", "--salt-env", SALT_ENV, "--subject", "-"]
+    refused = runner.invoke(app, args, input=SUBJECT + "\n")
+    # (The installed entry point prints a FederationError as one `error:` line and exits 1.)
+    said = refused.stdout + str(refused.exception)
+    assert refused.exit_code == 1 and isinstance(refused.exception, ErasureBlocked), said
+    assert "verified" not in said and SUBJECT not in said
+    assert "tag customer: 3 point(s)" in said and "--delete-points" in said
+    done = runner.invoke(app, [*args, "--delete-points"], input=SUBJECT + "\n")
+    assert done.exit_code == 0, done.output
+    assert "deleted 3" in done.output and "verified" in done.output
+
+
+def test_erase_purges_the_subject_from_ingest_dead_letters(fed: Federation, tmp_path: Path) -> None:
+    from federation.ingest import Reason
+    from federation.ingest.writer import DeadLetter
+
+    letters = DeadLetter(tmp_path / "ingest-dub1.dead.jsonl")
+    letters.add("<stdin>", 1, Reason.personal_value, f'{{"customer": "{SUBJECT}"}}', key="customer")
+    letters.add("<stdin>", 2, Reason.not_json, "carol@example.org oops")
+    escaped = '{"sender": "alice\\u0040example.org", "latency_ms": "x"}'
+    letters.add("<stdin>", 3, Reason.wrong_type, escaped, key="latency_ms")
+    letters.add("<stdin>", 4, Reason.not_json, SUBJECT.encode() + b"\xff")
+    letters.close()
+    result = erase_subject(
+        fed.config, "dub1", SUBJECT, salt_env=SALT_ENV, dead_letters=[letters.path]
+    )
+    assert [(d.path, d.records) for d in result.dead_letters] == [(str(letters.path), 3)]
+    text = letters.path.read_text()
+    assert SUBJECT not in text and "alice\\u0040" not in text
+    records = [json.loads(line) for line in text.splitlines()]
+    assert [(r["line"], r["reason"], r.get("raw_erased", False)) for r in records] == [
+        (1, "personal_value", True),
+        (2, "not_json", False),
+        (3, "wrong_type", True),
+        (4, "not_json", True),
+    ]
+    assert records[1]["raw"] == "carol@example.org oops"
+    assert letters.path.stat().st_mode & 0o777 == 0o600
