@@ -43,6 +43,7 @@ from federation.policy.audit_report import (
 )
 from federation.policy.erase import erasure_records
 from federation.policy.lifetime import Lifetime, lifetime, personal_keys_in, shard_groups
+from federation.policy.raw_values import find_personal_tag_values
 from federation.policy.retention import (
     CENTRAL,
     DEFAULT_TIMEOUT_S,
@@ -341,6 +342,36 @@ def _audit_dc(
     )
 
 
+def _report_personal_tag_values(
+    config: FederationConfig, name: str, timeout: float, report: Callable[[Violation], None]
+) -> None:
+    """Report the raw series of DC `name` whose tag holds a value that looks like personal
+    data (`raw_values`): the value never, a redacted series key and how to fix it."""
+    datacenter = config.dc(name)
+    database = datacenter.raw_database
+    try:
+        with connect(datacenter.influxdb, timeout=timeout) as client:
+            found = (
+                find_personal_tag_values(client, database) if database in client.databases() else []
+            )
+    except FederationError as exc:
+        report(Violation(name, "unreachable", datacenter.influxdb.url, str(exc)))
+        return
+    for f in found:
+        report(
+            Violation(
+                name,
+                "raw-personal-tag-value",
+                f"measurement {quote_ident(f.measurement)} tag {quote_ident(f.key)}",
+                f"{f.series} raw series ({f.values} distinct value(s)) hold a tag value that "
+                f"looks like an {f.kind}, e.g. {'; '.join(f.examples)}; the executors withhold "
+                "their events from every shipment",
+                remedy=f"list the values in the DC with {f.listing}, then erase each with "
+                f"`federation erase --dc {name} --subject - --delete-points`",
+            )
+        )
+
+
 # --- central -----------------------------------------------------------------------------------
 
 
@@ -551,6 +582,8 @@ def audit(
         result = _audit_dc(
             config, name, now_ns, check_interval_ns, timeout, found.append, warnings.append
         )
+        if result.error is None:
+            _report_personal_tag_values(config, name, timeout, found.append)
         return result, found, warnings
 
     dc_results = for_each_target(names, one)

@@ -185,6 +185,42 @@ def test_policy_change_making_an_exported_dimension_personal_lists_series_to_dro
     assert report.as_dict()["policies"]["eu"]["sha256"] == fed.config.policy_hashes["eu"]
 
 
+def test_raw_series_with_a_personal_tag_value_are_reported_redacted(fed: Federation) -> None:
+    # Written by something other than ingest: an address and an IP as dimension tag values.
+    now = time.time_ns() - 60 * 10**9
+    planted = [
+        Point("delivery", {"direction": "in", "mailer": "mx1", "customer": PERSONAL_VALUE},
+              {"latency_ms": 1.0}, now),
+        Point("delivery", {"direction": "out", "mailer": "mx1", "customer": PERSONAL_VALUE},
+              {"latency_ms": 2.0}, now),
+        Point("delivery", {"direction": "in", "mailer": "192.0.2.55", "customer": "c1"},
+              {"latency_ms": 3.0}, now),
+    ]  # fmt: skip
+    with fed.client("lon1") as client:
+        client.write(serialize(planted), database="mail")
+    report = audit(fed.config)
+    assert not report.ok
+    found = {v.subject: v for v in report.violations if v.check == "raw-personal-tag-value"}
+    assert {v.target for v in report.violations} == {"lon1"}
+    customer = found['measurement "delivery" tag "customer"']
+    assert customer.message.startswith(
+        "2 raw series (1 distinct value(s)) hold a tag value that looks like an e-mail address"
+    )
+    assert "delivery,customer=<e-mail address>,direction=in,mailer=mx1" in customer.message
+    assert customer.remedy is not None and "--delete-points" in customer.remedy
+    assert 'WITH KEY = "customer" WHERE "customer" =~ /@|%40/' in customer.remedy
+    mailer = found['measurement "delivery" tag "mailer"']
+    assert "looks like an IPv4 address" in mailer.message
+    assert "delivery,customer=c1,direction=in,mailer=<IPv4 address>" in mailer.message
+    text = json.dumps(report.as_dict())
+    assert PERSONAL_VALUE not in text and "192.0.2.55" not in text
+    # The statement it gives lists exactly the planted values, inside the DC.
+    with fed.client("lon1") as client:
+        statement = customer.remedy.split(" with ")[1].split(", then")[0]
+        listed = client.query(statement, database="mail")
+    assert [row[1] for s in listed for row in s.values] == [PERSONAL_VALUE]
+
+
 def test_retention_drift_default_and_old_raw_points_are_violations(fed: Federation) -> None:
     with fed.client("dub1") as client:
         client.execute('ALTER RETENTION POLICY "raw" ON "mail" DURATION 60d')
