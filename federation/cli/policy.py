@@ -470,7 +470,8 @@ def erase(
         out.print("dry run: nothing written, nothing recorded", markup=False)
     else:
         out.print(
-            "verified: no point matches any more; recorded in federation_audit.erasure",
+            "verified: no field, tag or dead letter holds the subject any more; "
+            "recorded in federation_audit.erasure",
             markup=False,
         )
 

@@ -291,8 +291,8 @@ class ErasureBlocked(ErasureError):
             dc,
             "the subject is the value of a tag, which InfluxDB 1.x cannot rewrite in place: "
             + "; ".join(self.where)
-            + ". Nothing was changed; delete those points with --delete-points "
-            "(they leave every aggregate recomputed afterwards)",
+            + ". Nothing was changed; to delete those points, run it again with "
+            "--delete-points",
         )
 
 
