@@ -77,23 +77,36 @@ class _Bad(Exception):
         self.detail = detail
 
 
-_CLEAN_TAGS_LIMIT = 100_000
-"""Tag values already found clean, remembered so each distinct value is looked at once."""
+_KNOWN_TAGS_LIMIT = 100_000
+"""Tag values already checked, remembered with their escaped form (tags repeat: a few thousand
+distinct values over millions of events), so each distinct value is looked at once."""
 
 
-def _check_personal(value: str, clean: set[str]) -> None:
-    """Refuse a tag value that looks like personal data (the gateway's own detector); the
-    detail names the kind found, never the value.
+def _check_tag(value: object, limit: int, known: dict[str, str]) -> str:
+    """The escaped form of a tag value not seen before; `_Bad` when it cannot be a tag.
 
-    A tag is a series key: an address there would be exported by any aggregation grouping by
-    it (the gateway then refuses the DC's whole shipment), and cannot be redacted in place.
+    Besides what line protocol and the schema demand, a value that looks like personal data is
+    refused (the gateway's own detector; the detail names the kind, never the value): a tag is
+    a series key, so an address there would be exported by any aggregation grouping by it (the
+    gateway then refuses the DC's whole shipment), and cannot be redacted in place.
     """
+    escaped = value
+    if (
+        type(value) is not str
+        or not value
+        or len(value) > limit // 4
+        or not _TAG_SPECIAL.isdisjoint(value)
+    ):
+        escaped = _tag_value(value, limit)
+    if type(value) is not str:
+        return str(escaped)  # an integer: digits only
     kind = personal_data_kind(value)
     if kind is not None:
         raise _Bad(Reason.personal_value, f"the value looks like an {kind}")
-    if len(clean) >= _CLEAN_TAGS_LIMIT:
-        clean.clear()
-    clean.add(value)
+    if len(known) >= _KNOWN_TAGS_LIMIT:
+        known.clear()
+    known[value] = str(escaped)
+    return str(escaped)
 
 
 def _float(value: Any) -> str:
@@ -271,7 +284,6 @@ class Encoder:
     def __init__(self, schema: EventSchema, *, tie_window: int = 100_000) -> None:
         limit = schema.max_string_bytes
         self._limit = limit
-        self._quick = limit // 4  # longer tag values take the slow path, which checks the size
         self._measurement = schema.measurement.translate(_MEASUREMENT_TABLE)
         self._tags = tuple(
             (key, f",{key.translate(_KEY_TABLE)}=", spec.required)
@@ -293,7 +305,7 @@ class Encoder:
             _Rfc3339() if fmt is TimeFormat.rfc3339 else _epoch(_EPOCH_UNITS[fmt])
         )
         self.ties = TieBreaker(tie_window)
-        self._clean_tags: set[str] = set()
+        self._known_tags: dict[str, str] = {}
         # Leave room above the latest timestamp for the tie-break's shifts.
         self._time_max = _TIME_MAX - tie_window
 
@@ -306,8 +318,7 @@ class Encoder:
         if type(event) is not dict:
             raise Rejected(Reason.not_object)
         get = event.get
-        quick = self._quick
-        clean = self._clean_tags
+        known = self._known_tags
         head = [self._measurement]
         fields: list[str] = []
         key = ""
@@ -318,17 +329,11 @@ class Encoder:
                     if required:
                         raise _Bad(Reason.missing_key)
                     continue
-                if type(value) is str and value not in clean:
-                    _check_personal(value, clean)
-                if (
-                    type(value) is not str
-                    or not value
-                    or len(value) > quick
-                    or not _TAG_SPECIAL.isdisjoint(value)
-                ):
-                    value = _tag_value(value, self._limit)
+                escaped = known.get(value) if type(value) is str else None
+                if escaped is None:
+                    escaped = _check_tag(value, self._limit, known)
                 head.append(prefix)
-                head.append(value)
+                head.append(escaped)
             for key, prefix, convert, required in self._fields:
                 value = get(key)
                 if value is None:
