@@ -351,8 +351,14 @@ def _report_personal_tag_values(
     database = datacenter.raw_database
     try:
         with connect(datacenter.influxdb, timeout=timeout) as client:
+            declared = {
+                measurement: policy.personal_keys
+                for measurement, policy in config.policy_for(name).measurements.items()
+            }
             found = (
-                find_personal_tag_values(client, database) if database in client.databases() else []
+                find_personal_tag_values(client, database, declared)
+                if database in client.databases()
+                else []
             )
     except FederationError as exc:
         report(Violation(name, "unreachable", datacenter.influxdb.url, str(exc)))

@@ -15,6 +15,7 @@ in-region with the statement the finding carries, then erases each subject.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from federation.errors import FederationError
@@ -68,13 +69,20 @@ def redacted_series_key(series_key: str) -> str:
     return ",".join(parts)
 
 
-def find_personal_tag_values(client: InfluxClient, database: str) -> list[PersonalTagValues]:
+def find_personal_tag_values(
+    client: InfluxClient, database: str, declared: Mapping[str, frozenset[str]]
+) -> list[PersonalTagValues]:
     """Every (measurement, tag key, kind) of `database` with a tag value that looks like
-    personal data, from the series index (series whose points were all deleted are gone)."""
+    personal data, from the series index (series whose points were all deleted are gone).
+
+    Keys `declared` personal for their measurement are left out: their values are personal by
+    declaration, never exported, and a personal key kept as a tag is a finding of its own.
+    """
     found: dict[tuple[str, str, str], PersonalTagValues] = {}
     for measurement in sorted(client.measurements(database)):
         source = quote_ident(measurement)
-        for key in sorted(client.tag_keys(database, measurement)):
+        skip = declared.get(measurement, frozenset())
+        for key in sorted(set(client.tag_keys(database, measurement)) - skip):
             # A condition makes InfluxDB 1.x read the series index; a bare SHOW TAG VALUES may
             # still list the value of a series already dropped.
             q = (
