@@ -23,6 +23,7 @@ from federation.points import Point
 
 from .helpers import HOUR, body, plan_of, window_batch
 from .test_gateway import DC, ledger_windows, with_tags, write
+from .test_metrics import _sample
 
 READER = {"Authorization": "Bearer reader-secret"}
 
@@ -55,14 +56,15 @@ def test_a_refused_reshipment_of_a_verified_window_is_shown_until_one_is_accepte
     assert "refused a shipment (rule personal-data, key direction)" in notice.reason
     assert "jane.doe" not in notice.reason
     metrics = client.get("/metrics", headers=READER).text
-    labels = f'{{dc="{DC}",aggregation="{plan.aggregation}"}}'
-    assert f"federation_windows_refused{labels} 1" in metrics
-    assert f"federation_windows_refused_latest_start_seconds{labels} {start / 1e9}" in metrics
+    labels = {"dc": DC, "aggregation": plan.aggregation}
+    assert _sample(metrics, "federation_windows_refused", **labels) == 1
+    latest = _sample(metrics, "federation_windows_refused_latest_start_seconds", **labels)
+    assert latest == start / 1e9
 
     accepted = window_batch(plan, start, run=3, events=60)
     assert write(client, config, body(accepted)).status_code == 204  # type: ignore[attr-defined]
     assert _dc_status(ledger, config, hour0, plan.aggregation).notices == []
-    assert f"federation_windows_refused{labels}" not in client.get("/metrics", headers=READER).text
+    assert 'federation_windows_refused{dc="' not in client.get("/metrics", headers=READER).text
 
 
 def test_events_withheld_for_a_personal_dimension_value_are_shown_on_a_verified_window(
@@ -90,8 +92,8 @@ def test_events_withheld_for_a_personal_dimension_value_are_shown_on_a_verified_
     assert notice.state == "verified"
     assert notice.reason.startswith("7 event(s) withheld: a dimension value looked like personal")
     metrics = client.get("/metrics", headers=READER).text
-    labels = f'{{dc="{DC}",aggregation="{plan.aggregation}"}}'
-    assert f"federation_windows_personal_values{labels} 1" in metrics
+    labels = {"dc": DC, "aggregation": plan.aggregation}
+    assert _sample(metrics, "federation_windows_personal_values", **labels) == 1
 
 
 def test_a_manifest_claiming_more_personal_than_suppressed_events_is_refused(

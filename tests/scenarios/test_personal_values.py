@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from federation.clock import format_rfc3339
 from federation.lineprotocol import serialize
@@ -30,6 +31,15 @@ pytestmark = pytest.mark.slow
 
 SUBJECT = "bob@example.org"
 MAILER_IP = "192.0.2.55"
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a /metrics page, read by prometheus_client's own parser."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"no sample {name}{labels} in /metrics")
 
 
 def _plant(fed: ScenarioFederation, start_ns: int, count: int = 10) -> None:
@@ -93,10 +103,10 @@ def test_14_personal_values_in_dimension_tags_are_withheld_reported_and_erasable
         headers={"Authorization": f"Bearer {os.environ[READER_ENV]}"},
         timeout=10,
     ).text
-    labels = '{dc="lon1",aggregation="delivery_latency"}'
-    assert f"federation_windows_personal_values{labels} 2" in metrics
-    latest = f"federation_windows_personal_values_latest_start_seconds{labels}"
-    assert f"{latest} {planted[1] / SECOND}" in metrics
+    labels = {"dc": "lon1", "aggregation": "delivery_latency"}
+    assert _sample(metrics, "federation_windows_personal_values", **labels) == 2
+    latest = "federation_windows_personal_values_latest_start_seconds"
+    assert _sample(metrics, latest, **labels) == planted[1] / SECOND
 
     audited = federation.cli("policy", "audit", "--format", "json", check=False)
     assert audited.returncode == 1
