@@ -157,6 +157,7 @@ def fill_month(
                         "windows": len(manifests),
                         "events": sum(m.events for m in manifests),
                         "dims": dims_list,
+                        "set_groups": str(customers),
                     },
                     day.start_ns,
                 )
