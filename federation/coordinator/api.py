@@ -1,7 +1,7 @@
 """The coordinator's HTTP surface: the gateway, the agent API, status, metrics and the page.
 
     GET  /ping                                  204, X-Influxdb-Version (no auth, as InfluxDB)
-    POST /write?db=&rp=&precision=              gateway (see federation.coordinator.gateway)
+    POST /write?db=&rp=&precision=&consistency= gateway (see federation.coordinator.gateway)
     GET  /api/v1/dcs/{dc}/desired               agent token of {dc}
     POST /api/v1/dcs/{dc}/report                agent token of {dc}; 204
     GET  /api/v1/dcs/{dc}/backfills             agent token of {dc}; leases queued requests
@@ -175,6 +175,9 @@ async def _forward(
     params = {"db": central.database, "rp": rp}
     if precision:
         params["precision"] = precision
+    consistency = request.query_params.get("consistency")
+    if consistency:  # a cluster (InfluxDB Enterprise) honours it; a single node ignores it
+        params["consistency"] = consistency
     headers = {"Content-Type": "text/plain; charset=utf-8"}
     if encoding:
         headers["Content-Encoding"] = encoding
@@ -242,6 +245,10 @@ _SHIPPING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asynci
 )
 
 
+WRITE_CONSISTENCIES = ("any", "one", "quorum", "all")
+"""The `consistency` values of the v1 write API; the gateway passes the one asked through."""
+
+
 # One batch is parsed and checked at a time. The work holds the GIL, so batches checked side by
 # side would all finish late, together; one at a time, each finishes as early as it can and is
 # forwarded to central while the next one is checked.
@@ -261,6 +268,13 @@ async def _accept(request: Request, coordinator: Coordinator, dc: str) -> Checke
             key="db" if db != central.database else "rp",
         )
     precision = request.query_params.get("precision", "")
+    consistency = request.query_params.get("consistency")
+    if consistency is not None and consistency not in WRITE_CONSISTENCIES:
+        raise Refusal(
+            "database",
+            f"consistency must be one of {', '.join(WRITE_CONSISTENCIES)}, not {consistency!r}",
+            key="consistency",
+        )
     raw = await _read_body(request, limit)
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding not in ("", "identity", "gzip"):

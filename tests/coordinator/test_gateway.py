@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 from collections.abc import Callable
 
+import httpx
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from federation.config import FederationConfig
+from federation.coordinator.api import build_app
 from federation.coordinator.gateway import CheckedBatch, Refusal, check_body, parse_body
 from federation.coordinator.ledger import Ledger, WindowRow
 from federation.coordinator.service import Coordinator
@@ -477,3 +479,27 @@ def test_a_damaged_batch_gets_the_same_verdict_column_by_column(
         text = text[:at] + junk + text[at + cut :]
     fast, slow = _verdicts(coordinator, text.encode())
     assert fast == slow
+
+
+def test_the_write_consistency_reaches_central_and_a_bad_one_is_refused(
+    coordinator: Coordinator, config: FederationConfig, influx: InfluxClient, hour0: int
+) -> None:
+    forwarded: list[dict[str, str]] = []
+    real = httpx.AsyncHTTPTransport()
+
+    class Recording(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            forwarded.append(dict(request.url.params))
+            return await real.handle_async_request(request)
+
+    app = build_app(coordinator, central_transport=Recording())
+    points = window_batch(plan_of(config, DC), hour0 - HOUR)
+    with TestClient(app) as client:
+        params = central_params(config, DC)
+        bad = write(client, config, body(points), params={**params, "consistency": "most"})
+        assert _refused(bad, "database")["key"] == "consistency"
+        assert forwarded == [] and stored(influx, config) == 0
+        ok = write(client, config, body(points), params={**params, "consistency": "quorum"})
+        assert ok.status_code == 204, ok.text  # type: ignore[attr-defined]
+    assert [f.get("consistency") for f in forwarded] == ["quorum"]
+    assert stored(influx, config) == len(points)
