@@ -59,11 +59,17 @@ class OperatorClient(CoordinatorHttp):
 
     def dcs(self, dcs: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Every DC (or these) against its desired state, as `GET /api/v1/dcs` answers."""
+        return self.dcs_and_rollout(dcs)[0]
+
+    def dcs_and_rollout(
+        self, dcs: Sequence[str] | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """`dcs`, with the last rollout the coordinator records (None: none yet)."""
         data = self._object("GET", "/api/v1/dcs", params=httpx.QueryParams({"dc": list(dcs or ())}))
-        found = data.get("dcs")
+        found, last = data.get("dcs"), data.get("rollout")
         if not isinstance(found, list):
             raise CoordinatorError(self.url + "/api/v1/dcs", "answer has no list of DCs")
-        return found
+        return found, last if isinstance(last, dict) else None
 
     def start_rollout(
         self,
@@ -71,9 +77,16 @@ class OperatorClient(CoordinatorHttp):
         aggregations: Sequence[str] | None = None,
         canary: str | None = None,
         dcs: Sequence[str] | None = None,
+        backfill_retention: bool = False,
     ) -> dict[str, Any]:
-        """Make the pending versions desired in the canary; what moved and who waits."""
-        body = {"aggregations": _list(aggregations), "canary": canary, "dcs": _list(dcs)}
+        """Make the pending versions desired in the canary (or resume the rollout waiting at
+        its canary); what moved and who waits."""
+        body = {
+            "aggregations": _list(aggregations),
+            "canary": canary,
+            "dcs": _list(dcs),
+            "backfill_retention": backfill_retention,
+        }
         return self._object("POST", "/api/v1/rollouts", body=body)
 
     def advance_rollout(
@@ -86,7 +99,7 @@ class OperatorClient(CoordinatorHttp):
     def rollback_rollout(
         self, *, aggregations: Sequence[str] | None = None, dcs: Sequence[str] | None = None
     ) -> dict[str, Any]:
-        """Make the previous versions desired again in the scope."""
+        """Undo the last rollout (in the scope): what was desired before it, desired again."""
         body = {"aggregations": _list(aggregations), "dcs": _list(dcs)}
         return self._object("POST", "/api/v1/rollouts/rollback", body=body)
 
@@ -211,7 +224,7 @@ def wait_for_retention(
 
 def wait_for_versions(
     client: OperatorClient,
-    expected: Mapping[tuple[str, str], str],
+    expected: Mapping[tuple[str, str], str | None],
     *,
     timeout_s: float,
     poll_s: float = 1.0,
@@ -220,12 +233,13 @@ def wait_for_versions(
     sleep: Sleep = time.sleep,
 ) -> WatchResult:
     """Wait until each DC's agent reports the expected version of each aggregation running and
-    healthy; with `verify_window`, where the coordinator has verified windows of that
-    aggregation before, also until a window of the new version is verified.
+    healthy (None: no longer running at all); with `verify_window`, where the coordinator has
+    verified windows of that DC before, also until a window of the new version is verified or
+    confirmed empty.
 
     A DC that reports the expected version unhealthy fails at once.
     """
-    by_dc: dict[str, dict[str, str]] = {}
+    by_dc: dict[str, dict[str, str | None]] = {}
     for (dc, aggregation), version in expected.items():
         by_dc.setdefault(dc, {})[aggregation] = version
 
@@ -236,6 +250,13 @@ def wait_for_versions(
         for aggregation, version in sorted(wanted.items()):
             item = reported.get(aggregation, {})
             running, healthy = item.get("running_version"), item.get("healthy")
+            if version is None:
+                if running is not None:
+                    notes.append(f"{aggregation} still runs {running}, waiting for it to stop")
+                    waiting = True
+                else:
+                    notes.append(f"{aggregation} no longer runs")
+                continue
             if running != version:
                 notes.append(
                     f"{aggregation} runs {running or 'nothing yet'}, waiting for {version}"
@@ -249,7 +270,10 @@ def wait_for_versions(
                 and item.get("last_verified_ns") is not None
                 and item.get("verified_since_change_ns") is None
             ):
-                notes.append(f"{aggregation} {version} healthy, waiting for a verified window")
+                notes.append(
+                    f"{aggregation} {version} healthy, waiting for a window verified or "
+                    "confirmed empty"
+                )
                 waiting = True
             else:
                 notes.append(f"{aggregation} {version} running and healthy")
@@ -261,9 +285,33 @@ def wait_for_versions(
     )  # fmt: skip
 
 
-def moved_versions(step: Mapping[str, Any]) -> dict[tuple[str, str], str]:
-    """(dc, aggregation) -> the version a rollout step made desired."""
-    return {(str(m["dc"]), str(m["aggregation"])): str(m["to"]) for m in step.get("moved", [])}
+def moved_versions(
+    step: Mapping[str, Any], key: str = "moved"
+) -> dict[tuple[str, str], str | None]:
+    """(dc, aggregation) -> the version a rollout step made desired (None: nothing), from its
+    `moved` list (or another list of moves, such as `canary_moves`)."""
+    return {
+        (str(m["dc"]), str(m["aggregation"])): None if m["to"] is None else str(m["to"])
+        for m in step.get(key) or []
+    }
+
+
+def rollout_summary(rollout: Mapping[str, Any]) -> str:
+    """One line on the last rollout: what it moved, how far it got, and for one left at its
+    canary, the commands that resume or undo it."""
+    moves = rollout.get("moves") or []
+    dcs = sorted({str(m["dc"]) for m in moves})
+    head = f"last rollout #{rollout.get('id')}: {len(moves)} version change(s) in {', '.join(dcs) or 'no DC'}"
+    state = rollout.get("state")
+    if state == "canary":
+        return (
+            f"{head}; INTERRUPTED at its canary {rollout.get('canary')}: "
+            "`federation rollout apply` resumes it (the other DCs follow once the canary "
+            "checks out), `federation rollout rollback` undoes it"
+        )
+    if state == "rolled_back":
+        return f"{head}; rolled back"
+    return f"{head}; advanced to every DC of its scope (`federation rollout rollback` undoes it)"
 
 
 @dataclass
@@ -328,6 +376,7 @@ def apply_rollout(
     aggregations: Sequence[str] | None = None,
     canary: str | None = None,
     dcs: Sequence[str] | None = None,
+    backfill_retention: bool = False,
     timeout_s: float = 900.0,
     window_timeout_s: float = 0.0,
     poll_s: float = 1.0,
@@ -335,9 +384,10 @@ def apply_rollout(
     on_progress: Progress = _no_progress,
     sleep: Sleep = time.sleep,
 ) -> CoordinatedRollout:
-    """Reload, make the pending versions desired in the canary, wait until its agent runs them
-    healthy (and, with `window_timeout_s`, until a window of each is verified where windows are
-    verified at all), then advance every other DC of the scope and wait for them too.
+    """Reload, make the pending versions desired in the canary (or resume the rollout waiting
+    at its canary), wait until its agent runs them healthy (and, with `window_timeout_s`, until
+    a window of each is verified or confirmed empty where windows are verified at all), then
+    advance every other DC of the rollout's scope and wait for them too.
 
     When the canary fails or times out its previous versions are restored and nothing else
     moves. A failure after the advance is reported, not rolled back (`rollback` does that).
@@ -345,12 +395,16 @@ def apply_rollout(
     step = on_step or (lambda _name, _data: None)
     outcome = CoordinatedRollout(client.reload())
     step("reload", outcome.reload)
-    scope = {"aggregations": aggregations, "dcs": dcs}
-    outcome.canary_step = client.start_rollout(canary=canary, **scope)
+    outcome.canary_step = client.start_rollout(
+        aggregations=aggregations, canary=canary, dcs=dcs, backfill_retention=backfill_retention
+    )
     step("canary", outcome.canary_step)
-    moved = moved_versions(outcome.canary_step)
+    moved = moved_versions(outcome.canary_step, "canary_moves")
     if not moved:
         return outcome
+    # A resumed rollout goes on with the scope it started with.
+    recorded = outcome.canary_step.get("scope") or {}
+    scope = {"aggregations": recorded.get("aggregations"), "dcs": recorded.get("dcs")}
     outcome.canary = wait_for_versions(
         client, moved, timeout_s=timeout_s, poll_s=poll_s, on_progress=on_progress, sleep=sleep
     )

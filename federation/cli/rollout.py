@@ -8,7 +8,7 @@ them; with `--direct` they deploy to each DC's Kapacitor themselves.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,11 +28,11 @@ from federation.cli._coordinated import (
     through_coordinator,
 )
 from federation.errors import FederationError
-from federation.operator_client import operator_client
+from federation.operator_client import operator_client, rollout_summary
 
 if TYPE_CHECKING:
     from federation.config import FederationConfig
-    from federation.operator_client import WatchResult
+    from federation.operator_client import CoordinatedRollout, WatchResult
 
 app = typer.Typer(help="Roll aggregation changes out to every DC, canary first.")
 
@@ -131,6 +131,14 @@ def apply_command(
     state: StateOption = None,
     direct: DirectOption = False,
     wait_timeout: WaitOption = 900.0,
+    backfill_retention: Annotated[
+        bool,
+        typer.Option(
+            "--backfill-retention",
+            help="Through the coordinator: an aggregation this rollout adds to a DC is "
+            "backfilled over the DC's whole raw retention (default: over its look-back).",
+        ),
+    ] = False,
     window_timeout: Annotated[
         float,
         typer.Option(
@@ -144,17 +152,21 @@ def apply_command(
 ) -> None:
     """Deploy to the canary, then the other DCs; stop at the first failure.
 
-    Through the coordinator: reload the config directory, make its new plan versions desired
-    in the canary (default: the first DC with a change), wait until the canary's agent runs
-    them healthy and its next window is verified, then advance every other DC and wait for
-    them. A canary that fails or times out is rolled back and nothing else moves (exit 1).
+    Through the coordinator: reload the config directory, make its added, changed and removed
+    aggregations desired in the canary (default: the first DC with a change), wait until the
+    canary's agent runs them healthy and its next window is verified or confirmed empty, then
+    advance every other DC and wait for them. A canary that fails or times out is rolled back
+    and nothing else moves (exit 1). A rollout left at its canary (the command interrupted) is
+    resumed by running this again, or undone by `rollout rollback`.
     """
     from federation.config import load_config
     from federation.rollout import RolloutState, rollout_apply
 
     fed = load_config(config)
     if through_coordinator(fed, direct):
-        _apply_through_coordinator(fed, canary, dc, aggregation, wait_timeout, window_timeout)
+        _apply_through_coordinator(
+            fed, canary, dc, aggregation, wait_timeout, window_timeout, backfill_retention
+        )
         return
     result = rollout_apply(fed, state=RolloutState(_state(config, state)), canary=canary, dcs=dc)
     for name in result.done:
@@ -177,11 +189,12 @@ def rollback_command(
     direct: DirectOption = False,
     wait_timeout: WaitOption = 900.0,
 ) -> None:
-    """Restore each DC to what it ran before its last rollout.
+    """Undo the last rollout: each DC it reached runs what it ran before.
 
-    Through the coordinator: the previous versions become desired again wherever the new one
-    was rolled out, and the command waits until the agents run them (exit 1 on a failure or
-    timeout).
+    Through the coordinator: an aggregation the rollout added is removed, one it removed is
+    restored, one it changed is reverted, wherever the rollout reached (and the ledger still
+    desires what it moved to); the command waits until the agents run that (exit 1 on a
+    failure or timeout).
     """
     from federation.config import load_config
     from federation.rollout import RolloutState, rollout_rollback
@@ -216,7 +229,7 @@ def status_command(
     fed = load_config(config)
     if through_coordinator(fed, direct):
         with operator_client(fed, reader=True) as client:
-            found = client.dcs(dc)
+            found, last = client.dcs_and_rollout(dc)
         rows = [
             {"dc": entry["dc"], "last_seen": entry.get("last_seen"), **item}
             for entry in found
@@ -230,36 +243,55 @@ def status_command(
             if retention.get("state") in ("drift", "failed"):
                 out.print(f"retention {retention['state']} on {entry['dc']}: "
                           f"{retention.get('detail') or 'not converged'}", markup=False)  # fmt: skip
+        if fmt is OutputFormat.table and last is not None:
+            out.print(rollout_summary(last), markup=False)
         return
     rows = [vars(r) for r in rollout_status(fed, dc)]
     columns = ["dc", "task_id", "running_version", "desired_version", "state", "healthy", "detail"]
     print_rows(rows, columns, fmt, title="rollout status")
 
 
-def _moves(step: dict[str, object]) -> list[str]:
-    moved = step.get("moved")
-    return [
-        f"{m['dc']}: {m['aggregation']} {m['from'] or '-'} -> {m['to']}"
-        for m in (moved if isinstance(moved, list) else [])
-    ]
+def _move_line(move: dict[str, Any]) -> str:
+    before, after = move.get("from"), move.get("to")
+    if before is None:
+        what = f"added {after}"
+    elif after is None:
+        what = f"removed (ran {before})"
+    else:
+        what = f"{before} -> {after}"
+    return f"{move['dc']}: {move['aggregation']} {what}"
 
 
-def _print_step(name: str, step: dict[str, object]) -> None:
+def _moves(step: dict[str, Any], key: str = "moved") -> list[str]:
+    moved = step.get(key)
+    return [_move_line(m) for m in (moved if isinstance(moved, list) else [])]
+
+
+def _print_step(name: str, step: dict[str, Any]) -> None:
     if name == "reload":
         rows = reload_rows(step, retention=True, plans=False)
         for row in rows:
             out.print(f"{row['dc']}: retention: {row['change']}", markup=False)
         return
-    label = {"canary": f"canary {step.get('canary')}", "advance": "advance",
-             "rollback": "rollback"}[name]  # fmt: skip
-    lines = _moves(step)
-    if name == "canary" and not lines:
-        out.print("nothing to roll out: every DC already desires the config's versions",
-                  markup=False)  # fmt: skip
-        return
-    out.print(f"{label}: {len(lines)} version change(s)", markup=False)
+    rollout = f"rollout #{step['rollout']}" if step.get("rollout") else "rollout"
+    if name == "canary" and step.get("resumed"):
+        lines = _moves(step, "canary_moves")
+        out.print(f"resuming {rollout}, left at its canary {step.get('canary')}: "
+                  f"{len(lines)} version change(s)", markup=False)  # fmt: skip
+    else:
+        lines = _moves(step)
+        if name == "canary" and not lines:
+            out.print("nothing to roll out: every DC of the scope already desires the config's "
+                      "versions", markup=False)  # fmt: skip
+            return
+        label = {"canary": f"canary {step.get('canary')}", "advance": "advance",
+                 "rollback": f"rollback of {rollout}"}[name]  # fmt: skip
+        out.print(f"{label}: {len(lines)} version change(s)", markup=False)
     for line in lines:
         out.print(f"  {line}", markup=False)
+    for move in step.get("skipped") or []:
+        out.print(f"  left alone: {_move_line(move)} (its desired version has changed since)",
+                  markup=False)  # fmt: skip
     waiting = step.get("waiting")
     if isinstance(waiting, list) and waiting:
         out.print(
@@ -286,6 +318,7 @@ def _apply_through_coordinator(
     aggregations: list[str] | None,
     wait_timeout: float,
     window_timeout: float,
+    backfill_retention: bool,
 ) -> None:
     from federation.operator_client import apply_rollout
 
@@ -295,6 +328,7 @@ def _apply_through_coordinator(
             aggregations=aggregations,
             canary=canary,
             dcs=dcs,
+            backfill_retention=backfill_retention,
             timeout_s=wait_timeout,
             window_timeout_s=window_timeout,
             on_step=_print_step,
@@ -312,7 +346,21 @@ def _apply_through_coordinator(
             "`federation rollout rollback` restores the previous versions"
         )
     if result.advance_step is not None:
-        out.print("rollout complete: every DC runs the new versions", markup=False)
+        out.print(_completed(result), markup=False)
+
+
+def _completed(result: CoordinatedRollout) -> str:
+    """What a rollout that went through achieved, and no more than that."""
+    assert result.advance_step is not None and result.canary_step is not None
+    dcs = {str(result.canary_step.get("canary"))}
+    dcs |= {str(m["dc"]) for m in result.advance_step.get("moved") or []}
+    elsewhere = [str(dc) for dc in result.advance_step.get("pending_elsewhere") or []]
+    if elsewhere:
+        return (
+            f"rollout complete in {names(sorted(dcs))}; still pending in {names(elsewhere)} "
+            "(outside the rollout's --dc; `federation rollout apply` rolls it out there)"
+        )
+    return "rollout complete: every DC runs the config's versions"
 
 
 def _rollback_through_coordinator(
@@ -327,7 +375,17 @@ def _rollback_through_coordinator(
         step = client.rollback_rollout(aggregations=aggregations, dcs=dcs)
         moved = moved_versions(step)
         if not moved:
-            out.print("nothing to roll back", markup=False)
+            why = (
+                f"rollout #{step['rollout']} is already rolled back"
+                if step.get("state") == "rolled_back"
+                else "no rollout is recorded"
+                if step.get("rollout") is None
+                else f"what rollout #{step['rollout']} moved has changed since"
+            )
+            for move in step.get("skipped") or []:
+                out.print(f"  left alone: {_move_line(move)} (its desired version has changed "
+                          "since)", markup=False)  # fmt: skip
+            out.print(f"nothing to roll back: {why}", markup=False)
             return
         _print_step("rollback", step)
         watch = wait_for_versions(
@@ -335,4 +393,8 @@ def _rollback_through_coordinator(
         )
     if not watch.ok:
         raise RolloutFailed(f"rollback not converged: {_failures(watch)}")
-    out.print("rollback complete: every DC runs its previous versions", markup=False)
+    out.print(
+        f"rollback complete: {names(sorted({dc for dc, _ in moved}))} run(s) what they ran "
+        f"before rollout #{step['rollout']}",
+        markup=False,
+    )

@@ -14,9 +14,12 @@
                                                 [dc]}: reload the config directory, answer what
                                                 changes per DC; let those DCs shrink retention
     POST /api/v1/rollouts                       operator token; {"aggregations", "canary",
-                                                "dcs"}: pending versions desired in the canary
+                                                "dcs", "backfill_retention"}: pending versions
+                                                desired in the canary (or the rollout waiting
+                                                at its canary resumed)
     POST /api/v1/rollouts/advance               operator token; {"aggregations", "dcs"}
-    POST /api/v1/rollouts/rollback              operator token; {"aggregations", "dcs"}
+    POST /api/v1/rollouts/rollback              operator token; {"aggregations", "dcs"}: the
+                                                last rollout undone
     GET  /metrics                               reader token (Prometheus text format)
     GET  /, /windows/…, /dcs/…, /reports        web pages (federation.coordinator.web): reader
                                                 token as bearer, cookie, or once ?token=
@@ -628,6 +631,11 @@ def _rollout_handler(step: str) -> Handler:
             canary = data.get("canary")
             if canary is not None and (step != "start" or not isinstance(canary, str)):
                 raise InvalidInput("canary: expected a DC name, only when a rollout starts")
+            full = data.get("backfill_retention", False)
+            if not isinstance(full, bool) or (full and step != "start"):
+                raise InvalidInput(
+                    "backfill_retention: expected true or false, when a rollout starts"
+                )
             now = coordinator.clock.now_ns()
             config = coordinator.config
 
@@ -636,6 +644,7 @@ def _rollout_handler(step: str) -> Handler:
                     result = start_rollout(
                         coordinator.ledger, config, now,
                         aggregations=aggregations, canary=canary, dcs=dcs,
+                        backfill_retention=full,
                     )  # fmt: skip
                 elif step == "advance":
                     result = advance_rollout(

@@ -237,7 +237,7 @@ def request_backfill(
     with ledger.session(write=True) as session:
         if session.get(TrackingRow, (dc, aggregation)) is None:
             raise InvalidInput(f"{dc}/{aggregation} is not tracked yet: start the coordinator once")
-        version = desired_versions(session).get((dc, aggregation), plan.version)
+        version = desired_versions(session).get((dc, aggregation)) or plan.version
         for piece_start in range(first, last_end, cap):
             piece_end = min(piece_start + cap, last_end)
             backfill_id = queue_request(

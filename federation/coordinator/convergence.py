@@ -2,10 +2,12 @@
 
 `dc_overview` is the body of `GET /api/v1/dcs`, which `policy apply` and `rollout apply` watch
 until every agent has converged. Per DC: when its agent last reported and in which mode; per
-aggregation the version the config declares, the one the ledger desires, the one the agent runs
-and its health, and the windows verified (the last one, and the last one of the desired version
+aggregation (declared by the config, or still desired or running after its removal) the version
+the config declares, the one the ledger desires, the one the agent runs and its health, and the
+windows verified or confirmed empty (the DC's last one, and the last one of the desired version
 that started after it became desired); and the retention outcome, which counts only when the
-agent reports having applied the retention the coordinator serves now.
+agent reports having applied the retention the coordinator serves now. With them, the last
+rollout and how far it got.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import and_, func, select
 from federation.clock import format_rfc3339
 from federation.config import FederationConfig
 from federation.coordinator.ledger import DcRow, DeploymentRow, Ledger, WindowRow
+from federation.coordinator.rollouts import last_rollout
 from federation.coordinator.tracking import WindowState
 from federation.plan import resolve_all
 from federation.policy.retention import desired_retention
@@ -25,11 +28,16 @@ from federation.policy.retention import desired_retention
 _SPEC_KEYS = ("name", "duration_ns", "shard_duration_ns", "default")
 
 
-def plan_state(config_version: str, desired: str, running: str | None, healthy: bool | None) -> str:
-    """`current`, `converging` (the agent runs another version), `unhealthy`, `unknown` (no
-    report yet), or any of these followed by `, rollout pending` when the config declares a
-    version the ledger does not desire yet."""
-    if running is None:
+def plan_state(
+    config_version: str | None, desired: str | None, running: str | None, healthy: bool | None
+) -> str:
+    """`current`, `converging` (the agent runs another version, or still runs one it should
+    stop), `unhealthy`, `unknown` (no report yet), `not deployed` (nothing desired, nothing
+    running), or any of these followed by `, rollout pending` when the config declares another
+    version than the ledger desires (None: the aggregation is added or removed)."""
+    if desired is None:
+        state = "not deployed" if running is None else "converging"
+    elif running is None:
         state = "unknown"
     elif running != desired:
         state = "converging"
@@ -91,21 +99,18 @@ def dc_overview(
     for name in names:
         config.dc(name)
     declared = {(p.dc, p.aggregation): p.version for p in resolve_all(config) if p.dc in names}
-    verified = WindowState.VERIFIED.value
+    # A window confirmed empty proves a version runs as well as a verified one does.
+    done = [WindowState.VERIFIED.value, WindowState.EMPTY.value]
     last_verified = (
         select(func.max(WindowRow.start_ns))
-        .where(
-            WindowRow.state == verified,
-            WindowRow.dc == DeploymentRow.dc,
-            WindowRow.aggregation == DeploymentRow.aggregation,
-        )
+        .where(WindowRow.state.in_(done), WindowRow.dc == DeploymentRow.dc)
         .scalar_subquery()
     )
     verified_since_change = (
         select(func.max(WindowRow.start_ns))
         .where(
             and_(
-                WindowRow.state == verified,
+                WindowRow.state.in_(done),
                 WindowRow.dc == DeploymentRow.dc,
                 WindowRow.aggregation == DeploymentRow.aggregation,
                 WindowRow.start_ns >= DeploymentRow.changed_ns,
@@ -122,11 +127,17 @@ def dc_overview(
             )
         ).all()
     by_key = {(d.dc, d.aggregation): (d, last, since) for d, last, since in deployments}
+    # Deployments of aggregations the config no longer declares, while anything of them is
+    # desired or running.
+    listed: dict[tuple[str, str], str | None] = dict(declared)
+    for (dc, aggregation), (d, _, _) in by_key.items():
+        if (dc, aggregation) not in listed and (d.desired_version or d.running_version):
+            listed[(dc, aggregation)] = None
     result = []
     for name in names:
         row = rows.get(name)
         aggregations = []
-        for (dc, aggregation), version in sorted(declared.items()):
+        for (dc, aggregation), version in sorted(listed.items()):
             if dc != name:
                 continue
             found = by_key.get((dc, aggregation))
@@ -176,4 +187,4 @@ def dc_overview(
                 },
             }
         )
-    return {"now_ns": now_ns, "dcs": result}
+    return {"now_ns": now_ns, "dcs": result, "rollout": last_rollout(ledger)}

@@ -83,9 +83,14 @@ def desired_state(
 
 
 def desired_plans(ledger: Ledger, config: FederationConfig, dc: str) -> list[AggregationPlan]:
-    """The plans the agent of `dc` should run: per aggregation of the config, the version the
-    ledger holds as desired (which lags the config's until a rollout moves it)."""
-    plans = resolve_all(config, dc)
+    """The plans the agent of `dc` should run: per deployment of the DC, the version the
+    ledger desires (which lags the config's until a rollout moves it), in aggregation order.
+
+    An aggregation the ledger does not desire (added and not rolled out here yet, or removed)
+    is left out; one the config no longer declares but the ledger still desires (a removal not
+    rolled out here yet, or a removal rolled back) is served from its stored plan.
+    """
+    plans = {p.aggregation: p for p in resolve_all(config, dc)}
     with ledger.session() as session:
         rows = session.execute(
             select(DeploymentRow.aggregation, DeploymentRow.desired_version).where(
@@ -94,9 +99,10 @@ def desired_plans(ledger: Ledger, config: FederationConfig, dc: str) -> list[Agg
         )
         desired = {aggregation: version for aggregation, version in rows}
         wanted = {
-            (p.aggregation, desired[p.aggregation])
-            for p in plans
-            if desired.get(p.aggregation, p.version) != p.version
+            (aggregation, version)
+            for aggregation, version in desired.items()
+            if version is not None
+            and (aggregation not in plans or plans[aggregation].version != version)
         }
         stored: dict[tuple[str, str], dict[str, Any]] = {}
         if wanted:
@@ -107,14 +113,23 @@ def desired_plans(ledger: Ledger, config: FederationConfig, dc: str) -> list[Agg
             )
             stored = {(r.aggregation, r.version): r.plan for r in rows}
     result = []
-    for plan in plans:
-        version = desired.get(plan.aggregation, plan.version)
-        data = stored.get((plan.aggregation, version))
-        if version != plan.version and data is None:
+    for aggregation in sorted(set(plans) | set(desired)):
+        plan = plans.get(aggregation)
+        # A plan without a deployment row (never synced) runs the config's version.
+        version = desired.get(aggregation, None if plan is None else plan.version)
+        if version is None:
+            continue
+        if plan is not None and version == plan.version:
+            result.append(plan)
+            continue
+        data = stored.get((aggregation, version))
+        if data is None:
             # sync_desired stores a version before anything can make it desired.
-            log.error("%s/%s: desired version %s is not stored; serving the config's",
-                      dc, plan.aggregation, version)  # fmt: skip
-        result.append(plan if data is None else plan_from_dict(data))
+            log.error("%s/%s: desired version %s is not stored", dc, aggregation, version)
+            if plan is not None:
+                result.append(plan)
+            continue
+        result.append(plan_from_dict(data))
     return result
 
 
@@ -130,11 +145,14 @@ def sync_desired(
 ) -> None:
     """Record the config's DCs and plan versions in the ledger; idempotent.
 
-    Every plan version of the config is stored; a (dc, aggregation) without a deployment gets
-    one whose desired version is the config's, while an existing deployment keeps its desired
-    version until a rollout moves it. A (dc, aggregation) seen for the first time starts being
-    tracked at the window holding `track_from_ns` (default: now), so a new coordinator never
-    declares a year of history missing. Windows of an existing tracking row are never forgotten.
+    Every plan version of the config is stored. A DC the ledger has no deployment for yet (a
+    new ledger, or a DC new to the fleet) desires the config's versions at once and starts
+    being tracked at the window holding `track_from_ns` (default: now), so a new coordinator
+    never declares a year of history missing. In a DC that already runs aggregations, an
+    aggregation new to the config gets a deployment that desires nothing: a rollout adds it
+    (and starts its tracking), canary first. An existing deployment keeps its desired version
+    until a rollout moves it, and so does one the config no longer declares. Windows of an
+    existing tracking row are never forgotten.
     """
     plans = resolve_all(config)
     with ledger.session(write=True) as session:
@@ -167,22 +185,23 @@ def sync_desired(
             (d.dc, d.aggregation): d
             for d in session.scalars(select(DeploymentRow).with_for_update())
         }
+        running_dcs = {dc for dc, _ in deployments}
         tracking = {(t.dc, t.aggregation) for t in session.scalars(select(TrackingRow))}
         start_at = now_ns if track_from_ns is None else track_from_ns
         for p in plans:
             key = (p.dc, p.aggregation)
-            deployment = deployments.get(key)
-            if deployment is None:
+            at_once = p.dc not in running_dcs
+            if key not in deployments:
                 session.add(
                     DeploymentRow(
                         dc=p.dc,
                         aggregation=p.aggregation,
-                        desired_version=p.version,
+                        desired_version=p.version if at_once else None,
                         previous_version=None,
                         changed_ns=now_ns,
                     )
                 )
-            if key not in tracking:
+            if key not in tracking and at_once:
                 start = align(start_at, p.window_ns)
                 session.add(
                     TrackingRow(
@@ -255,13 +274,17 @@ def record_report(
         if not isinstance(item, Mapping):
             raise InvalidInput(f"report: plans.{index}: expected an object")
         aggregation = _expect(item, "aggregation", str, f"plans.{index}.")
-        if aggregation not in config.aggregations:
-            raise InvalidInput(f"report: plans.{index}.aggregation: unknown aggregation")
         version = _expect(item, "version", str, f"plans.{index}.")
         healthy = _expect(item, "healthy", bool, f"plans.{index}.")
         detail = str(item.get("detail", ""))[:2000]
         entries.append((aggregation, version, healthy, detail))
     with ledger.session(write=True) as session:
+        deployed = set(
+            session.scalars(select(DeploymentRow.aggregation).where(DeploymentRow.dc == dc))
+        )
+        for index, (aggregation, *_) in enumerate(entries):
+            if aggregation not in config.aggregations and aggregation not in deployed:
+                raise InvalidInput(f"report: plans.{index}.aggregation: unknown aggregation")
         # FOR NO KEY UPDATE: gateways inserting this DC's windows (a key-share lock for the
         # foreign key) need not wait for a report.
         row = session.get(DcRow, dc, with_for_update={"key_share": True})
@@ -272,11 +295,17 @@ def record_report(
         row.mode = mode
         row.agent_version = agent_version
         row.last_report = dict(report)
-        for aggregation, version, healthy, detail in entries:
+        reported: dict[str, tuple[str | None, bool | None, str]] = {
+            aggregation: (version, healthy, detail)
+            for aggregation, version, healthy, detail in entries
+        }
+        for aggregation in sorted(deployed | set(reported)):
             deployment = session.get(DeploymentRow, (dc, aggregation), with_for_update=True)
             if deployment is None:
                 continue
-            deployment.running_version = version
+            # An aggregation the agent no longer reports is no longer running there.
+            running, healthy, detail = reported.get(aggregation, (None, None, ""))
+            deployment.running_version = running
             deployment.healthy = healthy
             deployment.detail = detail
             deployment.reported_ns = now_ns

@@ -100,19 +100,39 @@ class PlanVersionRow(Base):
 
 
 class DeploymentRow(Base):
-    """Where a (dc, aggregation) stands in a rollout: desired, previous and running versions."""
+    """Where a (dc, aggregation) stands in a rollout: desired, previous and running versions.
+
+    A desired version of None means the DC's agent runs nothing of the aggregation: one added
+    to the config and not rolled out to this DC yet, or one removed and rolled out.
+    """
 
     __tablename__ = "deployments"
 
     dc: Mapped[str] = mapped_column(ForeignKey("dcs.name", ondelete="CASCADE"), primary_key=True)
     aggregation: Mapped[str] = mapped_column(String(128), primary_key=True)
-    desired_version: Mapped[str] = mapped_column(String(64))
+    desired_version: Mapped[str | None] = mapped_column(String(64))
     previous_version: Mapped[str | None] = mapped_column(String(64))
     running_version: Mapped[str | None] = mapped_column(String(64))
     healthy: Mapped[bool | None] = mapped_column(Boolean)
     detail: Mapped[str | None] = mapped_column(Text)
     changed_ns: Mapped[int] = mapped_column(BigInteger)
     reported_ns: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class RolloutRow(Base):
+    """One rollout: the version moves it made (dc, aggregation, from, to; None for "nothing")
+    and how far it got: `canary` (only the canary moved), `advanced` (every DC of its scope
+    moved) or `rolled_back`."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    state: Mapped[str] = mapped_column(String(16))
+    canary: Mapped[str | None] = mapped_column(String(64))
+    scope: Mapped[dict[str, Any]] = mapped_column(JSON)
+    moves: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    started_ns: Mapped[int] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
 
 
 class TrackingRow(Base):

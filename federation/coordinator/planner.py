@@ -377,7 +377,8 @@ def claim_windows(
     return claimed
 
 
-def desired_versions(session: Session) -> dict[tuple[str, str], str]:
+def desired_versions(session: Session) -> dict[tuple[str, str], str | None]:
+    """(dc, aggregation) -> the version its agent is told to run (None: nothing)."""
     rows = session.execute(
         select(DeploymentRow.dc, DeploymentRow.aggregation, DeploymentRow.desired_version)
     ).all()
@@ -419,10 +420,16 @@ def plan_backfills(
             .order_by(TrackingRow.dc, TrackingRow.aggregation)
             .with_for_update(skip_locked=True)
         ).all()
+        versions = desired_versions(session)
         active = []
         for tracking in trackers:
-            plan = plans.get((tracking.dc, tracking.aggregation))
+            key = (tracking.dc, tracking.aggregation)
+            plan = plans.get(key)
             if plan is None or plan.window_ns != tracking.window_ns:
+                continue
+            if key in versions and versions[key] is None:
+                # Not deployed there (added and not rolled out yet, or removed and rolled
+                # back): no window of it is expected.
                 continue
             active.append(plan)
             _advance(session, config, tracking, plan, now_ns, result)
@@ -432,7 +439,6 @@ def plan_backfills(
         dcs = {plan.dc for plan in active}
         _lock_dcs(session, dcs)
         outstanding = _outstanding(session, dcs)
-        versions = desired_versions(session)
         candidates = _candidates(session, [(plan.dc, plan.aggregation) for plan in active])
         for plan in active:
             found = candidates.get((plan.dc, plan.aggregation))
@@ -440,7 +446,7 @@ def plan_backfills(
                 continue
             w = plan.window_ns
             by_start = {start: row_id for row_id, start in found}
-            version = versions.get((plan.dc, plan.aggregation), plan.version)
+            version = versions.get((plan.dc, plan.aggregation)) or plan.version
             cutoff = recoverable_after(plan, config, now_ns)
             for piece_start, piece_end in _pieces(plan, by_start, cutoff, settings.max_windows):
                 ids = [by_start[s] for s in range(piece_start, piece_end, w) if s in by_start]

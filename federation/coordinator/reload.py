@@ -4,9 +4,9 @@
 running coordinator cannot take without a restart) and either raises `ConfigProblems` listing
 every problem, changing nothing, or records the new desired state (`sync_desired`) and swaps the
 coordinator's config. Retention takes effect at once (agents pull it on their next reconcile;
-a shrink only where the reload grants it, since shrinking deletes data);
-a changed plan version only becomes desired through a rollout, so the diff lists it as changed
-until then. `dry_run` computes the same diff and changes nothing.
+a shrink only where the reload grants it, since shrinking deletes data); an added, changed or
+removed aggregation only takes effect through a rollout, so the diff lists it until then.
+`dry_run` computes the same diff and changes nothing.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from federation.validate import validate_config
 class PlanChange:
     """How one aggregation of one DC differs between what agents run and the config.
 
-    `change` is `added` (a new aggregation: desired at once), `changed` (the config declares a
-    version the ledger does not desire yet: a rollout moves it) or `removed` (no longer
-    declared: agents stop running it). `fields` names the plan fields that differ, with the
-    desired and the declared value.
+    `change` is `added` (declared, not desired yet), `changed` (the config declares a version
+    the ledger does not desire yet) or `removed` (no longer declared, still desired): each is
+    pending until a rollout moves it, canary first. `fields` names the plan fields that
+    differ, with the desired and the declared value.
     """
 
     aggregation: str
@@ -184,16 +184,15 @@ def _dc_changes(
     old: FederationConfig,
     new: FederationConfig,
     plans: list[AggregationPlan],
-    desired: dict[tuple[str, str], str],
+    desired: dict[tuple[str, str], str | None],
     stored: Callable[[str, str, str], dict[str, Any]],
 ) -> DcChanges:
     changes: list[PlanChange] = []
     mine = [p for p in plans if p.dc == dc]
     for plan in mine:
         version = desired.get((dc, plan.aggregation))
-        is_new = dc not in old.fleet.dcs or plan.aggregation not in old.aggregations
-        if version is None or is_new:
-            changes.append(PlanChange(plan.aggregation, "added", version, plan.version))
+        if version is None:
+            changes.append(PlanChange(plan.aggregation, "added", None, plan.version))
         elif version != plan.version:
             before = stored(dc, plan.aggregation, version)
             fields = {
@@ -202,10 +201,10 @@ def _dc_changes(
                 if key != "version" and before.get(key) != value
             }
             changes.append(PlanChange(plan.aggregation, "changed", version, plan.version, fields))
-    if dc in old.fleet.dcs:
-        declared = {p.aggregation for p in mine}
-        for name in sorted(set(old.aggregations) - declared):
-            changes.append(PlanChange(name, "removed", desired.get((dc, name)), None))
+    declared = {p.aggregation for p in mine}
+    for (where, name), version in sorted(desired.items()):
+        if where == dc and name not in declared and version is not None:
+            changes.append(PlanChange(name, "removed", version, None))
     if dc not in new.fleet.dcs:
         return DcChanges(dc, tuple(changes), ("no longer in fleet.yaml",))
     before_rp = desired_retention(old, dc) if dc in old.fleet.dcs else None
@@ -223,11 +222,11 @@ def reload_config(
     declares (a grant recorded in the ledger, so every replica serves it); every other agent reports a shrink as drift.
 
     Raises ConfigProblems with every problem found (nothing changed). Otherwise, unless
-    `dry_run`, the new plan versions are stored, new aggregations become desired, the
-    coordinator serves the new config (retention, removed aggregations) from now on, the
-    gateway's rules are refreshed, and the change is recorded as a new config generation that
-    every other replica catches up with (`follow_generation`). Reloads in one process are
-    serialised.
+    `dry_run`, the new plan versions are stored, the coordinator serves the new config's
+    retention from now on, the gateway's rules are refreshed, and the change is recorded as a
+    new config generation that every other replica catches up with (`follow_generation`).
+    Added, changed and removed aggregations stay pending until a rollout moves them (see
+    `federation.coordinator.rollouts`). Reloads in one process are serialised.
     """
     with coordinator.reload_lock:
         digest = config_digest(coordinator.config.root)

@@ -264,3 +264,129 @@ def test_a_rollout_reaching_a_dc_without_an_agent_says_none_ever_reported(fleet:
     assert "canary fra1:" in output and "held back until the canary is done: tor1" in output
     assert "waiting for the canary" not in output
     assert "tor1: timed out: no agent has ever reported for tor1" in output
+
+
+NEW = "delivery_size"
+
+
+def add_aggregation(root: Path) -> None:
+    (root / "tickscripts" / f"{NEW}.yaml").write_text(
+        f"name: {NEW}\n"
+        "source: {measurement: delivery, field: latency_ms, unit: ms}\n"
+        "dimensions: [mailer]\nwindow: 1h\nlookback: 2h\npercentiles: [50, 99]\n"
+        "accuracy: 0.01\n"
+    )
+
+
+def runs(fleet: Fleet, aggregation: str) -> dict[str, bool]:
+    """Per DC: whether its agent runs `aggregation` now."""
+    return {dc: aggregation in fleet.agents[dc][0].plans for dc in DCS}
+
+
+def test_an_added_and_a_removed_aggregation_go_canary_first_and_roll_back(fleet: Fleet) -> None:
+    old = {dc: resolve_plan(fleet.config, AGG, dc).version for dc in DCS}
+    wait_until(lambda: running(fleet) == {dc: (old[dc], old[dc]) for dc in DCS})
+    add_aggregation(fleet.root)
+    added = {dc: resolve_plan(load_config(fleet.root), NEW, dc).version for dc in DCS}
+    version = added["fra1"]
+
+    code, output = fleet.cli("rollout", "plan")
+    assert code == 0, output
+    assert f"fra1: plan {NEW}: added - -> {version}" in output
+    # A reload alone deploys nothing: the addition waits for a rollout.
+    with fleet.operator() as client:
+        client.reload()
+        time.sleep(0.6)
+        assert runs(fleet, NEW) == {"fra1": False, "tor1": False}
+        step = client.start_rollout(canary="fra1")
+        assert step["moved"] == [
+            {"dc": "fra1", "aggregation": NEW, "from": None, "to": version, "change": "added"}
+        ]
+        wait_until(lambda: runs(fleet, NEW) == {"fra1": True, "tor1": False})
+        time.sleep(0.5)
+        assert runs(fleet, NEW)["tor1"] is False
+        # Undoing an add removes it again.
+        undone = client.rollback_rollout()
+        assert undone["moved"] == [
+            {"dc": "fra1", "aggregation": NEW, "from": version, "to": None, "change": "removed"}
+        ]
+        wait_until(lambda: runs(fleet, NEW) == {"fra1": False, "tor1": False})
+
+    code, output = fleet.cli("rollout", "apply", "--canary", "tor1", "--wait-timeout", "30")
+    assert code == 0, output
+    assert f"canary tor1: 1 version change(s)\n  tor1: {NEW} added {added['tor1']}" in output
+    assert f"advance: 1 version change(s)\n  fra1: {NEW} added {version}" in output
+    assert "rollout complete: every DC runs the config's versions" in output
+    assert runs(fleet, NEW) == {"fra1": True, "tor1": True}
+    code, output = fleet.cli("rollout", "rollback", "--wait-timeout", "30")
+    assert code == 0, output
+    assert f"fra1: {NEW} removed (ran {version})" in output
+    assert "rollback complete: fra1, tor1 run(s) what they ran before rollout #" in output
+    assert runs(fleet, NEW) == {"fra1": False, "tor1": False}
+    code, output = fleet.cli("rollout", "rollback", "--wait-timeout", "30")
+    assert code == 0 and "nothing to roll back: rollout #" in output, output
+    assert "is already rolled back" in output
+    code, output = fleet.cli("rollout", "apply", "--wait-timeout", "30")
+    assert code == 0, output
+    assert runs(fleet, NEW) == {"fra1": True, "tor1": True}
+
+    # Removing it: canary first, then the rest; the agents stop it, the ledger says so.
+    (fleet.root / "tickscripts" / f"{NEW}.yaml").unlink()
+    code, output = fleet.cli("rollout", "apply", "--canary", "fra1", "--wait-timeout", "30")
+    assert code == 0, output
+    assert f"canary fra1: 1 version change(s)\n  fra1: {NEW} removed (ran {version})" in output
+    assert f"fra1: done: {NEW} no longer runs" in output
+    assert runs(fleet, NEW) == {"fra1": False, "tor1": False}
+    with fleet.operator() as client:
+        rows = [a for d in client.dcs() for a in d["aggregations"] if a["aggregation"] == NEW]
+    assert rows == [], "a removed aggregation no longer listed once nothing of it runs"
+    # Undoing the removal restores the version the previous state declared.
+    code, output = fleet.cli("rollout", "rollback", "--wait-timeout", "30")
+    assert code == 0, output
+    assert f"fra1: {NEW} added {version}" in output
+    assert runs(fleet, NEW) == {"fra1": True, "tor1": True}
+    assert fleet.agents["fra1"][0].plans[NEW].version == version
+
+
+def test_a_change_rolled_back_twice_never_deploys_a_version_nobody_declares(
+    fleet: Fleet,
+) -> None:
+    old = {dc: resolve_plan(fleet.config, AGG, dc).version for dc in DCS}
+    wait_until(lambda: running(fleet) == {dc: (old[dc], old[dc]) for dc in DCS})
+    path = fleet.root / "tickscripts" / "delivery_latency.yaml"
+    original = path.read_text()
+    edit(path, {"accuracy": 0.02})
+    code, output = fleet.cli("rollout", "apply", "--dc", "fra1", "--wait-timeout", "30")
+    assert code == 0, output
+    assert "rollout complete in fra1; still pending in tor1" in output
+    assert "every DC" not in output
+    code, output = fleet.cli("rollout", "rollback", "--wait-timeout", "30")
+    assert code == 0, output
+    path.write_text(original)
+    code, output = fleet.cli("rollout", "apply", "--wait-timeout", "30")
+    assert code == 0 and "nothing to roll out" in output, output
+    code, output = fleet.cli("rollout", "rollback", "--wait-timeout", "30")
+    assert code == 0 and "nothing to roll back" in output, output
+    time.sleep(0.5)
+    assert running(fleet) == {dc: (old[dc], old[dc]) for dc in DCS}
+
+
+def test_an_interrupted_rollout_shows_in_status_and_resumes(fleet: Fleet) -> None:
+    old = {dc: resolve_plan(fleet.config, AGG, dc).version for dc in DCS}
+    wait_until(lambda: running(fleet) == {dc: (old[dc], old[dc]) for dc in DCS})
+    edit(fleet.root / "tickscripts" / "delivery_latency.yaml", {"accuracy": 0.02})
+    new = {dc: resolve_plan(load_config(fleet.root), AGG, dc).version for dc in DCS}
+    with fleet.operator() as client:
+        # What a client killed after the canary step leaves behind.
+        client.reload()
+        client.start_rollout(canary="fra1")
+    code, output = fleet.cli("rollout", "status")
+    assert code == 0, output
+    assert "INTERRUPTED at its canary fra1" in output
+    assert "`federation rollout apply` resumes it" in output
+    assert "`federation rollout rollback` undoes it" in output
+    code, output = fleet.cli("rollout", "apply", "--canary", "fra1", "--wait-timeout", "30")
+    assert code == 0, output
+    assert "resuming rollout #1, left at its canary fra1: 1 version change(s)" in output
+    assert f"advance: 1 version change(s)\n  tor1: {AGG} {old['tor1']} -> {new['tor1']}" in output
+    assert running(fleet) == {dc: (new[dc], new[dc]) for dc in DCS}

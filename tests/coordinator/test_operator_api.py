@@ -145,8 +145,9 @@ def test_reload_diff_then_canary_advance_rollback(
     body = started.json()
     assert body["canary"] == "fra1"
     assert body["moved"] == [
-        {"dc": "fra1", "aggregation": AGG, "from": old["fra1"], "to": new["fra1"]}
-    ]
+        {"dc": "fra1", "aggregation": AGG, "from": old["fra1"], "to": new["fra1"],
+         "change": "changed"}
+    ]  # fmt: skip
     assert "tor1" in body["waiting"]
     assert versions(ledger)["fra1"] == (new["fra1"], old["fra1"])
     assert versions(ledger)["tor1"] == (old["tor1"], None)
@@ -156,8 +157,17 @@ def test_reload_diff_then_canary_advance_rollback(
     accepted = {p.version for p in known_plans(ledger)[("fra1", AGG)]}
     assert accepted == {old["fra1"], new["fra1"]}
 
-    conflict = app.post("/api/v1/rollouts", headers=OP, json={"canary": "fra1"})
+    # Starting again resumes the rollout waiting at its canary (a client interrupted there);
+    # asking for another canary is refused with the way forward.
+    resumed = app.post("/api/v1/rollouts", headers=OP, json={"canary": "fra1"})
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["resumed"] is True and resumed.json()["moved"] == []
+    assert resumed.json()["canary_moves"] == body["moved"]
+    assert resumed.json()["scope"] == {"aggregations": [AGG], "dcs": None}
+    conflict = app.post("/api/v1/rollouts", headers=OP, json={"canary": "tor1"})
     assert conflict.status_code == 409
+    assert "federation rollout apply" in conflict.json()["error"]
+    assert "federation rollout rollback" in conflict.json()["error"]
     unknown = app.post("/api/v1/rollouts", headers=OP, json={"aggregations": ["nope"]})
     assert unknown.status_code == 400
 
