@@ -28,12 +28,12 @@ def render(
 ) -> None:
     """Render every aggregation for every DC (linted); to stdout, or files with --out."""
     from federation.config import load_config
-    from federation.tickscript.render import render_all, write_rendered
+    from federation.tickscript.render import SEPARATOR_PREFIX, render_all, write_rendered
 
     tasks = render_all(load_config(config), dc=dc, aggregation=aggregation)
     if out_dir is None:
         for task in tasks:
-            out.print(f"// ---- {task.filename}  (task {task.id})", markup=False)
+            out.print(f"{SEPARATOR_PREFIX}{task.filename}  (task {task.id})", markup=False)
             out.print(task.script, end="", markup=False)
         return
     for path in write_rendered(tasks, out_dir):
@@ -46,7 +46,7 @@ def lint(
 ) -> None:
     """Lint TICKscripts: syntax, Kapacitor's batch rules, and no personal data anywhere."""
     from federation.config import load_config
-    from federation.tickscript.render import lint_script
+    from federation.tickscript.render import lint_file
 
     loaded = load_config(config)
     found = 0
@@ -56,10 +56,11 @@ def lint(
             source = sys.stdin.read() if name == "<stdin>" else path.read_text(encoding="utf-8")
         except OSError as exc:
             raise InvalidInput(f"{path}: cannot read: {exc.strerror}") from None
-        problems, note = lint_script(loaded, source, name)
-        found += len(problems)
-        for problem in problems:
-            err.print(str(problem), markup=False)
-        out.print(f"{name}: {len(problems)} problem(s); {note}", markup=False)
+        for linted in lint_file(loaded, source, name):
+            found += len(linted.problems)
+            for problem in linted.problems:
+                err.print(str(problem), markup=False)
+            out.print(f"{linted.label}: {len(linted.problems)} problem(s); {linted.note}",
+                      markup=False)  # fmt: skip
     if found:
         raise typer.Exit(1)

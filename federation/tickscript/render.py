@@ -192,16 +192,56 @@ def render_plan(
 
 
 _HEADER_PREFIX = "// federation plan "
+SEPARATOR_PREFIX = "// ---- "
+"""How `federation render` introduces each task when it prints several to one stream."""
+
+
+@dataclass(frozen=True)
+class ScriptPart:
+    """One script of a stream `federation render` printed, padded with blank lines so that
+    its line numbers are those of the whole stream."""
+
+    name: str
+    source: str
+
+
+def split_rendered(source: str) -> list[ScriptPart]:
+    """The scripts of a stream as `federation render` prints it (each introduced by a
+    `// ---- <file>  (task <id>)` line); a stream without such lines is one script."""
+    lines = source.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith(SEPARATOR_PREFIX)]
+    if not starts or any(line.strip() for line in lines[: starts[0]]):
+        return [ScriptPart("", source)]
+    parts = []
+    for index, start in enumerate(starts):
+        end = starts[index + 1] if index + 1 < len(starts) else len(lines)
+        words = lines[start][len(SEPARATOR_PREFIX) :].split()
+        name = words[0] if words else ""
+        padded = [""] * start + lines[start:end]
+        parts.append(ScriptPart(name, "\n".join(padded)))
+    return parts
+
+
+def _header(source: str) -> str:
+    """The plan header comment: the first line of a rendered script, or the first of the
+    leading comment lines that is one (render's own separator line comes before it)."""
+    for line in source.split("\n"):
+        stripped = line.strip()
+        if stripped.startswith(_HEADER_PREFIX):
+            return stripped
+        if stripped and not stripped.startswith("//"):
+            break
+    return ""
 
 
 def context_for_script(
     config: FederationConfig, source: str, file: str
 ) -> tuple[LintContext | None, str]:
-    """Find the aggregation and DC a script was rendered for: from its first-line comment
-    (`// federation plan <aggregation> dc=<dc> version=...`), else from a file named
-    `<aggregation>.<dc>.tick`. Returns the context (None if neither names a known plan) and a
-    note saying how it was found."""
-    first = source.split("\n", 1)[0]
+    """Find the aggregation and DC a script was rendered for: from its plan comment
+    (`// federation plan <aggregation> dc=<dc> version=...`, among the comment lines it starts
+    with), else from a file named `<aggregation>.<dc>.tick`. Returns the context (None if
+    neither names a known plan) and a note saying how it was found."""
+    first = _header(source)
     aggregation = dc = None
     if first.startswith(_HEADER_PREFIX):
         parts = first[len(_HEADER_PREFIX) :].split()
@@ -239,6 +279,29 @@ def lint_script(config: FederationConfig, source: str, file: str) -> tuple[list[
         "no plan found for this script: checked against every region's personal-data keys, "
         "without the window rules"
     )
+
+
+@dataclass(frozen=True)
+class LintedScript:
+    """The lint of one script of a file: where, what was found, and which plan it was held to."""
+
+    label: str
+    problems: list[LintProblem]
+    note: str
+
+
+def lint_file(config: FederationConfig, source: str, file: str) -> list[LintedScript]:
+    """Lint a file as written by hand or as `federation render` prints it (several scripts,
+    each after its separator line): each script against the plan its header or file name
+    names (or, naming none, against every region's personal-data keys: `lint_script`).
+    Problems carry the file's own line numbers."""
+    parts = split_rendered(source)
+    linted = []
+    for part in parts:
+        problems, note = lint_script(config, part.source, file)
+        label = file if len(parts) == 1 else f"{file} ({part.name})"
+        linted.append(LintedScript(label, problems, note))
+    return linted
 
 
 def render_all(

@@ -201,3 +201,30 @@ def test_lint_checks_a_hand_written_script_against_every_regions_personal_keys(
     )
     result = runner.invoke(app, ["lint", "--config", str(REPO), str(clean)])
     assert result.exit_code == 0, result.output
+
+
+def test_lint_finds_the_plans_in_what_render_prints(tmp_path: Path) -> None:
+    printed = runner.invoke(app, ["render", "--config", str(REPO), "--dc", "lon1"])
+    assert printed.exit_code == 0, printed.output
+    screen = tmp_path / "screen.tick"
+    screen.write_text(printed.output)
+    result = runner.invoke(app, ["lint", "--config", str(REPO), str(screen)])
+    assert result.exit_code == 0, result.output
+    assert "no plan found" not in result.output
+    for name in ("delivery_direction", "delivery_latency"):
+        assert (
+            f"{screen} ({name}.lon1.tick): 0 problem(s); checked against plan fed-{name}-lon1"
+            in result.output
+        )
+    # One task as printed (its separator line first) is held to its plan too, and a problem
+    # is reported at its line in the file.
+    one = runner.invoke(
+        app, ["render", "--config", str(REPO), "--dc", "lon1", "--aggregation", "delivery_latency"]
+    )
+    source = one.output.replace(".align()", "", 1)
+    screen.write_text(source)
+    result = runner.invoke(app, ["lint", "--config", str(REPO), str(screen)])
+    assert result.exit_code == 1
+    assert "checked against plan fed-delivery_latency-lon1" in result.output
+    line = next(i for i, text in enumerate(source.splitlines(), 1) if "|query(" in text)
+    assert f"{screen}:{line}:" in result.output
