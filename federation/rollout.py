@@ -8,7 +8,11 @@ can put it back.
 
 This module works straight on the DCs' Kapacitors (`--direct`). Where the coordinator is
 configured, the same functions run inside each DC's agent from the desired state it serves.
-DCs without a Kapacitor run the embedded executor, which follows the desired plans by itself.
+DCs without a Kapacitor run the embedded executor, which follows the desired plans by itself:
+a direct rollout skips them, and says so. An agent re-applies the desired state its coordinator
+serves at every reconcile, so a direct rollout first asks the coordinator: where a DC's agent
+reports to it and it desires other versions than the config's, the rollout would be undone
+within seconds, and it is refused before any Kapacitor is touched.
 """
 
 from __future__ import annotations
@@ -33,10 +37,35 @@ from federation.deploy import (
 from federation.errors import FederationError, InvalidInput, KapacitorError
 from federation.influx import credentials_from_env
 from federation.kapacitor import KapacitorClient
+from federation.plan import resolve_all
 from federation.tickscript.render import render_all
 
 ClientFactory = Callable[[str], KapacitorClient]
 """Opens a Kapacitor client for a DC name (tests inject emulators)."""
+
+CoordinatorView = Callable[[Sequence[str]], list[dict[str, Any]]]
+"""What the coordinator says of these DCs (`GET /api/v1/dcs`: per DC its agent's last report and
+per aggregation the desired version)."""
+
+EMBEDDED = (
+    "skipped: no Kapacitor here; its agent runs the embedded executor, which follows the "
+    "coordinator's desired state (roll out through the coordinator to change it)"
+)
+
+
+class RolloutRefused(FederationError):
+    """A direct rollout would be undone by the agents that pull desired state (nothing done)."""
+
+
+def coordinator_view(config: FederationConfig) -> CoordinatorView:
+    """The default view: the fleet's coordinator, asked with the reader token."""
+    from federation.operator_client import operator_client
+
+    def view(dcs: Sequence[str]) -> list[dict[str, Any]]:
+        with operator_client(config, reader=True) as client:
+            return client.dcs(dcs)
+
+    return view
 
 
 def kapacitor_client(config: FederationConfig) -> ClientFactory:
@@ -101,17 +130,73 @@ def rollout_plan(
 
 @dataclass
 class RolloutResult:
-    """How a rollout went: the DCs done in order, and where (and why) it stopped."""
+    """How a rollout went: every DC's fate (deployed, unchanged, skipped and why, failed, not
+    reached), in order, and notes on what could not be checked."""
 
     done: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
     failed: str | None = None
     error: str | None = None
     not_reached: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.failed is None
+
+    def fates(self) -> list[tuple[str, str]]:
+        """(dc, what happened there) for every DC the rollout considered."""
+        rows = [(dc, "deployed and healthy") for dc in self.done]
+        rows += [(dc, "already up to date") for dc in self.unchanged]
+        if self.failed is not None:
+            rows.append((self.failed, f"FAILED: {self.error}"))
+        rows += [(dc, "not reached (the rollout stopped before it)") for dc in self.not_reached]
+        rows += sorted(self.skipped.items())
+        return rows
+
+
+def _guard_against_reversion(
+    config: FederationConfig, order: Sequence[str], view: CoordinatorView, result: RolloutResult
+) -> None:
+    """Raise RolloutRefused when an agent that reports to the coordinator would put back other
+    versions than the ones about to be deployed; note it when the coordinator cannot be asked."""
+    url = config.fleet.central.coordinator_url
+    try:
+        entries = view(order)
+    except FederationError as exc:
+        result.notes.append(
+            f"the coordinator at {url} could not be asked whether agents pull other versions "
+            f"({exc}); a running agent reverts this rollout at its next reconcile"
+        )
+        return
+    conflicts = []
+    for entry in entries:
+        dc = str(entry.get("dc"))
+        if dc not in order or entry.get("last_seen_ns") is None:
+            continue
+        ours = {p.aggregation: p.version for p in resolve_all(config, dc)}
+        theirs = {
+            str(a["aggregation"]): a.get("desired_version") for a in entry.get("aggregations", [])
+        }
+        differ = [
+            f"{name} {theirs.get(name) or 'nothing'} (not {ours.get(name) or 'nothing'})"
+            for name in sorted(set(ours) | set(theirs))
+            if theirs.get(name) != ours.get(name)
+        ]
+        if differ:
+            conflicts.append(
+                f"{dc}: its agent (last report {entry.get('last_seen')}) pulls desired state "
+                f"from the coordinator, which desires {', '.join(differ)}"
+            )
+    if conflicts:
+        raise RolloutRefused(
+            "a direct rollout would be reverted by the agents within one reconcile: "
+            + "; ".join(conflicts)
+            + f". Nothing was deployed. Roll out through the coordinator at {url} (name "
+            "central.operator_token_env in fleet.yaml, then `federation rollout apply` "
+            "without --direct), or stop those agents first"
+        )
 
 
 class RolloutState:
@@ -166,8 +251,14 @@ def rollout_apply(
     dcs: Sequence[str] | None = None,
     clients: ClientFactory | None = None,
     gate: HealthGate | None = None,
+    coordinator: CoordinatorView | None = None,
 ) -> RolloutResult:
     """Deploy the desired tasks to the canary, then every other Kapacitor DC, one at a time.
+
+    DCs without a Kapacitor are skipped (`skipped` says why). Before anything is deployed the
+    coordinator (`coordinator`, default: the fleet's, with the reader token) is asked what it
+    desires for those DCs: RolloutRefused, nothing deployed, when an agent reporting to it
+    would revert the rollout; a coordinator that cannot be asked is noted in `notes`.
 
     Each DC is deployed with `apply_tasks` (running and healthy, or restored) and then passed
     through `gate`; a DC that fails either is restored to what it ran before and the wave stops,
@@ -178,17 +269,32 @@ def rollout_apply(
     """
     open_client = clients or kapacitor_client(config)
     order = kapacitor_dcs(config, dcs)
+    result = RolloutResult()
+    for dc in list(dcs) if dcs else sorted(config.fleet.dcs):
+        if dc not in order:
+            result.skipped[dc] = EMBEDDED
     if canary is not None:
+        config.dc(canary)
         if canary not in order:
+            where = (
+                "is not among the DCs of the rollout"
+                if canary not in result.skipped
+                else (
+                    "has no Kapacitor (its agent runs the embedded executor, which follows the "
+                    "coordinator's desired state): a direct rollout cannot deploy there"
+                )
+            )
             raise InvalidInput(
-                f"canary {canary} is not among the Kapacitor DCs: {', '.join(order)}"
+                f"canary {canary} {where}; choose a Kapacitor DC ({', '.join(order) or 'none'}) "
+                "or roll out through the coordinator, which takes any DC as the canary"
             )
         order.remove(canary)
         order.insert(0, canary)
     # Rendered (and linted) for every DC before any Kapacitor is contacted: a template that
     # fails for one DC must not leave the canary already changed.
     desired = {dc: desired_snapshots(config, dc) for dc in order}
-    result = RolloutResult()
+    if order:
+        _guard_against_reversion(config, order, coordinator or coordinator_view(config), result)
     for index, dc in enumerate(order):
         try:
             with open_client(dc) as client:

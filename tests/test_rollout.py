@@ -11,11 +11,16 @@ import yaml
 from kapacitor_fixture import KapacitorFactory, KapacitorUnderTest
 
 from federation.config import FederationConfig, load_config
+from federation.coordinator.convergence import dc_overview
+from federation.coordinator.desired import record_report, sync_desired
+from federation.coordinator.ledger import open_ledger
 from federation.deploy import deployed_tasks, script_version
-from federation.errors import FederationError
+from federation.errors import CoordinatorError, FederationError, InvalidInput
 from federation.kapacitor import KapacitorClient
+from federation.plan import resolve_all
 from federation.rollout import (
     ClientFactory,
+    RolloutRefused,
     RolloutState,
     rollout_apply,
     rollout_plan,
@@ -207,3 +212,62 @@ def test_rollout_commands_over_http(config_dir: Path, tmp_path: Path) -> None:
         failed = runner.invoke(app, ["rollout", "apply", "-c", str(config_dir), "--state", state])
         assert failed.exit_code == 1
         assert "rollout stopped at dub1" in str(failed.exception)
+
+
+def test_direct_rollout_says_what_happened_in_every_dc(
+    fleet: FederationConfig, kapacitor_fleet: dict[str, KapacitorUnderTest], tmp_path: Path
+) -> None:
+    def unreachable(dcs: object) -> list[dict[str, object]]:
+        raise CoordinatorError("http://coordinator/api/v1/dcs", "connection refused")
+
+    result = rollout_apply(
+        fleet, state=RolloutState(tmp_path / "state.json"), clients=clients_of(kapacitor_fleet),
+        coordinator=unreachable,
+    )  # fmt: skip
+    fates = dict(result.fates())
+    assert set(fates) == set(fleet.fleet.dcs)
+    assert fates["dub1"] == "deployed and healthy"
+    assert fates["tor1"].startswith("skipped: no Kapacitor here; its agent runs the embedded")
+    assert any("could not be asked" in note for note in result.notes)
+
+    with pytest.raises(InvalidInput) as refused:
+        rollout_apply(
+            fleet, state=RolloutState(tmp_path / "state.json"), canary="tor1",
+            clients=clients_of(kapacitor_fleet), coordinator=unreachable,
+        )  # fmt: skip
+    message = str(refused.value)
+    assert "canary tor1 has no Kapacitor" in message and "dub1, fra1, lon1" in message
+
+
+def test_direct_rollout_that_agents_would_revert_is_refused(
+    fleet: FederationConfig, kapacitor_fleet: dict[str, KapacitorUnderTest], tmp_path: Path
+) -> None:
+    """The coordinator still desires the old versions and dub1's agent reports to it: a direct
+    deploy would be put back at the agent's next reconcile, so nothing is deployed."""
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    sync_desired(ledger, fleet, 10**18)
+    old = {p.aggregation: p.version for p in resolve_all(fleet, "dub1")}
+    report = {
+        "mode": "kapacitor",
+        "plans": [{"aggregation": a, "version": v, "healthy": True} for a, v in old.items()],
+    }
+    record_report(ledger, fleet, "dub1", report, 10**18)
+    view = lambda dcs: dc_overview(ledger, fleet, 10**18, dcs)["dcs"]  # noqa: E731
+    new = bump_accuracy(fleet.root)
+    with pytest.raises(RolloutRefused) as refused:
+        rollout_apply(
+            new, state=RolloutState(tmp_path / "state.json"), clients=clients_of(kapacitor_fleet),
+            coordinator=view,
+        )  # fmt: skip
+    message = str(refused.value)
+    assert "dub1: its agent" in message and "pulls desired state from the coordinator" in message
+    assert f"delivery_latency {old['delivery_latency']}" in message
+    assert "Nothing was deployed" in message and "central.operator_token_env" in message
+    assert all(versions(clients_of(kapacitor_fleet), dc) == set() for dc in kapacitor_fleet)
+    # Where the coordinator desires what the config declares, the rollout goes ahead.
+    result = rollout_apply(
+        fleet, state=RolloutState(tmp_path / "state.json"), clients=clients_of(kapacitor_fleet),
+        coordinator=view,
+    )  # fmt: skip
+    assert result.ok and "dub1" in result.done and not result.notes
+    ledger.close()

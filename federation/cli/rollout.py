@@ -16,6 +16,7 @@ from federation.cli._common import (
     ConfigOption,
     FormatOption,
     OutputFormat,
+    err,
     out,
     print_rows,
     seconds_bounds,
@@ -169,10 +170,10 @@ def apply_command(
         )
         return
     result = rollout_apply(fed, state=RolloutState(_state(config, state)), canary=canary, dcs=dc)
-    for name in result.done:
-        out.print(f"{name}: deployed and healthy", markup=False)
-    for name in result.unchanged:
-        out.print(f"{name}: already up to date", markup=False)
+    for note in result.notes:
+        err.print(f"note: {note}", markup=False)
+    for name, fate in result.fates():
+        out.print(f"{name}: {fate}", markup=False)
     if not result.ok:
         raise RolloutFailed(
             f"rollout stopped at {result.failed}: {result.error}; "
