@@ -77,6 +77,7 @@ def _sources(
 ) -> Iterator[tuple[FederationConfig, InfluxClient, Engine | None]]:
     from federation.config import load_config
     from federation.coordinator.ledger import check_ledger, create_ledger_engine
+    from federation.coordinator.retired import with_retired
     from federation.reporting._central import open_central
 
     config = load_config(config_dir)
@@ -87,7 +88,8 @@ def _sources(
         engine = create_ledger_engine(url)
     try:
         with open_central(config, central_url) as central:
-            yield config, central, engine
+            # An aggregation removed from the config keeps its history at central.
+            yield with_retired(config, engine), central, engine
     finally:
         if engine is not None:
             engine.dispose()

@@ -218,7 +218,8 @@ def request_backfill(
     """Queue a hand-made request for every whole window in `[start_ns, end_ns)`.
 
     The range is cut into requests of at most `max_windows` windows (no look-back added: the
-    operator chose the range). Windows in it that are missing, inconsistent, given up or
+    operator chose the range). Windows before the start of the DC's tracking of the aggregation
+    become expected (tracking starts with the range). Windows in it that are missing, inconsistent, given up or
     unrecoverable are claimed (`backfilling`), so the planner does not request them again;
     verified windows are simply re-shipped. Raises InvalidInput for an unknown DC or
     aggregation or a range holding no whole window.
@@ -235,8 +236,17 @@ def request_backfill(
     cap = settings.max_windows * w
     requests = []
     with ledger.session(write=True) as session:
-        if session.get(TrackingRow, (dc, aggregation)) is None:
-            raise InvalidInput(f"{dc}/{aggregation} is not tracked yet: start the coordinator once")
+        tracking = session.get(TrackingRow, (dc, aggregation), with_for_update=True)
+        if tracking is None:
+            raise InvalidInput(
+                f"{dc}/{aggregation} is not tracked yet: start the coordinator once, or roll "
+                "the aggregation out to this DC"
+            )
+        if first < tracking.start_ns:
+            # Asking for windows is expecting them: status and reports count them from now
+            # on, and the planner classifies any of them the backfill does not ship.
+            tracking.start_ns = first
+            tracking.watermark_ns = min(tracking.watermark_ns, first)
         version = desired_versions(session).get((dc, aggregation)) or plan.version
         for piece_start in range(first, last_end, cap):
             piece_end = min(piece_start + cap, last_end)

@@ -29,6 +29,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     ForeignKey,
     Index,
     Integer,
@@ -37,8 +38,10 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     create_engine,
     event,
+    or_,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -138,9 +141,10 @@ class RolloutRow(Base):
 class TrackingRow(Base):
     """Per (dc, aggregation): which windows are expected, without a row for each.
 
-    Every window of `window_ns` starting at or after `start_ns` is expected. Every expected
-    window starting before `watermark_ns` has a `windows` row (the planner inserts `missing` or
-    `unrecoverable` rows as it moves the watermark past each window's deadline).
+    Every window of `window_ns` starting at or after `start_ns` (and before `end_ns`, once the
+    aggregation was removed from the DC) is expected. Every expected window starting before
+    `watermark_ns` has a `windows` row (the planner inserts `missing` or `unrecoverable` rows as
+    it moves the watermark past each window's deadline).
     """
 
     __tablename__ = "tracking"
@@ -150,6 +154,21 @@ class TrackingRow(Base):
     window_ns: Mapped[int] = mapped_column(BigInteger)
     start_ns: Mapped[int] = mapped_column(BigInteger)
     watermark_ns: Mapped[int] = mapped_column(BigInteger)
+    end_ns: Mapped[int | None] = mapped_column(BigInteger)
+
+
+def same_tracking() -> ColumnElement[bool]:
+    """Joins a window row to the tracking row of its (dc, aggregation)."""
+    return and_(TrackingRow.dc == WindowRow.dc, TrackingRow.aggregation == WindowRow.aggregation)
+
+
+def tracked_window() -> ColumnElement[bool]:
+    """Whether a window row (joined to its tracking row) lies in the range that tracking row
+    expects: from its start, until the aggregation was removed from the DC."""
+    return and_(
+        WindowRow.start_ns >= TrackingRow.start_ns,
+        or_(TrackingRow.end_ns.is_(None), WindowRow.start_ns < TrackingRow.end_ns),
+    )
 
 
 class BackfillRow(Base):

@@ -135,6 +135,8 @@ def _advance(
     # A window is overdue iff end + look-back + grace <= now; ends are multiples of w.
     limit = now_ns - plan.lookback_ns - plan.grace_ns
     limit -= limit % w
+    if tracking.end_ns is not None:
+        limit = min(limit, tracking.end_ns)
     low = max(tracking.watermark_ns, tracking.start_ns)
     if limit <= low:
         return

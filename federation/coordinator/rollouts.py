@@ -205,9 +205,10 @@ def _apply(
     now_ns: int,
     backfill_retention: bool = False,
 ) -> None:
-    """Write `moves` to the deployment rows; a DC given an aggregation it never tracked starts
+    """Write `moves` to the deployment rows. A DC given an aggregation it never tracked starts
     tracking it over its look-back (or its raw retention), so the planner backfills those
-    windows."""
+    windows; one whose aggregation is removed stops expecting windows from the current one on
+    (its history stays), and one given it back expects them again."""
     for move in moves:
         key = (move.dc, move.aggregation)
         deployment = session.get(DeploymentRow, key)
@@ -218,11 +219,12 @@ def _apply(
         deployment.desired_version = move.to_version
         deployment.changed_ns = now_ns
         plan = scope.plans.get(key)
-        if (
-            move.to_version is not None
-            and plan is not None
-            and session.get(TrackingRow, key) is None
-        ):
+        tracking = session.get(TrackingRow, key)
+        if tracking is not None:
+            tracking.end_ns = (
+                None if move.to_version is not None else align(now_ns, tracking.window_ns)
+            )
+        elif move.to_version is not None and plan is not None:
             start = _track_from(plan, config, now_ns, backfill_retention)
             session.add(
                 TrackingRow(

@@ -2,8 +2,11 @@
 the DCs whose raw retention drifted from the config (a refused shrink) or failed to apply.
 
 Windows without a ledger row are derived from the tracking rows: `expected` until their
-deadline, `missing` after it (until a planner pass stores them). The report is plain data with
-`to_dict`/`from_dict`, so the CLI renders the same thing read from the ledger or the API.
+deadline, `missing` after it (until a planner pass stores them), and only inside the range a
+tracking row expects (from its start, until the aggregation was removed from the DC). A window
+with a row is drawn and counted wherever it lies, as completeness counts it in reports. The
+report is plain data with `to_dict`/`from_dict`, so the CLI renders the same thing read from
+the ledger or the API.
 """
 
 from __future__ import annotations
@@ -21,9 +24,18 @@ from federation.config import FederationConfig
 from federation.coordinator.backfills import RunningBackfill, running_backfills
 from federation.coordinator.clocks import MAX_CLOCK_SKEW_NS, ClockSkew, clock_skews
 from federation.coordinator.convergence import reported_retention
-from federation.coordinator.ledger import BackfillRow, DcRow, Ledger, TrackingRow, WindowRow
+from federation.coordinator.ledger import (
+    BackfillRow,
+    DcRow,
+    Ledger,
+    TrackingRow,
+    WindowRow,
+    same_tracking,
+    tracked_window,
+)
 from federation.coordinator.planner import DONE, FAILED
 from federation.coordinator.replicas import ReplicaStatus, replica_statuses
+from federation.coordinator.retired import with_retired
 from federation.coordinator.tracking import DONE_STATES, WindowState
 from federation.errors import InvalidInput
 from federation.windows import align
@@ -175,10 +187,13 @@ def status_report(
     backfills leased to agents without a result yet, and each agent's clock skew (`large`
     beyond `max_skew_ns`).
 
+    Aggregations removed from the config are included while the ledger knows them.
     Default range: the last 24 windows of each aggregation. Counts cover the whole range; the
     grid shows its newest windows (at most 168); problems list every window of the range that
     is not verified or empty, newest first (at most 200 per DC, the rest counted).
     """
+    # An aggregation removed from the config keeps its history: the ledger describes it.
+    config = with_retired(config, ledger)
     if aggregation is not None and aggregation not in config.aggregations:
         raise InvalidInput(f"unknown aggregation {aggregation!r}")
     if dc is not None and dc not in config.fleet.dcs:
@@ -188,7 +203,8 @@ def status_report(
     dcs = [dc] if dc else sorted(config.fleet.dcs)
     with ledger.session() as session:
         tracking = {
-            (t.dc, t.aggregation): t.start_ns for t in session.scalars(select(TrackingRow)).all()
+            (t.dc, t.aggregation): (t.start_ns, t.end_ns)
+            for t in session.scalars(select(TrackingRow)).all()
         }
         reports = [
             _aggregation_status(session, config, name, dcs, tracking, now_ns, since_ns)
@@ -222,7 +238,7 @@ def _aggregation_status(
     config: FederationConfig,
     name: str,
     dcs: list[str],
-    tracking: dict[tuple[str, str], int],
+    tracking: dict[tuple[str, str], tuple[int, int | None]],
     now_ns: int,
     since_ns: int | None,
 ) -> AggregationStatus:
@@ -237,20 +253,26 @@ def _aggregation_status(
     starts = list(range(grid_from, end, w))
 
     overdue = case((WindowRow.start_ns < deadline_limit, 1), else_=0)
+    inside = case((tracked_window(), 1), else_=0)
     counted = session.execute(
-        select(WindowRow.dc, WindowRow.state, overdue, func.count())
+        select(WindowRow.dc, WindowRow.state, overdue, inside, func.count())
+        .outerjoin(TrackingRow, same_tracking())
         .where(
             WindowRow.aggregation == name,
             WindowRow.start_ns >= since,
             WindowRow.start_ns < end,
         )
-        .group_by(WindowRow.dc, WindowRow.state, overdue)
+        .group_by(WindowRow.dc, WindowRow.state, overdue, inside)
     ).all()
     stored: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    # Of the rows inside the tracked range: those overdue and those not (the derived windows
+    # are the tracked ones without a row).
     stored_overdue: dict[str, int] = defaultdict(int)
     stored_due: dict[str, int] = defaultdict(int)
-    for dc_name, state, is_overdue, n in counted:
+    for dc_name, state, is_overdue, is_inside, n in counted:
         stored[dc_name][state] += int(n)
+        if not is_inside:
+            continue
         if is_overdue:
             stored_overdue[dc_name] += int(n)
         else:
@@ -284,9 +306,9 @@ def _aggregation_status(
     notices = _notices(session, name, since, end)
     result = []
     for dc_name in dcs:
-        tracked_from = tracking.get((dc_name, name))
+        found = tracking.get((dc_name, name))
         known = cells_by_dc.get(dc_name, {})
-        if tracked_from is None:
+        if found is None:
             cells = [known.get(s, NOT_TRACKED) for s in starts]
             counts = dict(stored.get(dc_name, {}))
             result.append(
@@ -299,8 +321,10 @@ def _aggregation_status(
                 )
             )
             continue
-        lo = max(since, tracked_from)
-        n_total = max(0, (end - lo) // w)
+        tracked_from, tracked_end = found
+        until = end if tracked_end is None else max(min(end, tracked_end), since)
+        lo = min(max(since, tracked_from), until)
+        n_total = max(0, (until - lo) // w)
         n_overdue = min(max(0, (deadline_limit - lo) // w), n_total)
         counts = dict(stored.get(dc_name, {}))
         derived_missing = max(0, n_overdue - stored_overdue.get(dc_name, 0))
@@ -315,10 +339,10 @@ def _aggregation_status(
         derived_problems = []
         for s in starts:
             # A window shipped before tracking began (an agent's look-back reaching back past a
-            # fresh coordinator) is drawn and counted alike.
+            # fresh coordinator), or after it ended, is drawn and counted alike.
             if s in known:
                 cells.append(known[s])
-            elif s < tracked_from:
+            elif s < tracked_from or s >= until:
                 cells.append(NOT_TRACKED)
             else:
                 state = (

@@ -1,8 +1,10 @@
 """How complete a period is: (verified + empty) (dc, window) pairs over the expected ones.
 
 Read from the coordinator's ledger: a tracking row per (dc, aggregation) says that every window
-from its `start_ns` on is expected, and a `windows` row holds the state of each window that has
-one. An expected window without a row has not been classified yet (`expected`).
+from its `start_ns` on (until its `end_ns`, once the aggregation was removed from the DC) is
+expected, and a `windows` row holds the state of each window that has one. An expected window
+without a row has not been classified yet (`expected`); a window with a row counts wherever it
+lies.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from federation.coordinator.ledger import TrackingRow, WindowRow
+from federation.coordinator.ledger import TrackingRow, WindowRow, same_tracking, tracked_window
 from federation.errors import FederationError
 
 DONE_STATES = ("verified", "empty")
@@ -74,42 +76,57 @@ def completeness(
     """Completeness of `aggregation` over `dcs` for the windows starting in [start, end).
 
     Guarantees: `expected` counts every window each DC's tracking row expects in the range
-    (none for a DC without one); `done` counts those whose ledger state is verified or empty;
-    `states` counts every state, `expected` for windows that have no row yet. Raises
+    (from its start, until the aggregation was removed from the DC) and every window that has a
+    ledger row anyway (shipped before tracking began, or after it ended), as `federation
+    status` counts them; `done` counts those whose ledger state is verified or empty;
+    `states` counts every state, `expected` for tracked windows that have no row yet. Raises
     FederationError when the ledger cannot be read.
     """
     states: dict[str, int] = {}
     per_dc: dict[str, tuple[int, int]] = {}
+    inside = case((tracked_window(), 1), else_=0)
     try:
         with _session(ledger) as session:
-            tracking = session.execute(
-                select(TrackingRow).where(
-                    TrackingRow.aggregation == aggregation, TrackingRow.dc.in_(list(dcs))
-                )
-            ).scalars()
-            for row in tracking:
-                lo = max(start_ns, row.start_ns)
-                expected = _count_windows(lo, end_ns, row.window_ns)
-                counted = session.execute(
-                    select(WindowRow.state, func.count())
-                    .where(
-                        WindowRow.dc == row.dc,
-                        WindowRow.aggregation == aggregation,
-                        WindowRow.start_ns >= lo,
-                        WindowRow.start_ns < end_ns,
+            tracking = {
+                row.dc: row
+                for row in session.execute(
+                    select(TrackingRow).where(
+                        TrackingRow.aggregation == aggregation, TrackingRow.dc.in_(list(dcs))
                     )
-                    .group_by(WindowRow.state)
-                ).all()
-                with_row = 0
-                done = 0
-                for state, n in counted:
-                    states[state] = states.get(state, 0) + int(n)
-                    with_row += int(n)
-                    if state in DONE_STATES:
-                        done += int(n)
-                if expected > with_row:
-                    states["expected"] = states.get("expected", 0) + expected - with_row
-                per_dc[row.dc] = (done, expected)
+                ).scalars()
+            }
+            counted = session.execute(
+                select(WindowRow.dc, WindowRow.state, inside, func.count())
+                .outerjoin(TrackingRow, same_tracking())
+                .where(
+                    WindowRow.aggregation == aggregation,
+                    WindowRow.dc.in_(list(dcs)),
+                    WindowRow.start_ns >= start_ns,
+                    WindowRow.start_ns < end_ns,
+                )
+                .group_by(WindowRow.dc, WindowRow.state, inside)
+            ).all()
+            rows_inside: dict[str, int] = {}
+            done: dict[str, int] = {}
+            expected: dict[str, int] = {}
+            for dc, state, is_inside, n in counted:
+                states[state] = states.get(state, 0) + int(n)
+                if state in DONE_STATES:
+                    done[dc] = done.get(dc, 0) + int(n)
+                if is_inside:
+                    rows_inside[dc] = rows_inside.get(dc, 0) + int(n)
+                else:
+                    expected[dc] = expected.get(dc, 0) + int(n)
+            for dc, row in tracking.items():
+                lo = max(start_ns, row.start_ns)
+                hi = end_ns if row.end_ns is None else min(end_ns, row.end_ns)
+                tracked = _count_windows(lo, hi, row.window_ns) if hi > lo else 0
+                expected[dc] = expected.get(dc, 0) + max(tracked, rows_inside.get(dc, 0))
+                if tracked > rows_inside.get(dc, 0):
+                    states["expected"] = (
+                        states.get("expected", 0) + tracked - rows_inside.get(dc, 0)
+                    )
+            per_dc = {dc: (done.get(dc, 0), n) for dc, n in sorted(expected.items())}
     except SQLAlchemyError as exc:
         raise FederationError(
             f"ledger: cannot read the windows of {aggregation}: {exc.__class__.__name__}: {exc}"

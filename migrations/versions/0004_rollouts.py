@@ -1,5 +1,6 @@
 """Rollouts: a deployment may desire no version (an aggregation added but not rolled out yet,
-or removed), and every rollout is recorded so that it can be resumed or undone.
+or removed), tracking ends where an aggregation was removed, and every rollout is recorded so
+that it can be resumed or undone.
 
 Revision ID: 0004
 Revises: 0003
@@ -24,6 +25,8 @@ Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 def upgrade() -> None:
     with op.batch_alter_table("deployments") as batch:
         batch.alter_column("desired_version", existing_type=sa.String(length=64), nullable=True)
+    with op.batch_alter_table("tracking") as batch:
+        batch.add_column(sa.Column("end_ns", sa.BigInteger(), nullable=True))
     op.create_table(
         "rollouts",
         sa.Column("id", Id, autoincrement=True, nullable=False),
@@ -39,6 +42,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("rollouts")
+    with op.batch_alter_table("tracking") as batch:
+        batch.drop_column("end_ns")
     op.execute("DELETE FROM deployments WHERE desired_version IS NULL")
     with op.batch_alter_table("deployments") as batch:
         batch.alter_column("desired_version", existing_type=sa.String(length=64), nullable=False)

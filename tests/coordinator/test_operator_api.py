@@ -8,17 +8,23 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from federation.clock import FakeClock
 from federation.config import FederationConfig
 from federation.coordinator.api import build_app
+from federation.coordinator.backfills import request_backfill
 from federation.coordinator.desired import known_plans
-from federation.coordinator.ledger import DeploymentRow, Ledger
+from federation.coordinator.ledger import DeploymentRow, Ledger, TrackingRow, WindowRow
+from federation.coordinator.planner import plan_backfills
+from federation.coordinator.retired import with_retired
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
+from federation.coordinator.status import status_report
 from federation.plan import resolve_plan
+from federation.reporting.completeness import completeness
 
-from .helpers import READER, token
+from .helpers import HOUR, READER, token
 
 OPERATOR = "operator-secret"
 AGG = "delivery_latency"
@@ -229,3 +235,137 @@ def test_overview_reads_retention_from_the_agent_report(
     (latency,) = [a for a in entry["aggregations"] if a["aggregation"] == AGG]
     assert latency["state"] == "current"
     assert entry["mode"] == "embedded"
+
+
+NEW = "delivery_size"
+DAY = 24 * HOUR
+
+
+def add_aggregation(config_dir: Path) -> None:
+    (config_dir / "tickscripts" / f"{NEW}.yaml").write_text(
+        f"name: {NEW}\n"
+        "source: {measurement: delivery, field: latency_ms, unit: ms}\n"
+        "dimensions: [mailer]\nwindow: 1h\nlookback: 2h\npercentiles: [50, 99]\n"
+        "accuracy: 0.01\n"
+    )
+
+
+def tracked(ledger: Ledger, dc: str) -> tuple[int, int | None] | None:
+    with ledger.session() as session:
+        row = session.get(TrackingRow, (dc, NEW))
+        return None if row is None else (row.start_ns, row.end_ns)
+
+
+def mark_verified(ledger: Ledger, dc: str, starts: range) -> None:
+    with ledger.session(write=True) as session:
+        for start in starts:
+            row = WindowRow(dc=dc, aggregation=NEW, start_ns=start, state="verified")
+            row.version, row.run, row.events, row.updated_ns = "v", 1, 10, start
+            row.groups, row.suppressed_events, row.summary_count = 1, 0, 10
+            session.add(row)
+
+
+def test_an_added_aggregation_is_backfilled_over_its_lookback_and_counted_alike(
+    operator_app: tuple[TestClient, Coordinator], config_dir: Path, ledger: Ledger,
+    clock: FakeClock,
+) -> None:  # fmt: skip
+    app, coordinator = operator_app
+    add_aggregation(config_dir)
+    assert app.post("/api/v1/desired/reload", headers=OP).status_code == 200
+    assert tracked(ledger, "fra1") is None, "nothing of it is expected before a rollout"
+    now = clock.now_ns()
+    started = app.post("/api/v1/rollouts", headers=OP, json={"aggregations": [NEW],
+                                                             "canary": "fra1"})  # fmt: skip
+    assert started.status_code == 200, started.text
+    lookback_start = now - now % HOUR - 2 * HOUR
+    assert tracked(ledger, "fra1") == (lookback_start, None)
+    assert tracked(ledger, "tor1") is None
+
+    # Once their deadline passed, the planner asks fra1 (and only fra1) for its look-back.
+    later = now + 4 * HOUR
+    planned = plan_backfills(ledger, coordinator.config, later)
+    mine = [r for r in planned.requested if r.aggregation == NEW]
+    assert {r.dc for r in mine} == {"fra1"}
+    # (each request starts one look-back earlier, as a live run would recompute)
+    assert min(r.start_ns for r in mine) == lookback_start - 2 * HOUR
+    with ledger.session() as session:
+        asked = session.scalars(
+            select(WindowRow.start_ns).where(WindowRow.aggregation == NEW,
+                                             WindowRow.state == "backfilling")
+        ).all()  # fmt: skip
+    assert min(asked) == lookback_start
+
+    # An operator backfill over windows before the tracking start makes them expected: status
+    # and reports count the same windows.
+    since = now - now % HOUR - 8 * HOUR
+    request_backfill(ledger, coordinator.config, "fra1", NEW, since, now, now)
+    assert tracked(ledger, "fra1") == (since, None)
+    mark_verified(ledger, "fra1", range(since, since + 6 * HOUR, HOUR))
+    status = status_report(
+        ledger, coordinator.config, now, aggregation=NEW, since_ns=since, dc="fra1"
+    )
+    (fra1,) = status.aggregations[0].dcs
+    done = completeness(ledger.engine, NEW, ["fra1"], since, now - now % HOUR)
+    assert fra1.counts["verified"] == 6 == done.done
+    assert sum(fra1.counts.values()) == done.expected == 8
+    assert fra1.cells.count("verified") == 6
+    # A window shipped before tracking began (an agent's look-back) counts in both alike.
+    mark_verified(ledger, "fra1", range(since - HOUR, since, HOUR))
+    status = status_report(
+        ledger, coordinator.config, now, aggregation=NEW, since_ns=since - HOUR, dc="fra1"
+    )
+    (fra1,) = status.aggregations[0].dcs
+    done = completeness(ledger.engine, NEW, ["fra1"], since - HOUR, now - now % HOUR)
+    assert fra1.counts["verified"] == 7 == done.done
+    assert sum(fra1.counts.values()) == done.expected == 9
+
+    # With the explicit flag, a DC the rollout adds it to is tracked over its raw retention.
+    assert app.post("/api/v1/rollouts/rollback", headers=OP).status_code == 200
+    full = app.post("/api/v1/rollouts", headers=OP, json={"aggregations": [NEW], "canary": "tor1",
+                                                          "backfill_retention": True})  # fmt: skip
+    assert full.status_code == 200, full.text
+    raw = coordinator.config.policy_for("tor1").raw
+    oldest = now - (raw.retention - raw.shard_duration) + HOUR
+    assert tracked(ledger, "tor1") == (oldest - oldest % HOUR, None)
+
+
+def test_a_removed_aggregation_keeps_its_history_reportable(
+    operator_app: tuple[TestClient, Coordinator], config_dir: Path, ledger: Ledger,
+    clock: FakeClock,
+) -> None:  # fmt: skip
+    app, coordinator = operator_app
+    add_aggregation(config_dir)
+    app.post("/api/v1/desired/reload", headers=OP)
+    app.post("/api/v1/rollouts", headers=OP, json={"aggregations": [NEW]})
+    app.post("/api/v1/rollouts/advance", headers=OP, json={"aggregations": [NEW]})
+    now = clock.now_ns()
+    start = tracked(ledger, "fra1")
+    assert start is not None
+    mark_verified(ledger, "fra1", range(start[0], start[0] + 2 * HOUR, HOUR))
+
+    (config_dir / "tickscripts" / f"{NEW}.yaml").unlink()
+    dry = app.post("/api/v1/desired/reload", headers=OP).json()
+    fra1_plans = next(d["plans"] for d in dry["dcs"] if d["dc"] == "fra1")
+    assert [p["change"] for p in fra1_plans if p["aggregation"] == NEW] == ["removed"]
+    removed = app.post("/api/v1/rollouts", headers=OP, json={"canary": "fra1"}).json()
+    assert [(m["aggregation"], m["change"]) for m in removed["moved"]] == [(NEW, "removed")]
+    assert "tor1" in removed["waiting"], "the removal waits for the canary like any change"
+    assert NEW in {p["aggregation"] for p in served_plans(app, "tor1")}
+    assert NEW not in {p["aggregation"] for p in served_plans(app, "fra1")}
+    app.post("/api/v1/rollouts/advance", headers=OP, json={})
+    assert NEW not in {p["aggregation"] for p in served_plans(app, "tor1")}
+
+    later = now + 5 * HOUR
+    status = status_report(ledger, coordinator.config, later, aggregation=NEW, since_ns=start[0])
+    (fra1,) = [d for d in status.aggregations[0].dcs if d.dc == "fra1"]
+    assert fra1.counts == {"verified": 2}, "no window is expected after the removal"
+    assert with_retired(coordinator.config, ledger).aggregations[NEW].window == HOUR
+    report = app.get("/api/v1/status", headers=READ, params={"aggregation": NEW})
+    assert report.status_code == 200, report.text
+
+
+def served_plans(client: TestClient, dc: str) -> list[dict[str, object]]:
+    data = client.get(
+        f"/api/v1/dcs/{dc}/desired", headers={"Authorization": f"Bearer {token(dc)}"}
+    ).json()
+    return list(data["plans"])
