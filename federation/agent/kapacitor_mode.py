@@ -21,6 +21,12 @@ also recompute earlier windows, whose raw data may already be partly past retent
 partial recomputation must never overwrite complete data. A window without raw data yields no
 batch in a replay, so afterwards each window's raw events are counted in the DC's InfluxDB and
 every empty window gets its zero manifest through the agent's shipper.
+
+`confirm_empty` does the same for the live task, which emits nothing either for a window
+without raw data: once each window of a plan's look-back has ended (and settled) its raw events
+are counted, and an empty one gets its zero manifest, so the ledger marks it `empty` at once as
+it does for the embedded executor (a rollout's canary waits for such a window too). The agent
+runs it in a thread of its own every poll interval.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pathlib import Path
 from federation.agent.daemon import ModeContext, PlanHealth
 from federation.agent.executor import RangeResult, RunIds, WindowResult, WindowSink
 from federation.agent.shipper import ShipmentRefused
+from federation.agent.window_choice import settle_ns
 from federation.aggregate import manifest_point
 from federation.clock import Clock, format_rfc3339
 from federation.deploy import TaskSnapshot, apply_tasks, script_version
@@ -44,7 +51,7 @@ from federation.influx import InfluxClient, credentials_from_env, quote_ident
 from federation.kapacitor import KapacitorClient, NodeHealth, TaskHealth
 from federation.plan import AggregationPlan
 from federation.tickscript.render import UDF_NAME, render_plan
-from federation.windows import Window, coalesce
+from federation.windows import Window, coalesce, lookback_windows
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +136,7 @@ class KapacitorMode:
         replay_timeout_s: float = 3600.0,
         replay_poll_s: float = 1.0,
         reload_interval_s: float = 60.0,
+        settle_s: float = 2.0,
     ) -> None:
         self.client = client
         self.dc = dc
@@ -141,7 +149,10 @@ class KapacitorMode:
         self.replay_poll_s = replay_poll_s
         self.reload_interval_s = reload_interval_s
         self._reloaded: dict[str, float] = {}
+        self.clock = clock
+        self.settle_s = settle_s
         self.run_ids = RunIds(clock)
+        self._confirmed: dict[tuple[str, str], set[int]] = {}
         self._plans: dict[str, AggregationPlan] = {}
         self._desired: dict[str, TaskSnapshot] = {}
         self._apply_error: str | None = None
@@ -165,7 +176,7 @@ class KapacitorMode:
                 "(run with --mode embedded to compute the plans in the agent)"
             )
         client = KapacitorClient(endpoint.url, auth=credentials_from_env(endpoint))
-        return cls(
+        mode = cls(
             client,
             dc=context.dc,
             templates_dir=config.templates_dir,
@@ -174,7 +185,15 @@ class KapacitorMode:
             sink=context.sink,
             clock=context.clock,
             stop=context.stop,
+            settle_s=context.settings.settle_s,
         )
+        threading.Thread(
+            target=mode._confirm_forever,
+            args=(context.settings.poll_interval_s,),
+            name=f"confirm-empty-{context.dc}",
+            daemon=True,
+        ).start()
+        return mode
 
     # --- deploying ----------------------------------------------------------------------------
 
@@ -405,6 +424,51 @@ class KapacitorMode:
                     if not result.shipped and result.error is None:
                         return finish(stopped=True)
         return finish()
+
+    # --- empty windows of the live tasks -------------------------------------------------------
+
+    def confirm_empty(self, stop: threading.Event) -> list[WindowResult]:
+        """Ship the zero manifest of every window of each plan's look-back that has ended (and
+        settled) by the clock and holds no raw event; return what was shipped.
+
+        Each window is counted once per plan version (a window with events is Kapacitor's to
+        ship); one whose manifest did not go out is tried again at the next call. Plans whose
+        deployment failed are left alone: their version may not be what runs.
+        """
+        with self._lock:
+            plans = [] if self._apply_error else list(self._plans.values())
+        now = self.clock.now_ns()
+        shipped: list[WindowResult] = []
+        for plan in plans:
+            if stop.is_set():
+                break
+            ended = lookback_windows(
+                now - settle_ns(plan, self.settle_s), plan.window_ns, plan.lookback_windows
+            )
+            seen = self._confirmed.setdefault((plan.aggregation, plan.version), set())
+            seen.intersection_update(w.start_ns for w in ended)
+            todo = sorted(w for w in ended if w.start_ns not in seen)
+            if not todo:
+                continue
+            counts = self._count_events(plan, todo[0].start_ns, todo[-1].end_ns)
+            for window in todo:
+                if counts.get(window.start_ns, 0):
+                    seen.add(window.start_ns)
+                    continue
+                result, _ = self._ship_empty(plan, window, stop)
+                shipped.append(result)
+                if result.shipped:
+                    seen.add(window.start_ns)
+        return shipped
+
+    def _confirm_forever(self, interval_s: float) -> None:
+        while not self.stop.wait(interval_s):
+            try:
+                self.confirm_empty(self.stop)
+            except FederationError as exc:
+                log.warning("DC %s: confirming empty windows failed: %s", self.dc, exc)
+            except Exception:  # the thread must outlive any one failure
+                log.exception("DC %s: confirming empty windows failed", self.dc)
 
     def _replay(
         self, plan: AggregationPlan, start_ns: int, end_ns: int, stop: threading.Event

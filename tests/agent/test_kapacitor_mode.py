@@ -688,3 +688,46 @@ def test_the_agent_in_kapacitor_mode_deploys_reports_health_and_backfills(
             assert "no such UDF" in detail
     assert set(emulator.tasks) == {latency.task_id}
     agent.close()
+
+
+def test_an_ended_window_without_raw_data_is_confirmed_empty_at_once(
+    served: Served,
+    fed: tuple[FederationConfig, int],
+    served_emulator: tuple[KapacitorEmulator, str],
+    dc_influxd: InfluxServer,
+    central: InfluxClient,
+    clock: FakeClock,
+    hour0: int,
+) -> None:
+    """Kapacitor's live task emits nothing for a window without raw data; the mode counts the
+    raw events of each ended window of the look-back and ships the zero manifest of an empty
+    one, so the ledger marks it `empty` without waiting for its deadline and a backfill."""
+    config, _ = fed
+    _, url = served_emulator
+    write_hours(dc_influxd.url, hour0, [0, 2])
+    plan = resolve_plan(config, "delivery_latency", DC)
+    clock.set(hour0 + 3 * HOUR + 5 * SECOND)
+    with (
+        InfluxClient(dc_influxd.url) as source,
+        Shipper(served.url, dc=DC, token=token(DC)) as shipper,
+        KapacitorClient(url) as client,
+    ):
+        mode = new_mode(client, dc=DC, source=source, sink=shipper, clock=clock)
+        mode.apply([plan])
+        shipped = mode.confirm_empty(threading.Event())
+        assert [(r.window.start_ns - hour0) // HOUR for r in shipped] == [1]
+        assert mode.confirm_empty(threading.Event()) == [], "each window is confirmed once"
+        # Not before the window has ended and settled.
+        clock.set(hour0 + 4 * HOUR)
+        assert mode.confirm_empty(threading.Event()) == []
+        clock.set(hour0 + 4 * HOUR + 5 * SECOND)
+        assert [
+            (r.window.start_ns - hour0) // HOUR for r in mode.confirm_empty(threading.Event())
+        ] == [3]
+        mode.close()
+    assert manifest_events(central, "delivery_latency", hour0) == {1: 0, 3: 0}
+    run_verification(served.coordinator, central)
+    with CoordinatorClient(served.url, token(DC)) as coordinator:
+        view = coordinator.windows(DC, "delivery_latency", hour0)
+    states = {(w.start_ns - hour0) // HOUR: w.state for w in view.windows}
+    assert states[1] == "empty" and states[3] == "empty"

@@ -369,3 +369,29 @@ def served_plans(client: TestClient, dc: str) -> list[dict[str, object]]:
         f"/api/v1/dcs/{dc}/desired", headers={"Authorization": f"Bearer {token(dc)}"}
     ).json()
     return list(data["plans"])
+
+
+def test_a_window_confirmed_empty_on_the_new_version_satisfies_the_canary(
+    operator_app: tuple[TestClient, Coordinator], config_dir: Path, ledger: Ledger,
+    clock: FakeClock,
+) -> None:  # fmt: skip
+    app, coordinator = operator_app
+    edit(config_dir / "tickscripts" / "delivery_latency.yaml", {"accuracy": 0.02})
+    app.post("/api/v1/desired/reload", headers=OP)
+    app.post("/api/v1/rollouts", headers=OP, json={"canary": "fra1"})
+    new = resolve_plan(coordinator.config, AGG, "fra1").version
+    changed = clock.now_ns()
+    start = changed - changed % HOUR + HOUR
+    with ledger.session(write=True) as session:
+        before = WindowRow(dc="fra1", aggregation=AGG, start_ns=start - 2 * HOUR, state="verified")
+        before.version, before.updated_ns = "old", changed
+        empty = WindowRow(dc="fra1", aggregation=AGG, start_ns=start, state="empty")
+        empty.version, empty.events, empty.updated_ns = new, 0, changed
+        session.add_all([before, empty])
+
+    def latency() -> dict[str, object]:
+        (fra1,) = app.get("/api/v1/dcs", headers=READ, params={"dc": "fra1"}).json()["dcs"]
+        return next(a for a in fra1["aggregations"] if a["aggregation"] == AGG)
+
+    assert latency()["last_verified_ns"] == start
+    assert latency()["verified_since_change_ns"] == start
