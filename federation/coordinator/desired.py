@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from federation.config import FederationConfig
 from federation.coordinator.ledger import (
@@ -202,16 +203,20 @@ def sync_desired(
                     )
                 )
             if key not in tracking and at_once:
-                start = align(start_at, p.window_ns)
-                session.add(
-                    TrackingRow(
-                        dc=p.dc,
-                        aggregation=p.aggregation,
-                        window_ns=p.window_ns,
-                        start_ns=start,
-                        watermark_ns=start,
-                    )
-                )
+                start_tracking(session, p, align(start_at, p.window_ns))
+
+
+def start_tracking(session: Session, plan: AggregationPlan, start_ns: int) -> None:
+    """Expect every window of `plan` in its DC from `start_ns` (a window start) on."""
+    session.add(
+        TrackingRow(
+            dc=plan.dc,
+            aggregation=plan.aggregation,
+            window_ns=plan.window_ns,
+            start_ns=start_ns,
+            watermark_ns=start_ns,
+        )
+    )
 
 
 def known_plans(ledger: Ledger) -> PlanBook:

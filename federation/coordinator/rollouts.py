@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from federation.config import FederationConfig
+from federation.coordinator.desired import start_tracking
 from federation.coordinator.ledger import DeploymentRow, Ledger, RolloutRow, TrackingRow
 from federation.errors import FederationError, InvalidInput
 from federation.plan import AggregationPlan, resolve_all
@@ -225,16 +226,7 @@ def _apply(
                 None if move.to_version is not None else align(now_ns, tracking.window_ns)
             )
         elif move.to_version is not None and plan is not None:
-            start = _track_from(plan, config, now_ns, backfill_retention)
-            session.add(
-                TrackingRow(
-                    dc=move.dc,
-                    aggregation=move.aggregation,
-                    window_ns=plan.window_ns,
-                    start_ns=start,
-                    watermark_ns=start,
-                )
-            )
+            start_tracking(session, plan, _track_from(plan, config, now_ns, backfill_retention))
 
 
 def _last(session: Session) -> RolloutRow | None:
@@ -277,8 +269,9 @@ def start_rollout(
     canary, it is resumed instead (`resumed`, its canary's moves in `canary_moves`, nothing
     moved) with the scope it started with. A scope with nothing pending moves nothing. Raises
     InvalidInput for an unknown aggregation or DC (or a canary outside `dcs`), and
-    RolloutConflict when the canary has nothing pending while other DCs do, or another canary
-    than the waiting rollout's is asked for.
+    RolloutConflict when the canary has nothing pending while other DCs do, when another canary
+    than the waiting rollout's is asked for, or when the config changed for the waiting
+    rollout's canary since it started.
     """
     if canary is not None:
         config.dc(canary)
@@ -332,6 +325,13 @@ def _resume(
         )
     scope = _scope(session, config, last.scope.get("aggregations"), last.scope.get("dcs"))
     pending = _pending(scope, _deployments(session, set(scope.declared)))
+    if last.canary in pending:
+        # The config changed since the canary was checked: advancing would take the new
+        # change everywhere without a canary.
+        raise RolloutConflict(
+            f"rollout #{last.id} is waiting at its canary {last.canary}, and the config changed "
+            "since: undo it with `federation rollout rollback`, then roll out again"
+        )
     result.rollout, result.state, result.resumed = last.id, last.state, True
     result.canary = last.canary
     result.canary_moves = _moves_of(last)

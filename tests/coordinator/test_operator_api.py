@@ -174,6 +174,13 @@ def test_reload_diff_then_canary_advance_rollback(
     assert conflict.status_code == 409
     assert "federation rollout apply" in conflict.json()["error"]
     assert "federation rollout rollback" in conflict.json()["error"]
+    # A config changed again for the waiting canary is never advanced without a canary.
+    edit(config_dir / "tickscripts" / "delivery_latency.yaml", {"accuracy": 0.03})
+    assert app.post("/api/v1/desired/reload", headers=OP).status_code == 200
+    changed = app.post("/api/v1/rollouts", headers=OP, json={})
+    assert changed.status_code == 409 and "the config changed since" in changed.json()["error"]
+    edit(config_dir / "tickscripts" / "delivery_latency.yaml", {"accuracy": 0.02})
+    assert app.post("/api/v1/desired/reload", headers=OP).status_code == 200
     unknown = app.post("/api/v1/rollouts", headers=OP, json={"aggregations": ["nope"]})
     assert unknown.status_code == 400
 
