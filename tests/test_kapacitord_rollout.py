@@ -12,15 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_kapacitord import (
-    DC,
-    HOUR,
-    federation_command,
-    kapacitord_binary,  # noqa: F401 (a fixture)
-    serve_coordinator,
-    token,
-    write_fleet,
-)
+from kapacitor_fixture import UDF_TIMEOUT, federation_command
+from test_kapacitord import DC, HOUR, serve_coordinator, token, write_fleet
 
 from federation.agent import AgentSettings, build_agent
 from federation.clock import SystemClock
@@ -47,7 +40,7 @@ def owned_tasks(url: str) -> dict[str, bool]:
 
 
 def test_an_added_aggregation_reaches_kapacitor_only_through_a_rollout(
-    kapacitord_binary: str,  # noqa: F811
+    kapacitord_binary: str,
     localstack: LocalStack,
     config_dir: Path,
     tmp_path: Path,
@@ -68,7 +61,7 @@ def test_an_added_aggregation_reaches_kapacitor_only_through_a_rollout(
     hour0 = now - now % HOUR
     kapacitord = KapacitorServer(
         kapacitord_binary, tmp_path / "kapacitor", DC, dc_influxd.url, coordinator_url,
-        token(DC), federation_command(), port=kapacitor_port,
+        token(DC), federation_command(), port=kapacitor_port, udf_timeout=UDF_TIMEOUT,
     )  # fmt: skip
     with serve_coordinator(config, central_influxd.url, coordinator_port, hour0 - 4 * HOUR) as co:
         kapacitord.start()
