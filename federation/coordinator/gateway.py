@@ -20,6 +20,8 @@ DC, measurement and key. Rules (HTTP status):
                            the DC's, as `clocks` estimates it, when that is behind)
     personal-data     400  a tag value or string field that looks like an e-mail or IP address
     k-anonymity       400  a summary whose `count` is below the plan's min_group_events
+    detection-counts  400  a detection's count point whose counts contradict each other (a
+                           detection's schema admits the tag `dc` alone: no key, no value)
     sketch            400  a `sketch` that does not decode, has a foreign accuracy, or whose
                            total differs from `count`
     stale-reshipment  400  a manifest with an older run or fewer events than the ledger holds
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from federation.coordinator.desired import PlanBook
+from federation.coordinator.gateway_detections import detection_counts_problem
 from federation.coordinator.tracking import Manifest
 from federation.coordinator.wire import (
     Columns,
@@ -49,6 +52,7 @@ from federation.coordinator.wire import (
     read_columns,
     sketch_checker,
 )
+from federation.detection_plan import DetectionPlan
 from federation.errors import InvalidInput, LineProtocolError, SketchDecodeError
 from federation.lineprotocol import parse
 from federation.pii import personal_data_kind
@@ -115,7 +119,7 @@ def _withheld(text: str | None) -> str | None:
 
 @dataclass
 class _PlanCheck:
-    plan: AggregationPlan
+    plan: AggregationPlan | DetectionPlan
     version: str
     summary_tags: frozenset[str]
     summary_fields: Mapping[str, FieldType]
@@ -134,7 +138,10 @@ def _batch_totals(
             by_measurement.setdefault(ln.point.measurement, []).append(ln)
     totals: dict[int, tuple[float, int | None]] = {}
     for measurement, group in by_measurement.items():
-        alpha = plans[measurement][0].plan.accuracy
+        plan = plans[measurement][0].plan
+        if isinstance(plan, DetectionPlan):  # a detection has no sketch: refused point by point
+            continue
+        alpha = plan.accuracy
         counts = total_counts([ln.point.fields["sketch"] for ln in group], alpha)
         for ln, count in zip(group, counts, strict=True):
             totals[id(ln)] = (alpha, count)
@@ -240,8 +247,12 @@ class GatewayChecker:
     tag values.
     """
 
-    def __init__(self, book: PlanBook) -> None:
+    def __init__(self, book: PlanBook, detections: Sequence[DetectionPlan] = ()) -> None:
         self._plans: dict[str, dict[str, list[_PlanCheck]]] = {}
+        for det in detections:
+            schema = det.count_schema
+            entry = _PlanCheck(det, det.version, frozenset(schema.tags), schema.fields, None)
+            self._plans.setdefault(det.dc, {})[det.detection] = [entry]
         checkers: dict[float, Any] = {}
         for (dc, aggregation), plans in book.items():
             entries = []
@@ -322,6 +333,8 @@ class GatewayChecker:
         limits = set()
         for time_ns in columns.times:
             entry = _entry_for(fitting.entries, versions, measurement, time_ns)
+            if isinstance(entry.plan, DetectionPlan):  # a few points: checked one by one
+                return None
             self._check_alignment(entry.plan, time_ns, measurement, sample, now_ns)
             limits.add((entry.plan.accuracy, entry.plan.min_group_events))
         if len(limits) != 1:  # plan versions of other limits side by side: point by point
@@ -419,6 +432,13 @@ class GatewayChecker:
         entry = _entry_for(entries, versions, measurement, point.time_ns)
         self._check_alignment(entry.plan, point.time_ns, measurement, ln, now_ns)
         self._check_values(point.tags, point.fields, measurement, ln, "sketch", fitting.strings)
+        if isinstance(entry.plan, DetectionPlan):
+            problem = detection_counts_problem(point.fields)
+            if problem is not None:
+                rule_key, message = problem
+                raise Refusal("detection-counts", message, measurement=measurement,
+                              key=rule_key, line=ln.line)  # fmt: skip
+            return
         count = point.fields["count"]
         assert isinstance(count, int)
         if count < entry.plan.min_group_events:
@@ -572,7 +592,11 @@ class GatewayChecker:
 
     @staticmethod
     def _check_alignment(
-        plan: AggregationPlan, time_ns: int, measurement: str, ln: Line, now_ns: int | None
+        plan: AggregationPlan | DetectionPlan,
+        time_ns: int,
+        measurement: str,
+        ln: Line,
+        now_ns: int | None,
     ) -> None:
         if time_ns % plan.window_ns:
             raise Refusal(

@@ -35,6 +35,7 @@ from federation.coordinator.replicas import (
     record_generation,
     shrink_grants,
 )
+from federation.detection_plan import resolve_detections
 from federation.errors import FederationError
 from federation.policy.retention import DesiredRetention, desired_retention
 
@@ -254,7 +255,7 @@ class Coordinator:
 
     def refresh_plans(self) -> GatewayChecker:
         """Rebuild the gateway's rules from the plan versions the ledger knows."""
-        checker = GatewayChecker(known_plans(self.ledger))
+        checker = GatewayChecker(known_plans(self.ledger), resolve_detections(self.config))
         with self._lock:
             self._checker = checker
             self._checker_at = self.clock.now_ns()
