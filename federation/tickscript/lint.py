@@ -42,6 +42,7 @@ from federation.tickscript.influxql import (
     parse_query,
 )
 from federation.tickscript.lexer import TokenType
+from federation.tickscript.lint_detection import gateway_output_problems
 from federation.tickscript.parser import parse
 
 RULES: dict[str, str] = {
@@ -67,6 +68,7 @@ RULES: dict[str, str] = {
     "influxdbout-measurement": "influxDBOut without .measurement() after a node that names none",
     "pii-key": "a personal-data key selected, filtered, grouped, tagged or output",
     "pii-selector": "a selector over raw points that carry fields besides the value field",
+    "detection-gateway": "a detection writes to the gateway cluster other than the UDF's counts",
 }
 
 
@@ -78,6 +80,9 @@ class LintContext:
     personal_keys: frozenset[str]
     value_field: str
     udf_name: str = "fedagg"
+    detection_gateway: str | None = None
+    """Set for a detection's script: the gateway cluster only its counts may go to. Its
+    personal keys are then read and named by design, and this rule guards what leaves."""
 
 
 @dataclass(frozen=True, order=True)
@@ -193,6 +198,13 @@ PROPERTIES: dict[str, dict[str, Signature]] = {
         "percentile": Signature((FLOAT,)),
         "minGroupEvents": Signature((INT,)),
         "version": _ONE_STRING,
+        # Detection mode (`tickscripts/detection.tick.j2`).
+        "detection": _ONE_STRING,
+        "mode": _ONE_STRING,
+        "key": _ONE_STRING,
+        "distinct": _ONE_STRING,
+        "atLeast": Signature((INT,)),
+        "factor": Signature((FLOAT,)),
     },
 }
 
@@ -534,6 +546,11 @@ class _Linter:
             self.check_query(node)
         elif node.kind == "influxDBOut":
             self.check_influxdb_out(node)
+            if self.ctx is not None and self.ctx.detection_gateway is not None:
+                for line, column, message in gateway_output_problems(
+                    node, self.ctx.detection_gateway, self.udf_name, self.constant
+                ):
+                    self.report(line, column, "detection-gateway", message)
         elif node.kind == "percentile" and len(node.args) == 2:
             value = _evaluate(node.args[1], self.env)
             if value.kind != "float":
@@ -599,6 +616,13 @@ class _Linter:
                 )
         if self.personal_keys:
             self.check_query_pii(literal, query, self.personal_keys)
+
+    def constant(self, expression: Expression | None) -> str | None:
+        """The constant string `expression` evaluates to, else None."""
+        if expression is None:
+            return None
+        value = _evaluate(expression, self.env)
+        return value.value if value.kind == "string" and isinstance(value.value, str) else None
 
     def duration_of(self, link: ChainLink | None) -> int | None:
         if link is None or not link.args:

@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 
 from federation.config import FederationConfig
+from federation.detection_plan import DetectionPlan
 from federation.durations import format_duration
 from federation.errors import TickScriptError
 from federation.plan import AggregationPlan, resolve_all, resolve_plan
@@ -108,7 +109,7 @@ def environment(templates_dir: Path) -> jinja2.Environment:
 class RenderedTask:
     """One rendered Kapacitor task: the script plus what the task API needs to deploy it."""
 
-    plan: AggregationPlan
+    plan: AggregationPlan | DetectionPlan
     script: str
 
     @property
@@ -160,18 +161,13 @@ class RenderLintError(TickScriptError):
         return "\n".join(str(p) for p in self.problems)
 
 
-def render_plan(
-    plan: AggregationPlan, templates_dir: Path, *, gateway_cluster: str = "federation_gateway"
-) -> RenderedTask:
-    """Render one plan with its template and lint the result.
-
-    Raises TickScriptError naming the template when rendering fails, and RenderLintError with
-    every problem when the rendered script does not lint clean: nothing unsafe is ever returned.
-    """
+def _render(
+    plan: AggregationPlan | DetectionPlan, templates_dir: Path, gateway_cluster: str
+) -> str:
     env = environment(templates_dir)
     try:
         template = env.get_template(plan.template)
-        script = template.render(
+        return template.render(
             plan=plan,
             udf_name=UDF_NAME,
             gateway_cluster=gateway_cluster,
@@ -185,7 +181,44 @@ def render_plan(
         raise TickScriptError(
             f"rendering {plan.task_id}: {exc}", 1, 1, f"tickscripts/{plan.template}"
         ) from None
+
+
+def render_plan(
+    plan: AggregationPlan, templates_dir: Path, *, gateway_cluster: str = "federation_gateway"
+) -> RenderedTask:
+    """Render one plan with its template and lint the result.
+
+    Raises TickScriptError naming the template when rendering fails, and RenderLintError with
+    every problem when the rendered script does not lint clean: nothing unsafe is ever returned.
+    """
+    script = _render(plan, templates_dir, gateway_cluster)
     problems = lint(script, lint_context(plan), file=f"{plan.aggregation}.{plan.dc}.tick")
+    if problems:
+        raise RenderLintError(problems)
+    return RenderedTask(plan, script)
+
+
+def detection_lint_context(plan: DetectionPlan, gateway_cluster: str) -> LintContext:
+    """What the linter must know to check a detection's script: its window, and the gateway
+    cluster that only the UDF's counts may reach (its personal keys are read by design)."""
+    return LintContext(
+        window_ns=plan.window_ns,
+        personal_keys=frozenset(),
+        value_field=plan.key,
+        udf_name=UDF_NAME,
+        detection_gateway=gateway_cluster,
+    )
+
+
+def render_detection(
+    plan: DetectionPlan, templates_dir: Path, *, gateway_cluster: str = "federation_gateway"
+) -> RenderedTask:
+    """Render one detection with its template and lint the result, as `render_plan` does; a
+    template that would send anything but the UDF's counts to the gateway cluster is refused
+    (rule `detection-gateway`)."""
+    script = _render(plan, templates_dir, gateway_cluster)
+    ctx = detection_lint_context(plan, gateway_cluster)
+    problems = lint(script, ctx, file=f"{plan.detection}.{plan.dc}.tick")
     if problems:
         raise RenderLintError(problems)
     return RenderedTask(plan, script)

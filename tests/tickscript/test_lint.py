@@ -303,3 +303,23 @@ def test_lint_never_raises_on_any_query_text(pieces: list[str]) -> None:
     for problem in lint(script, CTX):
         assert problem.rule in RULES
         assert problem.line >= 1 and problem.column >= 1
+
+
+def test_a_detection_may_send_only_the_udfs_counts_to_the_gateway() -> None:
+    ctx = LintContext(
+        window_ns=NS_PER_UNIT["h"], personal_keys=frozenset(), value_field="sender",
+        detection_gateway="gw",
+    )  # fmt: skip
+    head = (
+        'dbrp "mail"."raw"\n'
+        "var w = batch\n"
+        '    |query(\'\'\'SELECT "sender"::field FROM "mail"."raw"."delivery"\'\'\')\n'
+        "        .period(1h).every(1h).align()\n"
+    )
+    counts = "w @fedagg().detection('d').mode('counts')\n"
+    out = "    |influxDBOut().cluster('gw').database('f').retentionPolicy('r').tag('dc', 'x')\n"
+    assert lint(head + counts + out, ctx) == []
+    findings = counts.replace("'counts'", "'findings'")
+    (problem,) = lint(head + findings + out, ctx)
+    assert (problem.rule, problem.line) == ("detection-gateway", 6)
+    assert "only @fedagg().mode('counts') may write" in problem.message
