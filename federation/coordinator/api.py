@@ -271,8 +271,9 @@ async def _accept(request: Request, coordinator: Coordinator, dc: str) -> Checke
             key="db" if db != central.database else "rp",
         )
     precision = request.query_params.get("precision", "")
+    # Kapacitor's influxDBOut always sends the parameter, empty unless .writeConsistency() is set.
     consistency = request.query_params.get("consistency")
-    if consistency is not None and consistency not in WRITE_CONSISTENCIES:
+    if consistency and consistency not in WRITE_CONSISTENCIES:
         raise Refusal(
             "database",
             f"consistency must be one of {', '.join(WRITE_CONSISTENCIES)}, not {consistency!r}",
