@@ -21,6 +21,7 @@ import pytest
 
 from federation.agent.daemon import Agent
 from federation.agent.executor import RangeResult
+from federation.kapacitor import KapacitorClient
 from federation.plan import AggregationPlan
 from federation.windows import Window
 
@@ -162,3 +163,32 @@ def test_13_kapacitor_schedule_ships_every_window_of_live_data(
     outcome = check_invariants(kfed, run.start_ns, run.until_ns)
     assert outcome.states["verified"] >= 10 * len(DCS) * len(kfed.config.aggregations)
     record(outcome)
+
+
+def test_14_kapacitord_sigkilled_and_restarted_on_its_data(
+    kfed: ScenarioFederation, record: Callable[[Outcome], None]
+) -> None:
+    w = kfed.window_ns
+    run = LiveRun.begin(kfed, history_windows=3, traffic_windows=30)
+    spy = ReplaySpy()
+    spy.attach(kfed.start_agent("dub1"))
+    kfed.start_agent("lon1")
+    spy.caught_up_to(len(kfed.config.aggregations))
+    server = kfed.kapacitors["dub1"]
+    down_from = kfed.clock.now_ns()
+    assert down_from + (LOOKBACK + 4) * w < run.end_ns, "the catch-up outlasted the traffic"
+    server.kill()
+    # Longer than the look-back: some windows are computed by no scheduled run at all.
+    sleep_until(kfed.clock, down_from + (LOOKBACK + 2) * w)
+    server.start()  # same port, same data directory: the tasks come back from its store
+    down_to = kfed.clock.now_ns()
+    with KapacitorClient(server.url) as client:
+        live = {t.id: t for t in client.list_tasks() if not t.id.endswith("-replay")}
+    assert sorted(live) == sorted(f"fed-{name}-dub1" for name in kfed.config.aggregations)
+    assert all(t.executing for t in live.values())
+    # kapacitord answers only once every task's UDF processes have started, and the missed
+    # windows are then replayed one replay at a time (seconds each on a loaded machine).
+    run.finish(timeout_s=90)
+    missed = [r for r in spy.with_events(down_from) if r[1].end_ns <= down_to]
+    assert missed, "no window missed while kapacitord was down was replayed"
+    record(check_invariants(kfed, run.start_ns, run.until_ns))
