@@ -69,6 +69,7 @@ from federation.coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from federation.coordinator.metrics import metrics_text
 from federation.coordinator.refusals import note_refusal
 from federation.coordinator.reload import reload_config
+from federation.coordinator.retired import with_retired
 from federation.coordinator.rollouts import (
     RolloutConflict,
     advance_rollout,
@@ -722,7 +723,7 @@ def build_app(
     from federation.reporting.http import routes as reporting_routes
 
     report_routes = reporting_routes(
-        coordinator.config,
+        lambda: with_retired(coordinator.config, coordinator.ledger),
         central=reader,
         authorize=authorize_reader,
         ledger=coordinator.ledger.engine,

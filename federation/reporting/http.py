@@ -75,7 +75,7 @@ def _int(request: Request, name: str, default: int) -> int:
 
 
 def routes(
-    config: FederationConfig,
+    config: FederationConfig | Callable[[], FederationConfig],
     *,
     central: CentralReader,
     authorize: Authorize,
@@ -84,11 +84,18 @@ def routes(
 ) -> list[Route]:
     """Routes serving the percentile, SLA and worst-N reports as JSON under `/api/v1/reports`.
 
+    `config` is the config, or a function returning the one in force at each request (a
+    coordinator reloads its config, and describes aggregations removed from it by their last
+    stored plan).
+
     Guarantees: each route answers exactly what the library function of the same report
     returns for the same parameters (the CLI prints the same figures); nothing is served before
     `authorize` accepted the request; reports run in a worker thread, never blocking the loop.
     """
     time_source: Clock = clock or SystemClock()
+
+    def in_force() -> FederationConfig:
+        return config() if callable(config) else config
 
     def percentiles(request: Request, aggregation: str) -> dict[str, Any]:
         q = request.query_params
@@ -98,7 +105,7 @@ def routes(
             raise InvalidInput("query parameter 'percentiles' must be numbers") from None
         from_date = _required(request, "from")
         return percentile_report(
-            config, central, aggregation, period=q.get("period", "month"), from_date=from_date,
+            in_force(), central, aggregation, period=q.get("period", "month"), from_date=from_date,
             to_date=q.get("to", from_date), tz=q.get("tz", "UTC"), by=_list(request, "by"),
             dcs=_list(request, "dcs"), percentiles=ps, ledger=ledger,
             use_rollups=_flag(request, "rollups", True),
@@ -106,11 +113,12 @@ def routes(
 
     def sla(request: Request, aggregation: str) -> dict[str, Any]:
         q = request.query_params
-        spec = config.aggregations.get(aggregation)
+        current = in_force()
+        spec = current.aggregations.get(aggregation)
         unit = spec.source.unit if spec else "ms"
         from_date = _required(request, "from")
         return sla_report(
-            config, central, aggregation,
+            current, central, aggregation,
             threshold=parse_threshold(_required(request, "threshold"), unit),
             period=q.get("period", "month"), from_date=from_date, to_date=q.get("to", from_date),
             tz=q.get("tz", "UTC"), by=_list(request, "by"), dcs=_list(request, "dcs"),
@@ -120,7 +128,7 @@ def routes(
     def worst(request: Request, aggregation: str) -> dict[str, Any]:
         q = request.query_params
         return worst_report(
-            config, central, aggregation, last_ns=parse_last(q.get("last", "24h")),
+            in_force(), central, aggregation, last_ns=parse_last(q.get("last", "24h")),
             now_ns=time_source.now_ns(), by=_list(request, "by") or ["customer"],
             top=_int(request, "top", 20), metric=q.get("metric", "p99"),
             dcs=_list(request, "dcs"), ledger=ledger,

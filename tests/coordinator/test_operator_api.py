@@ -11,9 +11,10 @@ import yaml
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from federation.clock import FakeClock
+from federation.clock import FakeClock, format_rfc3339
 from federation.config import FederationConfig
 from federation.coordinator.api import build_app
+from federation.coordinator.app import ensure_central
 from federation.coordinator.backfills import request_backfill
 from federation.coordinator.desired import known_plans
 from federation.coordinator.ledger import DeploymentRow, Ledger, TrackingRow, WindowRow
@@ -21,6 +22,7 @@ from federation.coordinator.planner import plan_backfills
 from federation.coordinator.retired import with_retired
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.coordinator.status import status_report
+from federation.influx import InfluxClient
 from federation.plan import resolve_plan
 from federation.reporting.completeness import completeness
 
@@ -338,7 +340,7 @@ def test_an_added_aggregation_is_backfilled_over_its_lookback_and_counted_alike(
 
 def test_a_removed_aggregation_keeps_its_history_reportable(
     operator_app: tuple[TestClient, Coordinator], config_dir: Path, ledger: Ledger,
-    clock: FakeClock,
+    clock: FakeClock, influx: InfluxClient,
 ) -> None:  # fmt: skip
     app, coordinator = operator_app
     add_aggregation(config_dir)
@@ -369,6 +371,12 @@ def test_a_removed_aggregation_keeps_its_history_reportable(
     assert with_retired(coordinator.config, ledger).aggregations[NEW].window == HOUR
     report = app.get("/api/v1/status", headers=READ, params={"aggregation": NEW})
     assert report.status_code == 200, report.text
+    ensure_central(coordinator.config, influx)  # central's database, for the report to read
+    day = format_rfc3339(start[0])[:10]
+    served = app.get(
+        f"/api/v1/reports/{NEW}/percentiles", headers=READ, params={"from": day, "period": "day"}
+    )
+    assert served.status_code == 200, served.text
 
 
 def served_plans(client: TestClient, dc: str) -> list[dict[str, object]]:
