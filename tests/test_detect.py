@@ -108,7 +108,8 @@ def test_only_the_dc_tag_and_counts_leave_and_an_empty_window_ships_its_manifest
     assert count.fields == {"count": 2, "keys": 1, "findings": 1}
     assert manifest.tags == {"aggregation": p.detection, "dc": "dub1"}
     assert manifest.fields == {
-        "events": 2, "groups": 1, "suppressed_events": 0, "version": p.version, "run": 7,
+        "events": 2, "groups": 1, "suppressed_events": 0, "personal_value_events": 0,
+        "version": p.version, "run": 7,
     }  # fmt: skip
     assert not any(
         "@" in str(v) for pt in (count, manifest) for v in (*pt.tags.values(), *pt.fields.values())
