@@ -155,6 +155,7 @@ def test_the_chart_leaves_a_gap_for_a_period_without_data() -> None:
 def test_the_pages_in_a_real_browser(known: Coordinator, hour0: int, browser: object) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
 
     from federation.asgi_server import ThreadedServer
 
@@ -167,7 +168,8 @@ def test_the_pages_in_a_real_browser(known: Coordinator, hour0: int, browser: ob
         assert browser.current_url.startswith(f"{server.url}/login")
         browser.find_element(By.ID, "token").send_keys(READER)
         browser.find_element(By.ID, "login").click()
-        assert browser.current_url == f"{server.url}/"
+        # A click returns before the browser has followed the form's redirect.
+        WebDriverWait(browser, 30).until(lambda b: b.current_url == f"{server.url}/")
 
         # The grid draws every window of the known ledger, each in its state's colour.
         report = status_report(known.ledger, known.config, known.clock.now_ns(),
@@ -186,6 +188,7 @@ def test_the_pages_in_a_real_browser(known: Coordinator, hour0: int, browser: ob
         # A window opens to its state, reason, run and figures.
         inconsistent = next(c for c in cells if c.get_attribute("data-state") == "inconsistent")
         inconsistent.click()
+        WebDriverWait(browser, 30).until(lambda b: "/windows/" in b.current_url)
         assert browser.find_element(By.ID, "state").text.strip() == "inconsistent"
         assert browser.find_element(By.ID, "reason").text == "test reason"
         assert browser.find_element(By.ID, "run").text == "6"
