@@ -21,6 +21,7 @@ from federation.clock import TimeInputError, parse_rfc3339
 from federation.errors import KapacitorError
 
 __all__ = [
+    "STALLED_BATCHES",
     "KapacitorClient",
     "NodeHealth",
     "Replay",
@@ -86,17 +87,42 @@ class Task:
         )
 
 
+STALLED_BATCHES = 2
+"""Batches a query node queried that its branch never took, from which the branch is stalled.
+
+A healthy branch takes each batch at once (the UDF reads its input while it computes), so at
+most one is ever waiting; two means the UDF node has not taken a batch for a whole scheduled run.
+"""
+
+
 @dataclass(frozen=True)
 class NodeHealth:
-    """Runtime failure counters of one node: skipped queries and dropped writes."""
+    """One node's counters: skipped queries and dropped writes (`errors`, `write_errors`), the
+    messages it took from its parents and passed on (`collected`, `emitted`), and for a query
+    node the batches its queries returned (`batches_queried`)."""
 
     errors: int = 0
     write_errors: int = 0
+    collected: int = 0
+    emitted: int = 0
+    batches_queried: int = 0
+
+    @property
+    def backlog(self) -> int:
+        """Batches a query node queried but could not pass on yet: its children did not take
+        them (0 for other nodes)."""
+        return max(self.batches_queried - self.collected, 0)
+
+
+def _node_number(name: str) -> int:
+    """Kapacitor names a node after its type and its position in the script: `query4` is 4."""
+    digits = name[len(name.rstrip("0123456789")) :]
+    return int(digits) if digits else -1
 
 
 @dataclass(frozen=True)
 class TaskHealth:
-    """Whether a task runs, its last error, and its nodes' error counters (summed and each)."""
+    """Whether a task runs, its last error, and its nodes' counters (summed and each)."""
 
     id: str
     executing: bool
@@ -111,9 +137,16 @@ class TaskHealth:
         nodes: dict[str, NodeHealth] = {}
         node_stats = task.stats.get("node-stats") or {}
         for name, counters in sorted(node_stats.items()):
+
+            def count(key: str, counters: Mapping[str, Any] = counters) -> int:
+                return int(counters.get(key, 0) or 0)
+
             nodes[name] = NodeHealth(
-                errors=int(counters.get("errors", 0) or 0),
-                write_errors=int(counters.get("write_errors", 0) or 0),
+                errors=count("errors"),
+                write_errors=count("write_errors"),
+                collected=count("collected"),
+                emitted=count("emitted"),
+                batches_queried=count("batches_queried"),
             )
         return cls(
             id=task.id,
@@ -124,27 +157,71 @@ class TaskHealth:
             nodes=nodes,
         )
 
+    def branch(self, query: str) -> list[str]:
+        """The nodes a query node feeds, in script order: those numbered after it, up to the
+        next query node (each branch of a rendered script is one chain)."""
+        start = _node_number(query)
+        later = sorted((n for n in self.nodes if _node_number(n) > start), key=_node_number)
+        chain = []
+        for name in later:
+            if name.rstrip("0123456789") == "query":
+                break
+            chain.append(name)
+        return chain
+
+    @property
+    def stalled(self) -> dict[str, int]:
+        """Query nodes whose branch stopped taking batches, with how many are waiting.
+
+        Kapacitor 1.5.7 does not always fail the UDF node of a dead UDF process: its
+        keepalive watchdog or a write to the closed pipe aborts the process, and the node
+        then waits for its next batch before it fails. When that never happens, the query
+        node keeps querying on schedule while its batches pile up, no counter of errors
+        grows, and the task reads executing with no error.
+        """
+        return {
+            name: node.backlog
+            for name, node in self.nodes.items()
+            if node.backlog >= STALLED_BATCHES
+        }
+
     @property
     def ok(self) -> bool:
-        """Executing, no error, and no node reported a failed query or write."""
-        return self.executing and not self.error and not self.errors and not self.write_errors
+        """Executing, no error, no node reported a failed query or write, no branch stalled."""
+        return (
+            self.executing
+            and not self.error
+            and not self.errors
+            and not self.write_errors
+            and not self.stalled
+        )
+
+    def stall_text(self, query: str, waiting: int) -> str:
+        """A stalled branch for a person: the query node, what it feeds, the batches waiting."""
+        chain = self.branch(query) or ["its children"]
+        return (
+            f"branch {' -> '.join([query, *chain])} stalled: "
+            f"{waiting} queried batch(es) never reached {chain[0]}"
+        )
 
     @property
     def problem(self) -> str:
-        """What is wrong, for a person ("" when `ok`): Kapacitor's error, or the nodes whose
-        counters say something failed since the task started (a failed node may have stopped
-        its branch while the task still reads executing without error)."""
+        """What is wrong, for a person ("" when `ok`): Kapacitor's error, the branches that
+        stalled, or the nodes whose counters say something failed since the task started (a
+        failed node may have stopped its branch while the task still reads executing without
+        error)."""
         if not self.executing or self.error:
             return self.error or "not executing"
+        parts = [self.stall_text(query, waiting) for query, waiting in self.stalled.items()]
         failing = [
             f"{name} {node.errors} error(s)"
             + (f", {node.write_errors} failed write(s)" if node.write_errors else "")
             for name, node in self.nodes.items()
             if node.errors or node.write_errors
         ]
-        if not failing:
-            return ""
-        return "node errors since the task started: " + "; ".join(failing)
+        if failing:
+            parts.append("node errors since the task started: " + "; ".join(failing))
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,13 @@ import httpx
 import pytest
 
 from federation.errors import KapacitorError, TickScriptError
-from federation.kapacitor import KapacitorClient, TaskSavedNotRunning, format_time
+from federation.kapacitor import (
+    KapacitorClient,
+    Task,
+    TaskHealth,
+    TaskSavedNotRunning,
+    format_time,
+)
 from federation.testing import KapacitorEmulator
 
 URL = "http://kapacitor.test:9092"
@@ -292,6 +298,38 @@ def test_task_health_reports_a_dead_task(
     with pytest.raises(KapacitorError) as caught:
         client.task_health("absent")
     assert caught.value.status == 404
+
+
+def test_a_stalled_branch_is_unhealthy_without_any_error_counted() -> None:
+    # node-stats of a real kapacitord 1.5.7 some runs after the UDF process of fedagg5 was
+    # SIGKILLed: query4 queries on schedule, took one batch it cannot pass on, the rest wait.
+    def node(c: int, e: int, **more: int) -> dict[str, int]:
+        return {"collected": c, "emitted": e, "errors": 0, **more}
+
+    stats = {
+        "batch0": node(26, 0),
+        "query1": node(10, 10, batches_queried=10),
+        "fedagg2": node(10, 30),
+        "influxdb_out3": node(30, 0),
+        "query4": node(6, 5, batches_queried=10),
+        "fedagg5": node(5, 9),
+        "influxdb_out6": node(9, 0),
+        "query7": node(10, 10, batches_queried=10),
+        "fedagg8": node(10, 30),
+        "influxdb_out9": node(30, 0),
+    }
+    task = Task("t", executing=True, stats={"node-stats": stats})
+    health = TaskHealth.of(task)
+    assert (health.errors, health.write_errors) == (0, 0)
+    assert health.stalled == {"query4": 4}
+    assert health.branch("query4") == ["fedagg5", "influxdb_out6"]
+    assert not health.ok
+    assert health.problem == (
+        "branch query4 -> fedagg5 -> influxdb_out6 stalled: 4 queried batch(es) never reached fedagg5"
+    )
+    # One batch on its way is no stall.
+    stats["query4"] = node(10, 9, batches_queried=11)
+    assert TaskHealth.of(task).ok
 
 
 # --- replays --------------------------------------------------------------------------------

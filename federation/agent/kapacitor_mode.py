@@ -6,13 +6,16 @@ deleted, foreign tasks never touched, and a failed deployment is rolled back and
 
 `health` watches what Kapacitor does not say on its own: besides a task that stopped or differs
 from its plan (drift), a failed query or write only ever shows as a node counter (`errors`,
-`write_errors`), and so does a dead UDF process: Kapacitor 1.5.7 notices it at its next
-keepalive or batch, fails that UDF node and the query node feeding it, and keeps the task
-`executing` with no error while that branch computes nothing (the task stops only when the
-failed node is the last one it waits for). Counters are compared with the previous check, so a
-failure makes the plan unhealthy until the counters stop growing; a stopped task, or a UDF node
-whose errors grew, is reloaded (disable + enable starts new UDF processes), and the windows it
-missed are the coordinator's to have backfilled.
+`write_errors`). A dead UDF process is worse: Kapacitor 1.5.7 keeps the task `executing` with
+no error while that branch computes nothing. It aborts the process at its next keepalive or
+write to the closed pipe, but the UDF node fails (an `errors` count, the query node feeding it
+failing too) only when a next batch reaches it, and often it never does: the query node goes on
+querying on schedule into a queue that nothing takes from, and no counter of errors moves. So a
+branch whose query node holds batches its UDF node never took (`TaskHealth.stalled`, or one
+batch waiting `stall_after_s`) is as dead as a UDF node whose errors grew. Counters are compared
+with the previous check, so a failure makes the plan unhealthy until the counters stop growing;
+a stopped task, a stalled branch, or a UDF node whose errors grew is reloaded (disable + enable
+starts new UDF processes), and the windows it missed are the coordinator's to have backfilled.
 
 `run_windows` (catch-up and backfill) replays a temporary single-branch copy of the plan's
 task, `fed-<aggregation>-<dc>-replay`, over exactly the requested windows with
@@ -136,6 +139,7 @@ class KapacitorMode:
         replay_timeout_s: float = 3600.0,
         replay_poll_s: float = 1.0,
         reload_interval_s: float = 60.0,
+        stall_after_s: float = 60.0,
         settle_s: float = 2.0,
     ) -> None:
         self.client = client
@@ -149,6 +153,8 @@ class KapacitorMode:
         self.replay_poll_s = replay_poll_s
         self.reload_interval_s = reload_interval_s
         self._reloaded: dict[str, float] = {}
+        self.stall_after_s = stall_after_s
+        self._waiting: dict[tuple[str, str], tuple[int, float]] = {}
         self.clock = clock
         self.settle_s = settle_s
         self.run_ids = RunIds(clock)
@@ -306,15 +312,21 @@ class KapacitorMode:
                 name: _Counters(node.errors, node.write_errors)
                 for name, node in health.nodes.items()
             }
+        stalled = self._stalled(health)
         growth = _growth(health.nodes, before)
         dead = sorted(name for name, grown in growth.items() if _is_udf_node(name) and grown.errors)
-        if dead:
+        if stalled or dead:
             # A UDF process that died (killed, crashed, stuck past its keepalive) takes its
-            # branch down, yet Kapacitor 1.5.7 keeps the task executing with no error: the
-            # UDF node's error counter is the only trace. A reload starts new UDF processes.
+            # branch down, yet Kapacitor 1.5.7 keeps the task executing with no error. Its UDF
+            # node's error counter tells only when a batch reached the node after the process
+            # was aborted; otherwise only the batches piling up at the query node tell. A
+            # reload starts new UDF processes.
+            what = [f"UDF {health.stall_text(query, n)}" for query, n in stalled.items()]
+            if dead:
+                what.append(f"UDF node {', '.join(dead)} failed since the previous check")
             failed = (
-                f"task {task_id}: UDF node {', '.join(dead)} failed since the previous check "
-                "(its branch computes nothing more, though Kapacitor says the task executes)"
+                f"task {task_id}: {'; '.join(what)} (its branch computes nothing more, though "
+                "Kapacitor says the task executes)"
             )
             return unhealthy(self._reload(task_id, failed))
         # A failed write counts in both of its node's counters.
@@ -329,6 +341,25 @@ class KapacitorMode:
             plan.aggregation, plan.version, True, f"task {task_id} executing version {plan.version}"
         )
 
+    def _stalled(self, health: TaskHealth) -> dict[str, int]:
+        """The task's query nodes whose branch stalled: two batches waiting at once
+        (`TaskHealth.stalled`), or one that has waited `stall_after_s` since the node last
+        passed a batch on."""
+        stalled = dict(health.stalled)
+        now = time.monotonic()
+        with self._lock:
+            for name, node in health.nodes.items():
+                key = (health.id, name)
+                if not node.backlog or name in stalled:
+                    self._waiting.pop(key, None)
+                    continue
+                seen = self._waiting.get(key)
+                if seen is None or seen[0] != node.collected:
+                    self._waiting[key] = (node.collected, now)
+                elif now - seen[1] >= self.stall_after_s:
+                    stalled[name] = node.backlog
+        return stalled
+
     def _reload(self, task_id: str, why: str) -> str:
         """Restart a task that stopped or lost a branch (disable + enable: new UDF processes),
         at most once per `reload_interval_s`; `why` with what was done."""
@@ -339,6 +370,8 @@ class KapacitorMode:
                 return f"{why}; reloaded {now - last:.0f}s ago, waiting before the next reload"
             self._reloaded[task_id] = now
             self._counters.pop(task_id, None)
+            for key in [k for k in self._waiting if k[0] == task_id]:
+                del self._waiting[key]
         try:
             self.client.reload_task(task_id)
         except KapacitorError as exc:

@@ -12,9 +12,10 @@ app) and `serve()` (uvicorn on loopback, for a separate process such as a real a
 Fault injection for tests: `fail_enable` (enabling answers 500, the task stays saved and enabled
 but not executing, as when a node cannot be created), `fail_udf_start` (the enable is accepted,
 then the task stops with its UDF node's init error, as Kapacitor does), `kill_udf` (a UDF
-process killed: its node and the query node feeding it count an error while the task still
-reads executing with no error, as in Kapacitor 1.5.7), `set_node_stats` (`errors`,
-`write_errors`), `fail_task` (the task stops with an error, as when the node it waits on last
+process killed: the task still reads executing with no error, as in Kapacitor 1.5.7, while its
+branch stalls, batches piling up at its query node, and its node and the query node feeding it
+count an error, or, as often, no error at all), `set_node_stats` (any counter, e.g. `errors`,
+`write_errors`, `collected`, `batches_queried`), `fail_task` (the task stops with an error, as when the node it waits on last
 fails), `fail_replays`, `replay_polls` (how many GETs
 a replay answers 202 before finishing) and `on_replay` (a callback doing the replay's work).
 
@@ -179,26 +180,32 @@ class KapacitorEmulator:
         """Let `task_id` start again."""
         self._enable_failures.pop(task_id, None)
 
-    def set_node_stats(
-        self, task_id: str, node: str, *, errors: int = 0, write_errors: int = 0
-    ) -> None:
-        """Set one node's `errors` and `write_errors` (visible while the task executes)."""
-        self.tasks[task_id].node_stats[node] = {"errors": errors, "write_errors": write_errors}
+    def set_node_stats(self, task_id: str, node: str, **counters: int) -> None:
+        """Set one node's counters, as named in Kapacitor's `node-stats` (`errors`,
+        `write_errors`, `collected`, `emitted`, `batches_queried`...; `errors` and
+        `write_errors` are 0 unless given), visible while the task executes."""
+        self.tasks[task_id].node_stats[node] = {"errors": 0, "write_errors": 0, **counters}
 
-    def kill_udf(self, task_id: str) -> str:
+    def kill_udf(self, task_id: str, *, node_fails: bool = True) -> str:
         """Kill the process of the task's first UDF node, as `kill -9` would, and return the
-        node's name. Kapacitor 1.5.7 fails that node at its next keepalive (`errors` + 1) and
-        the query node feeding it at the next run (+ 1), and keeps the task executing with no
-        error: a branch that computes nothing more."""
+        node's name. Kapacitor 1.5.7 keeps the task executing with no error, and the branch
+        computes nothing more: its query node goes on querying on schedule, takes one batch
+        it cannot pass on, and the next ones pile up behind it (`batches_queried` runs ahead
+        of `collected`; shown after two runs). When a batch reaches the UDF node after the
+        process was aborted (`node_fails`), the node fails (`errors` + 1), and the query node
+        feeding it fails at its next run (+ 1); when none does, no counter of errors moves."""
         task = self.tasks[task_id]
         node = _first_udf_node(task.script)
         if node is None or not task.executing:
             raise ValueError(f"task {task_id} runs no UDF process")
         node_id = int(node[len(node.rstrip("0123456789")) :])
         query = f"query{node_id - 1}"  # the node before it in its branch
-        for name in (node, query):
-            counters = task.node_stats.setdefault(name, {"errors": 0, "write_errors": 0})
-            counters["errors"] += 1
+        counters = task.node_stats.setdefault(query, {"errors": 0, "write_errors": 0})
+        taken = counters.get("collected", 0) + 1
+        counters.update(collected=taken, emitted=taken - 1, batches_queried=taken + 2)
+        task.node_stats.setdefault(node, {"errors": 0, "write_errors": 0})
+        for name in (node, query) if node_fails else ():
+            task.node_stats[name]["errors"] += 1
         return node
 
     def fail_task(self, task_id: str, message: str = "task finished with error") -> None:

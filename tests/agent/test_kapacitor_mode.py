@@ -204,26 +204,48 @@ def test_growing_node_errors_are_unhealthy_until_they_stop_growing(
     mode.close()
 
 
-def test_a_dead_udf_is_noticed_by_its_node_errors_and_the_task_reloaded(
-    client: KapacitorClient, emulator: KapacitorEmulator
+@pytest.mark.parametrize("node_fails", [True, False], ids=["node-fails", "no-error-counted"])
+def test_a_dead_udf_is_noticed_by_its_stalled_branch_and_the_task_reloaded(
+    client: KapacitorClient, emulator: KapacitorEmulator, node_fails: bool
 ) -> None:
     mode = new_mode(client)
     plans = example_plans()
     mode.apply(plans)
     assert all(h.healthy for h in mode.health())
-    started = emulator.tasks[plans[1].task_id].last_enabled
-    # The task still executes, without an error: only the node counters tell.
-    node = emulator.kill_udf(plans[1].task_id)
-    task = client.get_task(plans[1].task_id)
-    assert task is not None and task.executing and task.error == ""
-    health = {h.aggregation: h for h in mode.health()}
-    assert not health["delivery_latency"].healthy
-    detail = health["delivery_latency"].detail
-    assert f"UDF node {node} failed since the previous check" in detail
+    task_id = plans[1].task_id
+    started = emulator.tasks[task_id].last_enabled
+    # The task still executes, without an error; often not even a node counts one.
+    node = emulator.kill_udf(task_id, node_fails=node_fails)
+    health = client.task_health(task_id)
+    assert health.executing and health.error == ""
+    assert health.errors == (2 if node_fails else 0)
+    by_plan = {h.aggregation: h for h in mode.health()}
+    assert not by_plan["delivery_latency"].healthy
+    detail = by_plan["delivery_latency"].detail
+    assert f"task {task_id}: UDF branch query{int(node[6:]) - 1} -> {node} stalled: " in detail
+    assert (f"UDF node {node} failed since the previous check" in detail) is node_fails
     assert detail.endswith("reloaded the task (disable + enable)")
-    assert health["delivery_direction"].healthy
-    assert emulator.tasks[plans[1].task_id].last_enabled > started
+    assert by_plan["delivery_direction"].healthy
+    assert emulator.tasks[task_id].last_enabled > started
     assert all(h.healthy for h in mode.health())
+    mode.close()
+
+
+def test_one_batch_waiting_is_a_stall_only_once_it_waited_long_enough(
+    client: KapacitorClient, emulator: KapacitorEmulator
+) -> None:
+    mode = new_mode(client)
+    plans = example_plans()
+    mode.apply(plans)
+    task_id = plans[0].task_id
+    emulator.set_node_stats(task_id, "query1", batches_queried=5, collected=4, emitted=4)
+    assert all(h.healthy for h in mode.health())  # a batch on its way
+    emulator.set_node_stats(task_id, "query1", batches_queried=6, collected=5, emitted=5)
+    mode.stall_after_s = 0.0
+    assert all(h.healthy for h in mode.health())  # it moved on since: a new batch waits
+    by_plan = {h.aggregation: h for h in mode.health()}  # the same one, still waiting
+    assert not by_plan["delivery_direction"].healthy
+    assert "UDF branch query1 -> " in by_plan["delivery_direction"].detail
     mode.close()
 
 
