@@ -62,6 +62,8 @@ def status_renderables(report: StatusReport, *, reasons: bool = True) -> list[Re
     items.extend(_replica_lines(report))
     for r in report.retention:
         items.append(Text(f"retention {r.state} on {r.dc}: {r.detail}", style="bold red"))
+    for u in report.unhealthy:
+        items.append(Text(f"unhealthy on {u.dc}: {u.aggregation}: {u.detail}", style="bold red"))
     legend = Text("legend: ")
     for state, (symbol, style) in SYMBOLS.items():
         if state != "-":

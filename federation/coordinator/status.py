@@ -27,6 +27,7 @@ from federation.coordinator.convergence import reported_retention
 from federation.coordinator.ledger import (
     BackfillRow,
     DcRow,
+    DeploymentRow,
     Ledger,
     TrackingRow,
     WindowRow,
@@ -91,6 +92,15 @@ class RetentionStatus:
 
 
 @dataclass
+class UnhealthyPlan:
+    """An aggregation whose DC's agent reports it unhealthy, with the agent's own words."""
+
+    dc: str
+    aggregation: str
+    detail: str
+
+
+@dataclass
 class StatusReport:
     now_ns: int
     aggregations: list[AggregationStatus]
@@ -103,6 +113,9 @@ class StatusReport:
     """Every coordinator replica's last heartbeat: the config generation it runs."""
     generation: int | None = None
     """The newest config generation in the ledger."""
+    unhealthy: list[UnhealthyPlan] = field(default_factory=list)
+    """What each DC's agent last reported wrong with the plans it runs (a task stopped, a
+    stalled or failed UDF, failed queries or writes)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (the body of `GET /api/v1/status`)."""
@@ -139,6 +152,7 @@ class StatusReport:
                 retention=[RetentionStatus(**r) for r in data.get("retention", [])],
                 replicas=[ReplicaStatus(**r) for r in data.get("replicas", [])],
                 generation=data.get("generation"),
+                unhealthy=[UnhealthyPlan(**u) for u in data.get("unhealthy", [])],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"malformed status report: {exc!r}") from None
@@ -214,9 +228,23 @@ def status_report(
         skews = clock_skews(session, max_skew_ns, dc)
         retention = retention_problems(session, config, dcs)
         replicas, generation = replica_statuses(session)
+        unhealthy = unhealthy_plans(session, dcs, names)
     return StatusReport(now_ns=now_ns, aggregations=reports, backfills=running, clocks=skews,
                         retention=retention, replicas=replicas,
-                        generation=generation)  # fmt: skip
+                        generation=generation, unhealthy=unhealthy)  # fmt: skip
+
+
+def unhealthy_plans(
+    session: Session, dcs: Sequence[str], aggregations: Sequence[str]
+) -> list[UnhealthyPlan]:
+    """The (dc, aggregation) pairs whose agent last reported the plan unhealthy."""
+    rows = session.scalars(
+        select(DeploymentRow)
+        .where(DeploymentRow.healthy.is_(False))
+        .where(DeploymentRow.dc.in_(dcs), DeploymentRow.aggregation.in_(aggregations))
+        .order_by(DeploymentRow.dc, DeploymentRow.aggregation)
+    )
+    return [UnhealthyPlan(r.dc, r.aggregation, r.detail or "unhealthy") for r in rows]
 
 
 def retention_problems(
