@@ -7,6 +7,10 @@
     GET  /api/v1/dcs/{dc}/backfills             agent token of {dc}; leases queued requests
     POST /api/v1/backfills/{id}/result          agent token of the request's DC; 204
     GET  /api/v1/dcs/{dc}/windows?aggregation=&since=   agent token of {dc}
+    POST /api/v1/dcs/{dc}/windows/raw-counts    agent token of {dc}; {"aggregation", "counts":
+                                                [{"start_ns", "events"}]}: the DC's raw event
+                                                counts; windows central holds less of become
+                                                inconsistent (federation.coordinator.raw_counts)
     GET  /api/v1/status?aggregation=&since=&dc= reader token
     GET  /api/v1/dcs?dc=                        reader or operator token: each DC against its
                                                 desired state (versions, health, retention)
@@ -67,6 +71,7 @@ from federation.coordinator.draining import RefuseWhileDraining
 from federation.coordinator.gateway import CheckedBatch, Refusal, check_body, log_refusal
 from federation.coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from federation.coordinator.metrics import metrics_text
+from federation.coordinator.raw_counts import compare_raw_counts, parse_raw_counts
 from federation.coordinator.refusals import note_refusal
 from federation.coordinator.reload import reload_config
 from federation.coordinator.retired import with_retired
@@ -494,6 +499,18 @@ async def windows(request: Request, coordinator: Coordinator, dc: str) -> Respon
     return JSONResponse(result)
 
 
+@_agent_endpoint
+async def raw_counts(request: Request, coordinator: Coordinator, dc: str) -> Response:
+    try:
+        aggregation, counts = parse_raw_counts(await _json_body(request))
+    except InvalidInput as exc:
+        return _error(400, str(exc))
+    result = await run_in_threadpool(
+        compare_raw_counts, coordinator.ledger, dc, aggregation, counts, coordinator.clock.now_ns()
+    )
+    return JSONResponse(result)
+
+
 # --- readers --------------------------------------------------------------------------------
 
 
@@ -739,6 +756,7 @@ def build_app(
             Route("/api/v1/dcs/{dc}/backfills", backfills, methods=["GET"]),
             Route("/api/v1/backfills/{id}/result", backfill_result, methods=["POST"]),
             Route("/api/v1/dcs/{dc}/windows", windows, methods=["GET"]),
+            Route("/api/v1/dcs/{dc}/windows/raw-counts", raw_counts, methods=["POST"]),
             Route("/api/v1/status", status, methods=["GET"]),
             Route("/api/v1/dcs", dcs_overview, methods=["GET"]),
             Route("/api/v1/desired/reload", reload_desired, methods=["POST"]),
