@@ -5,6 +5,7 @@
     GET  /api/v1/dcs/{dc}/backfills               backfill requests leased to this DC
     POST /api/v1/backfills/{id}/result            how a backfill went
     GET  /api/v1/dcs/{dc}/windows?aggregation=&since=   what central holds, for catch-up
+    POST /api/v1/dcs/{dc}/windows/raw-counts      raw event counts against what central holds
 
 Every failure is a `CoordinatorError` naming the URL and the status; an answer that does not
 have the documented shape is one too. Plans are rebuilt with `plan_from_dict`, which refuses a
@@ -79,6 +80,19 @@ class WindowsView:
 
     windows: tuple[CentralWindow, ...]
     latest_shipped_ns: int | None
+
+
+@dataclass(frozen=True)
+class HeldCount:
+    """One window's raw event count against what central holds (`events` None: nothing
+    shipped); `short` when the coordinator marked it `inconsistent` for holding less."""
+
+    aggregation: str
+    start_ns: int
+    raw_events: int
+    state: str
+    events: int | None
+    short: bool
 
 
 class CoordinatorClient(CoordinatorHttp):
@@ -178,3 +192,27 @@ class CoordinatorClient(CoordinatorHttp):
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CoordinatorError(self.url + path, f"malformed window list: {exc}") from None
+
+    def raw_counts(self, dc: str, aggregation: str, counts: Mapping[int, int]) -> list[HeldCount]:
+        """Send the DC's raw event count of each window; the coordinator answers what central
+        holds of each, and marks the windows it holds less of `inconsistent` (re-run)."""
+        path = f"/api/v1/dcs/{quote(dc, safe='')}/windows/raw-counts"
+        body = {
+            "aggregation": aggregation,
+            "counts": [{"start_ns": s, "events": n} for s, n in sorted(counts.items())],
+        }
+        data = self._object("POST", path, body=body)
+        try:
+            return [
+                HeldCount(
+                    aggregation=aggregation,
+                    start_ns=int(w["start_ns"]),
+                    raw_events=int(w["raw_events"]),
+                    state=str(w["state"]),
+                    events=None if w.get("events") is None else int(w["events"]),
+                    short=bool(w["short"]),
+                )
+                for w in data["windows"]
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CoordinatorError(self.url + path, f"malformed raw count answer: {exc}") from None

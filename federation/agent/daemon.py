@@ -147,6 +147,8 @@ class ModeContext:
     clock: Clock
     stop: threading.Event
     settings: AgentSettings
+    coordinator: CoordinatorClient | None = None
+    """The coordinator's Agent API (the Kapacitor mode checks what central holds)."""
 
 
 class EmbeddedMode:
@@ -587,7 +589,7 @@ def build_agent(
     source = local_influx(config, dc)
     shipper = build_shipper(config, dc, gateway_url=gateway_url or coordinator_url)
     coordinator = CoordinatorClient(coordinator_url or config.fleet.central.coordinator_urls, token)
-    context = ModeContext(dc, config, source, shipper, clock, stop, settings)
+    context = ModeContext(dc, config, source, shipper, clock, stop, settings, coordinator)
     agent = Agent(
         dc,
         source,

@@ -1,0 +1,118 @@
+"""Does central hold what the DC's raw data holds? The Kapacitor mode's check of its shipments.
+
+Kapacitor's `influxDBOut` drops a write that fails (gateway down, or refusing) and never retries
+it, and a replay whose writes were all dropped still finishes without an error. Two checks
+close that gap, both by sending the raw event counts the agent takes from the DC's InfluxDB to
+the coordinator (`POST /api/v1/dcs/{dc}/windows/raw-counts`), which answers what central holds:
+
+- once the look-back of a window has passed (its last scheduled run and that run's flush are
+  over), a window central holds fewer events of than the raw data (a partial first run got
+  through, the later complete ones were dropped) is marked `inconsistent` by the coordinator,
+  with both figures as the reason, and its planner has it re-run (`windows_past_lookback`);
+- a replay counts as done only when central holds, for every window it replayed, at least the
+  events counted before it (`missing_at_central`); otherwise the run fails with what central
+  holds, and the backfill is retried and, in the end, shown as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from federation.agent.coordinator_client import HeldCount
+from federation.plan import AggregationPlan
+from federation.windows import Window, lookback_windows
+
+__all__ = [
+    "CentralCounts",
+    "describe_missing",
+    "missing_at_central",
+    "report_past_lookback",
+    "short_after_replay",
+    "windows_past_lookback",
+]
+
+log = logging.getLogger(__name__)
+
+
+class CentralCounts(Protocol):
+    """The coordinator's answer to raw counts (`CoordinatorClient.raw_counts`)."""
+
+    def raw_counts(
+        self, dc: str, aggregation: str, counts: Mapping[int, int]
+    ) -> list[HeldCount]: ...
+
+
+def windows_past_lookback(plan: AggregationPlan, now_ns: int, settle_ns: int) -> list[Window]:
+    """The windows to check at `now_ns`: those whose every scheduled run is over.
+
+    The last look-back branch reads a window `lookback - 1` windows after it ended, and its
+    `influxDBOut` flushes within one more window (`flushInterval`, or 10 s for longer windows),
+    so a window is checked from `end + lookback + settle` on, for four look-backs (a check
+    that failed, e.g. the coordinator was down, is tried again at later calls).
+    """
+    return lookback_windows(
+        now_ns - settle_ns - plan.lookback_ns, plan.window_ns, 4 * plan.lookback_windows
+    )
+
+
+def missing_at_central(held: Sequence[HeldCount]) -> list[HeldCount]:
+    """The windows central holds fewer events of than the raw data."""
+    return [h for h in held if (h.events or 0) < h.raw_events]
+
+
+def describe_missing(held: HeldCount, size_ns: int) -> str:
+    """One line for a window central holds less of."""
+    holds = "nothing" if held.events is None else f"{held.events} events"
+    return (
+        f"window {Window(held.start_ns, size_ns)}: central holds {holds} ({held.state}) "
+        f"of its {held.raw_events} raw events"
+    )
+
+
+def report_past_lookback(
+    central: CentralCounts, dc: str, plan: AggregationPlan, counts: Mapping[int, int]
+) -> list[HeldCount]:
+    """Send the raw counts of windows past their look-back; return (and log) the windows the
+    coordinator marked `inconsistent` because central holds less of them."""
+    if not counts:
+        return []
+    marked = [h for h in central.raw_counts(dc, plan.aggregation, counts) if h.short]
+    for h in marked:
+        log.warning(
+            "%s %s: a look-back run's write was dropped; the coordinator has it re-run",
+            plan.aggregation,
+            describe_missing(h, plan.window_ns),
+        )
+    return marked
+
+
+def short_after_replay(
+    central: CentralCounts | None,
+    dc: str,
+    plan: AggregationPlan,
+    counts: Mapping[int, int],
+    *,
+    wait_s: float,
+    stopped: Callable[[float], bool],
+) -> dict[int, str]:
+    """The replayed windows central holds fewer events of than `counts` (start -> why), after
+    waiting up to `wait_s` for the writes to arrive (`stopped(seconds)` waits, True to stop
+    waiting); {} without a coordinator to ask. CoordinatorError when it does not answer."""
+    if central is None or not counts:
+        return {}
+    deadline = time.monotonic() + wait_s
+    while True:
+        short = missing_at_central(central.raw_counts(dc, plan.aggregation, counts))
+        if not short or time.monotonic() >= deadline or stopped(0.2):
+            break
+        counts = {h.start_ns: h.raw_events for h in short}
+    for h in short:
+        log.error(
+            "%s %s after its replay (Kapacitor's influxDBOut drops the writes it cannot make)",
+            plan.aggregation,
+            describe_missing(h, plan.window_ns),
+        )
+    return {h.start_ns: describe_missing(h, plan.window_ns) for h in short}

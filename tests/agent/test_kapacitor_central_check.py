@@ -1,0 +1,129 @@
+"""The Kapacitor mode checks what central holds against the DC's raw data (the emulator stands
+in for Kapacitor, a served coordinator answers): `influxDBOut` drops the writes it cannot make,
+and neither a replay nor the live task says so."""
+
+from __future__ import annotations
+
+import threading
+
+from federation.agent import CoordinatorClient, Shipper, compute_window
+from federation.agent.central_check import windows_past_lookback
+from federation.agent.executor import RunIds
+from federation.clock import FakeClock
+from federation.config import FederationConfig
+from federation.coordinator.app import run_verification
+from federation.coordinator.ledger import WindowRow
+from federation.influx import InfluxClient
+from federation.kapacitor import KapacitorClient
+from federation.localstack import InfluxServer
+from federation.plan import resolve_plan
+from federation.testing import KapacitorEmulator
+from federation.windows import Window, windows_between
+
+from . import test_kapacitor_mode as mode_tests
+from .conftest import HOUR, SECOND
+from .federation_fixture import DC, Served, token
+
+# The served federation of the Kapacitor mode's tests: fra1 on the served emulator.
+hour0 = mode_tests.hour0
+clock = mode_tests.clock
+served_emulator = mode_tests.served_emulator
+fed = mode_tests.fed
+served = mode_tests.served
+
+
+def test_a_replay_whose_writes_never_reached_central_is_not_done(
+    served: Served,
+    fed: tuple[FederationConfig, int],
+    served_emulator: tuple[KapacitorEmulator, str],
+    dc_influxd: InfluxServer,
+    clock: FakeClock,
+    hour0: int,
+) -> None:
+    """Kapacitor finishes a replay whose `influxDBOut` writes the gateway refused (or could not
+    take): the windows are done only once central holds their raw events."""
+    config, _ = fed
+    emulator, url = served_emulator
+    mode_tests.write_hours(dc_influxd.url, hour0, [0, 1])
+    plan = resolve_plan(config, "delivery_latency", DC)
+    clock.set(hour0 + 6 * HOUR)
+    windows = windows_between(hour0, hour0 + 2 * HOUR, HOUR)
+    with (
+        InfluxClient(dc_influxd.url) as source,
+        Shipper(served.url, dc=DC, token=token(DC)) as shipper,
+        KapacitorClient(url) as client,
+        CoordinatorClient(served.url, token(DC)) as coordinator,
+    ):
+        mode = mode_tests.new_mode(client, dc=DC, source=source, sink=shipper, clock=clock)
+        mode.central, mode.central_wait_s = coordinator, 0.5
+        # The replay finishes, and nothing reached central.
+        emulator.on_replay = lambda *_: None
+        result = mode.run_windows(plan, windows, threading.Event())
+        assert not result.ok and result.shipped == 0
+        assert result.error is not None
+        assert result.error.startswith("2 window(s) not at central: window ")
+        assert "central holds nothing (backfilling) of its 40 raw events" in result.error or (
+            "central holds nothing (expected) of its 40 raw events" in result.error
+        )
+        # Once Kapacitor's writes get through, the same replay is done.
+        mode_tests.kapacitor_stand_in(emulator, [plan], source, shipper, clock)
+        result = mode.run_windows(plan, windows, threading.Event())
+        assert result.ok and result.shipped == 2 and result.error is None
+        mode.close()
+
+
+def test_a_window_central_holds_less_of_after_its_look_back_is_marked_for_a_rerun(
+    served: Served,
+    fed: tuple[FederationConfig, int],
+    served_emulator: tuple[KapacitorEmulator, str],
+    dc_influxd: InfluxServer,
+    central: InfluxClient,
+    clock: FakeClock,
+    hour0: int,
+) -> None:
+    """The first run of hour 0 reached central and verified; late events landed, and the
+    look-back runs that saw them were dropped. Once the look-back has passed, the mode sends
+    the raw counts and the coordinator marks the window inconsistent, with both figures."""
+    config, _ = fed
+    _, url = served_emulator
+    plan = resolve_plan(config, "delivery_latency", DC)
+    mode_tests.write_hours(dc_influxd.url, hour0, [0, 1])
+    with (
+        InfluxClient(dc_influxd.url) as source,
+        Shipper(served.url, dc=DC, token=token(DC)) as shipper,
+        KapacitorClient(url) as client,
+        CoordinatorClient(served.url, token(DC)) as coordinator,
+    ):
+        clock.set(hour0 + 2 * HOUR + 5 * SECOND)
+        run_ids = RunIds(clock)
+        for start in (hour0, hour0 + HOUR):
+            window = Window(start, HOUR)
+            shipper.ship_window(plan, compute_window(source, plan, window, run_ids=run_ids).points)
+        run_verification(served.coordinator, central)
+        mode_tests.write_hours(dc_influxd.url, hour0 + 30 * SECOND, [0], per_hour=7)
+
+        mode = mode_tests.new_mode(client, dc=DC, source=source, sink=shipper, clock=clock)
+        mode.central = coordinator
+        mode.apply([plan])
+        # Not while a look-back run may still ship it (the last one runs at 03:00 and
+        # flushes within a window).
+        clock.set(hour0 + 4 * HOUR)
+        assert hour0 not in {
+            w.start_ns for w in windows_past_lookback(plan, clock.now_ns(), 2 * SECOND)
+        }
+        assert mode.check_central(threading.Event()) == []
+        clock.set(hour0 + 4 * HOUR + 5 * SECOND)
+        marked = mode.check_central(threading.Event())
+        assert [(h.start_ns, h.events, h.raw_events) for h in marked] == [(hour0, 40, 47)]
+        assert mode.check_central(threading.Event()) == [], "each window is checked once"
+        mode.close()
+    with served.coordinator.ledger.session() as session:
+        rows = {
+            (r.start_ns - hour0) // HOUR: (r.state, r.reason)
+            for r in session.query(WindowRow).filter_by(dc=DC, aggregation=plan.aggregation)
+        }
+    assert rows[0][0] == "inconsistent"
+    assert rows[0][1] is not None and rows[0][1].startswith(
+        "the DC's raw data holds 47 events, central 40 (run "
+    )
+    assert rows[1] == ("verified", None)
