@@ -23,13 +23,21 @@ task, `fed-<aggregation>-<dc>-replay`, over exactly the requested windows with
 also recompute earlier windows, whose raw data may already be partly past retention, and a
 partial recomputation must never overwrite complete data. A window without raw data yields no
 batch in a replay, so afterwards each window's raw events are counted in the DC's InfluxDB and
-every empty window gets its zero manifest through the agent's shipper.
+every empty window gets its zero manifest through the agent's shipper. Kapacitor's writes
+are not the agent's to see, and a replay whose writes the gateway refused (or could not take)
+still finishes: so the replay counts as done only once the coordinator says central holds at
+least the events counted for each of its windows (`central_check`).
 
 `confirm_empty` does the same for the live task, which emits nothing either for a window
 without raw data: once each window of a plan's look-back has ended (and settled) its raw events
 are counted, and an empty one gets its zero manifest, so the ledger marks it `empty` at once as
-it does for the embedded executor (a rollout's canary waits for such a window too). The agent
-runs it in a thread of its own every poll interval.
+it does for the embedded executor (a rollout's canary waits for such a window too).
+
+`check_central` compares, once a window's look-back has passed, its raw events with what
+central holds: `influxDBOut` drops the writes of look-back runs it could not make, and a window
+whose partial first run got through would otherwise stay `verified` with less. The coordinator
+marks such a window `inconsistent` (and has it re-run). The agent runs both in a thread of
+its own every poll interval.
 """
 
 from __future__ import annotations
@@ -41,6 +49,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from federation.agent.central_check import (
+    CentralCounts,
+    report_past_lookback,
+    short_after_replay,
+    windows_past_lookback,
+)
+from federation.agent.coordinator_client import HeldCount
 from federation.agent.daemon import ModeContext, PlanHealth
 from federation.agent.executor import RangeResult, RunIds, WindowResult, WindowSink
 from federation.agent.shipper import ShipmentRefused
@@ -52,6 +67,7 @@ from federation.durations import format_duration
 from federation.errors import FederationError, KapacitorError
 from federation.influx import InfluxClient, credentials_from_env, quote_ident
 from federation.kapacitor import KapacitorClient, NodeHealth, TaskHealth
+from federation.kapacitor_logs import ErrorLog
 from federation.plan import AggregationPlan
 from federation.tickscript.render import UDF_NAME, render_plan
 from federation.windows import Window, coalesce, lookback_windows
@@ -141,6 +157,9 @@ class KapacitorMode:
         reload_interval_s: float = 60.0,
         stall_after_s: float = 60.0,
         settle_s: float = 2.0,
+        central: CentralCounts | None = None,
+        central_wait_s: float = 10.0,
+        error_log: ErrorLog | None = None,
     ) -> None:
         self.client = client
         self.dc = dc
@@ -159,6 +178,10 @@ class KapacitorMode:
         self.settle_s = settle_s
         self.run_ids = RunIds(clock)
         self._confirmed: dict[tuple[str, str], set[int]] = {}
+        self.central = central
+        self.error_log = error_log
+        self.central_wait_s = central_wait_s
+        self._checked: dict[tuple[str, str], set[int]] = {}
         self._plans: dict[str, AggregationPlan] = {}
         self._desired: dict[str, TaskSnapshot] = {}
         self._apply_error: str | None = None
@@ -181,7 +204,8 @@ class KapacitorMode:
                 f"DC {context.dc}: no Kapacitor URL in fleet.yaml "
                 "(run with --mode embedded to compute the plans in the agent)"
             )
-        client = KapacitorClient(endpoint.url, auth=credentials_from_env(endpoint))
+        auth = credentials_from_env(endpoint)
+        client = KapacitorClient(endpoint.url, auth=auth)
         mode = cls(
             client,
             dc=context.dc,
@@ -192,11 +216,13 @@ class KapacitorMode:
             clock=context.clock,
             stop=context.stop,
             settle_s=context.settings.settle_s,
+            central=context.coordinator,
+            error_log=ErrorLog(endpoint.url, auth=auth).start(),
         )
         threading.Thread(
-            target=mode._confirm_forever,
+            target=mode._check_forever,
             args=(context.settings.poll_interval_s,),
-            name=f"confirm-empty-{context.dc}",
+            name=f"check-windows-{context.dc}",
             daemon=True,
         ).start()
         return mode
@@ -328,14 +354,15 @@ class KapacitorMode:
                 f"task {task_id}: {'; '.join(what)} (its branch computes nothing more, though "
                 "Kapacitor says the task executes)"
             )
-            return unhealthy(self._reload(task_id, failed))
+            return unhealthy(self._reload(task_id, failed) + self._logged(task_id))
         # A failed write counts in both of its node's counters.
         errors = sum(max(grown.errors - grown.write_errors, 0) for grown in growth.values())
         write_errors = sum(grown.write_errors for grown in growth.values())
         if growth:
+            nodes = ", ".join(sorted(growth))
             return unhealthy(
                 f"task {task_id}: {errors} failed queries and {write_errors} "
-                "failed writes since the previous check"
+                f"failed writes since the previous check (node {nodes})" + self._logged(task_id)
             )
         return PlanHealth(
             plan.aggregation, plan.version, True, f"task {task_id} executing version {plan.version}"
@@ -359,6 +386,13 @@ class KapacitorMode:
                 elif now - seen[1] >= self.stall_after_s:
                     stalled[name] = node.backlog
         return stalled
+
+    def _logged(self, task_id: str) -> str:
+        """`; Kapacitor logged …` with the task's last logged error, or "" (none seen)."""
+        error = None if self.error_log is None else self.error_log.last(task_id)
+        if error is None:
+            return ""
+        return f"; Kapacitor logged at {error.at} ({error.node}): {error.text}"
 
     def _reload(self, task_id: str, why: str) -> str:
         """Restart a task that stopped or lost a branch (disable + enable: new UDF processes),
@@ -405,9 +439,10 @@ class KapacitorMode:
         results: list[WindowResult] = []
 
         def finish(*, stopped: bool = False, error: str | None = None) -> RangeResult:
-            if error is None and any(r.error for r in results):
-                refused = sum(1 for r in results if r.error)
-                error = f"{refused} window(s) refused by the gateway"
+            failed = [r.error for r in results if r.error]
+            if error is None and failed:
+                more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+                error = f"{len(failed)} window(s) not at central: {failed[0]}{more}"
             return RangeResult(
                 plan.aggregation, plan.version, tuple(results), stopped, error, len(ordered)
             )
@@ -433,6 +468,7 @@ class KapacitorMode:
                     )
                     return finish(error=f"counting the raw events of {span} failed: {exc}")
                 busy = [w for w in ordered if start_ns <= w.start_ns < end_ns and counts.get(w.start_ns)]  # fmt: skip
+                short: dict[int, str] = {}
                 for busy_start, busy_end in coalesce(busy):
                     part = f"{format_rfc3339(busy_start)}..{format_rfc3339(busy_end)}"
                     try:
@@ -442,11 +478,25 @@ class KapacitorMode:
                     except FederationError as exc:
                         log.error("%s: replay of %s failed: %s", plan.aggregation, part, exc)
                         return finish(error=f"replay of {part} failed: {exc}")
+                    replayed = {w.start_ns: counts[w.start_ns] for w in busy if busy_start <= w.start_ns < busy_end}  # fmt: skip
+                    try:
+                        short.update(
+                            short_after_replay(
+                                self.central, self.dc, plan, replayed,
+                                wait_s=self.central_wait_s, stopped=lambda s: stop.wait(s) or self.stop.is_set(),
+                            )
+                        )  # fmt: skip
+                    except FederationError as exc:
+                        log.error("%s: after the replay of %s: %s", plan.aggregation, part, exc)
+                        return finish(error=f"replay of {part}: could not check central: {exc}")
                 for start in range(start_ns, end_ns, plan.window_ns):
                     window = Window(start, plan.window_ns)
                     events = counts.get(start, 0)
                     if events:
-                        results.append(WindowResult(window, events, 0, 0, 0, 0, True))
+                        error = short.get(start)
+                        results.append(
+                            WindowResult(window, events, 0, 0, 0, 0, error is None, error=error)
+                        )
                         continue
                     if stop.is_set() or self.stop.is_set():
                         return finish(stopped=True)
@@ -494,14 +544,48 @@ class KapacitorMode:
                     seen.add(window.start_ns)
         return shipped
 
-    def _confirm_forever(self, interval_s: float) -> None:
+    def _check_forever(self, interval_s: float) -> None:
         while not self.stop.wait(interval_s):
-            try:
-                self.confirm_empty(self.stop)
-            except FederationError as exc:
-                log.warning("DC %s: confirming empty windows failed: %s", self.dc, exc)
-            except Exception:  # the thread must outlive any one failure
-                log.exception("DC %s: confirming empty windows failed", self.dc)
+            for what, check in (
+                ("confirming empty windows", self.confirm_empty),
+                ("checking central against the raw data", self.check_central),
+            ):
+                try:
+                    check(self.stop)
+                except FederationError as exc:
+                    log.warning("DC %s: %s failed: %s", self.dc, what, exc)
+                except Exception:  # the thread must outlive any one failure
+                    log.exception("DC %s: %s failed", self.dc, what)
+
+    # --- what central holds -------------------------------------------------------------------
+
+    def check_central(self, stop: threading.Event) -> list[HeldCount]:
+        """Send the raw event counts of each plan's windows whose look-back has passed
+        (`windows_past_lookback`) to the coordinator, which marks those central holds less of
+        `inconsistent`; return the windows it marked. Each window is checked once per plan
+        version (again at the next call while the coordinator does not answer); windows
+        without raw events are `confirm_empty`'s. Plans whose deployment failed are left alone.
+        """
+        if self.central is None:
+            return []
+        with self._lock:
+            plans = [] if self._apply_error else list(self._plans.values())
+        now = self.clock.now_ns()
+        marked: list[HeldCount] = []
+        for plan in plans:
+            if stop.is_set():
+                break
+            passed = windows_past_lookback(plan, now, settle_ns(plan, self.settle_s))
+            checked = self._checked.setdefault((plan.aggregation, plan.version), set())
+            checked.intersection_update(w.start_ns for w in passed)
+            todo = sorted(w for w in passed if w.start_ns not in checked)
+            if not todo:
+                continue
+            counts = self._count_events(plan, todo[0].start_ns, todo[-1].end_ns)
+            busy = {w.start_ns: counts[w.start_ns] for w in todo if counts.get(w.start_ns)}
+            marked += report_past_lookback(self.central, self.dc, plan, busy)
+            checked.update(w.start_ns for w in todo)
+        return marked
 
     def _replay(
         self, plan: AggregationPlan, start_ns: int, end_ns: int, stop: threading.Event
@@ -580,4 +664,6 @@ class KapacitorMode:
         self.stop.set()
         if self._replay_lock.acquire(timeout=30):
             self._replay_lock.release()
+        if self.error_log is not None:
+            self.error_log.close()
         self.client.close()

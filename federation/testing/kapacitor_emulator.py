@@ -29,7 +29,10 @@ stream writes (`/write`), recordings and replays of recordings, `/replays/query`
 exact `formatted` output (scripts are re-printed with federation's own TICKscript printer, so
 they differ from the raw bytes as Kapacitor's do, but not byte for byte like Kapacitor's), `replay-id` on
 task GETs, task renames via PATCH `id`, listing replays, alert topics/handlers, config
-overrides, storage, service tests, `:routes`, `debug/vars`, authentication.
+overrides, storage, service tests, `:routes`, `debug/vars`, log sessions
+(`/kapacitor/v1preview/logs` answers 404: no error text follows a fault's counters),
+authentication. A replay's writes are the `on_replay` hook's: a hook that ships nothing is a
+replay whose `influxDBOut` writes were all dropped, which Kapacitor too reports `finished`.
 """
 
 from __future__ import annotations
