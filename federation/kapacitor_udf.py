@@ -48,8 +48,16 @@ from google.protobuf.message import DecodeError, Message
 from federation import _udf_pb2 as pb
 from federation.aggregate import window_points
 from federation.clock import Clock, SystemClock, format_rfc3339
-from federation.durations import DAY_NS, format_duration
+from federation.durations import format_duration
 from federation.errors import ConfigError, FederationError, InvalidInput
+from federation.kapacitor_udf_detection import (
+    DETECTION_OPTION_TYPES,
+    DETECTION_OPTIONAL,
+    DetectionOptions,
+    detection_options,
+    detection_points,
+    window_option,
+)
 from federation.points import FieldValue, Point
 
 if TYPE_CHECKING:
@@ -152,7 +160,7 @@ def iter_frames(source: ByteSource) -> Iterator[bytes]:
 
 # --- options ----------------------------------------------------------------------------------
 
-OPTION_TYPES: Final[dict[str, pb.ValueType]] = {
+AGGREGATION_OPTION_TYPES: Final[dict[str, pb.ValueType]] = {
     "aggregation": pb.STRING,
     "dc": pb.STRING,
     "field": pb.STRING,
@@ -163,7 +171,11 @@ OPTION_TYPES: Final[dict[str, pb.ValueType]] = {
     "minGroupEvents": pb.INT,
     "version": pb.STRING,
 }
-"""Every option of `@fedagg()` and the one value it takes; Kapacitor checks calls against it."""
+"""Every option of `@fedagg()` aggregating, and the one value it takes."""
+
+OPTION_TYPES: Final[dict[str, pb.ValueType]] = AGGREGATION_OPTION_TYPES | DETECTION_OPTION_TYPES
+"""Every option the UDF declares (Kapacitor checks calls against it): an Init that names
+`detection` is a detection's (`kapacitor_udf_detection`), any other an aggregation's."""
 
 _REPEATABLE: Final = frozenset({"dimension", "percentile"})
 _VALUE_FIELDS: Final[dict[int, str]] = {
@@ -213,12 +225,18 @@ def info_response() -> pb.Response:
     return response
 
 
-def _collect_options(request: pb.InitRequest, problems: list[str]) -> dict[str, list[OptionScalar]]:
+def _collect_options(
+    request: pb.InitRequest,
+    problems: list[str],
+    types: Mapping[str, pb.ValueType],
+    optional: frozenset[str],
+) -> dict[str, list[OptionScalar]]:
     given: dict[str, list[OptionScalar]] = {}
     for option in request.options:
-        expected = OPTION_TYPES.get(option.name)
+        expected = types.get(option.name)
         if expected is None:
-            problems.append(f"{option.name}: unknown option")
+            mode = "a detection" if types is DETECTION_OPTION_TYPES else "an aggregation"
+            problems.append(f"{option.name}: unknown option for {mode}")
             continue
         if len(option.values) != 1:
             problems.append(f"{option.name}: takes one value, got {len(option.values)}")
@@ -235,8 +253,8 @@ def _collect_options(request: pb.InitRequest, problems: list[str]) -> dict[str, 
     for name, values in given.items():
         if name not in _REPEATABLE and len(values) > 1:
             problems.append(f"{name}: given {len(values)} times, takes one value")
-    for name in OPTION_TYPES:
-        if name not in _REPEATABLE and name not in given:
+    for name in types:
+        if name not in optional and name not in given:
             problems.append(f"{name}: missing (call .{name}(…) on the UDF node)")
     return given
 
@@ -248,16 +266,23 @@ def _check_text(name: str, values: list[OptionScalar], problems: list[str]) -> s
     return text
 
 
-def parse_options(request: pb.InitRequest) -> UdfOptions:
+def parse_options(request: pb.InitRequest) -> UdfOptions | DetectionOptions:
     """Validate the options of an InitRequest; UdfOptionError naming every bad option.
 
-    Guarantees on success: every option but `dimension` and `percentile` was given exactly once
+    An Init that names `detection` is a detection's (see `detection_options` for what its
+    options guarantee). For an aggregation, guarantees on success: every option but `dimension` and `percentile` was given exactly once
     with its declared type; aggregation, dc, field, version and each dimension are non-empty;
     dimensions are unique; the window is positive and divides 24h; 0 < accuracy < 0.5; at least
     one percentile, each unique and strictly between 0 and 100; minGroupEvents >= 1.
     """
     problems: list[str] = []
-    given = _collect_options(request, problems)
+    if any(option.name == "detection" for option in request.options):
+        given = _collect_options(request, problems, DETECTION_OPTION_TYPES, DETECTION_OPTIONAL)
+        detection = detection_options(given, problems)
+        if detection is None:
+            raise UdfOptionError("; ".join(problems))
+        return detection
+    given = _collect_options(request, problems, AGGREGATION_OPTION_TYPES, _REPEATABLE)
     texts = {
         name: _check_text(name, given.get(name, []), problems)
         for name in ("aggregation", "dc", "field", "version")
@@ -271,10 +296,7 @@ def parse_options(request: pb.InitRequest) -> UdfOptions:
             # A dimension name comes from the plan, never from raw data: safe to quote.
             problems.append(f"dimension: {dimension!r} is given twice")
         seen.add(dimension)
-    window = int(given.get("window", [0])[0])
-    if "window" in given and (window <= 0 or DAY_NS % window):
-        shown = format_duration(window) if window > 0 else f"{window} ns"
-        problems.append(f"window: {shown} must be positive and divide 24h")
+    window = window_option(given, problems)
     accuracy = float(given.get("accuracy", [0.01])[0])
     if not (math.isfinite(accuracy) and 0 < accuracy < 0.5):
         problems.append(f"accuracy: {accuracy} must lie strictly between 0 and 0.5")
@@ -347,41 +369,51 @@ def point_from_message(message: pb.Point) -> Point:
 
 @dataclass(frozen=True)
 class WindowJob:
-    """One whole window of raw values, ready for `window_points`."""
+    """One whole window of raw values, ready for `window_points` (or, for a detection, its
+    key columns ready for `detection_points`; `values` is then empty)."""
 
-    options: UdfOptions
+    options: UdfOptions | DetectionOptions
     window_start_ns: int
     values: np.ndarray[tuple[int], np.dtype[np.float64]]
     columns: tuple[list[str | None], ...]
 
 
 class _Batch:
-    """The raw values of the batch being received, one column per dimension."""
+    """The raw values of the batch being received, one column per dimension (for a
+    detection: per key read, and no values)."""
 
-    def __init__(self, options: UdfOptions, grouped: bool) -> None:
+    def __init__(self, options: UdfOptions | DetectionOptions, grouped: bool) -> None:
         self.options = options
         self.grouped = grouped
         self.values = array("d")
-        self.columns: tuple[list[str | None], ...] = tuple([] for _ in options.dimensions)
+        if isinstance(options, DetectionOptions):
+            self.field: str | None = None
+            self.names = options.columns
+        else:
+            self.field, self.names = options.field, options.dimensions
+        self.columns: tuple[list[str | None], ...] = tuple([] for _ in self.names)
+        self.events = 0
         self.skipped = 0
         # The earliest and latest point times (no point yet: an empty range).
         self.min_time = sys.maxsize
         self.max_time = -sys.maxsize - 1
 
     def add(self, point: pb.Point) -> None:
-        field = self.options.field
-        value: float | None = point.fieldsDouble.get(field)
-        if value is None:
-            int_value = point.fieldsInt.get(field)
-            value = None if int_value is None else float(int_value)
-        if value is None or not math.isfinite(value):
-            self.skipped += 1
-            return
-        self.values.append(value)
+        field = self.field
+        if field is not None:
+            value: float | None = point.fieldsDouble.get(field)
+            if value is None:
+                int_value = point.fieldsInt.get(field)
+                value = None if int_value is None else float(int_value)
+            if value is None or not math.isfinite(value):
+                self.skipped += 1
+                return
+            self.values.append(value)
+        self.events += 1
         tags = point.tags
         strings = point.fieldsString
-        for dimension, column in zip(self.options.dimensions, self.columns, strict=True):
-            column.append(tags.get(dimension) or strings.get(dimension) or None)
+        for name, column in zip(self.names, self.columns, strict=True):
+            column.append(tags.get(name) or strings.get(name) or None)
         t = point.time
         if t < self.min_time:
             self.min_time = t
@@ -392,7 +424,7 @@ class _Batch:
         """The window this batch is, or None (logged) when it is not one whole aligned window."""
         options = self.options
         window = options.window_ns
-        events = len(self.values)
+        events = self.events
         if self.skipped:
             log.warning(
                 "%s: skipped %d points of the batch ending %s whose field %r is missing or "
@@ -400,7 +432,7 @@ class _Batch:
                 options.aggregation,
                 self.skipped,
                 format_rfc3339(tmax),
-                options.field,
+                self.field,
             )
         if self.grouped:
             log.error(
@@ -436,7 +468,10 @@ class _Batch:
 
 
 def compute_window(job: WindowJob, clock: Clock) -> list[Point]:
-    """The points of one window: `window_points` with the run id taken from `clock`."""
+    """The points of one window: `window_points` (a detection's: `detection_points`) with
+    the run id taken from `clock`."""
+    if isinstance(job.options, DetectionOptions):
+        return detection_points(job.options, job.window_start_ns, job.columns, run=clock.now_ns())
     return window_points(
         job.options, job.window_start_ns, job.values, list(job.columns), run=clock.now_ns()
     )
@@ -499,7 +534,7 @@ class UdfProcess:
         self._out = _Output(stdout)
         self._clock: Clock = clock or SystemClock()
         self._jobs: queue.Queue[WindowJob | _Stop] = queue.Queue(maxsize=_PENDING_WINDOWS)
-        self._options: UdfOptions | None = None
+        self._options: UdfOptions | DetectionOptions | None = None
         self._batch: _Batch | None = None
 
     def run(self) -> int:
@@ -595,13 +630,19 @@ class UdfProcess:
             response.init.error = str(exc)
         else:
             response.init.success = True
+            options = self._options
+            shape = (
+                f"detection ({options.mode})"
+                if isinstance(options, DetectionOptions)
+                else f"{len(options.dimensions)} dimensions"
+            )
             log.info(
-                "init: aggregation %s, dc %s, window %s, %d dimensions, version %s",
-                self._options.aggregation,
-                self._options.dc,
-                format_duration(self._options.window_ns),
-                len(self._options.dimensions),
-                self._options.version,
+                "init: %s %s, dc %s, window %s, version %s",
+                options.aggregation,
+                shape,
+                options.dc,
+                format_duration(options.window_ns),
+                options.version,
             )
         self._out.send(response)
 

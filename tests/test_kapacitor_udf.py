@@ -35,6 +35,7 @@ from federation.config import load_config
 from federation.durations import HOUR_NS, SECOND_NS
 from federation.errors import ConfigError
 from federation.kapacitor_udf import (
+    AGGREGATION_OPTION_TYPES,
     OPTION_TYPES,
     ProtocolError,
     UdfProcess,
@@ -346,6 +347,13 @@ def test_info_declares_batch_in_stream_out_and_every_option(udf: UdfSubprocess) 
         "percentile": [pb.DOUBLE],
         "minGroupEvents": [pb.INT],
         "version": [pb.STRING],
+        # Detection mode (`test_kapacitor_udf_detection.py`).
+        "detection": [pb.STRING],
+        "mode": [pb.STRING],
+        "key": [pb.STRING],
+        "distinct": [pb.STRING],
+        "atLeast": [pb.INT],
+        "factor": [pb.DOUBLE],
     }
     assert udf.close()[0] == 0
 
@@ -370,7 +378,7 @@ def test_the_rendered_tickscript_options_init_the_udf(plan: AggregationPlan) -> 
     script = render_plan(plan, Path(__file__).parents[1] / "tickscripts").script
     body = script.split("@fedagg()", 1)[1].split("|influxDBOut()", 1)[0]
     options = [_tick_option(*m.groups()) for line in body.splitlines() if (m := _CALL.match(line))]
-    assert {o.name for o in options} == set(OPTION_TYPES)
+    assert {o.name for o in options} == set(AGGREGATION_OPTION_TYPES)
     for option in options:
         assert option.values[0].type == OPTION_TYPES[option.name], option.name
     code, responses = run_inprocess([init(options)])
