@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 
 from federation.config import FederationConfig
-from federation.detection_plan import DetectionPlan
+from federation.detection_plan import DetectionPlan, resolve_detection
 from federation.durations import format_duration
 from federation.errors import TickScriptError
 from federation.plan import AggregationPlan, resolve_all, resolve_plan
@@ -290,6 +290,10 @@ def context_for_script(
     if aggregation in config.aggregations and dc in config.fleet.dcs:
         plan = resolve_plan(config, aggregation, dc)
         return lint_context(plan), f"checked against plan {plan.task_id} (version {plan.version})"
+    if aggregation in config.detections and dc in config.fleet.dcs:
+        detection = resolve_detection(config, aggregation, dc)
+        ctx = detection_lint_context(detection, config.fleet.central.gateway_cluster)
+        return ctx, f"checked against detection {detection.task_id} (version {detection.version})"
     return None, "no plan found for this script: only the context-free rules ran"
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from federation.cli import app
 from federation.config import load_config
 from federation.detection_plan import resolve_detection, resolve_detections
 from federation.tickscript.lint import lint
@@ -17,6 +20,7 @@ from federation.tickscript.render import (
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = (REPO / "tickscripts" / "detection.tick.j2").read_text()
+runner = CliRunner()
 COUNTS_OUT = """    |influxDBOut()
         .cluster({{ gateway_cluster | tick_string }})"""
 
@@ -79,3 +83,33 @@ def test_an_output_cluster_that_is_not_a_constant_is_refused() -> None:
     )
     problems = lint(hostile, detection_lint_context(plan, "federation_gateway"))
     assert [p.rule for p in problems] == ["detection-gateway"], problems
+
+
+def test_a_short_window_flushes_both_outputs_every_window() -> None:
+    plan = resolve_detection(load_config(REPO), "recipients_per_sender", "dub1")
+    short = dataclasses.replace(plan, window_ns=2 * 10**9, lookback_ns=4 * 10**9)
+    script = render_detection(short, REPO / "tickscripts").script
+    # Two branches, each with a findings and a counts output: all four flush every 2 s.
+    assert script.count("|influxDBOut()") == 4 == script.count(".flushInterval(2s)")
+    assert ".flushInterval(" not in render_detection(plan, REPO / "tickscripts").script
+
+
+def test_lint_holds_a_rendered_detection_to_its_plan_and_refuses_a_hostile_one(
+    tmp_path: Path,
+) -> None:
+    plan = resolve_detection(load_config(REPO), "senders_per_client_ip", "fra1")
+    good = render_detection(plan, REPO / "tickscripts").script
+    (tmp_path / "good.tick").write_text(good)
+    # A key value sent to the gateway cluster as a tag on the counts.
+    hostile = good.replace(
+        ".tag('dc', 'fra1')", ".tag('dc', 'fra1')\n        .tag('ip', '192.0.2.1')", 1
+    )
+    (tmp_path / "hostile.tick").write_text(hostile)
+    result = runner.invoke(app, ["lint", str(tmp_path / "good.tick"), "--config", str(REPO)])
+    assert result.exit_code == 0, result.output
+    assert f"checked against detection {plan.task_id}" in result.output
+    result = runner.invoke(app, ["lint", str(tmp_path / "hostile.tick"), "--config", str(REPO)])
+    assert result.exit_code == 1
+    assert "detection-gateway: a detection's output to the gateway carries no tag but 'dc'" in (
+        result.output
+    )
