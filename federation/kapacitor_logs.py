@@ -9,9 +9,10 @@ line from the moment the request is made, one JSON object a line, tagged with `t
 (`services/diagnostic/api.go`), e.g.
 
     {"ts":"…","lvl":"error","msg":"error executing query","service":"kapacitor",
-     "task_master":"main","task":"fed-…","node":"fedagg2","err":"retention policy not found: raw"}
+     "task_master":"main","task":"fed-…","node":"influxdb_out3","err":"retention policy not found: raw"}
 
-(the node tag of a query error names the query node's child). `ErrorLog` follows that stream in
+(the `node` tag Kapacitor 1.5.7 puts on a query error is not the query node's: it named the
+branch's last node, while the query node's `errors` counter grew). `ErrorLog` follows that stream in
 a thread and keeps the last error of each task. Kapacitor keeps no history: errors logged while
 no one follows the stream are not seen, and the stream is opened again when it breaks. (kapacitord sends the response's headers only with
 the first line it logs.)
