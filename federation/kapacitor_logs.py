@@ -108,9 +108,10 @@ class ErrorLog:
                         if error is not None:
                             with self._lock:
                                 self._errors[error.task] = error
-            except (httpx.HTTPError, OSError) as exc:
-                if not self._stop.is_set():
-                    log.debug("Kapacitor error log %s: %s; following it again", self.url, exc)
+            except Exception as exc:  # the thread must outlive a broken stream (and `close`)
+                if self._stop.is_set():
+                    return
+                log.debug("Kapacitor error log %s: %s; following it again", self.url, exc)
             self._stop.wait(self.reconnect_s)
 
     def close(self) -> None:
