@@ -31,8 +31,6 @@ import numpy as np
 import uvicorn
 import yaml
 
-from federation.aggregate import window_points
-from federation.clock import FakeClock
 from federation.config import FederationConfig, load_config
 from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central
@@ -41,10 +39,12 @@ from federation.coordinator.ledger import open_ledger
 from federation.coordinator.planner import plan_backfills
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.coordinator.status import status_report
+from federation.core.aggregate import window_points
+from federation.core.clock import FakeClock
+from federation.core.lineprotocol import serialize
+from federation.core.plan import resolve_plan
+from federation.devstack.localstack import LocalStack, free_port
 from federation.influx import InfluxClient
-from federation.lineprotocol import serialize
-from federation.localstack import LocalStack, free_port
-from federation.plan import resolve_plan
 
 REPO = Path(__file__).resolve().parent.parent
 HOUR = 3600 * 10**9

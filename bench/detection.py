@@ -29,10 +29,10 @@ from executor import HOUR, REPO, the_plan, write_events
 
 from federation.agent.detection_executor import read_detection_window
 from federation.config import load_config
-from federation.detection_plan import DetectionPlan, resolve_detection
+from federation.core.detection_plan import DetectionPlan, resolve_detection
+from federation.core.windows import Window
+from federation.devstack.localstack import LocalStack
 from federation.influx import InfluxClient
-from federation.localstack import LocalStack
-from federation.windows import Window
 
 DC = "fra1"
 DETECTIONS = ("senders_per_client_ip", "recipients_per_sender", "helos_per_sender")

@@ -37,9 +37,9 @@ from pathlib import Path
 import httpx
 
 from federation.config import load_config
+from federation.core.plan import AggregationPlan, resolve_plan
+from federation.devstack.localstack import InfluxServer, LocalStack
 from federation.influx import InfluxClient, quote_ident, quote_string
-from federation.localstack import InfluxServer, LocalStack
-from federation.plan import AggregationPlan, resolve_plan
 
 REPO = Path(__file__).resolve().parent.parent
 HOUR = 3600 * 10**9
@@ -120,8 +120,8 @@ def influx_aggregate(client: InfluxClient, plan: AggregationPlan, start: int) ->
 def child(dc_url: str, central_url: str, start: int) -> None:
     """Run the executor on one window, as the agent does, and print its figures as JSON."""
     from federation.agent import RunIds, Shipper, compute_window
-    from federation.clock import SystemClock
-    from federation.windows import Window
+    from federation.core.clock import SystemClock
+    from federation.core.windows import Window
 
     plan = the_plan()
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -2,7 +2,7 @@
 
     python bench/ingest.py [--events 200000] [--batch 5000] [--rounds 3]
 
-Starts an influxd with `federation.localstack`, generates synthetic delivery events (the example
+Starts an influxd with `federation.devstack.localstack`, generates synthetic delivery events (the example
 schema: three tags, latency, size, status and four personal-data strings), and alternates two
 measurements, each into a freshly created raw database:
 
@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 from federation.config import load_config
+from federation.devstack.localstack import LocalStack
 from federation.influx import InfluxClient
 from federation.ingest import Encoder, ingest, load_schema
-from federation.localstack import LocalStack
 
 REPO = Path(__file__).resolve().parent.parent
 DC = "fra1"

@@ -38,15 +38,16 @@ import yaml
 # Imported first: `federation.reporting` imported on its own hits a circular import through
 # `federation.coordinator` (reporting.completeness -> coordinator -> api -> reporting).
 import federation.coordinator  # noqa: F401  # isort: skip
-from federation.aggregate import manifest_point, window_points
-from federation.calendar import periods
 from federation.config import FederationConfig, load_config
-from federation.durations import HOUR_NS, format_influx_duration
+from federation.core.aggregate import manifest_point, window_points
+from federation.core.calendar import periods
+from federation.core.durations import HOUR_NS, format_influx_duration
+from federation.core.lineprotocol import serialize
+from federation.core.plan import AggregationPlan, resolve_plan
+from federation.core.points import Point
+from federation.core.sketch import Sketch
+from federation.devstack.localstack import LocalStack
 from federation.influx import InfluxClient, quote_ident
-from federation.lineprotocol import serialize
-from federation.localstack import LocalStack
-from federation.plan import AggregationPlan, resolve_plan
-from federation.points import Point
 from federation.reporting import (
     PercentileReport,
     percentile_report,
@@ -61,7 +62,6 @@ from federation.reporting.rollups import (
     rollup_dimension_sets,
     rollup_measurement,
 )
-from federation.sketch import Sketch
 
 REPO = Path(__file__).resolve().parent.parent
 AGG = "delivery_latency"

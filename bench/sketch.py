@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from federation.sketch import Sketch, _decode, decode_many, encode_many, merge_all
-from federation.stats import summarize_groups
+from federation.core.sketch import Sketch, _decode, decode_many, encode_many, merge_all
+from federation.core.stats import summarize_groups
 
 ALPHA = 0.01
 SEED = 20240601

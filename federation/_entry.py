@@ -17,7 +17,7 @@ UDF_ARGV = ["kapacitor-udf"]
 def main() -> None:
     """Run `federation kapacitor-udf` directly, anything else through the CLI."""
     if sys.argv[1:] == UDF_ARGV:
-        from federation.kapacitor_udf import serve_stdio
+        from federation.kapacitor.udf import serve_stdio
 
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
         sys.exit(serve_stdio())

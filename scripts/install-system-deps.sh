@@ -4,7 +4,7 @@
 # page's browser tests, and Prometheus for `promtool` (the /metrics and alert-rule checks).
 # Does nothing when they are present. No service is started: while installing, a policy-rc.d
 # refuses every service start (Debian's packages of Prometheus would start one otherwise).
-# The tests start their own throwaway PostgreSQL on loopback (federation.localstack), as the
+# The tests start their own throwaway PostgreSQL on loopback (federation.devstack.localstack), as the
 # `postgres` account when run as root: the package creates that account, and no system-wide
 # cluster or service is created or started here.
 set -euo pipefail

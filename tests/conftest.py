@@ -18,8 +18,8 @@ from kapacitor_fixture import (
     require_kapacitord,
 )
 
+from federation.devstack.localstack import InfluxServer, LocalStack
 from federation.influx import InfluxClient
-from federation.localstack import InfluxServer, LocalStack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def influxd(localstack: LocalStack, request: pytest.FixtureRequest) -> InfluxSer
 
 
 def _port() -> int:
-    from federation.localstack import free_port
+    from federation.devstack.localstack import free_port
 
     return free_port()
 

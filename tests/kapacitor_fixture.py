@@ -11,7 +11,7 @@ them by name:
     A factory: `start_kapacitord(dc="dub1", *, influx_url=None, gateway_url=None, token=None)`
     starts a real kapacitord for one DC (its own temporary directory, a free loopback port, the
     `fedagg` UDF running this installation's `federation kapacitor-udf`) and returns the running
-    `federation.localstack.KapacitorServer`; every server it started is killed when the test
+    `federation.devstack.localstack.KapacitorServer`; every server it started is killed when the test
     ends. `influx_url` is the DC's InfluxDB (its default cluster) and `gateway_url` the
     coordinator's gateway (the `federation_gateway` cluster, authenticated as the DC with
     `token`, default `agent-secret-<dc>`); both default to addresses nothing listens on, which
@@ -50,9 +50,14 @@ from typing import Literal, Protocol
 
 import pytest
 
-from federation.kapacitor import KapacitorClient
-from federation.localstack import KAPACITORD_ENV, KapacitorServer, find_kapacitord, free_port
-from federation.testing import KapacitorEmulator
+from federation.devstack.kapacitor_emulator import KapacitorEmulator
+from federation.devstack.localstack import (
+    KAPACITORD_ENV,
+    KapacitorServer,
+    find_kapacitord,
+    free_port,
+)
+from federation.kapacitor.client import KapacitorClient
 
 Kind = Literal["emulator", "kapacitord"]
 
@@ -97,8 +102,8 @@ def federation_command() -> str:
 
 def _refusal_frame(message: str) -> bytes:
     """A framed UDF `Response{init: InitResponse{success: false, error: message}}`."""
-    from federation import _udf_pb2 as pb
-    from federation.kapacitor_udf import encode_varint
+    from federation.kapacitor import _udf_pb2 as pb
+    from federation.kapacitor.udf import encode_varint
 
     response = pb.Response()
     response.init.success = False

@@ -9,13 +9,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.aggregate import RowGrouper, group_rows, manifest_point, window_points
 from federation.config import load_config
-from federation.lineprotocol import serialize
-from federation.plan import resolve_plan
-from federation.points import Point
-from federation.sketch import Sketch
-from federation.stats import summarize_groups
+from federation.core.aggregate import RowGrouper, group_rows, manifest_point, window_points
+from federation.core.lineprotocol import serialize
+from federation.core.plan import resolve_plan
+from federation.core.points import Point
+from federation.core.sketch import Sketch
+from federation.core.stats import summarize_groups
 
 REPO = Path(__file__).resolve().parent.parent
 PLAN = resolve_plan(load_config(REPO), "delivery_latency", "dub1")  # k = 5

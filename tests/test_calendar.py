@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.calendar import (
+from federation.core.calendar import (
     PERIOD_KINDS,
     CalendarPeriod,
     period_of,
     period_windows,
     periods,
 )
-from federation.clock import TimeInputError, datetime_to_ns, parse_rfc3339
-from federation.durations import DAY_NS, HOUR_NS, SECOND_NS
+from federation.core.clock import TimeInputError, datetime_to_ns, parse_rfc3339
+from federation.core.durations import DAY_NS, HOUR_NS, SECOND_NS
 from federation.errors import CalendarError, InvalidInput
 
 ZONES = ["Europe/London", "America/New_York", "Europe/Dublin", "UTC", "Australia/Lord_Howe"]

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from federation.clock import (
+from federation.core.clock import (
     MAX_INSTANT_NS,
     MIN_INSTANT_NS,
     Clock,
@@ -24,7 +24,7 @@ from federation.clock import (
     parse_instant,
     parse_rfc3339,
 )
-from federation.durations import HOUR_NS, SECOND_NS
+from federation.core.durations import HOUR_NS, SECOND_NS
 from federation.errors import InvalidInput
 
 T0 = parse_rfc3339("2026-11-28T10:00:00Z")

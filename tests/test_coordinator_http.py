@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from federation.clients.coordinator_http import CoordinatorHttp
 from federation.config import load_config
-from federation.coordinator_http import CoordinatorHttp
 from federation.errors import ConfigProblems, CoordinatorError
 
 A, B = "http://replica-a", "http://replica-b"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from federation.coordinator.status import StatusReport
-from federation.demo import DemoOptions, run_demo
+from federation.devstack.demo import DemoOptions, run_demo
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,9 @@ import pytest
 from kapacitor_fixture import STALE, KapacitorUnderTest
 
 from federation.config import load_config
-from federation.deploy import (
+from federation.devstack.kapacitor_emulator import KapacitorEmulator
+from federation.kapacitor.client import KapacitorClient
+from federation.kapacitor.deploy import (
     DeploymentError,
     TaskSnapshot,
     apply_tasks,
@@ -19,8 +21,6 @@ from federation.deploy import (
     script_version,
     task_health,
 )
-from federation.kapacitor import KapacitorClient
-from federation.testing import KapacitorEmulator
 from federation.tickscript.render import render_all
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,14 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.config import load_config
-from federation.detect import (
+from federation.core.detect import (
     DetectionCounter,
     detect_window,
     finding_points,
     key_id,
     shipped_points,
 )
-from federation.detection_plan import DetectionPlan, resolve_detection
+from federation.core.detection_plan import DetectionPlan, resolve_detection
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = load_config(REPO)

@@ -26,24 +26,24 @@ from kapacitor_fixture import KapacitorFactory
 from test_kapacitor_udf import _CALL, _tick_option, init
 from test_kapacitord import Key, central_state, expected_state
 
-from federation import _udf_pb2 as pb
 from federation.agent.detection_executor import read_detection_window
 from federation.config import load_config
-from federation.deploy import TaskSnapshot, apply_tasks
-from federation.detect import finding_points, shipped_points
-from federation.detection_plan import (
+from federation.core.detect import finding_points, shipped_points
+from federation.core.detection_plan import (
     DETECTION_RUNS_MEASUREMENT,
     FINDINGS_MEASUREMENT,
     DetectionPlan,
     resolve_detection,
 )
+from federation.core.lineprotocol import serialize
+from federation.core.points import Point
+from federation.core.windows import windows_between
+from federation.devstack.localstack import LocalStack
 from federation.influx import InfluxClient, quote_ident
-from federation.kapacitor_udf import frame, iter_frames, point_from_message, serve
-from federation.lineprotocol import serialize
-from federation.localstack import LocalStack
-from federation.points import Point
+from federation.kapacitor import _udf_pb2 as pb
+from federation.kapacitor.deploy import TaskSnapshot, apply_tasks
+from federation.kapacitor.udf import frame, iter_frames, point_from_message, serve
 from federation.tickscript.render import render_detection
-from federation.windows import windows_between
 
 REPO = Path(__file__).resolve().parent.parent
 SECOND = 10**9

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from federation.config import load_config
-from federation.detection_plan import (
+from federation.core.detection_plan import (
     detection_plan_from_dict,
     detection_plan_to_dict,
     resolve_detection,

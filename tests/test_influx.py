@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from federation.devstack.localstack import InfluxServer, LocalStack
 from federation.errors import InfluxError
 from federation.influx import InfluxClient, parse_influx_duration, rows
-from federation.localstack import InfluxServer, LocalStack
 
 
 def test_write_then_read_back(influx: InfluxClient) -> None:
@@ -53,7 +53,7 @@ def test_refused_write_names_status(influx: InfluxClient) -> None:
 
 
 def test_unreachable_server_names_url() -> None:
-    from federation.localstack import free_port
+    from federation.devstack.localstack import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     with InfluxClient(url, timeout=1.0) as client, pytest.raises(InfluxError) as info:

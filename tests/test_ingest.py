@@ -21,6 +21,10 @@ from typer.testing import CliRunner
 
 from federation.cli import app
 from federation.config import FederationConfig, load_config
+from federation.core.lineprotocol import parse, serialize
+from federation.core.pii import personal_data_kind
+from federation.core.points import Point
+from federation.devstack.localstack import InfluxServer
 from federation.errors import ConfigProblems, InvalidInput
 from federation.influx import InfluxClient, rows
 from federation.ingest import (
@@ -36,10 +40,6 @@ from federation.ingest import (
     ingest,
     load_schema,
 )
-from federation.lineprotocol import parse, serialize
-from federation.localstack import InfluxServer
-from federation.pii import personal_data_kind
-from federation.points import Point
 
 runner = CliRunner()
 DC = "fra1"  # region eu: database mail, retention policy raw, no credentials

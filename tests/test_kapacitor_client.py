@@ -9,15 +9,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from federation.devstack.kapacitor_emulator import KapacitorEmulator
 from federation.errors import KapacitorError, TickScriptError
-from federation.kapacitor import (
+from federation.kapacitor.client import (
     KapacitorClient,
     Task,
     TaskHealth,
     TaskSavedNotRunning,
     format_time,
 )
-from federation.testing import KapacitorEmulator
 
 URL = "http://kapacitor.test:9092"
 SCRIPT = '// v1\nbatch|query(\'SELECT value FROM "raw"."autogen"."m"\')\n'

@@ -27,14 +27,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from federation import _udf_pb2 as pb
-from federation.aggregate import window_points
 from federation.cli import app
-from federation.clock import FakeClock
 from federation.config import load_config
-from federation.durations import HOUR_NS, SECOND_NS
+from federation.core.aggregate import window_points
+from federation.core.clock import FakeClock
+from federation.core.durations import HOUR_NS, SECOND_NS
+from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan, resolve_plan
+from federation.core.points import Point
 from federation.errors import ConfigError
-from federation.kapacitor_udf import (
+from federation.kapacitor import _udf_pb2 as pb
+from federation.kapacitor.udf import (
     AGGREGATION_OPTION_TYPES,
     OPTION_TYPES,
     ProtocolError,
@@ -47,8 +49,6 @@ from federation.kapacitor_udf import (
     read_frame,
     serve,
 )
-from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan, resolve_plan
-from federation.points import Point
 from federation.tickscript.render import render_plan
 
 # 2026-11-28T10:00:00Z, a window boundary for every window that divides a day.
@@ -546,7 +546,7 @@ def test_a_missing_or_non_numeric_value_is_skipped_and_counted(
         (START + 2, "fast", {"direction": "in", "customer": "c1"}),
         (START + 3, float("nan"), {"direction": "in", "customer": "c1"}),
     ]
-    with caplog.at_level("WARNING", logger="federation.kapacitor_udf"):
+    with caplog.at_level("WARNING", logger="federation.kapacitor.udf"):
         _, responses = run_inprocess([init(init_options()), *batch(rows + bad)])
     manifest = points_of(responses)[-1]
     assert manifest.fields["events"] == 100
@@ -556,7 +556,7 @@ def test_a_missing_or_non_numeric_value_is_skipped_and_counted(
 
 
 def _spec() -> Any:
-    from federation.kapacitor_udf import parse_options
+    from federation.kapacitor.udf import parse_options
 
     return parse_options(init(init_options()).init)
 

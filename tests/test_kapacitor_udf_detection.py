@@ -1,5 +1,5 @@
 """The UDF's detection mode: a rendered detection's options init it, and a window it receives
-gives exactly the points of `federation.detect` (findings kept in the DC, counts shipped)."""
+gives exactly the points of `federation.core.detect` (findings kept in the DC, counts shipped)."""
 
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ from test_kapacitor_udf import (
     typed,
 )
 
-from federation import _udf_pb2 as pb
 from federation.config import load_config
-from federation.detect import detect_window, finding_points, shipped_points
-from federation.detection_plan import DetectionPlan, resolve_detection
-from federation.kapacitor_udf import point_from_message
-from federation.kapacitor_udf_detection import DETECTION_OPTION_TYPES
-from federation.points import Point
+from federation.core.detect import detect_window, finding_points, shipped_points
+from federation.core.detection_plan import DetectionPlan, resolve_detection
+from federation.core.points import Point
+from federation.kapacitor import _udf_pb2 as pb
+from federation.kapacitor.udf import point_from_message
+from federation.kapacitor.udf_detection import DETECTION_OPTION_TYPES
 from federation.tickscript.render import render_detection
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,17 +26,17 @@ import yaml
 from kapacitor_fixture import federation_command
 
 from federation.agent import AgentSettings, RunIds, build_agent, compute_window
-from federation.clock import SystemClock
 from federation.config import FederationConfig, load_config
 from federation.coordinator import Coordinator, build_app, open_ledger
 from federation.coordinator.app import ensure_central
 from federation.coordinator.service import CoordinatorSettings, Tokens
+from federation.core.clock import SystemClock
+from federation.core.lineprotocol import serialize
+from federation.core.plan import AggregationPlan
+from federation.core.points import Point
+from federation.core.windows import windows_between
+from federation.devstack.localstack import KapacitorServer, LocalStack, free_port
 from federation.influx import InfluxClient, quote_ident
-from federation.lineprotocol import serialize
-from federation.localstack import KapacitorServer, LocalStack, free_port
-from federation.plan import AggregationPlan
-from federation.points import Point
-from federation.windows import windows_between
 
 pytestmark = pytest.mark.kapacitor
 

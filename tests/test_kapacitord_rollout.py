@@ -16,14 +16,14 @@ from kapacitor_fixture import UDF_TIMEOUT, federation_command
 from test_kapacitord import DC, HOUR, serve_coordinator, token, write_fleet
 
 from federation.agent import AgentSettings, build_agent
-from federation.clock import SystemClock
 from federation.coordinator.app import run_verification
 from federation.coordinator.reload import reload_config
 from federation.coordinator.rollouts import rollback_rollout, start_rollout
+from federation.core.clock import SystemClock
+from federation.devstack.localstack import KapacitorServer, LocalStack, free_port
 from federation.errors import FederationError
 from federation.influx import InfluxClient
-from federation.kapacitor import KapacitorClient
-from federation.localstack import KapacitorServer, LocalStack, free_port
+from federation.kapacitor.client import KapacitorClient
 
 pytestmark = pytest.mark.kapacitor
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from federation import lineprotocol
+from federation.core import lineprotocol
+from federation.core.lineprotocol import parse, serialize
+from federation.core.points import FieldValue, Point
 from federation.errors import InvalidInput, LineProtocolError
-from federation.lineprotocol import parse, serialize
-from federation.points import FieldValue, Point
 
 T0 = 1_700_000_000_000_000_000
 

@@ -13,7 +13,7 @@ import yaml
 
 from federation.config import load_config
 from federation.policy import desired_retention
-from federation.retention_sync import RetentionConflict, sync_coordinator_retention
+from federation.policy.retention_sync import RetentionConflict, sync_coordinator_retention
 
 ENV = {"FEDERATION_READER_TOKEN": "reader"}
 

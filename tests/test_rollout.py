@@ -14,11 +14,12 @@ from federation.config import FederationConfig, load_config
 from federation.coordinator.convergence import dc_overview
 from federation.coordinator.desired import record_report, sync_desired
 from federation.coordinator.ledger import open_ledger
-from federation.deploy import deployed_tasks, script_version
+from federation.core.plan import resolve_all
+from federation.devstack.kapacitor_emulator import KapacitorEmulator
 from federation.errors import CoordinatorError, FederationError, InvalidInput
-from federation.kapacitor import KapacitorClient
-from federation.plan import resolve_all
-from federation.rollout import (
+from federation.kapacitor.client import KapacitorClient
+from federation.kapacitor.deploy import deployed_tasks, script_version
+from federation.kapacitor.rollout import (
     ClientFactory,
     RolloutRefused,
     RolloutState,
@@ -27,7 +28,6 @@ from federation.rollout import (
     rollout_rollback,
     rollout_status,
 )
-from federation.testing import KapacitorEmulator
 
 
 @pytest.fixture

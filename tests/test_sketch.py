@@ -10,10 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from federation._sketch_fast import read_batch, read_one, read_total
-from federation._sketch_write import write_many
-from federation.errors import SketchDecodeError
-from federation.sketch import (
+from federation.core._sketch_fast import read_batch, read_one, read_total
+from federation.core._sketch_write import write_many
+from federation.core.sketch import (
     _EMPTY,
     Sketch,
     _stores,
@@ -24,8 +23,9 @@ from federation.sketch import (
     subtract,
     total_count,
 )
-from federation.sketch import _decode as _reference_decode
-from federation.stats import nearest_rank
+from federation.core.sketch import _decode as _reference_decode
+from federation.core.stats import nearest_rank
+from federation.errors import SketchDecodeError
 
 ALPHA = 0.01
 # The bound is exact in real arithmetic; float rounding may add a few ulps.
@@ -360,7 +360,7 @@ def test_decode_many_of_real_histograms_takes_the_batch_path(parts, alpha):
 
 
 def test_total_counts_of_a_batch_equal_one_by_one_totals() -> None:
-    from federation.sketch import total_count, total_counts
+    from federation.core.sketch import total_count, total_counts
 
     rng = np.random.default_rng(11)
     texts: list[object] = [

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from federation.sketch import Sketch
-from federation.stats import (
+from federation.core.sketch import Sketch
+from federation.core.stats import (
     GroupSummary,
     apply_k_anonymity,
     nearest_rank,
@@ -202,7 +202,7 @@ def test_apply_k_anonymity():
 @pytest.mark.parametrize("n_groups", [5, 70_000])
 def test_summarize_groups_without_packed_key(monkeypatch, n_groups):
     # Force the argsort/lexsort ordering used when the packed key has too few value bits.
-    import federation.stats as stats
+    import federation.core.stats as stats
 
     monkeypatch.setattr(stats, "_MIN_VALUE_BITS", 65)
     rng = np.random.default_rng(5)

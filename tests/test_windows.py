@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from federation.clock import parse_rfc3339
-from federation.durations import DAY_NS, HOUR_NS, SECOND_NS
-from federation.windows import (
+from federation.core.clock import parse_rfc3339
+from federation.core.durations import DAY_NS, HOUR_NS, SECOND_NS
+from federation.core.windows import (
     Window,
     align,
     coalesce,

@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from federation.agent.coordinator_client import HeldCount
-from federation.plan import AggregationPlan
-from federation.windows import Window, lookback_windows
+from federation.core.plan import AggregationPlan
+from federation.core.windows import Window, lookback_windows
 
 __all__ = [
     "CentralCounts",

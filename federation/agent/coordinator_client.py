@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from federation.coordinator_http import CoordinatorHttp
+from federation.clients.coordinator_http import CoordinatorHttp
+from federation.core.plan import AggregationPlan, plan_from_dict
 from federation.errors import CoordinatorError, InvalidInput
-from federation.plan import AggregationPlan, plan_from_dict
 from federation.policy import RetentionSpec
 
 

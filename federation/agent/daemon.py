@@ -57,20 +57,20 @@ from federation.agent.window_choice import (
     settle_ns,
     within_raw_retention,
 )
-from federation.clock import Clock, SystemClock, format_rfc3339
 from federation.config import FederationConfig
-from federation.durations import SECOND_NS
-from federation.errors import CoordinatorError, FederationError
-from federation.influx import InfluxClient, credentials_from_env
-from federation.plan import AggregationPlan
-from federation.policy import ReconcileResult, reconcile_retention
-from federation.windows import (
+from federation.core.clock import Clock, SystemClock, format_rfc3339
+from federation.core.durations import SECOND_NS
+from federation.core.plan import AggregationPlan
+from federation.core.windows import (
     Window,
     align,
     last_complete_window,
     lookback_windows,
     windows_between,
 )
+from federation.errors import CoordinatorError, FederationError
+from federation.influx import InfluxClient, credentials_from_env
+from federation.policy import ReconcileResult, reconcile_retention
 
 log = logging.getLogger(__name__)
 

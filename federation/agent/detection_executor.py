@@ -29,14 +29,14 @@ from federation.agent.executor import (
 )
 from federation.agent.overlap import read_ahead
 from federation.agent.shipper import ShipmentRefused
-from federation.clock import format_rfc3339
-from federation.detect import DetectionCounter, finding_points, shipped_points
-from federation.detect import WindowResult as Detected
-from federation.detection_plan import DetectionPlan
+from federation.core.clock import format_rfc3339
+from federation.core.detect import DetectionCounter, finding_points, shipped_points
+from federation.core.detect import WindowResult as Detected
+from federation.core.detection_plan import DetectionPlan
+from federation.core.lineprotocol import serialize
+from federation.core.windows import Window
 from federation.errors import FederationError
 from federation.influx import InfluxClient
-from federation.lineprotocol import serialize
-from federation.windows import Window
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,13 @@ import numpy.typing as npt
 
 from federation.agent.overlap import read_ahead
 from federation.agent.shipper import ShipmentRefused
-from federation.aggregate import RowGrouper, grouped_window_points
-from federation.clock import Clock
+from federation.core.aggregate import RowGrouper, grouped_window_points
+from federation.core.clock import Clock
+from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan, ShippedPlan
+from federation.core.points import Point
+from federation.core.windows import Window, windows_between
 from federation.errors import FederationError
 from federation.influx import InfluxClient
-from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan, ShippedPlan
-from federation.points import Point
-from federation.windows import Window, windows_between
 
 log = logging.getLogger(__name__)
 

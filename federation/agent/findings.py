@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from federation.clock import format_rfc3339
 from federation.config import FederationConfig
-from federation.detection_plan import DETECTION_RUNS_MEASUREMENT, FINDINGS_MEASUREMENT
+from federation.core.clock import format_rfc3339
+from federation.core.detection_plan import DETECTION_RUNS_MEASUREMENT, FINDINGS_MEASUREMENT
+from federation.core.plan import raw_source
 from federation.influx import rows
-from federation.plan import raw_source
 from federation.policy.retention import DEFAULT_TIMEOUT_S, connect
 
 

@@ -60,17 +60,17 @@ from federation.agent.daemon import ModeContext, PlanHealth
 from federation.agent.executor import RangeResult, RunIds, WindowResult, WindowSink
 from federation.agent.shipper import ShipmentRefused
 from federation.agent.window_choice import settle_ns
-from federation.aggregate import manifest_point
-from federation.clock import Clock, format_rfc3339
-from federation.deploy import TaskSnapshot, apply_tasks, script_version
-from federation.durations import format_duration
+from federation.core.aggregate import manifest_point
+from federation.core.clock import Clock, format_rfc3339
+from federation.core.durations import format_duration
+from federation.core.plan import AggregationPlan
+from federation.core.windows import Window, coalesce, lookback_windows
 from federation.errors import FederationError, KapacitorError
 from federation.influx import InfluxClient, credentials_from_env, quote_ident
-from federation.kapacitor import KapacitorClient, NodeHealth, TaskHealth
-from federation.kapacitor_logs import ErrorLog
-from federation.plan import AggregationPlan
+from federation.kapacitor.client import KapacitorClient, NodeHealth, TaskHealth
+from federation.kapacitor.deploy import TaskSnapshot, apply_tasks, script_version
+from federation.kapacitor.logs import ErrorLog
 from federation.tickscript.render import UDF_NAME, render_plan
-from federation.windows import Window, coalesce, lookback_windows
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 from federation.agent.daemon import build_shipper, local_influx
 from federation.agent.executor import RangeResult, RunIds, WindowResult, run_range
-from federation.clock import Clock, SystemClock
 from federation.config import FederationConfig
+from federation.core.clock import Clock, SystemClock
+from federation.core.plan import resolve_all, resolve_plan
 from federation.errors import InvalidInput
-from federation.plan import resolve_all, resolve_plan
 
 
 def run_once(

@@ -30,10 +30,10 @@ from typing import Any
 import httpx
 
 from federation.agent.overlap import read_ahead
+from federation.core.lineprotocol import serialize
+from federation.core.plan import MANIFEST_MEASUREMENT, ShippedPlan
+from federation.core.points import Point
 from federation.errors import CoordinatorError
-from federation.lineprotocol import serialize
-from federation.plan import MANIFEST_MEASUREMENT, ShippedPlan
-from federation.points import Point
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from federation.agent.coordinator_client import DesiredRetentionState
-from federation.durations import SECOND_NS
-from federation.plan import AggregationPlan
-from federation.windows import (
+from federation.core.durations import SECOND_NS
+from federation.core.plan import AggregationPlan
+from federation.core.windows import (
     Window,
     align,
     last_complete_window,

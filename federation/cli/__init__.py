@@ -67,7 +67,7 @@ def _root(
 @app.command()
 def validate(config: ConfigOption = Path(".")) -> None:
     """Load fleet, policies and aggregations; explain every problem."""
-    from federation.validate import summarize, validate_config
+    from federation.config.validate import summarize, validate_config
 
     out.print(summarize(validate_config(config)), markup=False)
 

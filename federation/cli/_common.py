@@ -13,7 +13,7 @@ import typer
 from rich.console import Console, ConsoleDimensions, JustifyMethod
 from rich.table import Table
 
-from federation.durations import parse_duration
+from federation.core.durations import parse_duration
 from federation.errors import InvalidInput
 from federation.reporting.export import rows_csv
 

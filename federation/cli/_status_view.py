@@ -7,10 +7,10 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from federation.clock import format_rfc3339
 from federation.coordinator.replicas import REPLICA_STALE_NS
 from federation.coordinator.status import StatusReport
-from federation.durations import SECOND_NS, format_duration
+from federation.core.clock import format_rfc3339
+from federation.core.durations import SECOND_NS, format_duration
 
 # One character and colour per window state in the status grid.
 SYMBOLS: dict[str, tuple[str, str]] = {

@@ -108,8 +108,8 @@ def once(
     prints one row per window; exits 1 if a window was not shipped.
     """
     from federation.agent import run_once
-    from federation.clock import SystemClock, parse_instant
     from federation.config import load_config
+    from federation.core.clock import SystemClock, parse_instant
 
     clock = SystemClock()
     results = run_once(

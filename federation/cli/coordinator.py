@@ -72,10 +72,10 @@ def status(
     ] = Source.ledger,
 ) -> None:
     """Show the DC × window grid per aggregation, with counts and each open window's reason."""
-    from federation.clock import SystemClock, parse_instant
     from federation.config import load_config
     from federation.coordinator.ledger import open_ledger
     from federation.coordinator.status import status_from_api, status_report
+    from federation.core.clock import SystemClock, parse_instant
     from federation.errors import FederationError
 
     cfg = load_config(config)
@@ -111,10 +111,10 @@ def backfill(
     ledger: LedgerOption = None,
 ) -> None:
     """Queue a backfill of every whole window in [--from, --to) for one DC's agent."""
-    from federation.clock import SystemClock, format_rfc3339, parse_instant
     from federation.config import load_config
     from federation.coordinator.backfills import request_backfill
     from federation.coordinator.ledger import open_ledger
+    from federation.core.clock import SystemClock, format_rfc3339, parse_instant
 
     cfg = load_config(config)
     clock = SystemClock()

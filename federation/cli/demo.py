@@ -73,7 +73,7 @@ def demo(
     ] = False,
 ) -> None:
     """Run a whole federation on this machine: DCs, central, coordinator, agents, reports."""
-    from federation.demo import DemoOptions, run_demo
+    from federation.devstack.demo import DemoOptions, run_demo
 
     # The agents' and coordinator's own warnings during the staged outage are expected.
     for name in ("federation.agent", "federation.coordinator", "apscheduler", "uvicorn"):

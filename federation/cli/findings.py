@@ -23,8 +23,8 @@ def findings(
 ) -> None:
     """List a DC's local findings (personal data: read from that DC, never shipped)."""
     from federation.agent.findings import list_findings
-    from federation.clock import SystemClock, parse_instant
     from federation.config import load_config
+    from federation.core.clock import SystemClock, parse_instant
 
     since_ns = parse_instant(since, SystemClock()) if since else None
     found = list_findings(load_config(config), dc, since_ns=since_ns)

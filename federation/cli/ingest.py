@@ -23,7 +23,7 @@ from federation.cli._common import (
     print_rows,
     seconds_bounds,
 )
-from federation.durations import SECOND_NS
+from federation.core.durations import SECOND_NS
 from federation.errors import InvalidInput
 
 if TYPE_CHECKING:

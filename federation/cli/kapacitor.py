@@ -28,7 +28,7 @@ def kapacitor_udf() -> None:
     provides the window's summary and manifest points. Logs go to stderr. Exits 0 when stdin
     ends, 1 after a protocol error.
     """
-    from federation.kapacitor_udf import serve_stdio
+    from federation.kapacitor.udf import serve_stdio
 
     raise typer.Exit(serve_stdio())
 
@@ -49,7 +49,7 @@ def config(
     fleet.yaml names; when it is unset a comment says which variable to set instead.
     """
     from federation.config import load_config
-    from federation.kapacitor_udf import kapacitor_conf
+    from federation.kapacitor.udf import kapacitor_conf
 
     rendered = kapacitor_conf(load_config(config), dc, prog=prog)
     out.print(rendered.text, end="", markup=False)

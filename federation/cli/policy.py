@@ -28,9 +28,9 @@ from federation.cli._coordinated import (
     reload_rows,
     through_coordinator,
 )
-from federation.durations import format_duration
+from federation.clients.operator import operator_client
+from federation.core.durations import format_duration
 from federation.errors import FederationError
-from federation.operator_client import operator_client
 
 if TYPE_CHECKING:
     from federation.config import FederationConfig
@@ -166,7 +166,7 @@ def apply(
     """
     from federation.config import load_config
     from federation.policy import apply_retention, outcome_rows
-    from federation.retention_sync import sync_coordinator_retention
+    from federation.policy.retention_sync import sync_coordinator_retention
 
     fed = load_config(config)
     if through_coordinator(fed, direct):
@@ -234,7 +234,7 @@ def _apply_through_coordinator(
     *,
     allow_shrink: bool,
 ) -> None:
-    from federation.operator_client import apply_policies
+    from federation.clients.operator import apply_policies
 
     table = fmt is OutputFormat.table
 

@@ -159,7 +159,7 @@ def worst(
     no_rollups: NoRollupsOption = False,
 ) -> None:
     """The groups with the worst metric over the last whole windows."""
-    from federation.clock import SystemClock
+    from federation.core.clock import SystemClock
     from federation.reporting import parse_last, worst_report
 
     with _sources(config, central_url, ledger_url, no_ledger) as (cfg, central, ledger):

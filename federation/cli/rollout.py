@@ -28,12 +28,12 @@ from federation.cli._coordinated import (
     reload_rows,
     through_coordinator,
 )
+from federation.clients.operator import operator_client, rollout_summary
 from federation.errors import FederationError
-from federation.operator_client import operator_client, rollout_summary
 
 if TYPE_CHECKING:
+    from federation.clients.operator import CoordinatedRollout, WatchResult
     from federation.config import FederationConfig
-    from federation.operator_client import CoordinatedRollout, WatchResult
 
 app = typer.Typer(help="Roll aggregation changes out to every DC, canary first.")
 
@@ -97,7 +97,7 @@ def plan_command(
     changes in each DC's Kapacitor, as unified diffs.
     """
     from federation.config import load_config
-    from federation.rollout import rollout_plan
+    from federation.kapacitor.rollout import rollout_plan
 
     fed = load_config(config)
     if through_coordinator(fed, direct):
@@ -161,7 +161,7 @@ def apply_command(
     resumed by running this again, or undone by `rollout rollback`.
     """
     from federation.config import load_config
-    from federation.rollout import RolloutState, rollout_apply
+    from federation.kapacitor.rollout import RolloutState, rollout_apply
 
     fed = load_config(config)
     if through_coordinator(fed, direct):
@@ -198,7 +198,7 @@ def rollback_command(
     failure or timeout).
     """
     from federation.config import load_config
-    from federation.rollout import RolloutState, rollout_rollback
+    from federation.kapacitor.rollout import RolloutState, rollout_rollback
 
     fed = load_config(config)
     if through_coordinator(fed, direct):
@@ -225,7 +225,7 @@ def status_command(
     whose agent reports retention drift (a refused shrink) or a failure.
     """
     from federation.config import load_config
-    from federation.rollout import rollout_status
+    from federation.kapacitor.rollout import rollout_status
 
     fed = load_config(config)
     if through_coordinator(fed, direct):
@@ -321,7 +321,7 @@ def _apply_through_coordinator(
     window_timeout: float,
     backfill_retention: bool,
 ) -> None:
-    from federation.operator_client import apply_rollout
+    from federation.clients.operator import apply_rollout
 
     with operator_client(config) as client:
         result = apply_rollout(
@@ -370,7 +370,7 @@ def _rollback_through_coordinator(
     aggregations: list[str] | None,
     wait_timeout: float,
 ) -> None:
-    from federation.operator_client import moved_versions, wait_for_versions
+    from federation.clients.operator import moved_versions, wait_for_versions
 
     with operator_client(config) as client:
         step = client.rollback_rollout(aggregations=aggregations, dcs=dcs)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from federation.durations import DAY_NS, HOUR_NS, NS_PER_UNIT, format_duration, parse_duration
+from federation.core.durations import DAY_NS, HOUR_NS, NS_PER_UNIT, format_duration, parse_duration
 
 CHECK_INTERVAL_NS = 30 * NS_PER_UNIT["m"]
 """InfluxDB's default retention check interval, part of a raw point's worst-case lifetime."""

@@ -26,7 +26,7 @@ from federation.coordinator.backfills import (
 )
 from federation.coordinator.convergence import dc_overview
 from federation.coordinator.desired import desired_state, known_plans, record_report, sync_desired
-from federation.coordinator.gateway import GatewayChecker, Refusal
+from federation.coordinator.gateway.rules import GatewayChecker, Refusal
 from federation.coordinator.ledger import Ledger, LedgerError, open_ledger, upgrade_ledger
 from federation.coordinator.planner import PlannerResult, PlannerSettings, plan_backfills
 from federation.coordinator.reload import reload_config

@@ -21,7 +21,7 @@ from federation.coordinator.metrics import (
     RETENTION_DRIFT,
     ROLLOUT_PENDING,
 )
-from federation.durations import SECOND_NS, format_duration
+from federation.core.durations import SECOND_NS, format_duration
 from federation.errors import InvalidInput
 
 __all__ = ["AlertThresholds", "alert_rules"]

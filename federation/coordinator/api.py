@@ -1,7 +1,7 @@
 """The coordinator's HTTP surface: the gateway, the agent API, status, metrics and the page.
 
     GET  /ping                                  204, X-Influxdb-Version (no auth, as InfluxDB)
-    POST /write?db=&rp=&precision=&consistency= gateway (see federation.coordinator.gateway)
+    POST /write?db=&rp=&precision=&consistency= gateway (see federation.coordinator.gateway.rules)
     GET  /api/v1/dcs/{dc}/desired               agent token of {dc}
     POST /api/v1/dcs/{dc}/report                agent token of {dc}; 204
     GET  /api/v1/dcs/{dc}/backfills             agent token of {dc}; leases queued requests
@@ -58,7 +58,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from federation.clock import TimeInputError, parse_instant
 from federation.coordinator.backfills import (
     BackfillNotFound,
     NotYourBackfill,
@@ -68,7 +67,7 @@ from federation.coordinator.backfills import (
 from federation.coordinator.convergence import dc_overview
 from federation.coordinator.desired import record_report, served_desired_state
 from federation.coordinator.draining import RefuseWhileDraining
-from federation.coordinator.gateway import CheckedBatch, Refusal, check_body, log_refusal
+from federation.coordinator.gateway.rules import CheckedBatch, Refusal, check_body, log_refusal
 from federation.coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from federation.coordinator.metrics import metrics_text
 from federation.coordinator.raw_counts import compare_raw_counts, parse_raw_counts
@@ -88,6 +87,7 @@ from federation.coordinator.tracking import (
     find_stale,
     record_manifests,
 )
+from federation.core.clock import TimeInputError, parse_instant
 from federation.errors import ConfigProblems, FederationError, InvalidInput
 from federation.influx import InfluxClient, credentials_from_env
 

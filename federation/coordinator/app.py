@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 from sqlalchemy import select
 
-from federation.clock import Clock, SystemClock
 from federation.config import FederationConfig
 from federation.coordinator.api import build_app
 from federation.coordinator.draining import serve
@@ -33,7 +32,8 @@ from federation.coordinator.service import (
     load_tokens,
 )
 from federation.coordinator.tracking import VerifyResult, WindowState, verify_shipped
-from federation.durations import format_influx_duration
+from federation.core.clock import Clock, SystemClock
+from federation.core.durations import format_influx_duration
 from federation.errors import FederationError, InfluxError
 from federation.influx import InfluxClient, credentials_from_env, quote_ident
 from federation.reporting.monthly import refresh_rollups

@@ -23,9 +23,9 @@ from federation.coordinator.planner import (
     requeue_expired_leases,
 )
 from federation.coordinator.tracking import NEEDS_BACKFILL, WindowState
+from federation.core.plan import resolve_plan
+from federation.core.windows import windows_between
 from federation.errors import FederationError, InvalidInput
-from federation.plan import resolve_plan
-from federation.windows import windows_between
 
 _ERROR_CHARS = 2_000
 _MAX_WINDOWS_REPORTED = 2**31 - 1  # `backfills.windows_reported` is a 32-bit INTEGER

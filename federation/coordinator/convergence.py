@@ -17,12 +17,12 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
-from federation.clock import format_rfc3339
 from federation.config import FederationConfig
 from federation.coordinator.ledger import DcRow, DeploymentRow, Ledger, WindowRow
 from federation.coordinator.rollouts import last_rollout
 from federation.coordinator.tracking import WindowState
-from federation.plan import resolve_all
+from federation.core.clock import format_rfc3339
+from federation.core.plan import resolve_all
 from federation.policy.retention import desired_retention
 
 _SPEC_KEYS = ("name", "duration_ns", "shard_duration_ns", "default")

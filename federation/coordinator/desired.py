@@ -29,9 +29,9 @@ from federation.coordinator.ledger import (
     TrackingRow,
     upsert,
 )
+from federation.core.plan import AggregationPlan, plan_from_dict, plan_to_dict, resolve_all
+from federation.core.windows import align
 from federation.errors import InvalidInput
-from federation.plan import AggregationPlan, plan_from_dict, plan_to_dict, resolve_all
-from federation.windows import align
 
 log = logging.getLogger(__name__)
 

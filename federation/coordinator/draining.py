@@ -1,6 +1,6 @@
 """A replica that is asked to stop (SIGTERM) drains: it finishes the requests it has and
 answers every new one 503, which coordinator clients take as "try another replica"
-(`federation.coordinator_http`).
+(`federation.clients.coordinator_http`).
 
 uvicorn already stops listening on SIGTERM and waits for the requests in flight; what it does
 not do is refuse a request that arrives meanwhile on a connection kept alive. `draining_server`

@@ -47,9 +47,9 @@ from federation.coordinator.ledger import (
     windows_table,
 )
 from federation.coordinator.tracking import NEEDS_BACKFILL, WindowState
-from federation.durations import format_duration
-from federation.plan import AggregationPlan, resolve_all
-from federation.windows import Window, align, coalesce, widen
+from federation.core.durations import format_duration
+from federation.core.plan import AggregationPlan, resolve_all
+from federation.core.windows import Window, align, coalesce, widen
 
 log = logging.getLogger(__name__)
 

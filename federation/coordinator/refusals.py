@@ -14,11 +14,11 @@ import logging
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from federation.coordinator.gateway import GatewayChecker, Refusal, parse_body
+from federation.coordinator.gateway.rules import GatewayChecker, Refusal, parse_body
 from federation.coordinator.ledger import Ledger
 from federation.coordinator.tracking import record_refusal
-from federation.plan import MANIFEST_MEASUREMENT
-from federation.windows import align
+from federation.core.plan import MANIFEST_MEASUREMENT
+from federation.core.windows import align
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ from typing import Any
 from sqlalchemy import select
 
 from federation.config import FederationConfig
+from federation.config.validate import validate_config
 from federation.coordinator.ledger import DeploymentRow, PlanVersionRow
 from federation.coordinator.replicas import config_digest, latest_generation
 from federation.coordinator.service import Coordinator
+from federation.core.plan import AggregationPlan, plan_to_dict
 from federation.errors import ConfigError, ConfigProblems
 from federation.influx import RetentionPolicyInfo
-from federation.plan import AggregationPlan, plan_to_dict
 from federation.policy.retention import DesiredRetention, desired_retention, diff_retention
-from federation.validate import validate_config
 
 
 @dataclass(frozen=True)

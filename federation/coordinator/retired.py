@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from federation.config import Aggregation, FederationConfig
 from federation.coordinator.ledger import Ledger, PlanVersionRow
-from federation.durations import format_duration
+from federation.core.durations import format_duration
 
 __all__ = ["retired_aggregations", "with_retired"]
 

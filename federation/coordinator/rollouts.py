@@ -36,9 +36,9 @@ from sqlalchemy.orm import Session
 from federation.config import FederationConfig
 from federation.coordinator.desired import start_tracking
 from federation.coordinator.ledger import DeploymentRow, Ledger, RolloutRow, TrackingRow
+from federation.core.plan import AggregationPlan, resolve_all
+from federation.core.windows import align
 from federation.errors import FederationError, InvalidInput
-from federation.plan import AggregationPlan, resolve_all
-from federation.windows import align
 
 CANARY = "canary"
 ADVANCED = "advanced"

@@ -18,11 +18,10 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from federation.clock import Clock, SystemClock
 from federation.config import FederationConfig
 from federation.coordinator.clocks import MAX_CLOCK_SKEW_NS, AgentClocks
 from federation.coordinator.desired import known_plans, sync_desired
-from federation.coordinator.gateway import GatewayChecker
+from federation.coordinator.gateway.rules import GatewayChecker
 from federation.coordinator.ledger import Ledger
 from federation.coordinator.metrics import GatewayMetrics
 from federation.coordinator.planner import PlannerSettings
@@ -35,7 +34,8 @@ from federation.coordinator.replicas import (
     record_generation,
     shrink_grants,
 )
-from federation.detection_plan import resolve_detections
+from federation.core.clock import Clock, SystemClock
+from federation.core.detection_plan import resolve_detections
 from federation.errors import FederationError
 from federation.policy.retention import DesiredRetention, desired_retention
 

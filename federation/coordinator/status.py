@@ -19,7 +19,6 @@ from typing import Any
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
-from federation.clock import format_rfc3339
 from federation.config import FederationConfig
 from federation.coordinator.backfills import RunningBackfill, running_backfills
 from federation.coordinator.clocks import MAX_CLOCK_SKEW_NS, ClockSkew, clock_skews
@@ -38,8 +37,9 @@ from federation.coordinator.planner import DONE, FAILED
 from federation.coordinator.replicas import ReplicaStatus, replica_statuses
 from federation.coordinator.retired import with_retired
 from federation.coordinator.tracking import DONE_STATES, WindowState
+from federation.core.clock import format_rfc3339
+from federation.core.windows import align
 from federation.errors import InvalidInput
-from federation.windows import align
 
 DEFAULT_WINDOWS = 24
 MAX_GRID_WINDOWS = 168
@@ -523,7 +523,7 @@ def status_from_api(
 
     Raises CoordinatorError with the URL, status and body when the request fails.
     """
-    from federation.coordinator_http import CoordinatorHttp
+    from federation.clients.coordinator_http import CoordinatorHttp
 
     params = {k: v for k, v in (("aggregation", aggregation), ("since", since), ("dc", dc)) if v}
     with CoordinatorHttp(url, token, timeout=timeout, transport=transport) as client:

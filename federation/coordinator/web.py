@@ -31,14 +31,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from federation.clock import TimeInputError, format_rfc3339, parse_instant, parse_rfc3339
 from federation.coordinator.backfills import RunningBackfill
 from federation.coordinator.convergence import dc_overview
 from federation.coordinator.ledger import BackfillRow, TrackingRow, WindowRow
 from federation.coordinator.planner import QUEUED
 from federation.coordinator.service import Coordinator
 from federation.coordinator.status import StatusReport, state_reason, status_report
-from federation.durations import SECOND_NS, format_duration
+from federation.core.clock import TimeInputError, format_rfc3339, parse_instant, parse_rfc3339
+from federation.core.durations import SECOND_NS, format_duration
 from federation.errors import FederationError, InvalidInput
 from federation.reporting._central import CentralReader
 from federation.reporting.chart import line_chart

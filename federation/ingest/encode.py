@@ -1,6 +1,6 @@
 """The hot path: one decoded JSON event to one line of line protocol, or a reason it cannot be.
 
-The output is byte for byte what `federation.lineprotocol.serialize` writes for the same point
+The output is byte for byte what `federation.core.lineprotocol.serialize` writes for the same point
 (tags and fields sorted by key, floats as `repr`, integers with `i`, the same escaping), which
 the tests check property by property. It is written here rather than by building a `Point` and
 calling `serialize` because that costs about three times as much per event, and ingest has to
@@ -21,11 +21,11 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
+from federation.core.lineprotocol import serialize
+from federation.core.pii import personal_data_kind
+from federation.core.points import Point
 from federation.errors import InvalidInput
 from federation.ingest.schema import EventSchema, FieldType, TimeFormat
-from federation.lineprotocol import serialize
-from federation.pii import personal_data_kind
-from federation.points import Point
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1

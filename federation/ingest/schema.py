@@ -32,9 +32,9 @@ from federation.config import FederationConfig, Policy
 from federation.config.loader import line_for, parse_model_file
 from federation.config.models import Model
 from federation.config.yamlfile import KeyLines
+from federation.core.lineprotocol import serialize
+from federation.core.points import Point
 from federation.errors import ConfigError, ConfigProblems, InvalidInput
-from federation.lineprotocol import serialize
-from federation.points import Point
 
 SCHEMAS_DIR = Path("policies") / "schemas"
 """Where schemas live, relative to the config directory."""

@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from federation.clock import Clock, SystemClock, format_rfc3339
 from federation.config import FederationConfig
-from federation.detection_plan import FINDINGS_MEASUREMENT, FINDINGS_PERSONAL_FIELDS
-from federation.durations import format_duration
+from federation.core.clock import Clock, SystemClock, format_rfc3339
+from federation.core.detection_plan import FINDINGS_MEASUREMENT, FINDINGS_PERSONAL_FIELDS
+from federation.core.durations import format_duration
 from federation.errors import FederationError
 from federation.influx import InfluxClient, RetentionPolicyInfo, quote_ident
 from federation.policy.audit_report import (

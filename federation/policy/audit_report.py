@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation.clock import format_rfc3339
-from federation.durations import format_duration
+from federation.core.clock import format_rfc3339
+from federation.core.durations import format_duration
 from federation.policy.erase import ErasureRecord
 
 

@@ -39,13 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from federation.clock import Clock, SystemClock, format_rfc3339
 from federation.config import FederationConfig, RawMeasurement
+from federation.core.clock import Clock, SystemClock, format_rfc3339
+from federation.core.lineprotocol import serialize
+from federation.core.points import FieldValue, Point
 from federation.errors import FederationError, InfluxError, InvalidInput
 from federation.influx import InfluxClient, quote_ident, quote_string
 from federation.ingest.writer import purge_dead_letters
-from federation.lineprotocol import serialize
-from federation.points import FieldValue, Point
 from federation.policy.retention import DEFAULT_TIMEOUT_S, connect
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from federation.clock import parse_rfc3339
+from federation.core.clock import parse_rfc3339
 from federation.influx import InfluxClient, RetentionPolicyInfo, quote_ident, rows
 
 

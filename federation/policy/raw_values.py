@@ -4,7 +4,7 @@ Ingest refuses such a tag value, but a DC's raw database may hold one written by
 else. The executors keep such a group out of every shipment (its events counted as withheld in
 the manifest), so central stays clean; this finds the series, so the operator can erase them.
 
-A finding names the DC, database, measurement, tag key, the kind of value (`federation.pii`,
+A finding names the DC, database, measurement, tag key, the kind of value (`federation.core.pii`,
 the gateway's detector), how many series hold one, and a few series keys with every
 personal-looking value replaced by its kind (`delivery,customer=<e-mail address>,mailer=mx1`).
 The value itself, or a hash of it, is never given: the audit report leaves the region and goes
@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from federation.core.lineprotocol import parse
+from federation.core.pii import personal_data_kind
 from federation.errors import FederationError
 from federation.influx import InfluxClient, quote_ident, quote_string
-from federation.lineprotocol import parse
-from federation.pii import personal_data_kind
 
 EXAMPLES = 5
 """Series keys shown per finding."""

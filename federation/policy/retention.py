@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from federation.config import FederationConfig, InfluxEndpoint
-from federation.durations import HOUR_NS, format_duration, format_influx_duration
+from federation.core.durations import HOUR_NS, format_duration, format_influx_duration
 from federation.errors import ConfigError, FederationError, InvalidInput
 from federation.influx import InfluxClient, RetentionPolicyInfo, credentials_from_env, quote_ident
 

@@ -15,12 +15,12 @@ from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from federation.calendar import CalendarPeriod
 from federation.config import FederationConfig
+from federation.core.calendar import CalendarPeriod
+from federation.core.plan import MANIFEST_MEASUREMENT, NONE_VALUE
+from federation.core.sketch import Sketch, decode_many, decode_sums, merge_all
 from federation.errors import FederationError, InvalidInput, SketchDecodeError
 from federation.influx import InfluxClient, Series, credentials_from_env, quote_ident, quote_string
-from federation.plan import MANIFEST_MEASUREMENT, NONE_VALUE
-from federation.sketch import Sketch, decode_many, decode_sums, merge_all
 
 CHUNK_SIZE = 10_000
 # Sketches waiting to be merged into a key's running histogram: merging in batches keeps the

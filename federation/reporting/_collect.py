@@ -15,8 +15,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation.calendar import CalendarPeriod, period_of, periods
 from federation.config import FederationConfig
+from federation.core.calendar import CalendarPeriod, period_of, periods
+from federation.core.sketch import Sketch
 from federation.influx import quote_string
 from federation.reporting._central import (
     CentralReader,
@@ -36,7 +37,6 @@ from federation.reporting.rollups import (
     monthly_measurement,
     rollup_measurement,
 )
-from federation.sketch import Sketch
 
 UNKNOWN_VERSION = "unknown"
 """The version of summary points whose window has no manifest at central."""

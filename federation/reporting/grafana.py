@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from federation.config import FederationConfig
+from federation.core.stats import percentile_field
 from federation.errors import InvalidInput
 from federation.influx import quote_ident
-from federation.stats import percentile_field
 
 INFINITY_TYPE = "yesoreyeram-infinity-datasource"
 INFLUX_TYPE = "influxdb"

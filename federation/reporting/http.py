@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from federation.clock import Clock, SystemClock
 from federation.config import FederationConfig
+from federation.core.clock import Clock, SystemClock
 from federation.errors import FederationError, InvalidInput
 from federation.reporting._central import CentralReader
 from federation.reporting.reports import (

@@ -23,8 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from federation.calendar import CalendarPeriod, period_windows, periods
 from federation.config import FederationConfig
+from federation.core.calendar import CalendarPeriod, period_windows, periods
+from federation.core.sketch import Sketch, subtract
 from federation.errors import CalendarError
 from federation.influx import quote_string
 from federation.reporting._central import (
@@ -54,7 +55,6 @@ from federation.reporting.rollups import (
     rollup_dimension_sets,
     rollup_measurement,
 )
-from federation.sketch import Sketch, subtract
 
 __all__ = ["refresh_rollups", "remerge_month"]
 

@@ -1,7 +1,7 @@
 """Central reports: calendar-locked percentiles, SLA attainment and the worst groups.
 
 Every figure is read from merged histograms (`sketch` fields), never from InfluxDB's own
-percentiles or time grouping: periods come from `federation.calendar` (ISO weeks start on
+percentiles or time grouping: periods come from `federation.core.calendar` (ISO weeks start on
 Monday, months are months, DST days are 23 or 25 hours), and the windows of each period are
 merged exactly, each (dc, window) once. A percentile is within relative error alpha of the exact
 nearest-rank percentile of the raw events; an SLA share comes as bounds that contain the true
@@ -23,10 +23,13 @@ from datetime import date
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from federation.calendar import CalendarPeriod, period_windows, periods
-from federation.clock import format_rfc3339
 from federation.config import FederationConfig
-from federation.durations import parse_duration
+from federation.core.calendar import CalendarPeriod, period_windows, periods
+from federation.core.clock import format_rfc3339
+from federation.core.durations import parse_duration
+from federation.core.sketch import Sketch
+from federation.core.stats import percentile_field
+from federation.core.windows import align
 from federation.errors import InvalidInput
 from federation.reporting._central import CentralReader, WindowManifest
 from federation.reporting._collect import Collected, FigureKey, collect
@@ -42,9 +45,6 @@ from federation.reporting.results import (
     WorstRow,
     relative_bounds,
 )
-from federation.sketch import Sketch
-from federation.stats import percentile_field
-from federation.windows import align
 
 __all__ = [
     "Metric",

@@ -40,11 +40,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from federation.calendar import CalendarPeriod, period_of, period_windows, periods
 from federation.config import Aggregation, FederationConfig
+from federation.core.calendar import CalendarPeriod, period_of, period_windows, periods
+from federation.core.lineprotocol import serialize
+from federation.core.points import FieldValue, Point
+from federation.core.sketch import Sketch, encode_many, merge_all
 from federation.errors import CalendarError, InvalidInput
-from federation.lineprotocol import serialize
-from federation.points import FieldValue, Point
 from federation.reporting._central import (
     CentralWriter,
     SketchMerger,
@@ -57,7 +58,6 @@ from federation.reporting._central import (
     stream_rows,
     tag_value,
 )
-from federation.sketch import Sketch, encode_many, merge_all
 
 log = logging.getLogger(__name__)
 

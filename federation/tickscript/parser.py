@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from decimal import Decimal
 
-from federation.durations import NS_PER_UNIT
+from federation.core.durations import NS_PER_UNIT
 from federation.errors import TickScriptError
 from federation.tickscript.ast import (
     Binary,

@@ -17,10 +17,10 @@ from typing import Any
 import jinja2
 
 from federation.config import FederationConfig
-from federation.detection_plan import DetectionPlan, resolve_detection
-from federation.durations import format_duration
+from federation.core.detection_plan import DetectionPlan, resolve_detection
+from federation.core.durations import format_duration
+from federation.core.plan import AggregationPlan, resolve_all, resolve_plan
 from federation.errors import TickScriptError
-from federation.plan import AggregationPlan, resolve_all, resolve_plan
 from federation.tickscript.lint import LintContext, LintProblem, lint
 
 UDF_NAME = "fedagg"

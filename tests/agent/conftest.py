@@ -10,11 +10,11 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from federation.core.lineprotocol import serialize
+from federation.core.plan import AggregationPlan
+from federation.core.points import Point
+from federation.devstack.localstack import InfluxServer, LocalStack, free_port
 from federation.influx import InfluxClient
-from federation.lineprotocol import serialize
-from federation.localstack import InfluxServer, LocalStack, free_port
-from federation.plan import AggregationPlan
-from federation.points import Point
 
 SECOND = 10**9
 HOUR = 3600 * SECOND

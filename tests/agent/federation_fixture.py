@@ -13,13 +13,13 @@ import pytest
 import uvicorn
 import yaml
 
-from federation.clock import Clock
 from federation.config import FederationConfig, load_config
 from federation.coordinator import Coordinator, build_app, open_ledger
 from federation.coordinator.app import ensure_central
 from federation.coordinator.service import CoordinatorSettings, Tokens
+from federation.core.clock import Clock
+from federation.devstack.localstack import free_port
 from federation.influx import InfluxClient
-from federation.localstack import free_port
 
 DC = "fra1"
 READER = "reader-secret"

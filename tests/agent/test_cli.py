@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from federation.agent import EmbeddedMode, Shipper, WindowRunner
 from federation.cli import app
-from federation.clock import SystemClock, format_rfc3339
 from federation.config import FederationConfig
+from federation.core.clock import SystemClock, format_rfc3339
+from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient
-from federation.localstack import InfluxServer
 
 from .conftest import HOUR, SECOND, central_points, make_plan
 from .federation_fixture import (
@@ -204,7 +204,7 @@ def test_agent_once_computes_no_window_that_has_not_ended_by_its_clock(
     central: InfluxClient, hour0: int,
 ) -> None:  # fmt: skip
     from federation.agent import run_once
-    from federation.clock import FakeClock
+    from federation.core.clock import FakeClock
 
     config, _ = fed
     write_raw(dc_influxd.url, hour0, 2)

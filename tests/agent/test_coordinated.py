@@ -16,13 +16,13 @@ from typer.testing import CliRunner
 
 from federation.agent import Agent, AgentSettings, build_agent
 from federation.cli import app
-from federation.clock import FakeClock
+from federation.clients.operator import OperatorClient
 from federation.config import FederationConfig, load_config
+from federation.core.clock import FakeClock
+from federation.core.plan import resolve_plan
+from federation.devstack.localstack import InfluxServer, LocalStack, free_port
 from federation.errors import InvalidInput
 from federation.influx import InfluxClient
-from federation.localstack import InfluxServer, LocalStack, free_port
-from federation.operator_client import OperatorClient
-from federation.plan import resolve_plan
 
 from .conftest import HOUR, SECOND, start_server
 from .federation_fixture import READER, Served, export_agent_tokens, serve_coordinator

@@ -13,14 +13,14 @@ import pytest
 
 from federation.agent import Agent, AgentSettings, build_agent, catch_up_windows
 from federation.agent.coordinator_client import DesiredRetentionState
-from federation.clock import FakeClock
 from federation.config import FederationConfig
 from federation.coordinator import request_backfill
+from federation.core.clock import FakeClock
+from federation.core.plan import resolve_plan
+from federation.core.windows import Window
+from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient
-from federation.localstack import InfluxServer
-from federation.plan import resolve_plan
 from federation.policy import RetentionSpec
-from federation.windows import Window
 
 from .conftest import DAY, HOUR, SECOND, Event, central_points
 from .federation_fixture import (
@@ -258,8 +258,8 @@ def test_a_coordinator_clock_hours_ahead_never_makes_the_agent_compute_a_running
     hour0: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from federation.clock import SkewedClock
     from federation.coordinator.ledger import BackfillRow
+    from federation.core.clock import SkewedClock
 
     fed, port = config
     export_agent_tokens(fed, monkeypatch)

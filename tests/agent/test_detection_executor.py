@@ -11,13 +11,13 @@ import pytest
 
 from federation.agent import RunIds, Shipper
 from federation.agent.detection_executor import run_detection_windows
-from federation.clock import FakeClock
-from federation.detection_plan import DetectionPlan
+from federation.core.clock import FakeClock
+from federation.core.detection_plan import DetectionPlan
+from federation.core.lineprotocol import serialize
+from federation.core.points import Point
+from federation.core.windows import Window
+from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient
-from federation.lineprotocol import serialize
-from federation.localstack import InfluxServer
-from federation.points import Point
-from federation.windows import Window
 
 from .conftest import SECOND, base_time, central_points
 

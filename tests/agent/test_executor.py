@@ -19,10 +19,10 @@ from federation.agent import (
     WindowRunner,
     run_range,
 )
-from federation.clock import FakeClock
+from federation.core.clock import FakeClock
+from federation.core.stats import nearest_rank, percentile_field
+from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient
-from federation.localstack import InfluxServer
-from federation.stats import nearest_rank, percentile_field
 
 from .conftest import (
     PERSONAL_VALUES,
@@ -283,7 +283,7 @@ def test_chunking_does_not_change_the_result(
     dc: InfluxClient, central_influxd: InfluxServer, chunk_size: int
 ) -> None:
     from federation.agent import read_window
-    from federation.windows import Window
+    from federation.core.windows import Window
 
     plan = make_plan()
     base = base_time()

@@ -9,16 +9,16 @@ import threading
 from federation.agent import CoordinatorClient, Shipper, compute_window
 from federation.agent.central_check import windows_past_lookback
 from federation.agent.executor import RunIds
-from federation.clock import FakeClock
 from federation.config import FederationConfig
 from federation.coordinator.app import run_verification
 from federation.coordinator.ledger import WindowRow
+from federation.core.clock import FakeClock
+from federation.core.plan import resolve_plan
+from federation.core.windows import Window, windows_between
+from federation.devstack.kapacitor_emulator import KapacitorEmulator
+from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient
-from federation.kapacitor import KapacitorClient
-from federation.localstack import InfluxServer
-from federation.plan import resolve_plan
-from federation.testing import KapacitorEmulator
-from federation.windows import Window, windows_between
+from federation.kapacitor.client import KapacitorClient
 
 from . import test_kapacitor_mode as mode_tests
 from .conftest import HOUR, SECOND

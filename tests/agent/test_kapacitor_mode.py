@@ -32,20 +32,20 @@ from federation.agent import (
     mode_name,
 )
 from federation.agent.kapacitor_mode import KapacitorMode, replay_task_id
-from federation.clock import FakeClock, format_rfc3339
 from federation.config import FederationConfig, load_config
 from federation.coordinator import request_backfill
 from federation.coordinator.app import run_verification
 from federation.coordinator.ledger import DcRow, DeploymentRow
-from federation.deploy import DeploymentError, script_version
+from federation.core.clock import FakeClock, format_rfc3339
+from federation.core.plan import AggregationPlan, resolve_plan
+from federation.core.points import Point
+from federation.core.windows import Window, windows_between
+from federation.devstack.kapacitor_emulator import KapacitorEmulator
+from federation.devstack.localstack import InfluxServer
 from federation.errors import KapacitorError
 from federation.influx import InfluxClient
-from federation.kapacitor import KapacitorClient
-from federation.localstack import InfluxServer
-from federation.plan import AggregationPlan, resolve_plan
-from federation.points import Point
-from federation.testing import KapacitorEmulator
-from federation.windows import Window, windows_between
+from federation.kapacitor.client import KapacitorClient
+from federation.kapacitor.deploy import DeploymentError, script_version
 
 from .conftest import HOUR, SECOND, Event, central_points, make_plan, write_events
 from .federation_fixture import (
@@ -493,7 +493,7 @@ def fed(
     served_emulator: tuple[KapacitorEmulator, str],
 ) -> tuple[FederationConfig, int]:
     """The example federation with DC fra1 on the test's influxd and the served emulator."""
-    from federation.localstack import free_port
+    from federation.devstack.localstack import free_port
 
     port = free_port()
     write_fleet(config_dir, dc_influxd.url, central_influxd.url, f"http://127.0.0.1:{port}")

@@ -13,11 +13,11 @@ from kapacitor_fixture import StartKapacitord
 
 from federation.agent.daemon import PlanHealth
 from federation.agent.kapacitor_mode import KapacitorMode
-from federation.clock import SystemClock
+from federation.core.clock import SystemClock
+from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient
-from federation.kapacitor import KapacitorClient
-from federation.kapacitor_logs import ErrorLog, LoggedError
-from federation.localstack import InfluxServer
+from federation.kapacitor.client import KapacitorClient
+from federation.kapacitor.logs import ErrorLog, LoggedError
 
 from .conftest import SECOND, make_plan
 from .test_kapacitor_mode import TEMPLATES, RecordingSink

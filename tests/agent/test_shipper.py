@@ -8,10 +8,10 @@ import httpx
 import pytest
 
 from federation.agent import RetryPolicy, ShipmentError, ShipmentRefused, Shipper
+from federation.core.plan import MANIFEST_MEASUREMENT
+from federation.core.points import Point
+from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient
-from federation.localstack import InfluxServer
-from federation.plan import MANIFEST_MEASUREMENT
-from federation.points import Point
 
 from .conftest import SECOND, base_time, central_points, make_plan
 from .helpers import Forwarding

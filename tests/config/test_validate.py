@@ -265,7 +265,7 @@ def test_validate_command_exits_2_listing_problems(config_dir: Path) -> None:
 
 
 def validate(config_dir: Path) -> list[str]:
-    from federation.validate import validate_config
+    from federation.config.validate import validate_config
 
     with pytest.raises(ConfigProblems) as info:
         validate_config(config_dir)

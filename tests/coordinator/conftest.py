@@ -23,21 +23,21 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from federation.clock import FakeClock
 from federation.config import FederationConfig, load_config
 from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central
 from federation.coordinator.ledger import Ledger, open_ledger
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
-from federation.errors import FederationError
-from federation.influx import InfluxClient
-from federation.localstack import (
+from federation.core.clock import FakeClock
+from federation.devstack.localstack import (
     InfluxServer,
     PostgresServer,
     create_postgres_database,
     drop_postgres_database,
     find_postgres_bin,
 )
+from federation.errors import FederationError
+from federation.influx import InfluxClient
 
 from .helpers import HOUR, READER, token
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from federation.config import FederationConfig
-from federation.lineprotocol import serialize
-from federation.plan import AggregationPlan, resolve_plan
-from federation.points import Point
+from federation.core.lineprotocol import serialize
+from federation.core.plan import AggregationPlan, resolve_plan
+from federation.core.points import Point
 
 HOUR = 3600 * 10**9
 READER = "reader-secret"
@@ -27,7 +27,7 @@ def window_batch(
     plan: AggregationPlan, start_ns: int, *, run: int = 1, events: int = 40, seed: int = 7
 ) -> list[Point]:
     """The points a DC ships for one window of `plan`: real summaries, sketches and manifest."""
-    from federation.aggregate import window_points
+    from federation.core.aggregate import window_points
 
     rng = np.random.default_rng(seed)
     values = rng.lognormal(5.0, 1.0, events)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from starlette.testclient import TestClient
 
-from federation.clock import FakeClock
 from federation.config import FederationConfig
 from federation.coordinator.ledger import DcRow, DeploymentRow, Ledger
 from federation.coordinator.status import StatusReport
-from federation.plan import plan_from_dict
+from federation.core.clock import FakeClock
+from federation.core.plan import plan_from_dict
 
 from .helpers import HOUR, READER, plan_of, token
 

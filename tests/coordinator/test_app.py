@@ -9,7 +9,7 @@ import pytest
 from federation.config import FederationConfig
 from federation.coordinator.app import PreflightError, preflight
 from federation.coordinator.ledger import head_revision, ledger_revision
-from federation.localstack import free_port
+from federation.devstack.localstack import free_port
 
 from .helpers import READER, token
 

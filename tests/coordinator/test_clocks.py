@@ -7,11 +7,11 @@ from __future__ import annotations
 from starlette.testclient import TestClient
 
 from federation.cli._status_view import status_renderables
-from federation.clock import FakeClock
 from federation.config import FederationConfig
 from federation.coordinator.ledger import Ledger
 from federation.coordinator.service import Coordinator
 from federation.coordinator.status import StatusReport, status_report
+from federation.core.clock import FakeClock
 
 from .helpers import HOUR, READER, body, central_params, plan_of, token, window_batch
 

@@ -16,15 +16,15 @@ from starlette.testclient import TestClient
 
 from federation.config import FederationConfig
 from federation.coordinator.api import build_app
-from federation.coordinator.gateway import CheckedBatch, Refusal, check_body, parse_body
+from federation.coordinator.gateway.rules import CheckedBatch, Refusal, check_body, parse_body
+from federation.coordinator.gateway.wire import read_columns
 from federation.coordinator.ledger import Ledger, WindowRow
 from federation.coordinator.service import Coordinator
-from federation.coordinator.wire import read_columns
+from federation.core.plan import MANIFEST_MEASUREMENT
+from federation.core.points import Point
+from federation.core.sketch import Sketch
+from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient
-from federation.localstack import InfluxServer
-from federation.plan import MANIFEST_MEASUREMENT
-from federation.points import Point
-from federation.sketch import Sketch
 
 from .helpers import HOUR, body, central_params, plan_of, token, window_batch
 
@@ -364,7 +364,7 @@ def _verdicts(coordinator: Coordinator, raw: bytes) -> tuple[tuple[object, ...],
 
 def _latency_batch(config: FederationConfig, hour0: int, seed: int = 3) -> list[Point]:
     """A window of the three-dimension aggregation with dozens of groups, as DCs ship it."""
-    from federation.aggregate import window_points
+    from federation.core.aggregate import window_points
 
     rng = np.random.default_rng(seed)
     n = 3000

@@ -9,10 +9,10 @@ from starlette.testclient import TestClient
 
 from federation.config import FederationConfig
 from federation.coordinator.ledger import Ledger
-from federation.detect import detect_window, shipped_points
-from federation.detection_plan import resolve_detection
+from federation.core.detect import detect_window, shipped_points
+from federation.core.detection_plan import resolve_detection
+from federation.core.points import Point
 from federation.influx import InfluxClient, rows
-from federation.points import Point
 
 from .helpers import HOUR, body
 from .test_gateway import DC, _refused, ledger_windows, write

@@ -10,14 +10,14 @@ import httpx
 import yaml
 from typer.testing import CliRunner
 
-from federation.asgi_server import ThreadedServer
 from federation.cli import app
-from federation.clock import FakeClock
 from federation.coordinator.api import build_app
 from federation.coordinator.backfills import request_backfill
 from federation.coordinator.ledger import Ledger, WindowRow
 from federation.coordinator.service import Coordinator
-from federation.localstack import free_port
+from federation.core.clock import FakeClock
+from federation.devstack.asgi_server import ThreadedServer
+from federation.devstack.localstack import free_port
 
 from .helpers import HOUR, READER, body, central_params, plan_of, token, window_batch
 

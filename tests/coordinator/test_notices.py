@@ -17,9 +17,9 @@ from federation.coordinator.ledger import Ledger
 from federation.coordinator.planner import PlannerSettings
 from federation.coordinator.status import DcStatus, StatusReport, status_report
 from federation.coordinator.tracking import verify_shipped
+from federation.core.plan import MANIFEST_MEASUREMENT
+from federation.core.points import Point
 from federation.influx import InfluxClient
-from federation.plan import MANIFEST_MEASUREMENT
-from federation.points import Point
 
 from .helpers import HOUR, body, plan_of, window_batch
 from .test_gateway import DC, ledger_windows, with_tags, write

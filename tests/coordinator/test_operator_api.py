@@ -11,7 +11,6 @@ import yaml
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from federation.clock import FakeClock, format_rfc3339
 from federation.config import FederationConfig
 from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central
@@ -22,8 +21,9 @@ from federation.coordinator.planner import plan_backfills
 from federation.coordinator.retired import with_retired
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.coordinator.status import status_report
+from federation.core.clock import FakeClock, format_rfc3339
+from federation.core.plan import resolve_plan
 from federation.influx import InfluxClient
-from federation.plan import resolve_plan
 from federation.reporting.completeness import completeness
 
 from .helpers import HOUR, READER, token

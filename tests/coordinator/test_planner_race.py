@@ -33,7 +33,7 @@ from federation.coordinator.planner import (
     plan_backfills,
 )
 from federation.coordinator.tracking import NEEDS_BACKFILL, Manifest, record_manifests
-from federation.plan import resolve_all
+from federation.core.plan import resolve_all
 
 from .helpers import HOUR
 

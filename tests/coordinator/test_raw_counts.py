@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from starlette.testclient import TestClient
 
-from federation.clock import FakeClock
 from federation.config import FederationConfig
 from federation.coordinator.ledger import Ledger, WindowRow
 from federation.coordinator.planner import plan_backfills
+from federation.core.clock import FakeClock
 
 from .helpers import HOUR, token
 

@@ -10,14 +10,14 @@ from typing import TypeVar
 
 from starlette.testclient import TestClient
 
-from federation.calendar import period_of
-from federation.clock import FakeClock
 from federation.config import FederationConfig
 from federation.coordinator.api import build_app
 from federation.coordinator.app import RollupJob
 from federation.coordinator.ledger import Ledger
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.coordinator.tracking import VerifyResult, verify_shipped
+from federation.core.calendar import period_of
+from federation.core.clock import FakeClock
 from federation.influx import InfluxClient, rows
 
 from .helpers import HOUR, READER, body, plan_of, token, window_batch

@@ -14,7 +14,6 @@ from rich.text import Text
 from starlette.testclient import TestClient
 
 from federation.cli._status_view import status_renderables
-from federation.clock import FakeClock
 from federation.config import FederationConfig, load_config
 from federation.coordinator.api import build_app
 from federation.coordinator.draining import DRAINING_MESSAGE, draining_server
@@ -22,6 +21,7 @@ from federation.coordinator.ledger import Ledger
 from federation.coordinator.reload import follow_generation
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.coordinator.status import StatusReport, status_report
+from federation.core.clock import FakeClock
 
 from .helpers import READER, token
 from .test_operator_api import AGG, OP, OPERATOR, edit, served_version

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from starlette.testclient import TestClient
 
-from federation.calendar import period_of
-from federation.clock import FakeClock, format_rfc3339
 from federation.config import FederationConfig
 from federation.coordinator.app import RollupJob
 from federation.coordinator.ledger import Ledger
 from federation.coordinator.service import Coordinator
 from federation.coordinator.tracking import verify_shipped
+from federation.core.calendar import period_of
+from federation.core.clock import FakeClock, format_rfc3339
 from federation.influx import InfluxClient, rows
 
 from .helpers import HOUR, READER, body, plan_of, window_batch

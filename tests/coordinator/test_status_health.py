@@ -5,9 +5,9 @@ from __future__ import annotations
 from starlette.testclient import TestClient
 
 from federation.cli._status_view import status_renderables
-from federation.clock import FakeClock
 from federation.config import FederationConfig
 from federation.coordinator.status import StatusReport
+from federation.core.clock import FakeClock
 
 from .helpers import READER, plan_of, token
 

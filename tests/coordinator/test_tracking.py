@@ -7,13 +7,13 @@ import base64
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from federation.aggregate import manifest_point
-from federation.clock import FakeClock
 from federation.config import FederationConfig
 from federation.coordinator.ledger import Ledger, WindowRow
 from federation.coordinator.planner import plan_backfills
 from federation.coordinator.service import Coordinator
 from federation.coordinator.tracking import dc_windows, verify_shipped
+from federation.core.aggregate import manifest_point
+from federation.core.clock import FakeClock
 from federation.influx import InfluxClient
 
 from .helpers import HOUR, body, central_params, plan_of, token, window_batch

@@ -14,14 +14,14 @@ from datetime import UTC, datetime
 import pytest
 from starlette.testclient import TestClient
 
-from federation.clock import FakeClock, format_rfc3339
 from federation.coordinator.api import build_app
 from federation.coordinator.ledger import Ledger, WindowRow
 from federation.coordinator.service import Coordinator
 from federation.coordinator.status import status_report
 from federation.coordinator.tracking import verify_shipped
+from federation.core.clock import FakeClock, format_rfc3339
+from federation.devstack.localstack import free_port
 from federation.influx import InfluxClient
-from federation.localstack import free_port
 from federation.reporting.chart import line_chart
 
 from .helpers import HOUR, READER, body, central_params, plan_of, token, window_batch
@@ -157,7 +157,7 @@ def test_the_pages_in_a_real_browser(known: Coordinator, hour0: int, browser: ob
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from federation.asgi_server import ThreadedServer
+    from federation.devstack.asgi_server import ThreadedServer
 
     assert isinstance(browser, WebDriver)
     server = ThreadedServer(lambda: build_app(known), free_port())

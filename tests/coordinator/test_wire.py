@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.coordinator.wire import parse_lines, read_columns, sketch_checker
+from federation.coordinator.gateway.wire import parse_lines, read_columns, sketch_checker
+from federation.core.lineprotocol import parse, serialize
+from federation.core.points import FieldValue, Point
+from federation.core.sketch import Sketch
 from federation.errors import InvalidInput, SketchDecodeError
-from federation.lineprotocol import parse, serialize
-from federation.points import FieldValue, Point
-from federation.sketch import Sketch
 
 names = st.text(alphabet="abcxyz_019-.", min_size=1, max_size=8)
 values = st.one_of(

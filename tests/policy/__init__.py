@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from federation.config import FederationConfig, load_config
+from federation.devstack.localstack import InfluxServer, LocalStack, free_port
 from federation.influx import InfluxClient
-from federation.localstack import InfluxServer, LocalStack, free_port
 
 
 @dataclass

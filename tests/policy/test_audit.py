@@ -11,13 +11,13 @@ import yaml
 from typer.testing import CliRunner
 
 from federation.cli import app
-from federation.clock import FakeClock
-from federation.durations import DAY_NS
-from federation.lineprotocol import serialize
-from federation.localstack import LocalStack
-from federation.points import FieldValue, Point
+from federation.core.clock import FakeClock
+from federation.core.durations import DAY_NS
+from federation.core.lineprotocol import serialize
+from federation.core.points import FieldValue, Point
+from federation.core.sketch import Sketch
+from federation.devstack.localstack import LocalStack
 from federation.policy import apply_retention, audit, personal_patterns
-from federation.sketch import Sketch
 
 from . import Federation, start_federation
 

@@ -15,11 +15,11 @@ import yaml
 from typer.testing import CliRunner
 
 from federation.cli import app
+from federation.core.lineprotocol import serialize
+from federation.core.points import FieldValue, Point
+from federation.devstack.localstack import LocalStack
 from federation.errors import InvalidInput
 from federation.influx import InfluxClient
-from federation.lineprotocol import serialize
-from federation.localstack import LocalStack
-from federation.points import FieldValue, Point
 from federation.policy import (
     AUDIT_DATABASE,
     REDACTED,

@@ -15,15 +15,15 @@ from federation.agent import RunIds
 from federation.agent.detection_executor import run_detection_windows
 from federation.agent.findings import list_findings
 from federation.cli import app
-from federation.clock import FakeClock
-from federation.detection_plan import DetectionPlan, resolve_detection
+from federation.core.clock import FakeClock
+from federation.core.detection_plan import DetectionPlan, resolve_detection
+from federation.core.lineprotocol import serialize
+from federation.core.plan import ShippedPlan
+from federation.core.points import Point
+from federation.core.windows import Window
+from federation.devstack.localstack import LocalStack
 from federation.influx import InfluxClient
-from federation.lineprotocol import serialize
-from federation.localstack import LocalStack
-from federation.plan import ShippedPlan
-from federation.points import Point
 from federation.policy import REDACTED, apply_retention, erase_subject
-from federation.windows import Window
 
 from . import Federation, start_federation
 
@@ -114,7 +114,7 @@ def test_findings_are_listed_newest_run_only_and_erased_with_their_subject(
 
 
 def test_the_audit_treats_findings_outside_the_raw_rp_as_personal_data(fed: Federation) -> None:
-    from federation.detect import detect_window, finding_points
+    from federation.core.detect import detect_window, finding_points
     from federation.policy import audit
 
     now = time.time_ns()

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from federation.cli import app
 from federation.config import load_config
-from federation.durations import DAY_NS, HOUR_NS
+from federation.core.durations import DAY_NS, HOUR_NS
+from federation.devstack.localstack import LocalStack
 from federation.errors import ConfigError, InvalidInput
 from federation.influx import RetentionPolicyInfo
-from federation.localstack import LocalStack
 from federation.policy import (
     CENTRAL,
     ChangeKind,

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from federation.devstack.localstack import LocalStack
 from federation.influx import InfluxClient
-from federation.localstack import LocalStack
 
 
 @pytest.fixture(scope="module")

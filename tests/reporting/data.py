@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from federation.aggregate import window_points
 from federation.config import FederationConfig, load_config
-from federation.durations import format_influx_duration
+from federation.core.aggregate import window_points
+from federation.core.durations import format_influx_duration
+from federation.core.lineprotocol import serialize
+from federation.core.plan import AggregationPlan
+from federation.core.points import Point
 from federation.influx import InfluxClient, quote_ident
-from federation.lineprotocol import serialize
-from federation.plan import AggregationPlan
-from federation.points import Point
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DIRECTIONS = ("in", "out")

@@ -15,12 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from federation.cli import app
-from federation.clock import parse_rfc3339
-from federation.durations import HOUR_NS
+from federation.core.clock import parse_rfc3339
+from federation.core.durations import HOUR_NS
+from federation.core.plan import resolve_plan
+from federation.core.windows import align
+from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient
-from federation.localstack import InfluxServer
-from federation.plan import resolve_plan
-from federation.windows import align
 
 from .data import Raw, copy_config, prepare_central, ship_window, write_points
 

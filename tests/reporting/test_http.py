@@ -13,11 +13,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
-from federation.clock import FakeClock, parse_rfc3339
 from federation.config import FederationConfig
-from federation.durations import HOUR_NS
+from federation.core.clock import FakeClock, parse_rfc3339
+from federation.core.durations import HOUR_NS
+from federation.core.plan import resolve_plan
 from federation.influx import InfluxClient
-from federation.plan import resolve_plan
 from federation.reporting import percentile_report, sla_report, worst_report
 from federation.reporting.http import routes
 

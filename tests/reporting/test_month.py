@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from federation.calendar import periods
-from federation.clock import parse_rfc3339
 from federation.config import FederationConfig
-from federation.durations import HOUR_NS
+from federation.core.calendar import periods
+from federation.core.clock import parse_rfc3339
+from federation.core.durations import HOUR_NS
+from federation.core.plan import resolve_plan
 from federation.influx import InfluxClient, Series
-from federation.plan import resolve_plan
 from federation.reporting import (
     PercentileRow,
     percentile_report,

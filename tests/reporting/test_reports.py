@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federation.clock import parse_rfc3339
 from federation.coordinator.ledger import DcRow, TrackingRow, WindowRow, open_ledger
-from federation.durations import HOUR_NS
+from federation.core.clock import parse_rfc3339
+from federation.core.durations import HOUR_NS
+from federation.core.plan import resolve_plan
 from federation.errors import CalendarError, InvalidInput
 from federation.influx import InfluxClient
-from federation.plan import resolve_plan
 from federation.reporting import (
     completeness,
     parse_metric,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from federation.clock import parse_rfc3339
-from federation.durations import HOUR_NS
+from federation.core.clock import parse_rfc3339
+from federation.core.durations import HOUR_NS
+from federation.core.plan import resolve_plan
 from federation.influx import InfluxClient
-from federation.plan import resolve_plan
 from federation.reporting import (
     covering_dimension_set,
     percentile_report,

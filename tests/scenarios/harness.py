@@ -48,20 +48,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from federation.agent.backfill_work import BackfillWork
 from federation.agent.daemon import Agent, AgentSettings, build_agent
 from federation.agent.shipper import RetryPolicy
-from federation.asgi_server import ThreadedServer
-from federation.clock import Clock, SystemClock, format_rfc3339
 from federation.config import FederationConfig, load_config
 from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central, run_verification, schedule_jobs
 from federation.coordinator.ledger import Ledger, WindowRow, open_ledger
 from federation.coordinator.planner import PlannerSettings
 from federation.coordinator.service import Coordinator, CoordinatorSettings, load_tokens
+from federation.core.clock import Clock, SystemClock, format_rfc3339
+from federation.devstack.asgi_server import ThreadedServer
+from federation.devstack.localstack import KapacitorServer, LocalStack, free_port
+from federation.devstack.traffic import generate_events, personal_values, to_json_lines
 from federation.errors import FederationError
 from federation.influx import InfluxClient
 from federation.ingest import ingest
-from federation.localstack import KapacitorServer, LocalStack, free_port
 from federation.policy.retention import apply_retention
-from federation.traffic import generate_events, personal_values, to_json_lines
 
 log = logging.getLogger(__name__)
 

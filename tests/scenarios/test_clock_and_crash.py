@@ -19,9 +19,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from federation.clock import Clock, SkewedClock, SystemClock, format_rfc3339
 from federation.coordinator.ledger import BackfillRow, WindowRow
 from federation.coordinator.planner import DONE, RUNNING
+from federation.core.clock import Clock, SkewedClock, SystemClock, format_rfc3339
 
 from .checks import Outcome, check_invariants
 from .harness import (

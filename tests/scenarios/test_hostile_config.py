@@ -22,10 +22,10 @@ import yaml
 
 from federation.cli import main
 from federation.config import load_config
+from federation.devstack.kapacitor_emulator import KapacitorEmulator
+from federation.devstack.localstack import InfluxServer
 from federation.errors import ConfigProblems
 from federation.influx import InfluxClient
-from federation.localstack import InfluxServer
-from federation.testing.kapacitor_emulator import KapacitorEmulator
 from federation.tickscript.render import RenderLintError, render_all
 
 pytestmark = pytest.mark.slow

@@ -32,20 +32,20 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from federation.aggregate import window_points
-from federation.clock import FakeClock
 from federation.config import FederationConfig, load_config
 from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central
 from federation.coordinator.ledger import Ledger, WindowRow, open_ledger
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
+from federation.core.aggregate import window_points
+from federation.core.clock import FakeClock
+from federation.core.lineprotocol import parse
+from federation.core.pii import personal_data_kind
+from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan, resolve_plan
+from federation.core.points import FieldValue, Point
+from federation.devstack.localstack import InfluxServer, LocalStack, free_port
+from federation.devstack.pii_scan import scan_central
 from federation.influx import InfluxClient, quote_ident
-from federation.lineprotocol import parse
-from federation.localstack import InfluxServer, LocalStack, free_port
-from federation.pii import personal_data_kind
-from federation.pii_scan import scan_central
-from federation.plan import MANIFEST_MEASUREMENT, AggregationPlan, resolve_plan
-from federation.points import FieldValue, Point
 
 pytestmark = pytest.mark.slow
 

@@ -21,9 +21,9 @@ import pytest
 
 from federation.agent.daemon import Agent
 from federation.agent.executor import RangeResult
-from federation.kapacitor import KapacitorClient
-from federation.plan import AggregationPlan
-from federation.windows import Window
+from federation.core.plan import AggregationPlan
+from federation.core.windows import Window
+from federation.kapacitor.client import KapacitorClient
 
 from .checks import Outcome, check_invariants
 from .harness import (

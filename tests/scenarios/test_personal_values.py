@@ -19,9 +19,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from federation.clock import format_rfc3339
-from federation.lineprotocol import serialize
-from federation.points import Point
+from federation.core.clock import format_rfc3339
+from federation.core.lineprotocol import serialize
+from federation.core.points import Point
 from federation.policy import audit
 
 from .checks import Outcome, check_invariants

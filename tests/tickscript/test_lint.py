@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.durations import NS_PER_UNIT
+from federation.core.durations import NS_PER_UNIT
 from federation.tickscript import RULES, LintContext, LintProblem, lint
 
 CTX = LintContext(

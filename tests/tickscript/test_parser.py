@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.durations import NS_PER_UNIT
+from federation.core.durations import NS_PER_UNIT
 from federation.errors import TickScriptError
 from federation.tickscript import format, parse
 from federation.tickscript.ast import (

@@ -1,0 +1,1 @@
+"""Clients of the coordinator's HTTP API: replicas, fail-over, the operator's calls."""

@@ -1,0 +1,1 @@
+"""The gateway: what central accepts, checked batch by batch."""

@@ -1,0 +1,1 @@
+"""The Kapacitor backend: HTTP client, the process UDF, deploy and rollout."""
