@@ -174,6 +174,7 @@ class KapacitorMode:
         self._reloaded: dict[str, float] = {}
         self.stall_after_s = stall_after_s
         self._waiting: dict[tuple[str, str], tuple[int, float]] = {}
+        self._interrupted: set[str] = set()
         self.clock = clock
         self.settle_s = settle_s
         self.run_ids = RunIds(clock)
@@ -319,6 +320,11 @@ class KapacitorMode:
         if task is None:
             return unhealthy(f"task {task_id} is not deployed")
         current = TaskSnapshot.of(task)
+        if wanted is not None and current == dataclasses.replace(wanted, enabled=False):
+            with self._lock:
+                interrupted = task_id in self._interrupted
+            if interrupted:
+                return unhealthy(self._finish_reload(task_id))
         if wanted is None or current != wanted:
             running = script_version(current.script)
             state = " (disabled)" if not current.enabled else ""
@@ -409,10 +415,30 @@ class KapacitorMode:
         try:
             self.client.reload_task(task_id)
         except KapacitorError as exc:
+            # Stopping a task waits for its UDF processes; one that is stuck may outlast the
+            # client's timeout, and the task is then left disabled: the next check enables it.
+            with self._lock:
+                self._interrupted.add(task_id)
             log.error("DC %s: %s; reloading the task failed: %s", self.dc, why, exc)
             return f"{why}; reloading the task failed: {exc}"
+        with self._lock:
+            self._interrupted.discard(task_id)
         log.warning("DC %s: %s; reloaded the task (disable + enable)", self.dc, why)
         return f"{why}; reloaded the task (disable + enable)"
+
+    def _finish_reload(self, task_id: str) -> str:
+        """Enable a task that a reload which failed half-way left disabled."""
+        why = f"task {task_id} was left disabled by a reload that failed"
+        try:
+            self.client.enable_task(task_id)
+        except KapacitorError as exc:
+            log.error("DC %s: %s; enabling it failed: %s", self.dc, why, exc)
+            return f"{why}; enabling it failed: {exc}"
+        with self._lock:
+            self._interrupted.discard(task_id)
+            self._counters.pop(task_id, None)
+        log.warning("DC %s: %s; enabled it again", self.dc, why)
+        return f"{why}; enabled it again"
 
     # --- replays ------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from kapacitor_fixture import KapacitorUnderTest
@@ -229,6 +230,37 @@ def test_a_dead_udf_is_noticed_by_its_stalled_branch_and_the_task_reloaded(
     assert emulator.tasks[task_id].last_enabled > started
     assert all(h.healthy for h in mode.health())
     mode.close()
+
+
+def test_a_reload_whose_disable_timed_out_is_finished_at_the_next_check(
+    emulator: KapacitorEmulator,
+) -> None:
+    # Stopping a task waits for its UDF processes: Kapacitor may answer after the client gave up.
+    inner = emulator.transport()
+    late: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = inner.handle_request(request)
+        if request.method == "PATCH" and b'"disabled"' in request.content and not late:
+            late.append(request.url.path)
+            raise httpx.ReadTimeout("timed out", request=request)
+        return response
+
+    with KapacitorClient("http://kapacitor", transport=httpx.MockTransport(handler)) as client:
+        mode = new_mode(client)
+        plans = example_plans()
+        mode.apply(plans)
+        task_id = plans[0].task_id
+        emulator.kill_udf(task_id, node_fails=False)
+        detail = {h.aggregation: h for h in mode.health()}["delivery_direction"].detail
+        assert "reloading the task failed" in detail and "ReadTimeout" in detail
+        assert emulator.tasks[task_id].status == "disabled"
+        health = {h.aggregation: h for h in mode.health()}["delivery_direction"]
+        assert not health.healthy
+        assert health.detail.endswith("was left disabled by a reload that failed; enabled it again")
+        assert emulator.tasks[task_id].status == "enabled" and emulator.tasks[task_id].executing
+        assert all(h.healthy for h in mode.health())
+        mode.close()
 
 
 def test_one_batch_waiting_is_a_stall_only_once_it_waited_long_enough(
