@@ -21,7 +21,7 @@ from collections.abc import Callable
 import pytest
 
 from federation.errors import KapacitorError
-from federation.kapacitor import KapacitorClient, TaskHealth
+from federation.kapacitor.client import KapacitorClient, TaskHealth
 
 from .checks import Outcome, check_invariants
 from .harness import LiveRun, ScenarioFederation, ledger_states, wait_for
