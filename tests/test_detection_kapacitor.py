@@ -22,7 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kapacitor_fixture import KapacitorFactory
+import pytest
+from kapacitor_fixture import KapacitorFactory, KapacitorUnderTest
 from test_kapacitor_udf import _CALL, _tick_option, init
 from test_kapacitord import Key, central_state, expected_state
 
@@ -39,6 +40,7 @@ from federation.core.lineprotocol import serialize
 from federation.core.points import Point
 from federation.core.windows import windows_between
 from federation.devstack.localstack import LocalStack
+from federation.errors import KapacitorError
 from federation.influx import InfluxClient, quote_ident
 from federation.kapacitor import _udf_pb2 as pb
 from federation.kapacitor.deploy import TaskSnapshot, apply_tasks
@@ -211,3 +213,34 @@ def test_kapacitor_keeps_the_findings_and_ships_the_counts_of_the_embedded_execu
         count_keys = [k for k in counts if k[0] == plan.detection]
         assert len(count_keys) == 3
         assert all(tags == (("dc", DC),) for _, _, tags in count_keys)
+
+
+UDF_CALL_SCRIPT = """dbrp "mail"."raw"
+batch
+    |query('''SELECT "sender"::field FROM "mail"."raw"."delivery"''')
+        .period(1h)
+        .every(1h)
+        .align()
+    @fedagg()
+        .{call}
+    |influxDBOut()
+        .database('mail')
+        .retentionPolicy('raw')
+"""
+
+
+@pytest.mark.parametrize(
+    ("call", "refusal"),
+    [
+        ("bogus('x')", 'line 8 char 10: no method or property "bogus" on *pipeline.UDFNode'),
+        ("atLeast(1.5)", "line 8 char 10: unexpected arg to atLeast, got DOUBLE expected INT"),
+        ("detection(2)", "line 8 char 10: unexpected arg to detection, got INT expected STRING"),
+    ],
+)
+def test_a_udf_call_the_udf_does_not_declare_is_refused_when_the_task_is_defined(
+    kapacitor: KapacitorUnderTest, call: str, refusal: str
+) -> None:
+    with kapacitor.client() as client, pytest.raises(KapacitorError) as info:
+        client.create_task("fed-probe-dub1", UDF_CALL_SCRIPT.format(call=call), [])
+    assert info.value.status == 400
+    assert str(info.value).endswith(f"invalid TICKscript: {refusal}")

@@ -19,6 +19,12 @@ count an error, or, as often, no error at all), `set_node_stats` (any counter, e
 fails), `fail_replays`, `replay_polls` (how many GETs
 a replay answers 202 before finishing) and `on_replay` (a callback doing the replay's work).
 
+A task's script is checked as Kapacitor checks it when a task is defined: it must parse, and
+every property call on a UDF node must be an option the UDF declares (`udfs`, by default the
+project's `fedagg` as its Info answer declares it) with literal arguments of the declared
+types; the refusals carry Kapacitor's texts (`no method or property "x" on *pipeline.UDFNode`,
+`unexpected arg to x, got STRING expected INT`).
+
 Node stats start again from zero whenever a task starts, as a started task's do in Kapacitor;
 the emulator lists only the nodes a fault touched, where Kapacitor lists every node.
 
@@ -46,7 +52,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -65,6 +71,9 @@ BASE = "/kapacitor/v1"
 VERSION = "1.5.7-emulated"
 Validator = Callable[[str], None]
 ReplayHook = Callable[[str, int, int, bool], None]
+UdfOptions = Mapping[str, Mapping[str, Sequence[str]]]
+"""Per UDF name, its options and their value types (`STRING`, `INT`, `DOUBLE`, `DURATION`,
+`BOOL`), as the UDF's Info answer declares them to Kapacitor."""
 
 _DBRP_STATEMENT = re.compile(r'^\s*dbrp\s+"((?:[^"\\]|\\.)*)"\s*\.\s*"((?:[^"\\]|\\.)*)"', re.M)
 _TASK_FIELDS = frozenset(
@@ -153,8 +162,10 @@ class KapacitorEmulator:
         version: str = VERSION,
         replay_polls: int = 1,
         on_replay: ReplayHook | None = None,
+        udfs: UdfOptions | None = None,
     ) -> None:
         self.validator: Validator = validator or _default_validator
+        self.udfs: UdfOptions = _project_udfs() if udfs is None else udfs
         self.version = version
         self.replay_polls = replay_polls
         self.on_replay = on_replay
@@ -385,6 +396,9 @@ class KapacitorEmulator:
             self.validator(script)
         except TickScriptError as exc:
             raise _HttpError(400, f"invalid TICKscript: {exc}") from None
+        problem = _udf_option_problem(script, self.udfs)
+        if problem is not None:
+            raise _HttpError(400, f"invalid TICKscript: {problem}")
 
     def _dbrps(self, script: str, given: Any) -> list[dict[str, str]] | None:
         """The dbrps a script and a request declare together, or None when neither does."""
@@ -578,6 +592,63 @@ def _formatted(script: str) -> str:
 
 
 _CHAIN_CALL = re.compile(r"([|@])\s*([A-Za-z]\w*)\s*\(")
+
+
+def _project_udfs() -> dict[str, dict[str, list[str]]]:
+    """The project's UDF as kapacitor.conf declares it: `fedagg` and the options its Info
+    answer lists (federation.kapacitor.udf)."""
+    from federation.kapacitor.udf import info_response
+    from federation.tickscript.render import UDF_NAME
+
+    options = info_response().info.options
+    names = {0: "BOOL", 1: "INT", 2: "DOUBLE", 3: "STRING", 4: "DURATION"}
+    return {UDF_NAME: {k: [names[t] for t in o.valueTypes] for k, o in options.items()}}
+
+
+def _udf_option_problem(script: str, udfs: UdfOptions) -> str | None:
+    """Kapacitor's refusal of the first property call on a UDF node that the UDF does not
+    declare, or whose literal argument has another type than declared (a var is not checked:
+    its value comes with the task). None when the script parses with none of those."""
+    from federation.tickscript import ast, parse
+
+    try:
+        program = parse(script, "<task>")
+    except TickScriptError:
+        return None
+    for statement in program.statements:
+        chain = getattr(statement, "value", getattr(statement, "expression", None))
+        if not isinstance(chain, ast.Chain):
+            continue
+        options: Mapping[str, Sequence[str]] | None = None
+        for link in chain.links:
+            if link.operator != ".":
+                options = udfs.get(link.name) if link.operator == "@" else None
+                continue
+            if options is None:
+                continue
+            where = f"line {link.line} char {link.column + 1}"
+            declared = options.get(link.name)
+            if declared is None:
+                return f'{where}: no method or property "{link.name}" on *pipeline.UDFNode'
+            for arg, expected in zip(link.args or (), declared, strict=False):
+                got = _literal_type(arg)
+                if got is not None and got != expected:
+                    return f"{where}: unexpected arg to {link.name}, got {got} expected {expected}"
+    return None
+
+
+def _literal_type(arg: object) -> str | None:
+    from federation.tickscript import ast
+
+    if isinstance(arg, ast.StringLiteral):
+        return "STRING"
+    if isinstance(arg, ast.NumberLiteral):
+        return "DOUBLE" if arg.is_float else "INT"
+    if isinstance(arg, ast.DurationLiteral):
+        return "DURATION"
+    if isinstance(arg, ast.BoolLiteral):
+        return "BOOL"
+    return None
 
 
 def _first_udf_node(script: str) -> str | None:

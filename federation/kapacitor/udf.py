@@ -175,7 +175,7 @@ AGGREGATION_OPTION_TYPES: Final[dict[str, pb.ValueType]] = {
 
 OPTION_TYPES: Final[dict[str, pb.ValueType]] = AGGREGATION_OPTION_TYPES | DETECTION_OPTION_TYPES
 """Every option the UDF declares (Kapacitor checks calls against it): an Init that names
-`detection` is a detection's (`kapacitor_udf_detection`), any other an aggregation's."""
+`detection` is a detection's (`udf_detection`), any other an aggregation's."""
 
 _REPEATABLE: Final = frozenset({"dimension", "percentile"})
 _VALUE_FIELDS: Final[dict[int, str]] = {
