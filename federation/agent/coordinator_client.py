@@ -8,8 +8,8 @@
     POST /api/v1/dcs/{dc}/windows/raw-counts      raw event counts against what central holds
 
 Every failure is a `CoordinatorError` naming the URL and the status; an answer that does not
-have the documented shape is one too. Plans are rebuilt with `plan_from_dict`, which refuses a
-plan whose version does not match its content.
+have the documented shape is one too. Plans (aggregations and detections alike) are rebuilt
+with `tracked_plan_from_dict`, which refuses a plan whose version does not match its content.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from federation.clients.coordinator_http import CoordinatorHttp
-from federation.core.plan import AggregationPlan, plan_from_dict
+from federation.core.detection_plan import TrackedPlan, tracked_plan_from_dict
 from federation.errors import CoordinatorError, InvalidInput
 from federation.policy import RetentionSpec
 
@@ -47,7 +47,7 @@ class DesiredState:
 
     dc: str
     region: str
-    plans: tuple[AggregationPlan, ...]
+    plans: tuple[TrackedPlan, ...]
     retention: DesiredRetentionState
     gateway_database: str
     gateway_retention_policy: str
@@ -108,7 +108,7 @@ class CoordinatorClient(CoordinatorHttp):
         try:
             plans = []
             for entry in data["plans"]:
-                plan = plan_from_dict(entry["plan"])
+                plan = tracked_plan_from_dict(entry["plan"])
                 if plan.dc != dc or plan.aggregation != entry["aggregation"]:
                     raise InvalidInput(
                         f"plan {plan.task_id} is not {entry['aggregation']} for {dc}"

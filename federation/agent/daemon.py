@@ -59,8 +59,8 @@ from federation.agent.window_choice import (
 )
 from federation.config import FederationConfig
 from federation.core.clock import Clock, SystemClock, format_rfc3339
+from federation.core.detection_plan import TrackedPlan
 from federation.core.durations import SECOND_NS
-from federation.core.plan import AggregationPlan
 from federation.core.windows import (
     Window,
     align,
@@ -105,12 +105,12 @@ class ExecutionMode(Protocol):
         """What the report's `mode` says: "embedded" or "kapacitor"."""
         ...
 
-    def apply(self, plans: Sequence[AggregationPlan]) -> None:
+    def apply(self, plans: Sequence[TrackedPlan]) -> None:
         """Run exactly these plans on their schedule from now on (start, replace, remove)."""
         ...
 
     def run_windows(
-        self, plan: AggregationPlan, windows: Sequence[Window], stop: threading.Event
+        self, plan: TrackedPlan, windows: Sequence[Window], stop: threading.Event
     ) -> RangeResult:
         """Compute and ship these windows now (catch-up, backfill), oldest first."""
         ...
@@ -172,7 +172,7 @@ class EmbeddedMode:
         self.runner = runner
         self.stop = stop
         self.settings = settings or AgentSettings()
-        self._plans: dict[str, AggregationPlan] = {}
+        self._plans: dict[str, TrackedPlan] = {}
         self._health: dict[str, PlanHealth] = {}
         self._lock = threading.Lock()
         self._scheduler: BackgroundScheduler | None = None
@@ -189,13 +189,13 @@ class EmbeddedMode:
         )
         return cls(runner, stop=context.stop, settings=context.settings)
 
-    def _delays(self, plan: AggregationPlan) -> tuple[float, float]:
+    def _delays(self, plan: TrackedPlan) -> tuple[float, float]:
         window_s = plan.window_ns / SECOND_NS
         return settle_ns(plan, self.settings.settle_s) / SECOND_NS, min(
             self.settings.max_jitter_s, window_s / 10
         )
 
-    def apply(self, plans: Sequence[AggregationPlan]) -> None:
+    def apply(self, plans: Sequence[TrackedPlan]) -> None:
         """Schedule a job per plan; a changed version replaces its job, a removed plan stops."""
         with self._lock:
             wanted = {plan.aggregation: plan for plan in plans}
@@ -211,7 +211,7 @@ class EmbeddedMode:
                 self._health[name] = PlanHealth(name, plan.version, True, "scheduled")
                 self._schedule(plan)
 
-    def _schedule(self, plan: AggregationPlan) -> None:
+    def _schedule(self, plan: TrackedPlan) -> None:
         if self._scheduler is None:
             return
         settle, _ = self._delays(plan)
@@ -247,7 +247,7 @@ class EmbeddedMode:
         except Exception:  # a job must never kill the scheduler thread
             log.exception("scheduled run of %s failed", name)
 
-    def run_lookback(self, plan: AggregationPlan) -> RangeResult:
+    def run_lookback(self, plan: TrackedPlan) -> RangeResult:
         """One scheduled run: recompute the k trailing complete windows at the clock's now."""
         windows = lookback_windows(
             self.runner.clock.now_ns(), plan.window_ns, plan.lookback_windows
@@ -255,7 +255,7 @@ class EmbeddedMode:
         return self.run_windows(plan, windows, self.stop)
 
     def run_windows(
-        self, plan: AggregationPlan, windows: Sequence[Window], stop: threading.Event
+        self, plan: TrackedPlan, windows: Sequence[Window], stop: threading.Event
     ) -> RangeResult:
         """Run the executor over `windows` and record the plan's health from the result."""
         result = self.runner.run_windows(plan, windows, stop=stop)
@@ -321,7 +321,7 @@ class Agent:
     settings: AgentSettings = field(default_factory=AgentSettings)
     shipper: Shipper | None = None
     desired_state: DesiredState | None = None
-    plans: dict[str, AggregationPlan] = field(default_factory=dict)
+    plans: dict[str, TrackedPlan] = field(default_factory=dict)
     last_retention: ReconcileResult | None = None
     retention_error: str | None = None
     work: BackfillWork = field(default_factory=BackfillWork)

@@ -31,6 +31,7 @@ from federation.agent.overlap import read_ahead
 from federation.agent.shipper import ShipmentRefused
 from federation.core.aggregate import RowGrouper, grouped_window_points
 from federation.core.clock import Clock
+from federation.core.detection_plan import DetectionPlan, TrackedPlan
 from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan, ShippedPlan
 from federation.core.points import Point
 from federation.core.windows import Window, windows_between
@@ -278,14 +279,28 @@ class WindowRunner:
 
     def run_windows(
         self,
-        plan: AggregationPlan,
+        plan: TrackedPlan,
         windows: Sequence[Window],
         *,
         stop: threading.Event | None = None,
         on_window: Callable[[WindowResult], None] | None = None,
     ) -> RangeResult:
-        """Compute and ship each window, oldest first; see `run_windows`."""
+        """Compute and ship each window, oldest first; see `run_windows`, and for a detection
+        `detection_executor.run_detection_windows` (findings kept here, counts shipped)."""
         with self._lock(plan.aggregation):
+            if isinstance(plan, DetectionPlan):
+                # Imported here: the detection executor builds on this module.
+                from federation.agent.detection_executor import run_detection_windows
+
+                return run_detection_windows(
+                    plan,
+                    windows,
+                    source=self.source,
+                    sink=self.sink,
+                    run_ids=self.run_ids,
+                    stop=stop,
+                    chunk_size=self.chunk_size,
+                )
             return run_windows(
                 plan,
                 windows,

@@ -17,6 +17,10 @@ with the previous check, so a failure makes the plan unhealthy until the counter
 a stopped task, a stalled branch, or a UDF node whose errors grew is reloaded (disable + enable
 starts new UDF processes), and the windows it missed are the coordinator's to have backfilled.
 
+Detections run in the agent (`EmbeddedMode`, the same detection executor as a DC without
+Kapacitor) until Kapacitor computes them: `apply`, `health`, `run_windows` and `close` pass
+them there.
+
 `run_windows` (catch-up and backfill) replays a temporary single-branch copy of the plan's
 task, `fed-<aggregation>-<dc>-replay`, over exactly the requested windows with
 `recording-time: true`. The live task has one branch per look-back window; replaying it would
@@ -56,12 +60,13 @@ from federation.agent.central_check import (
     windows_past_lookback,
 )
 from federation.agent.coordinator_client import HeldCount
-from federation.agent.daemon import ModeContext, PlanHealth
-from federation.agent.executor import RangeResult, RunIds, WindowResult, WindowSink
+from federation.agent.daemon import AgentSettings, EmbeddedMode, ModeContext, PlanHealth
+from federation.agent.executor import RangeResult, RunIds, WindowResult, WindowRunner, WindowSink
 from federation.agent.shipper import ShipmentRefused
 from federation.agent.window_choice import settle_ns
 from federation.core.aggregate import manifest_point
 from federation.core.clock import Clock, format_rfc3339
+from federation.core.detection_plan import DetectionPlan, TrackedPlan
 from federation.core.durations import format_duration
 from federation.core.plan import AggregationPlan
 from federation.core.windows import Window, coalesce, lookback_windows
@@ -189,6 +194,7 @@ class KapacitorMode:
         self._counters: dict[str, dict[str, _Counters]] = {}
         self._lock = threading.Lock()
         self._replay_lock = threading.Lock()
+        self._detections: EmbeddedMode | None = None
 
     @classmethod
     def create(cls, context: ModeContext) -> KapacitorMode:
@@ -234,20 +240,32 @@ class KapacitorMode:
         task = render_plan(plan, self.templates_dir, gateway_cluster=self.gateway_cluster)
         return TaskSnapshot.of_rendered(task)
 
-    def apply(self, plans: Sequence[AggregationPlan]) -> None:
-        """Bring the DC's Kapacitor to exactly one task per plan, or leave it as it was.
+    def _detection_mode(self) -> EmbeddedMode:
+        if self._detections is None:
+            runner = WindowRunner(self.source, self.sink, self.clock)
+            settings = AgentSettings(settle_s=self.settle_s)
+            self._detections = EmbeddedMode(runner, stop=self.stop, settings=settings)
+        return self._detections
+
+    def apply(self, plans: Sequence[TrackedPlan]) -> None:
+        """Bring the DC's Kapacitor to exactly one task per aggregation plan, or leave it as it
+        was; hand the detection plans to the agent's own executor.
 
         Raises TickScriptError when a plan does not render, DeploymentError when the
         deployment failed (the previous tasks are restored), KapacitorError when Kapacitor
         cannot be read. Whatever happens, `health` then judges the running tasks against these
         plans and names the failure.
         """
+        detections = [p for p in plans if isinstance(p, DetectionPlan)]
+        if detections or self._detections is not None:
+            self._detection_mode().apply(detections)
+        tasks = [p for p in plans if isinstance(p, AggregationPlan)]
         with self._lock:
-            self._plans = {plan.aggregation: plan for plan in plans}
+            self._plans = {plan.aggregation: plan for plan in tasks}
             self._desired = {}
             self._apply_error = None
         try:
-            desired = {plan.aggregation: self._render(plan) for plan in plans}
+            desired = {plan.aggregation: self._render(plan) for plan in tasks}
             with self._lock:
                 self._desired = desired
             result = apply_tasks(self.client, self.dc, list(desired.values()))
@@ -289,13 +307,14 @@ class KapacitorMode:
             plans = dict(self._plans)
             desired = dict(self._desired)
             apply_error = self._apply_error
-        results = []
+        local = [] if self._detections is None else self._detections.health()
+        results = list(local)
         for name, plan in sorted(plans.items()):
             try:
                 results.append(self._plan_health(plan, desired.get(name), apply_error))
             except KapacitorError as exc:
                 if exc.status is None:  # unreachable: asking about the other tasks is futile
-                    return [
+                    return local + [
                         PlanHealth(other, p.version, False, f"Kapacitor does not answer: {exc}")
                         for other, p in sorted(plans.items())
                     ]
@@ -443,9 +462,10 @@ class KapacitorMode:
     # --- replays ------------------------------------------------------------------------------
 
     def run_windows(
-        self, plan: AggregationPlan, windows: Sequence[Window], stop: threading.Event
+        self, plan: TrackedPlan, windows: Sequence[Window], stop: threading.Event
     ) -> RangeResult:
-        """Recompute and ship `windows` with Kapacitor replays, and ship the empty ones.
+        """Recompute and ship `windows` with Kapacitor replays, and ship the empty ones (a
+        detection's windows: with the agent's own executor).
 
         The raw events of each run of contiguous windows are counted first, with one query.
         Every run of contiguous windows that hold events is one replay (`recording-time: true`)
@@ -461,6 +481,8 @@ class KapacitorMode:
         error; a stop request ends it before the next replay or while waiting for one (the
         replay itself cannot be cancelled in Kapacitor).
         """
+        if isinstance(plan, DetectionPlan):
+            return self._detection_mode().run_windows(plan, windows, stop)
         ordered = sorted(set(windows))
         results: list[WindowResult] = []
 
@@ -688,6 +710,8 @@ class KapacitorMode:
         The deployed tasks keep running in Kapacitor: they do not depend on the agent.
         """
         self.stop.set()
+        if self._detections is not None:
+            self._detections.close()
         if self._replay_lock.acquire(timeout=30):
             self._replay_lock.release()
         if self.error_log is not None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from federation.agent.coordinator_client import DesiredRetentionState
+from federation.core.detection_plan import TrackedPlan
 from federation.core.durations import SECOND_NS
-from federation.core.plan import AggregationPlan
 from federation.core.windows import (
     Window,
     align,
@@ -23,7 +23,7 @@ from federation.core.windows import (
 __all__ = ["catch_up_windows", "ended_windows", "settle_ns", "within_raw_retention"]
 
 
-def settle_ns(plan: AggregationPlan, settle_s: float) -> int:
+def settle_ns(plan: TrackedPlan, settle_s: float) -> int:
     """How long after a window's end it may be computed: `settle_s` (the agent's setting), at
     most a tenth of the window (late writes of its last instant have landed by then)."""
     return min(int(settle_s * SECOND_NS), plan.window_ns // 10)
@@ -40,7 +40,7 @@ def ended_windows(windows: Sequence[Window], now_ns: int, settle: int) -> list[W
 
 
 def catch_up_windows(
-    plan: AggregationPlan,
+    plan: TrackedPlan,
     latest_shipped_ns: int | None,
     now_ns: int,
     retention: DesiredRetentionState | None,
@@ -62,7 +62,7 @@ def catch_up_windows(
 
 
 def within_raw_retention(
-    plan: AggregationPlan,
+    plan: TrackedPlan,
     windows: list[Window],
     now_ns: int,
     retention: DesiredRetentionState | None,

@@ -23,6 +23,7 @@ from federation.coordinator.planner import (
     requeue_expired_leases,
 )
 from federation.coordinator.tracking import NEEDS_BACKFILL, WindowState
+from federation.core.detection_plan import TrackedPlan, resolve_detection
 from federation.core.plan import resolve_plan
 from federation.core.windows import windows_between
 from federation.errors import FederationError, InvalidInput
@@ -225,9 +226,13 @@ def request_backfill(
     aggregation or a range holding no whole window.
     """
     settings = settings or PlannerSettings()
-    if aggregation not in config.aggregations:
-        raise InvalidInput(f"unknown aggregation {aggregation!r}")
-    plan = resolve_plan(config, aggregation, dc)
+    plan: TrackedPlan
+    if aggregation in config.aggregations:
+        plan = resolve_plan(config, aggregation, dc)
+    elif aggregation in config.detections:
+        plan = resolve_detection(config, aggregation, dc)
+    else:
+        raise InvalidInput(f"unknown aggregation or detection {aggregation!r}")
     w = plan.window_ns
     whole = windows_between(start_ns, end_ns, w)
     if not whole:

@@ -22,7 +22,7 @@ from federation.coordinator.ledger import DcRow, DeploymentRow, Ledger, WindowRo
 from federation.coordinator.rollouts import last_rollout
 from federation.coordinator.tracking import WindowState
 from federation.core.clock import format_rfc3339
-from federation.core.plan import resolve_all
+from federation.core.detection_plan import resolve_tracked
 from federation.policy.retention import desired_retention
 
 _SPEC_KEYS = ("name", "duration_ns", "shard_duration_ns", "default")
@@ -98,7 +98,7 @@ def dc_overview(
     names = sorted(dcs) if dcs else sorted(config.fleet.dcs)
     for name in names:
         config.dc(name)
-    declared = {(p.dc, p.aggregation): p.version for p in resolve_all(config) if p.dc in names}
+    declared = {(p.dc, p.aggregation): p.version for p in resolve_tracked(config) if p.dc in names}
     # A window confirmed empty proves a version runs as well as a verified one does.
     done = [WindowState.VERIFIED.value, WindowState.EMPTY.value]
     last_verified = (

@@ -29,20 +29,26 @@ from federation.coordinator.ledger import (
     TrackingRow,
     upsert,
 )
-from federation.core.plan import AggregationPlan, plan_from_dict, plan_to_dict, resolve_all
+from federation.core.detection_plan import (
+    TrackedPlan,
+    resolve_tracked,
+    tracked_plan_from_dict,
+    tracked_plan_to_dict,
+)
 from federation.core.windows import align
 from federation.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
-PlanBook = dict[tuple[str, str], list[AggregationPlan]]
-"""(dc, aggregation) -> the plans the gateway accepts, desired version first."""
+PlanBook = dict[tuple[str, str], list[TrackedPlan]]
+"""(dc, aggregation) -> the plans the gateway accepts, desired version first. A detection is
+one more plan here, named by its detection: desired, rolled out, tracked as an aggregation."""
 
 
 def desired_state(
     config: FederationConfig,
     dc: str,
-    plans: Sequence[AggregationPlan] | None = None,
+    plans: Sequence[TrackedPlan] | None = None,
     *,
     allow_shrink: bool = False,
 ) -> dict[str, Any]:
@@ -55,12 +61,12 @@ def desired_state(
     """
     dc_config = config.dc(dc)
     policy = config.policy_for(dc)
-    plans = resolve_all(config, dc) if plans is None else plans
+    plans = resolve_tracked(config, dc) if plans is None else plans
     return {
         "dc": dc,
         "region": dc_config.region,
         "plans": [
-            {"aggregation": p.aggregation, "version": p.version, "plan": plan_to_dict(p)}
+            {"aggregation": p.aggregation, "version": p.version, "plan": tracked_plan_to_dict(p)}
             for p in plans
         ],
         "retention": {
@@ -83,7 +89,7 @@ def desired_state(
     }
 
 
-def desired_plans(ledger: Ledger, config: FederationConfig, dc: str) -> list[AggregationPlan]:
+def desired_plans(ledger: Ledger, config: FederationConfig, dc: str) -> list[TrackedPlan]:
     """The plans the agent of `dc` should run: per deployment of the DC, the version the
     ledger desires (which lags the config's until a rollout moves it), in aggregation order.
 
@@ -91,7 +97,7 @@ def desired_plans(ledger: Ledger, config: FederationConfig, dc: str) -> list[Agg
     is left out; one the config no longer declares but the ledger still desires (a removal not
     rolled out here yet, or a removal rolled back) is served from its stored plan.
     """
-    plans = {p.aggregation: p for p in resolve_all(config, dc)}
+    plans = {p.aggregation: p for p in resolve_tracked(config, dc)}
     with ledger.session() as session:
         rows = session.execute(
             select(DeploymentRow.aggregation, DeploymentRow.desired_version).where(
@@ -130,7 +136,7 @@ def desired_plans(ledger: Ledger, config: FederationConfig, dc: str) -> list[Agg
             if plan is not None:
                 result.append(plan)
             continue
-        result.append(plan_from_dict(data))
+        result.append(tracked_plan_from_dict(data))
     return result
 
 
@@ -155,7 +161,7 @@ def sync_desired(
     until a rollout moves it, and so does one the config no longer declares. Windows of an
     existing tracking row are never forgotten.
     """
-    plans = resolve_all(config)
+    plans = resolve_tracked(config)
     with ledger.session(write=True) as session:
         upsert(
             session,
@@ -174,7 +180,7 @@ def sync_desired(
                     "dc": p.dc,
                     "aggregation": p.aggregation,
                     "version": p.version,
-                    "plan": plan_to_dict(p),
+                    "plan": tracked_plan_to_dict(p),
                     "created_ns": now_ns,
                 }
                 for p in plans
@@ -206,7 +212,7 @@ def sync_desired(
                 start_tracking(session, p, align(start_at, p.window_ns))
 
 
-def start_tracking(session: Session, plan: AggregationPlan, start_ns: int) -> None:
+def start_tracking(session: Session, plan: TrackedPlan, start_ns: int) -> None:
     """Expect every window of `plan` in its DC from `start_ns` (a window start) on."""
     session.add(
         TrackingRow(
@@ -244,7 +250,7 @@ def known_plans(ledger: Ledger) -> PlanBook:
         for version in (d.desired_version, d.previous_version):
             data = by_version.get((d.dc, d.aggregation, version)) if version else None
             if data is not None:
-                book[(d.dc, d.aggregation)].append(plan_from_dict(data))
+                book[(d.dc, d.aggregation)].append(tracked_plan_from_dict(data))
     return dict(book)
 
 
@@ -288,7 +294,8 @@ def record_report(
             session.scalars(select(DeploymentRow.aggregation).where(DeploymentRow.dc == dc))
         )
         for index, (aggregation, *_) in enumerate(entries):
-            if aggregation not in config.aggregations and aggregation not in deployed:
+            declared = aggregation in config.aggregations or aggregation in config.detections
+            if not declared and aggregation not in deployed:
                 raise InvalidInput(f"report: plans.{index}.aggregation: unknown aggregation")
         # FOR NO KEY UPDATE: gateways inserting this DC's windows (a key-share lock for the
         # foreign key) need not wait for a report.

@@ -230,6 +230,9 @@ class WindowRow(Base):
     refusal: Mapped[str | None] = mapped_column(Text)
     """The gateway's last refusal of a shipment of this window, until a shipment is accepted."""
     refused_ns: Mapped[int | None] = mapped_column(BigInteger)
+    findings: Mapped[int | None] = mapped_column(BigInteger)
+    """A detection window's findings as central's count point says, set when it is verified
+    (None for an aggregation's window): only the number, never a finding."""
 
 
 class ConfigGenerationRow(Base):

@@ -47,8 +47,8 @@ from federation.coordinator.ledger import (
     windows_table,
 )
 from federation.coordinator.tracking import NEEDS_BACKFILL, WindowState
+from federation.core.detection_plan import TrackedPlan, resolve_tracked
 from federation.core.durations import format_duration
-from federation.core.plan import AggregationPlan, resolve_all
 from federation.core.windows import Window, align, coalesce, widen
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class PlannerResult:
     requested: list[BackfillRequest] = field(default_factory=list)
 
 
-def recoverable_after(plan: AggregationPlan, config: FederationConfig, now_ns: int) -> int | None:
+def recoverable_after(plan: TrackedPlan, config: FederationConfig, now_ns: int) -> int | None:
     """The earliest window end that may still be recomputed (None: retention is infinite).
 
     A window is recoverable iff `now - end < retention - shard_duration`, i.e. its end is
@@ -122,7 +122,7 @@ def _advance(
     session: Session,
     config: FederationConfig,
     tracking: TrackingRow,
-    plan: AggregationPlan,
+    plan: TrackedPlan,
     now_ns: int,
     result: PlannerResult,
 ) -> None:
@@ -185,7 +185,7 @@ def _advance(
 def _age_out(
     session: Session,
     config: FederationConfig,
-    plan: AggregationPlan,
+    plan: TrackedPlan,
     now_ns: int,
     result: PlannerResult,
 ) -> None:
@@ -388,7 +388,7 @@ def desired_versions(session: Session) -> dict[tuple[str, str], str | None]:
 
 
 def _pieces(
-    plan: AggregationPlan, starts: Iterable[int], cutoff: int | None, max_windows: int
+    plan: TrackedPlan, starts: Iterable[int], cutoff: int | None, max_windows: int
 ) -> Iterator[tuple[int, int]]:
     """The ranges to request for windows starting at `starts`: coalesced, widened by the
     look-back, cut into at most `max_windows` windows, none reaching past `cutoff`."""
@@ -414,7 +414,7 @@ def plan_backfills(
     Idempotent: a second pass at the same instant finds nothing new and queues nothing.
     """
     settings = settings or PlannerSettings()
-    plans = {(p.dc, p.aggregation): p for p in resolve_all(config)}
+    plans = {(p.dc, p.aggregation): p for p in resolve_tracked(config)}
     result = PlannerResult()
     with ledger.session(write=True) as session:
         trackers = session.scalars(

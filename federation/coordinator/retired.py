@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from federation.config import Aggregation, FederationConfig
 from federation.coordinator.ledger import Ledger, PlanVersionRow
+from federation.core.detection_plan import DETECTION_KIND
 from federation.core.durations import format_duration
 
 __all__ = ["retired_aggregations", "with_retired"]
@@ -38,6 +39,8 @@ def retired_aggregations(
     newest = {}
     dimensions: dict[str, dict[str, None]] = {}
     for name, plan in rows:
+        if plan.get("kind") == DETECTION_KIND or name in config.detections:
+            continue  # a detection's history is counts, not an aggregation's summaries
         newest[name] = plan
         seen = dimensions.setdefault(name, {})
         seen.update(dict.fromkeys([*plan["dimensions"], *plan["dropped_dimensions"]]))

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from federation.config import FederationConfig
 from federation.coordinator.desired import start_tracking
 from federation.coordinator.ledger import DeploymentRow, Ledger, RolloutRow, TrackingRow
-from federation.core.plan import AggregationPlan, resolve_all
+from federation.core.detection_plan import TrackedPlan, resolve_tracked
 from federation.core.windows import align
 from federation.errors import FederationError, InvalidInput
 
@@ -119,7 +119,7 @@ class Scope:
     """The (dc, aggregation) pairs a rollout covers, with the version the config declares."""
 
     declared: dict[Key, str | None]
-    plans: dict[Key, AggregationPlan]
+    plans: dict[Key, TrackedPlan]
     aggregations: list[str] | None
     dcs: list[str] | None
 
@@ -140,7 +140,7 @@ def _scope(
         (dc, agg)
         for dc, agg in session.execute(select(DeploymentRow.dc, DeploymentRow.aggregation))
     }
-    known = set(config.aggregations) | {agg for _, agg in deployed}
+    known = set(config.aggregations) | set(config.detections) | {agg for _, agg in deployed}
     for name in aggregations or ():
         if name not in known:
             raise InvalidInput(f"unknown aggregation {name!r} (known: {', '.join(sorted(known))})")
@@ -154,7 +154,9 @@ def _scope(
             wanted_dcs is None or dc in wanted_dcs
         )
 
-    plans = {(p.dc, p.aggregation): p for p in resolve_all(config) if inside(p.dc, p.aggregation)}
+    plans = {
+        (p.dc, p.aggregation): p for p in resolve_tracked(config) if inside(p.dc, p.aggregation)
+    }
     declared: dict[Key, str | None] = {key: p.version for key, p in plans.items()}
     for key in deployed:
         if key not in declared and inside(*key) and key[0] in config.fleet.dcs:
@@ -187,7 +189,7 @@ def _pending(scope: Scope, deployments: dict[Key, DeploymentRow]) -> dict[str, l
     return pending
 
 
-def _track_from(plan: AggregationPlan, config: FederationConfig, now_ns: int, full: bool) -> int:
+def _track_from(plan: TrackedPlan, config: FederationConfig, now_ns: int, full: bool) -> int:
     """Where tracking of an aggregation added to a DC starts: its look-back before now, or with
     `full` the oldest window whose raw data is still within the DC's retention."""
     start = now_ns - plan.lookback_ns

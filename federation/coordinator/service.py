@@ -35,7 +35,6 @@ from federation.coordinator.replicas import (
     shrink_grants,
 )
 from federation.core.clock import Clock, SystemClock
-from federation.core.detection_plan import resolve_detections
 from federation.errors import FederationError
 from federation.policy.retention import DesiredRetention, desired_retention
 
@@ -255,7 +254,7 @@ class Coordinator:
 
     def refresh_plans(self) -> GatewayChecker:
         """Rebuild the gateway's rules from the plan versions the ledger knows."""
-        checker = GatewayChecker(known_plans(self.ledger), resolve_detections(self.config))
+        checker = GatewayChecker(known_plans(self.ledger))
         with self._lock:
             self._checker = checker
             self._checker_at = self.clock.now_ns()

@@ -171,6 +171,7 @@ def record_manifests(ledger: Ledger, manifests: Sequence[Manifest], now_ns: int)
             "suppressed_events": m.suppressed_events,
             "personal_value_events": m.personal_value_events,
             "summary_count": None,
+            "findings": None,
             "reason": None,
             "shipped_ns": now_ns,
             "verified_ns": None,
@@ -205,6 +206,7 @@ def record_manifests(ledger: Ledger, manifests: Sequence[Manifest], now_ns: int)
                 "suppressed_events",
                 "personal_value_events",
                 "summary_count",
+                "findings",
                 "reason",
                 "shipped_ns",
                 "verified_ns",
@@ -280,21 +282,25 @@ def _central_sums(
     aggregation: str,
     window_ns: int,
     starts: Sequence[int],
-) -> dict[int, int]:
-    """Σ `count` that central holds for each window start of one (dc, aggregation)."""
+    *,
+    detection: bool = False,
+) -> dict[int, tuple[int, int | None]]:
+    """Σ `count` that central holds for each window start of one (dc, aggregation), and for a
+    detection Σ `findings` (None for an aggregation)."""
     database = config.fleet.central.database
     rp = config.policy_for(dc).central.retention_policy
     source = ".".join(quote_ident(p) for p in (database, rp, aggregation))
+    sums_of = 'sum("count"), sum("findings")' if detection else 'sum("count")'
     q = (
-        f'SELECT sum("count") FROM {source} WHERE "dc" = {quote_string(dc)} '
+        f'SELECT {sums_of} FROM {source} WHERE "dc" = {quote_string(dc)} '
         f"AND time >= {min(starts)} AND time <= {max(starts)} "
         f"GROUP BY time({window_ns}ns) fill(none)"
     )
-    sums: dict[int, int] = {}
+    sums: dict[int, tuple[int, int | None]] = {}
     for series in central.query(q, database=database):
-        for time_ns, total in series.values:
+        for time_ns, total, *found in series.values:
             if total is not None:
-                sums[int(time_ns)] = int(total)
+                sums[int(time_ns)] = (int(total), int(found[0] or 0) if found else None)
     return sums
 
 
@@ -350,14 +356,19 @@ def verify_shipped(
         groups[(row.dc, row.aggregation)].append(row)
     decisions: list[dict[str, Any]] = []
     for (dc, aggregation), rows in groups.items():
-        spec = config.aggregations.get(aggregation)
+        # A detection's count point carries the window's events as `count`, as a summary does.
+        detection = aggregation in config.detections
+        spec = config.detections[aggregation] if detection else config.aggregations.get(aggregation)
         if spec is None or dc not in config.fleet.dcs:
             continue
-        sums: dict[int, int] = {}
+        sums: dict[int, tuple[int, int | None]] = {}
         for chunk in _spans([r.start_ns for r in rows], spec.window):
-            sums.update(_central_sums(central, config, dc, aggregation, spec.window, chunk))
+            sums.update(
+                _central_sums(central, config, dc, aggregation, spec.window, chunk,
+                              detection=detection)
+            )  # fmt: skip
         for r in rows:
-            stored = sums.get(r.start_ns, 0)
+            stored, findings = sums.get(r.start_ns, (0, 0 if detection else None))
             events = int(r.events or 0)
             suppressed = int(r.suppressed_events or 0)
             if events == stored + suppressed:
@@ -370,8 +381,9 @@ def verify_shipped(
                     f"{stored} in summaries + {suppressed} suppressed"
                 )
             decisions.append(
-                {"id": r.id, "run": r.run, "state": state, "count": stored, "reason": reason}
-            )
+                {"id": r.id, "run": r.run, "state": state, "count": stored, "reason": reason,
+                 "findings": findings}
+            )  # fmt: skip
     counts: dict[WindowState, int] = defaultdict(int)
     if decisions:
         with ledger.session(write=True) as session:
@@ -386,6 +398,7 @@ def verify_shipped(
                     .values(
                         state=d["state"].value,
                         summary_count=d["count"],
+                        findings=d["findings"],
                         reason=d["reason"],
                         verified_ns=now_ns,
                         updated_ns=now_ns,

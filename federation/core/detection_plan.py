@@ -16,15 +16,21 @@ from typing import Any
 
 from federation.config import Detection, FederationConfig
 from federation.core.plan import (
+    AggregationPlan,
     FieldType,
     MeasurementSchema,
     content_version,
     manifest_schema,
+    plan_from_dict,
+    plan_to_dict,
     raw_source,
+    resolve_all,
 )
 from federation.errors import ConfigError, InvalidInput
 from federation.influx import quote_ident
 
+DETECTION_KIND = "detection"
+"""The `kind` a detection plan's data carries; an aggregation plan's carries none."""
 FINDINGS_MEASUREMENT = "federation_findings"
 """Where a DC keeps its findings, in its own raw database under the raw retention policy."""
 FINDINGS_PERSONAL_FIELDS = ("key",)
@@ -185,9 +191,11 @@ def resolve_detections(config: FederationConfig, dc: str | None = None) -> list[
 
 
 def detection_plan_to_dict(plan: DetectionPlan) -> dict[str, Any]:
-    """The plan as plain JSON-able data (what a coordinator serves to agents), with its version."""
+    """The plan as plain JSON-able data (what a coordinator serves to agents), with its version
+    and `kind: detection`, which tells it from an aggregation's in the ledger and on the wire."""
     data = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)}
     data["version"] = plan.version
+    data["kind"] = DETECTION_KIND
     return data
 
 
@@ -204,3 +212,30 @@ def detection_plan_from_dict(data: Mapping[str, Any]) -> DetectionPlan:
             f"({plan.version})"
         )
     return plan
+
+
+TrackedPlan = AggregationPlan | DetectionPlan
+"""Any plan whose windows the coordinator tracks, plans and backfills, and an agent runs on its
+schedule: an aggregation or a detection. Both ship a manifest per window, so the ledger, the
+planner and the agent treat them alike; only computing a window differs."""
+
+
+def resolve_tracked(config: FederationConfig, dc: str | None = None) -> list[TrackedPlan]:
+    """Every aggregation, then every detection, resolved for every DC (or one DC)."""
+    plans: list[TrackedPlan] = [*resolve_all(config, dc)]
+    plans.extend(resolve_detections(config, dc))
+    return plans
+
+
+def tracked_plan_to_dict(plan: TrackedPlan) -> dict[str, Any]:
+    """A plan of either kind as data (see `plan_to_dict`, `detection_plan_to_dict`)."""
+    if isinstance(plan, DetectionPlan):
+        return detection_plan_to_dict(plan)
+    return plan_to_dict(plan)
+
+
+def tracked_plan_from_dict(data: Mapping[str, Any]) -> TrackedPlan:
+    """Rebuild a plan of either kind, told apart by `kind`; InvalidInput as its kind's own."""
+    if data.get("kind") == DETECTION_KIND:
+        return detection_plan_from_dict(data)
+    return plan_from_dict(data)

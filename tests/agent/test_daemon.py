@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from federation.agent import Agent, AgentSettings, build_agent, catch_up_windows
 from federation.agent.coordinator_client import DesiredRetentionState
@@ -286,3 +287,77 @@ def test_a_coordinator_clock_hours_ahead_never_makes_the_agent_compute_a_running
         agent.close()
     finally:
         served.close()
+
+
+def test_detections_run_on_the_agents_schedule_and_their_windows_are_tracked(
+    served: Served,
+    config: tuple[FederationConfig, int],
+    dc_influxd: InfluxServer,
+    central: InfluxClient,
+    clock: FakeClock,
+    hour0: int,
+) -> None:
+    from federation.agent.findings import list_findings
+    from federation.coordinator.ledger import WindowRow
+    from federation.coordinator.planner import PlannerSettings, plan_backfills
+    from federation.coordinator.tracking import verify_shipped
+    from federation.core.lineprotocol import serialize
+    from federation.core.points import Point
+
+    fed, _ = config
+    detection = "recipients_per_sender"  # 1h windows, 2h look-back, at least 500 recipients
+    write_raw(dc_influxd.url, hour0 - 4 * HOUR, 5)
+    fields = {"latency_ms": 1.0, "sender": "hijacked@example.org"}
+    hijacked = [
+        Point(
+            "delivery",
+            {"mailer": "m1", "seq": f"h{r}"},
+            {**fields, "recipient": f"victim{r}@example.com"},
+            hour0 - HOUR + r * SECOND,
+        )
+        for r in range(600)
+    ]
+    with InfluxClient(dc_influxd.url) as dc:
+        dc.write(serialize(hijacked), database="mail", retention_policy="raw")
+    agent = new_agent(fed, clock)
+    agent.preflight()
+    agent.reconcile()
+    assert detection in agent.plans
+
+    # At start, the detection's look-back is computed like an aggregation's: the findings
+    # stay in the DC, central gets the counts.
+    assert all(r.ok for r in agent.catch_up(threading.Event()))
+    assert sorted(manifest_hours(central, detection, hour0)) == [-2, -1]
+    counts = {
+        (int(p["time"]) - hour0) // HOUR: p["findings"]  # type: ignore[call-overload]
+        for p in central_points(central, detection)
+    }
+    assert counts == {-2: 0, -1: 1}
+    found = [f for f in list_findings(fed, DC) if f.detection == detection]
+    assert [(f.key, f.count, f.window_start_ns) for f in found] == [
+        ("hijacked@example.org", 600, hour0 - HOUR)
+    ]
+
+    ledger = served.coordinator.ledger
+
+    def states() -> dict[int, str]:
+        with ledger.session() as session:
+            rows = session.execute(
+                select(WindowRow.start_ns, WindowRow.state).where(
+                    WindowRow.dc == DC, WindowRow.aggregation == detection
+                )
+            ).all()
+        return {(start - hour0) // HOUR: state for start, state in rows}
+
+    verify_shipped(ledger, fed, central, clock.now_ns())
+    assert states() == {-2: "verified", -1: "verified"}
+
+    # Window -3 (tracked since the coordinator started) was never shipped: past its deadline
+    # (end + 2h look-back + 1h grace) it is missing, and the agent runs the backfill.
+    clock.set(hour0 + 2 * HOUR + 5 * SECOND)
+    plan_backfills(ledger, fed, clock.now_ns(), PlannerSettings(max_outstanding=100))
+    assert states()[-3] == "backfilling"
+    assert agent.process_backfills(threading.Event()) >= 1
+    verify_shipped(ledger, fed, central, clock.now_ns())
+    assert states()[-3] == "verified"
+    agent.close()

@@ -8,7 +8,7 @@ from federation.config import FederationConfig
 from federation.coordinator.ledger import DcRow, DeploymentRow, Ledger
 from federation.coordinator.status import StatusReport
 from federation.core.clock import FakeClock
-from federation.core.plan import plan_from_dict
+from federation.core.detection_plan import tracked_plan_from_dict
 
 from .helpers import HOUR, READER, plan_of, token
 
@@ -27,9 +27,9 @@ def test_desired_state_is_served_only_to_its_own_dc(
     assert response.status_code == 200
     data = response.json()
     assert data["dc"] == "dub1" and data["region"] == "eu"
-    assert {p["aggregation"] for p in data["plans"]} == set(config.aggregations)
+    assert {p["aggregation"] for p in data["plans"]} == {*config.aggregations, *config.detections}
     for item in data["plans"]:
-        assert plan_from_dict(item["plan"]).version == item["version"]
+        assert tracked_plan_from_dict(item["plan"]).version == item["version"]
     assert data["retention"]["policies"][0]["name"] == "raw"
     assert data["retention"]["allow_shrink"] is False
     assert data["gateway"] == {

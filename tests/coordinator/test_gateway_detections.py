@@ -47,6 +47,7 @@ def test_counts_are_accepted_stored_and_the_window_tracked(
     ("change", "rule", "key"),
     [
         ("sender-tag", "tag-key", "sender"),
+        ("customer-tag", "tag-key", "customer"),
         ("key-field", "field-key", "key"),
         ("sketch-field", "field-key", "sketch"),
         ("more-findings-than-keys", "detection-counts", "findings"),
@@ -63,6 +64,8 @@ def test_anything_but_the_counts_is_refused_whole(
     tags = dict(count.tags)
     if change == "sender-tag":
         tags["sender"] = "hijacked@example.org"
+    elif change == "customer-tag":  # not personal data, and still not the tag `dc`
+        tags["customer"] = "c0042"
     elif change == "key-field":
         fields["key"] = "hijacked@example.org"
     elif change == "sketch-field":

@@ -33,7 +33,7 @@ from federation.coordinator.planner import (
     plan_backfills,
 )
 from federation.coordinator.tracking import NEEDS_BACKFILL, Manifest, record_manifests
-from federation.core.plan import resolve_all
+from federation.core.detection_plan import resolve_tracked
 
 from .helpers import HOUR
 
@@ -160,7 +160,7 @@ def _check_round(
     new_rows: int,
     settings: PlannerSettings,
 ) -> None:
-    plans = {(p.dc, p.aggregation): p for p in resolve_all(config)}
+    plans = {(p.dc, p.aggregation): p for p in resolve_tracked(config)}
     with ledger.session() as session:
         requests = {b.id: b for b in session.scalars(select(BackfillRow))}
         windows = list(session.scalars(select(WindowRow)))
@@ -268,7 +268,7 @@ def test_two_planner_processes_never_duplicate_a_request(
 def _rounds(
     ledger: Ledger, plain: FederationConfig, planners: Planners, settings: PlannerSettings
 ) -> None:
-    plans = resolve_all(plain)
+    plans = resolve_tracked(plain)
     shipped_until = T0
     for round_no in range(ROUNDS):
         now = T0 + 5 * HOUR + round_no * STEP

@@ -247,16 +247,18 @@ class GatewayChecker:
     tag values.
     """
 
-    def __init__(self, book: PlanBook, detections: Sequence[DetectionPlan] = ()) -> None:
+    def __init__(self, book: PlanBook) -> None:
         self._plans: dict[str, dict[str, list[_PlanCheck]]] = {}
-        for det in detections:
-            schema = det.count_schema
-            entry = _PlanCheck(det, det.version, frozenset(schema.tags), schema.fields, None)
-            self._plans.setdefault(det.dc, {})[det.detection] = [entry]
         checkers: dict[float, Any] = {}
         for (dc, aggregation), plans in book.items():
             entries = []
             for plan in plans:
+                if isinstance(plan, DetectionPlan):  # its counts: the tag `dc` alone
+                    schema = plan.count_schema
+                    entries.append(
+                        _PlanCheck(plan, plan.version, frozenset(schema.tags), schema.fields, None)
+                    )
+                    continue
                 schema = plan.summary_schema
                 if plan.accuracy not in checkers:
                     checkers[plan.accuracy] = sketch_checker(plan.accuracy)
