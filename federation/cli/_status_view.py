@@ -36,17 +36,22 @@ def status_renderables(report: StatusReport, *, reasons: bool = True) -> list[Re
             if agg.starts
             else "no complete window yet"
         )
-        table = Table(title=f"{agg.aggregation}  ({span})", title_justify="left")
+        detection = agg.kind == "detection"
+        what = "  detection: central holds counts, the findings stay in each DC" * detection
+        table = Table(title=f"{agg.aggregation}  ({span}){what}", title_justify="left")
         table.add_column("DC")
         table.add_column("windows (oldest → newest)", no_wrap=True)
         table.add_column("counts")
+        if detection:
+            table.add_column("findings", justify="right")
         for d in agg.dcs:
             grid = Text()
             for state in d.cells:
                 symbol, style = SYMBOLS.get(state, ("?", "white"))
                 grid.append(symbol, style=style)
             counts = ", ".join(f"{s} {n}" for s, n in sorted(d.counts.items()))
-            table.add_row(d.dc, grid, counts)
+            found = [str(d.findings or 0)] if detection else []
+            table.add_row(d.dc, grid, counts, *found)
         items.append(table)
         for d in agg.dcs if reasons else ():
             for p in d.problems:

@@ -69,6 +69,9 @@ class DcStatus:
     notices: list[Problem] = field(default_factory=list)
     """Windows of any state with events withheld for a personal-looking dimension value or a
     refused shipment, and backfills given up on (state `backfill-failed`), newest first."""
+    findings: int | None = None
+    """A detection's findings over the range's verified windows (central's counts; the
+    findings themselves stay in the DC); None for an aggregation."""
 
 
 @dataclass
@@ -79,6 +82,8 @@ class AggregationStatus:
     starts: list[int]
     """Grid columns: the newest complete windows of the range (at most MAX_GRID_WINDOWS)."""
     dcs: list[DcStatus]
+    kind: str = "aggregation"
+    """`aggregation`, or `detection`: its windows ship counts of local findings."""
 
 
 @dataclass
@@ -141,9 +146,11 @@ class StatusReport:
                                 problems=[Problem(**p) for p in d["problems"]],
                                 more_problems=int(d["more_problems"]),
                                 notices=[Problem(**p) for p in d.get("notices", [])],
+                                findings=d.get("findings"),
                             )
                             for d in a["dcs"]
                         ],
+                        kind=a.get("kind", "aggregation"),
                     )
                     for a in data["aggregations"]
                 ],
@@ -201,19 +208,21 @@ def status_report(
     backfills leased to agents without a result yet, and each agent's clock skew (`large`
     beyond `max_skew_ns`).
 
-    Aggregations removed from the config are included while the ledger knows them.
+    Aggregations removed from the config are included while the ledger knows them, and every
+    detection (`kind` detection, with each DC's findings over the range) after them.
     Default range: the last 24 windows of each aggregation. Counts cover the whole range; the
     grid shows its newest windows (at most 168); problems list every window of the range that
     is not verified or empty, newest first (at most 200 per DC, the rest counted).
     """
     # An aggregation removed from the config keeps its history: the ledger describes it.
     config = with_retired(config, ledger)
-    if aggregation is not None and aggregation not in config.aggregations:
-        raise InvalidInput(f"unknown aggregation {aggregation!r}")
+    declared = [*sorted(config.aggregations), *sorted(config.detections)]
+    if aggregation is not None and aggregation not in declared:
+        raise InvalidInput(f"unknown aggregation or detection {aggregation!r}")
     if dc is not None and dc not in config.fleet.dcs:
         known = ", ".join(sorted(config.fleet.dcs))
         raise InvalidInput(f"--dc: unknown DC {dc!r} (known: {known})")
-    names = [aggregation] if aggregation else sorted(config.aggregations)
+    names = [aggregation] if aggregation else declared
     dcs = [dc] if dc else sorted(config.fleet.dcs)
     with ledger.session() as session:
         tracking = {
@@ -270,7 +279,8 @@ def _aggregation_status(
     now_ns: int,
     since_ns: int | None,
 ) -> AggregationStatus:
-    spec = config.aggregations[name]
+    detection = name in config.detections
+    spec = config.detections[name] if detection else config.aggregations[name]
     w = spec.window
     end = align(now_ns, w)  # windows ending at or before now are complete
     since = end - DEFAULT_WINDOWS * w if since_ns is None else align(since_ns, w)
@@ -332,6 +342,15 @@ def _aggregation_status(
         cells_by_dc[dc_name][start] = state
 
     notices = _notices(session, name, since, end)
+    findings: dict[str, int] = {}
+    if detection:
+        summed = session.execute(
+            select(WindowRow.dc, func.sum(WindowRow.findings))
+            .where(WindowRow.aggregation == name, WindowRow.start_ns >= since,
+                   WindowRow.start_ns < end)
+            .group_by(WindowRow.dc)
+        ).all()  # fmt: skip
+        findings = {dc_name: int(n or 0) for dc_name, n in summed}
     result = []
     for dc_name in dcs:
         found = tracking.get((dc_name, name))
@@ -346,6 +365,7 @@ def _aggregation_status(
                     counts,
                     problem_rows.get(dc_name, []),
                     notices=notices[dc_name],
+                    findings=findings.get(dc_name, 0) if detection else None,
                 )
             )
             continue
@@ -393,9 +413,12 @@ def _aggregation_status(
                 problems=problems[:MAX_PROBLEMS],
                 more_problems=max(0, open_windows - min(len(problems), MAX_PROBLEMS)),
                 notices=notices[dc_name],
+                findings=findings.get(dc_name, 0) if detection else None,
             )
         )
-    return AggregationStatus(name, w, since, starts, result)
+    return AggregationStatus(
+        name, w, since, starts, result, "detection" if detection else "aggregation"
+    )
 
 
 def personal_value_notice(events: int) -> str:

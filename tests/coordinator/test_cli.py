@@ -136,3 +136,40 @@ def test_a_ledger_that_is_missing_or_behind_is_one_line_and_never_created(
             assert len(message.splitlines()) == 1 and expected in message
             assert "SQL" not in message
     assert not typo.exists()
+
+
+def test_status_shows_each_detections_windows_and_findings(
+    config_dir: Path, ledger_url: str
+) -> None:
+    from federation.coordinator.ledger import WindowRow
+
+    config = load_config(config_dir)
+    now = time.time_ns()
+    hour_now = now - now % HOUR
+    with open_ledger(ledger_url) as ledger:
+        sync_desired(ledger, config, now, track_from_ns=hour_now - 3 * HOUR)
+        with ledger.session(write=True) as session:
+            for start, findings in ((hour_now - 3 * HOUR, 2), (hour_now - 2 * HOUR, 1)):
+                session.add(
+                    WindowRow(
+                        dc="dub1", aggregation="recipients_per_sender", start_ns=start,
+                        state="verified", findings=findings, updated_ns=now,
+                    )
+                )  # fmt: skip
+    runner = CliRunner()
+    common = ["--config", str(config_dir), "--ledger", ledger_url]
+    result = runner.invoke(_app(), ["status", *common, "-f", "json"])
+    assert result.exit_code == 0, result.output
+    grids = {a["aggregation"]: a for a in json.loads(result.output)["aggregations"]}
+    assert set(grids) == {*config.aggregations, *config.detections}
+    detection = grids["recipients_per_sender"]
+    assert detection["kind"] == "detection"
+    findings = {d["dc"]: d["findings"] for d in detection["dcs"]}
+    assert findings["dub1"] == 3 and findings["fra1"] == 0
+    assert {d["findings"] for d in grids["delivery_latency"]["dcs"]} == {None}
+    table = runner.invoke(
+        _app(), ["status", *common, "--aggregation", "recipients_per_sender", "--dc", "dub1"]
+    )
+    assert table.exit_code == 0, table.output
+    assert "detection: central holds counts" in table.output
+    assert "findings" in table.output and "verified 2" in table.output
