@@ -1,4 +1,4 @@
-"""`federation report percentiles|worst|sla` and `federation grafana dashboard`."""
+"""`federation report percentiles|worst|sla|findings` and `federation grafana dashboard`."""
 
 from __future__ import annotations
 
@@ -206,6 +206,35 @@ def sla(
     _print(report, fmt, f"{aggregation}: share <= {threshold} per {period} ({tz})")
 
 
+def findings(
+    from_: FromOption,
+    period: PeriodOption = "day",
+    to: ToOption = None,
+    tz: TzOption = "UTC",
+    by: Annotated[str, typer.Option("--by", help="Split by dc or detection.")] = "dc",
+    dcs: DcsOption = None,
+    fmt: FormatOption = OutputFormat.table,
+    config: ConfigOption = Path("."),
+    central_url: CentralOption = None,
+) -> None:
+    """How many keys each DC's detections evaluated and how many were findings, per period.
+
+    Only counts: the findings themselves (personal data) never leave their DC; read them there
+    with `federation findings`.
+    """
+    from federation.config import load_config
+    from federation.reporting._central import open_central
+    from federation.reporting.findings import findings_report
+
+    cfg = load_config(config)
+    with open_central(cfg, central_url) as central:
+        report = findings_report(
+            cfg, central, period=period, from_date=from_, to_date=to or from_, tz=tz, by=by,
+            dcs=_split(dcs),
+        )  # fmt: skip
+    _print(report, fmt, f"detection findings per {period} and {by} ({tz})")
+
+
 def dashboard(
     aggregation: Annotated[
         str | None,
@@ -245,7 +274,7 @@ def register(app: typer.Typer) -> None:
     add_group(
         app,
         "report",
-        "Central reports from merged histograms: percentiles, worst groups, SLA.",
-        {"percentiles": percentiles, "worst": worst, "sla": sla},
+        "Central reports from merged histograms: percentiles, worst groups, SLA; findings counts.",
+        {"percentiles": percentiles, "worst": worst, "sla": sla, "findings": findings},
     )
     add_group(app, "grafana", "Grafana provisioning for central reports.", {"dashboard": dashboard})
