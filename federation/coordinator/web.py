@@ -1,7 +1,8 @@
 """The coordinator's web pages, rendered on the server from the Jinja templates beside this
 module (`templates/`), with no script, style sheet or font fetched from anywhere:
 
-    GET  /                                       status grid per aggregation (every state drawn)
+    GET  /                                       status grid per aggregation and detection (every
+                                                 state drawn; a detection's findings counted)
     GET  /windows/{aggregation}/{dc}/{start}     one window: state, reason, run, events, …
     GET  /dcs/{dc}                               one DC: agent, versions, retention, backfills
     GET  /reports                                percentiles per period: SVG chart and table
@@ -290,9 +291,10 @@ def window_detail(
     without a row is `expected` before its deadline, `missing` after (or not tracked)."""
     config = coordinator.config
     config.dc(dc)
-    spec = config.aggregations.get(aggregation)
+    detection = config.detections.get(aggregation)
+    spec = detection or config.aggregations.get(aggregation)
     if spec is None:
-        raise FederationError(f"unknown aggregation {aggregation!r}")
+        raise FederationError(f"unknown aggregation or detection {aggregation!r}")
     if start_ns % spec.window:
         raise FederationError(f"{format_rfc3339(start_ns)} is not the start of a window")
     now = coordinator.clock.now_ns()
@@ -313,7 +315,7 @@ def window_detail(
             "aggregation": aggregation, "dc": dc, "start_ns": start_ns,
             "end_ns": start_ns + spec.window,
             "deadline_ns": start_ns + spec.window + spec.lookback + spec.grace_ns,
-            "row": row is not None,
+            "row": row is not None, "detection": detection is not None,
         }  # fmt: skip
         if row is not None:
             detail.update(
@@ -321,7 +323,7 @@ def window_detail(
                 events=row.events, groups=row.groups, suppressed_events=row.suppressed_events,
                 summary_count=row.summary_count, version=row.version, shipped_ns=row.shipped_ns,
                 verified_ns=row.verified_ns, updated_ns=row.updated_ns,
-                backfill_id=row.backfill_id,
+                backfill_id=row.backfill_id, findings=row.findings,
             )  # fmt: skip
             return detail
     if tracked is None or start_ns < tracked:

@@ -10,6 +10,9 @@ For each split (a dimension, or the DC) the dashboard has two panels:
 
 A percentile over a longer range is never computed by averaging per-window percentiles (that
 figure is meaningless): no InfluxQL query in the dashboard applies a function to a `p*` field.
+
+A last row has a panel per detection: each DC's findings per window, from the detection's count
+points (central holds nothing else of a detection: no key, no value of one).
 """
 
 from __future__ import annotations
@@ -58,6 +61,46 @@ def window_query(config: FederationConfig, aggregation: str) -> str:
         f"WHERE $timeFilter AND {_variable_filter(tags)} "
         f"GROUP BY {', '.join(quote_ident(t) for t in tags)}"
     )
+
+
+def detection_query(config: FederationConfig, detection: str) -> str:
+    """The InfluxQL of a detection's panel: each chosen DC's findings per window."""
+    return (
+        f'SELECT "findings" FROM {_sources(config, detection)} '
+        f'WHERE $timeFilter AND {_variable_filter(["dc"])} GROUP BY "dc"'
+    )
+
+
+def _detection_panels(
+    config: FederationConfig, influx: dict[str, str], first_id: int, y: int
+) -> list[dict[str, Any]]:
+    """The detections' row: a half-width panel of findings per window per detection."""
+    if not config.detections:
+        return []
+    panels: list[dict[str, Any]] = [
+        {
+            "id": first_id,
+            "type": "row",
+            "title": "detections: findings per window (counts only; the findings stay in each DC)",
+            "collapsed": False,
+            "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+            "panels": [],
+        }
+    ]
+    for index, name in enumerate(sorted(config.detections)):
+        target = {
+            "rawQuery": True,
+            "resultFormat": "time_series",
+            "query": detection_query(config, name),
+            "alias": "$tag_dc",
+        }
+        panel = _timeseries_panel(
+            first_id + 1 + index, f"{name}: findings per window by dc",
+            config.detections[name].description, influx,
+            x=12 * (index % 2), y=y + 1 + 9 * (index // 2), unit="short", target=target,
+        )  # fmt: skip
+        panels.append(panel)
+    return panels
 
 
 def _tag_variable(
@@ -210,6 +253,7 @@ def dashboard(
         )
         y += 9
         next_id += 3
+    panels += _detection_panels(config, influx, next_id, y)
     variables = [
         _custom_variable("percentile", fields, current),
         _custom_variable("period", ["day", "week", "month", "quarter"], "day"),

@@ -145,6 +145,34 @@ def test_window_dc_and_report_pages_say_what_the_ledger_and_central_hold(
         assert len(lines) == 5 and "no data" in lines[3]
 
 
+def test_a_detections_grid_and_window_show_its_findings_count(
+    known: Coordinator, ledger: Ledger, hour0: int
+) -> None:
+    with ledger.session(write=True) as session:
+        session.add(
+            WindowRow(
+                dc="dub1", aggregation="recipients_per_sender", start_ns=hour0 + HOUR,
+                state="verified", run=1, events=620, groups=1, suppressed_events=0,
+                summary_count=620, findings=2, version="v-det", updated_ns=hour0 + 2 * HOUR,
+            )
+        )  # fmt: skip
+    with TestClient(build_app(known)) as client:
+        client.get("/", params={"token": READER})
+        page = client.get("/")
+        assert page.status_code == 200
+        grid = page.text.split('id="agg-recipients_per_sender"', 1)[1].split("<h2", 1)[0]
+        assert "detection: central holds counts only" in grid
+        assert re.search(r'<tr data-dc="dub1">.*?data-findings="2"', grid, re.S)
+        assert re.search(r'<tr data-dc="tor1">.*?data-findings="0"', grid, re.S)
+        aggregation = page.text.split(f'id="agg-{GRID_AGG}"', 1)[1].split("<h2", 1)[0]
+        assert "data-findings" not in aggregation
+        start = format_rfc3339(hour0 + HOUR)
+        window = client.get(f"/windows/recipients_per_sender/dub1/{start}")
+        assert window.status_code == 200
+        text = re.sub(r"<[^>]+>", " ", window.text)
+        assert re.search(r"findings\s+2\b", text) and "stay in dub1" in text
+
+
 def test_the_chart_leaves_a_gap_for_a_period_without_data() -> None:
     svg = line_chart(["a", "b", "c"], {"p50": [1.0, None, 3.0]}, unit="ms", title="<x>")
     assert svg.count('class="point"') == 2 and "<title>&lt;x&gt;</title>" in svg
