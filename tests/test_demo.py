@@ -15,6 +15,7 @@ import pytest
 
 from federation.coordinator.status import StatusReport
 from federation.devstack.demo import DemoOptions, run_demo
+from federation.devstack.traffic import COMPROMISED_SENDER, SPAM_RANGE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +45,7 @@ def test_small_demo_ends_verified_clean_and_without_personal_data() -> None:
     view = RecordingView()
     options = DemoOptions(dcs=2, hours=6, events_per_hour=1500, outage_s=1.0, config_source=REPO)
     outcome, fed = run_demo(options, view)
-    windows_expected = 6 * 2 * 2  # hours x aggregations x DCs
+    windows_expected = 6 * (2 + 3) * 2  # hours x (aggregations + detections) x DCs
     assert outcome.all_done, outcome.windows
     assert sum(outcome.windows.values()) == windows_expected
     assert outcome.audit is not None and outcome.audit.ok, outcome.audit.violations
@@ -64,6 +65,17 @@ def test_small_demo_ends_verified_clean_and_without_personal_data() -> None:
     daily = next(rows for title, rows in view.tables.items() if title.startswith("daily latency"))
     assert {row["dc"] for row in daily} == {"dub1", "lon1"}
     assert sum(int(row["events"]) for row in daily) > 0
+    # The compromised account in dub1 and the spam wave in lon1 are found, each in its own DC,
+    # and central holds as many findings, as numbers only.
+    assert outcome.incidents_found
+    assert ("recipients_per_sender", COMPROMISED_SENDER) in outcome.local_findings["dub1"]
+    spam = {k for d, k in outcome.local_findings["lon1"] if d == "senders_per_client_ip"}
+    assert spam and all(k.startswith(SPAM_RANGE + ".") for k in spam)
+    assert outcome.central_findings == {dc: len(f) for dc, f in outcome.local_findings.items()}
+    local = [t for t in view.tables if t.startswith("LOCAL TO dub1")]
+    assert local and COMPROMISED_SENDER in str(view.tables[local[0]])
+    central = view.tables["central: detection counts per DC (no key, no value of one)"]
+    assert COMPROMISED_SENDER not in str(central) and SPAM_RANGE not in str(central)
     assert not fed.root.exists(), "the demo removes its temporary directory"
 
 

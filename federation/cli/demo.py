@@ -91,9 +91,15 @@ def demo(
         problems.append("the compliance audit found violations")
     if outcome.scan is None or not outcome.scan.clean:
         problems.append("personal data found at central")
+    if not outcome.incidents_found:
+        problems.append("a planted incident is not among its DC's findings")
+    local = {dc: len(found) for dc, found in outcome.local_findings.items()}
+    if local != outcome.central_findings:
+        problems.append(f"local findings {local} differ from central's counts")
+    findings = ", ".join(f"{dc} {n}" for dc, n in sorted(local.items()))
     verdict = "; ".join(problems) or (
-        f"every window verified or empty ({outcome.windows}); audit clean; "
-        "no personal data at central"
+        f"every window verified or empty ({outcome.windows}); findings kept locally ({findings}), "
+        "counted at central; audit clean; no personal data at central"
     )
     out.print(f"[bold]{'FAILED' if problems else 'OK'}[/]: {verdict} — {outcome.seconds:.0f}s")
     if keep:

@@ -6,7 +6,9 @@ loopback, ingests synthetic mail traffic with personal data into each DC, and ru
 DC with the embedded executor. On the way it takes the gateway down so windows go missing and
 shows the coordinator getting them backfilled, lets late events arrive and an operator request
 a backfill for them, then shows the status grid, a daily percentile report, the worst
-customers, the compliance audit, and a full scan proving no personal data reached central.
+customers, the detections' findings (a compromised account in the first DC, a spam wave in the
+second: printed from each DC's own InfluxDB, while central holds only their counts), the
+compliance audit, and a full scan proving no personal data reached central.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, Protocol
 import yaml
 
 from federation.agent.daemon import Agent, AgentSettings, build_agent
+from federation.agent.findings import list_findings
 from federation.config import FederationConfig, load_config
 from federation.coordinator.api import build_app
 from federation.coordinator.app import RollupJob, ensure_central, schedule_jobs
@@ -43,13 +46,23 @@ from federation.core.windows import align
 from federation.devstack.asgi_server import ThreadedServer
 from federation.devstack.localstack import KapacitorServer, LocalStack, find_kapacitord, free_port
 from federation.devstack.pii_scan import ScanResult, scan_central
-from federation.devstack.traffic import generate_events, personal_values, split_late, to_json_lines
+from federation.devstack.traffic import (
+    COMPROMISED_SENDER,
+    SPAM_RANGE,
+    Incident,
+    generate_events,
+    incident_events,
+    personal_values,
+    split_late,
+    to_json_lines,
+)
 from federation.errors import FederationError, InvalidInput
 from federation.influx import InfluxClient
 from federation.ingest import ingest
 from federation.policy.audit import audit
 from federation.policy.audit_report import AuditReport
 from federation.policy.retention import apply_retention
+from federation.reporting.findings import detection_counts
 from federation.reporting.reports import percentile_report, worst_report
 
 log = logging.getLogger(__name__)
@@ -94,6 +107,25 @@ class DemoOutcome:
     late_events: int = 0
     seconds: float = 0.0
     urls: dict[str, str] = field(default_factory=dict)
+    local_findings: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    """Per DC, (detection, key) of each finding it keeps: read inside the DC, never central."""
+    central_findings: dict[str, int] = field(default_factory=dict)
+    """Per DC, the findings central's count points add up to (numbers only)."""
+    incidents_found: bool = False
+    """Each DC's planted incident is among its own findings."""
+
+
+def incidents(options: DemoOptions, dcs: Sequence[str], start_ns: int) -> dict[str, Incident]:
+    """The demo's security incidents: a compromised account in the first DC, a spam wave in the
+    second (if any), in the hours two thirds and three quarters into the traffic — sized to
+    stand out at any traffic rate (`events_per_hour / 10` distinct senders per spam IP)."""
+    found = {
+        dcs[0]: Incident("compromised_account", start_ns + options.hours * 2 // 3 * HOUR_NS, 2_400)
+    }
+    if len(dcs) > 1:
+        hour = start_ns + options.hours * 3 // 4 * HOUR_NS
+        found[dcs[1]] = Incident("spam_wave", hour, max(600, options.events_per_hour // 10))
+    return found
 
 
 class DemoFederation:
@@ -352,10 +384,15 @@ def run_demo(
         late: dict[str, list[dict[str, object]]] = {}
         secrets_seen: set[str] = set()
         personal = sorted({k for p in config.policies.values() for m in p.measurements.values() for k in m.personal_keys})  # fmt: skip
+        planted = incidents(options, fed.dcs, start)
         for i, dc in enumerate(fed.dcs):
             events = generate_events(
                 dc, start, end, options.events_per_hour * options.hours, seed=options.seed + i
             )
+            if dc in planted:
+                events = sorted(
+                    [*events, *incident_events(dc, planted[dc])], key=lambda e: int(str(e["ts"]))
+                )
             secrets_seen |= personal_values(events, personal)
             recent = [e for e in events if int(str(e["ts"])) * 1_000_000 >= end - 3 * HOUR_NS]
             older = events[: len(events) - len(recent)]
@@ -371,8 +408,12 @@ def run_demo(
                       f"({config.policy_for(dc).raw.retention_policy}), {sum(summary.dead_lettered.values())} dead-lettered")  # fmt: skip
 
         fed.start_agents(view)
-        view.step("agents ship the look-back of every aggregation through the gateway")
-        lookback = sum(min(a.lookback_windows, options.hours) for a in config.aggregations.values())
+        view.step(
+            "agents ship the look-back of every aggregation and detection through the gateway"
+        )
+        windows = [(a.lookback, a.window) for a in config.aggregations.values()]
+        windows += [(d.lookback, d.window) for d in config.detections.values()]
+        lookback = sum(min(back // size, options.hours) for back, size in windows)
         _wait_shipped(fed, start, lookback * len(fed.dcs), deadline)
 
         view.step(f"taking the gateway down for {options.outage_s:.0f}s: nothing can be shipped")
@@ -397,7 +438,7 @@ def run_demo(
         view.step("an operator requests a backfill of the last 6 hours for the late events "
                   "(federation backfill)")  # fmt: skip
         for dc in fed.dcs:
-            for aggregation in config.aggregations:
+            for aggregation in [*config.aggregations, *config.detections]:
                 request_backfill(
                     fed.ledger, config, dc, aggregation, end - 6 * HOUR_NS, end, fed.clock.now_ns()
                 )
@@ -427,6 +468,8 @@ def run_demo(
                              now_ns=end, by=("customer",), top=5, metric="p99")  # fmt: skip
         view.table("worst customers, last 24h (p99)", worst.columns(), worst.table_rows())
 
+        show_findings(fed, view, outcome, start, end)
+
         view.step("compliance audit (policy audit)")
         outcome.audit = audit(config)
         for violation in outcome.audit.violations:
@@ -443,7 +486,7 @@ def run_demo(
         scan = outcome.scan
         view.note(f"{scan.measurements} measurements, {scan.keys_checked} keys and "
                   f"{scan.values_checked:,} values read; {len(secrets_seen):,} generated personal "
-                  f"values looked for; findings: {len(scan.findings)}")  # fmt: skip
+                  f"values looked for; found: {len(scan.findings)}")  # fmt: skip
         for finding in scan.findings[:10]:
             view.note(f"FOUND {finding}")
         outcome.seconds = time.monotonic() - started
@@ -455,3 +498,48 @@ def run_demo(
     if not keep:
         fed.close()
     return outcome, fed
+
+
+def show_findings(
+    fed: DemoFederation, view: DemoView, outcome: DemoOutcome, start: int, end: int
+) -> None:
+    """Each DC's findings, read from its own InfluxDB — personal data, which in production only
+    that DC's security team sees, in that region — and central's table: counts only."""
+    assert fed.config is not None and fed.central is not None
+    view.step("detections: each DC's findings, read inside that DC (they never leave it)")
+    for dc in fed.dcs:
+        found = list_findings(fed.config, dc, since_ns=start)
+        outcome.local_findings[dc] = [(f.detection, f.key) for f in found]
+        title = f"LOCAL TO {dc}: findings kept in {dc}'s own InfluxDB (personal data, never sent to central)"
+        if not found:
+            view.note(f"{dc}: no findings (local to {dc})")
+            continue
+        view.table(
+            title,
+            ["window", "detection", "key", "count", "threshold"],
+            [f.as_dict() for f in found],
+        )
+    planted = incidents(fed.options, fed.dcs, start)
+    outcome.incidents_found = all(
+        any(key == COMPROMISED_SENDER or key.startswith(SPAM_RANGE + ".")
+            for _, key in outcome.local_findings[dc])
+        for dc in planted
+    )  # fmt: skip
+    counts = detection_counts(fed.config, fed.central, start, end, dcs=fed.dcs)
+    rows = [
+        {
+            "dc": dc,
+            "detection": detection,
+            "windows": c.windows,
+            "keys": c.keys,
+            "findings": c.findings,
+        }
+        for (dc, detection), c in sorted(counts.items())
+    ]
+    for (dc, _), c in counts.items():
+        outcome.central_findings[dc] = outcome.central_findings.get(dc, 0) + c.findings
+    view.table(
+        "central: detection counts per DC (no key, no value of one)",
+        ["dc", "detection", "windows", "keys", "findings"],
+        rows,
+    )

@@ -6,6 +6,11 @@ micro-outage in which deliveries time out, and personal data in every event: fak
 recipient addresses (under reserved example domains), client IPs from documentation ranges, and
 HELO names. Everything is drawn from a seeded generator, so the same arguments give the same
 events.
+
+`incident_events` adds what the detections exist for (the case study's security analyses): a
+compromised account — one sender suddenly mailing thousands of distinct recipients in one hour,
+from many hosts — or a spam wave — a few client IPs of one range each sending as many distinct
+senders.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -110,6 +116,69 @@ def generate_events(
                 "recipient": f"user{users[i, 1]}@{dc}.{_DOMAINS[users[i, 1] % 3]}",
                 "client_ip": f"192.0.2.{ips[i]}" if i % 4 else f"2001:db8::{ips[i]:x}",
                 "helo": f"mail{ips[i]}.{_DOMAINS[ips[i] % 3]}",
+            }
+        )
+    return events
+
+
+COMPROMISED_SENDER = "user4711@example.org"
+"""The compromised account (never drawn by `generate_events`, whose user 4711 is at
+example.com)."""
+SPAM_RANGE = "198.51.100"
+"""The spam wave's client range (TEST-NET-2: never drawn by `generate_events`)."""
+
+
+@dataclass(frozen=True)
+class Incident:
+    """Traffic a detection should find, in the hour starting at `hour_ns`.
+
+    `compromised_account`: `COMPROMISED_SENDER` mails `size` distinct recipients, from hosts
+    all over the DC's usual client range (so with many HELO names too). `spam_wave`: each of
+    `ips` client IPs of `SPAM_RANGE` sends as `size` distinct senders.
+    """
+
+    kind: Literal["compromised_account", "spam_wave"]
+    hour_ns: int
+    size: int
+    ips: int = 3
+
+
+def incident_events(
+    dc: str, incident: Incident, *, seed: int = 0, profile: TrafficProfile = TrafficProfile()
+) -> list[dict[str, object]]:
+    """The incident's events (the same fields as `generate_events`' events), sorted by time."""
+    spam = incident.kind == "spam_wave"
+    count = incident.size * (incident.ips if spam else 1)
+    rng = np.random.default_rng([seed, sum(dc.encode()), count])
+    hour_ms = 3_600_000
+    times = np.sort(rng.integers(0, hour_ms, count)) + incident.hour_ns // 1_000_000
+    latency = rng.lognormal(np.log(profile.median_ms), profile.sigma, count)
+    hosts = rng.integers(1, 255, count)
+    events: list[dict[str, object]] = []
+    for i in range(count):
+        if spam:
+            ip = f"{SPAM_RANGE}.{23 + i % incident.ips}"
+            sender = f"offer{i // incident.ips}@{_DOMAINS[i % 3]}"
+            recipient = f"user{rng.integers(0, 50_000)}@{dc}.{_DOMAINS[i % 3]}"
+            helo = f"bulk{23 + i % incident.ips}.{_DOMAINS[2]}"
+        else:
+            ip = f"192.0.2.{hosts[i]}"
+            sender = COMPROMISED_SENDER
+            recipient = f"victim{i}@{_DOMAINS[(i + 1) % 3]}"
+            helo = f"mail{hosts[i]}.{_DOMAINS[hosts[i] % 3]}"
+        events.append(
+            {
+                "ts": int(times[i]),
+                "direction": "inbound" if spam else "outbound",
+                "mailer": profile.mailers[i % len(profile.mailers)],
+                "customer": "c0003",
+                "latency_ms": round(float(latency[i]), 3),
+                "size": 2_000,
+                "status": "delivered",
+                "sender": sender,
+                "recipient": recipient,
+                "client_ip": ip,
+                "helo": helo,
             }
         )
     return events
