@@ -22,7 +22,7 @@ from federation.config.validate import validate_config
 from federation.coordinator.ledger import DeploymentRow, PlanVersionRow
 from federation.coordinator.replicas import config_digest, latest_generation
 from federation.coordinator.service import Coordinator
-from federation.core.plan import AggregationPlan, plan_to_dict
+from federation.core.detection_plan import TrackedPlan, tracked_plan_to_dict
 from federation.errors import ConfigError, ConfigProblems
 from federation.influx import RetentionPolicyInfo
 from federation.policy.retention import DesiredRetention, desired_retention, diff_retention
@@ -154,7 +154,7 @@ def _retention_effects(
 
 
 def diff_config(
-    coordinator: Coordinator, new: FederationConfig, plans: list[AggregationPlan]
+    coordinator: Coordinator, new: FederationConfig, plans: list[TrackedPlan]
 ) -> tuple[DcChanges, ...]:
     """Per DC of the old and the new config, what replacing the old by `new` changes."""
     old = coordinator.config
@@ -183,7 +183,7 @@ def _dc_changes(
     dc: str,
     old: FederationConfig,
     new: FederationConfig,
-    plans: list[AggregationPlan],
+    plans: list[TrackedPlan],
     desired: dict[tuple[str, str], str | None],
     stored: Callable[[str, str, str], dict[str, Any]],
 ) -> DcChanges:
@@ -197,7 +197,7 @@ def _dc_changes(
             before = stored(dc, plan.aggregation, version)
             fields = {
                 key: (before.get(key), value)
-                for key, value in plan_to_dict(plan).items()
+                for key, value in tracked_plan_to_dict(plan).items()
                 if key != "version" and before.get(key) != value
             }
             changes.append(PlanChange(plan.aggregation, "changed", version, plan.version, fields))
@@ -239,7 +239,7 @@ def reload_config(
         ]
         if problems:
             raise ConfigProblems(problems)
-        changes = diff_config(coordinator, new, validated.plans)
+        changes = diff_config(coordinator, new, [*validated.plans, *validated.detections])
         granted = set(allow_shrink)
         result = ReloadResult(
             dry_run,
