@@ -151,6 +151,37 @@ def test_apply_creates_updates_and_deletes_tasks_and_reports_healthy(
     mode.close()
 
 
+def test_detections_run_in_the_agent_beside_the_kapacitor_tasks(
+    client: KapacitorClient, dc_influxd: InfluxServer
+) -> None:
+    from federation.detection_plan import resolve_detection
+
+    detection = resolve_detection(load_config(REPO), "recipients_per_sender", "dub1")
+    sink = RecordingSink([])
+    with InfluxClient(dc_influxd.url) as source:
+        source.create_database("mail")
+        source.execute('CREATE RETENTION POLICY "raw" ON "mail" DURATION 0s REPLICATION 1')
+        mode = new_mode(client, source=source, sink=sink)
+        direction, latency = example_plans()
+        mode.apply([direction, latency, detection])
+        # Kapacitor runs the aggregations' tasks only; the detection is the agent's own.
+        assert {t.id for t in client.list_tasks()} == {direction.task_id, latency.task_id}
+        health = {h.aggregation: h for h in mode.health()}
+        assert set(health) == {"delivery_direction", "delivery_latency", detection.detection}
+        assert health[detection.detection].healthy
+        window = Window(100 * HOUR, HOUR)
+        result = mode.run_windows(detection, [window], threading.Event())
+        assert result.ok, result.summary()
+        # An empty window: the embedded detection executor ships its zero manifest itself.
+        (shipped,) = sink.shipped
+        assert [(p.measurement, p.tags["aggregation"]) for p in shipped] == [
+            ("federation_manifest", detection.detection)
+        ]
+        mode.apply([direction, latency])
+        assert detection.detection not in {h.aggregation for h in mode.health()}
+        mode.close()
+
+
 def test_a_task_failing_to_start_restores_the_previous_tasks_and_is_unhealthy(
     client: KapacitorClient, emulator: KapacitorEmulator
 ) -> None:
