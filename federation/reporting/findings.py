@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from federation.calendar import periods
 from federation.config import FederationConfig
+from federation.core.calendar import periods
 from federation.errors import InvalidInput
 from federation.reporting._central import CentralReader, read_dc_rows
 

@@ -154,7 +154,7 @@ def test_apply_creates_updates_and_deletes_tasks_and_reports_healthy(
 def test_detections_run_in_the_agent_beside_the_kapacitor_tasks(
     client: KapacitorClient, dc_influxd: InfluxServer
 ) -> None:
-    from federation.detection_plan import resolve_detection
+    from federation.core.detection_plan import resolve_detection
 
     detection = resolve_detection(load_config(REPO), "recipients_per_sender", "dub1")
     sink = RecordingSink([])

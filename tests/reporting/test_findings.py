@@ -11,15 +11,15 @@ import pytest
 from typer.testing import CliRunner
 
 from federation.cli import app
-from federation.clock import parse_rfc3339
 from federation.config import FederationConfig
-from federation.detect import detect_window, shipped_points
-from federation.detection_plan import resolve_detection
-from federation.durations import HOUR_NS
+from federation.core.clock import parse_rfc3339
+from federation.core.detect import detect_window, shipped_points
+from federation.core.detection_plan import resolve_detection
+from federation.core.durations import HOUR_NS
+from federation.core.lineprotocol import serialize
+from federation.devstack.localstack import InfluxServer
 from federation.errors import InvalidInput
 from federation.influx import InfluxClient
-from federation.lineprotocol import serialize
-from federation.localstack import InfluxServer
 from federation.reporting.findings import DetectionCounts, findings_report
 
 from .data import copy_config, prepare_central
