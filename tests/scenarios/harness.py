@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 from kapacitor_fixture import udf_wrapper
 from sqlalchemy import select
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from federation.agent.backfill_work import BackfillWork
@@ -362,13 +363,23 @@ class SummariesHold:
 
 class GatewayTap:
     """An ASGI wrapper around the coordinator's app that runs a `SummariesHold` action after
-    central stored a summaries batch and before the sender hears so."""
+    central stored a summaries batch and before the sender hears so, and answers 503 to the
+    writes of the DCs (as basic-auth users: Kapacitor's `influxDBOut`) in `refusing`."""
 
-    def __init__(self, app: ASGIApp, hold: SummariesHold) -> None:
+    def __init__(self, app: ASGIApp, hold: SummariesHold, refusing: Collection[str] = ()) -> None:
         self.app = app
         self.hold = hold
+        self.refusing = refusing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope.get("path") == "/write"
+            and _basic_user(scope) in self.refusing
+        ):
+            refused = JSONResponse({"error": "the gateway refuses writes (scenario)"}, 503)
+            await refused(scope, receive, send)
+            return
         if scope["type"] != "http" or scope.get("path") != "/write" or not self.hold.armed:
             await self.app(scope, receive, send)
             return
@@ -426,6 +437,8 @@ class ScenarioFederation:
         self.config_dir = root / "config"
         self.port = free_port()
         self.hold = SummariesHold()
+        self.refusing: set[str] = set()
+        """DCs whose basic-auth writes (Kapacitor's) the gateway answers 503 to."""
         self.agents: dict[str, RunningAgent] = {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.traffic: dict[str, Traffic] = {}
@@ -509,8 +522,10 @@ class ScenarioFederation:
         )
         coordinator.sync(track_from_ns=track_from_ns)
         self.coordinator = coordinator
-        hold = self.hold
-        self.gateway = ThreadedServer(lambda: GatewayTap(build_app(coordinator), hold), self.port)
+        hold, refusing = self.hold, self.refusing
+        self.gateway = ThreadedServer(
+            lambda: GatewayTap(build_app(coordinator), hold, refusing), self.port
+        )
         self.gateway.start()
         self.start_jobs()
 
