@@ -192,6 +192,8 @@ class KapacitorMode:
         self._desired: dict[str, TaskSnapshot] = {}
         self._apply_error: str | None = None
         self._counters: dict[str, dict[str, _Counters]] = {}
+        self._failing: dict[str, tuple[int, str]] = {}
+        """Per task, when (clock) its counters last grew, and what the check said then."""
         self._lock = threading.Lock()
         self._replay_lock = threading.Lock()
         self._detections: EmbeddedMode | None = None
@@ -279,6 +281,7 @@ class KapacitorMode:
                 # A created, updated or deleted task starts its stats again from zero.
                 if change.action != "unchanged":
                     self._counters.pop(change.task_id, None)
+                    self._failing.pop(change.task_id, None)
         for change in result.changes:
             if change.action != "unchanged":
                 log.info(
@@ -299,7 +302,8 @@ class KapacitorMode:
         that failed and was rolled back), is not executing or carries an error, or when a
         node's `errors` or `write_errors` grew since the previous check (skipped windows,
         dropped writes, a dead UDF; at the first check of a task, since it started). Counters
-        that stopped growing are healthy again, so a failure long ago does not flag forever.
+        that stopped growing for a window and a half (each node runs once a window) are healthy
+        again, so a failure long ago does not flag forever.
         A task that stopped, or whose UDF node failed, is also reloaded (at most once per
         `reload_interval_s`), and the detail says so.
         """
@@ -383,12 +387,24 @@ class KapacitorMode:
         # A failed write counts in both of its node's counters.
         errors = sum(max(grown.errors - grown.write_errors, 0) for grown in growth.values())
         write_errors = sum(grown.write_errors for grown in growth.values())
+        now = self.clock.now_ns()
         if growth:
             nodes = ", ".join(sorted(growth))
-            return unhealthy(
+            failed = (
                 f"task {task_id}: {errors} failed queries and {write_errors} "
                 f"failed writes since the previous check (node {nodes})" + self._logged(task_id)
             )
+            with self._lock:
+                self._failing[task_id] = (now, failed)
+            return unhealthy(failed)
+        with self._lock:
+            last = self._failing.pop(task_id, None)
+            # Each node queries (and writes) once a window: checks more frequent than that see
+            # the counters still between two failures. Healthy again only once a whole period
+            # of the schedule, and half one for a slow run, passed with none failing.
+            if last is not None and now - last[0] < plan.window_ns * 3 // 2:
+                self._failing[task_id] = last
+                return unhealthy(last[1])
         return PlanHealth(
             plan.aggregation, plan.version, True, f"task {task_id} executing version {plan.version}"
         )
@@ -429,6 +445,7 @@ class KapacitorMode:
                 return f"{why}; reloaded {now - last:.0f}s ago, waiting before the next reload"
             self._reloaded[task_id] = now
             self._counters.pop(task_id, None)
+            self._failing.pop(task_id, None)
             for key in [k for k in self._waiting if k[0] == task_id]:
                 del self._waiting[key]
         try:

@@ -213,8 +213,11 @@ def test_a_task_failing_to_start_restores_the_previous_tasks_and_is_unhealthy(
 def test_growing_node_errors_are_unhealthy_until_they_stop_growing(
     client: KapacitorClient, emulator: KapacitorEmulator
 ) -> None:
-    mode = new_mode(client)
+    clock = FakeClock(0, auto_advance=False)
+    mode = new_mode(client, clock=clock)
     plans = example_plans()
+    # Each node runs once a window: checks between two of its failures still say it fails.
+    between = plans[1].window_ns * 3 // 2 - 1
     mode.apply(plans)
     task_id = plans[1].task_id
     assert all(h.healthy for h in mode.health())
@@ -225,13 +228,22 @@ def test_growing_node_errors_are_unhealthy_until_they_stop_growing(
     assert "0 failed queries and 2 failed writes" in health["delivery_latency"].detail
     assert health["delivery_direction"].healthy
 
-    # The same counters at the next check: nothing new failed.
+    # The same counters at the next checks, within a window and a half: still failing.
+    clock.advance(between)
+    health = {h.aggregation: h for h in mode.health()}
+    assert not health["delivery_latency"].healthy
+    assert "0 failed queries and 2 failed writes" in health["delivery_latency"].detail
+    # Past it, nothing new failed: healthy again.
+    clock.advance(1)
     assert all(h.healthy for h in mode.health())
 
     emulator.set_node_stats(task_id, "influxdb_out4", write_errors=5)
     emulator.set_node_stats(task_id, "query1", errors=1)
     health = {h.aggregation: h for h in mode.health()}
     assert "1 failed queries and 3 failed writes" in health["delivery_latency"].detail
+    clock.advance(between)
+    assert not {h.aggregation: h for h in mode.health()}["delivery_latency"].healthy
+    clock.advance(1)
     assert all(h.healthy for h in mode.health())
     mode.close()
 
