@@ -32,6 +32,7 @@ import uvicorn
 import yaml
 
 from federation.config import FederationConfig, load_config
+from federation.config.resolve import resolve_plan
 from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central
 from federation.coordinator.desired import sync_desired
@@ -42,8 +43,8 @@ from federation.coordinator.status import status_report
 from federation.core.aggregate import window_points
 from federation.core.clock import FakeClock
 from federation.core.lineprotocol import serialize
-from federation.core.plan import resolve_plan
-from federation.devstack.localstack import LocalStack, free_port
+from federation.devstack.localstack import LocalStack
+from federation.devstack.processes import free_port
 from federation.influx import InfluxClient
 
 REPO = Path(__file__).resolve().parent.parent

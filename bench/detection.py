@@ -29,7 +29,8 @@ from executor import HOUR, REPO, the_plan, write_events
 
 from federation.agent.detection_executor import read_detection_window
 from federation.config import load_config
-from federation.core.detection_plan import DetectionPlan, resolve_detection
+from federation.config.resolve import resolve_detection
+from federation.core.detection_plan import DetectionPlan
 from federation.core.windows import Window
 from federation.devstack.localstack import LocalStack
 from federation.influx import InfluxClient

@@ -37,9 +37,11 @@ from pathlib import Path
 import httpx
 
 from federation.config import load_config
-from federation.core.plan import AggregationPlan, resolve_plan
+from federation.config.resolve import resolve_plan
+from federation.core.influxql import quote_ident, quote_string
+from federation.core.plan import AggregationPlan
 from federation.devstack.localstack import InfluxServer, LocalStack
-from federation.influx import InfluxClient, quote_ident, quote_string
+from federation.influx import InfluxClient
 
 REPO = Path(__file__).resolve().parent.parent
 HOUR = 3600 * 10**9

@@ -35,19 +35,18 @@ from typing import Any
 import numpy as np
 import yaml
 
-# Imported first: `federation.reporting` imported on its own hits a circular import through
-# `federation.coordinator` (reporting.completeness -> coordinator -> api -> reporting).
-import federation.coordinator  # noqa: F401  # isort: skip
 from federation.config import FederationConfig, load_config
+from federation.config.resolve import resolve_plan
 from federation.core.aggregate import manifest_point, window_points
 from federation.core.calendar import periods
 from federation.core.durations import HOUR_NS, format_influx_duration
+from federation.core.influxql import quote_ident
 from federation.core.lineprotocol import serialize
-from federation.core.plan import AggregationPlan, resolve_plan
+from federation.core.plan import AggregationPlan
 from federation.core.points import Point
 from federation.core.sketch import Sketch
 from federation.devstack.localstack import LocalStack
-from federation.influx import InfluxClient, quote_ident
+from federation.influx import InfluxClient
 from federation.reporting import (
     PercentileReport,
     percentile_report,

@@ -10,7 +10,9 @@
     │   └── CalendarError           a window size that cannot tile a calendar period
     ├── InfluxError                 an InfluxDB request failed: URL, status, body
     ├── KapacitorError              a Kapacitor request failed: URL, status, Kapacitor's message
-    └── CoordinatorError            a coordinator request failed: URL, status, body
+    ├── CoordinatorError            a coordinator request failed: URL, status, body
+    └── PreflightError              the agent or the coordinator cannot start: a dependency
+                                    does not answer (one line saying which and why)
 
 Every error names where the problem is, and never carries a personal-data value.
 """
@@ -115,3 +117,8 @@ class KapacitorError(RemoteError):
 
 class CoordinatorError(RemoteError):
     service = "coordinator"
+
+
+class PreflightError(FederationError):
+    """The agent or the coordinator cannot start: a check before running failed (a dependency
+    does not answer). The message is one line saying which and why."""

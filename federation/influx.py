@@ -16,7 +16,20 @@ from typing import Any
 import httpx
 
 from federation.config.models import Credentials
+from federation.core.durations import NS_PER_UNIT
+from federation.core.influxql import quote_ident, quote_string
 from federation.errors import InfluxError
+
+__all__ = [
+    "InfluxClient",
+    "RetentionPolicyInfo",
+    "Series",
+    "credentials_from_env",
+    "parse_influx_duration",
+    "quote_ident",
+    "quote_string",
+    "rows",
+]
 
 
 @dataclass(frozen=True)
@@ -27,11 +40,6 @@ class Series:
     columns: list[str]
     values: list[list[Any]]
     tags: dict[str, str] = field(default_factory=dict)
-
-
-def quote_string(value: str) -> str:
-    """Quote an InfluxQL string literal (`'it\\'s'`)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def credentials_from_env(creds: Credentials | None) -> tuple[str, str] | None:
@@ -231,20 +239,8 @@ class RetentionPolicyInfo:
     default: bool
 
 
-def quote_ident(name: str) -> str:
-    """Quote an InfluxQL identifier."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-_GO_UNITS = {
-    "h": 3600 * 10**9,
-    "m": 60 * 10**9,
-    "s": 10**9,
-    "ms": 10**6,
-    "us": 10**3,
-    "µs": 10**3,
-    "ns": 1,
-}
+# The units of Go's time.Duration.String(), which InfluxDB reports durations in.
+_GO_UNITS = {unit: NS_PER_UNIT[unit] for unit in ("h", "m", "s", "ms", "us", "µs", "ns")}
 
 
 def parse_influx_duration(text: str) -> int:

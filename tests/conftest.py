@@ -42,7 +42,7 @@ def influxd(localstack: LocalStack, request: pytest.FixtureRequest) -> InfluxSer
 
 
 def _port() -> int:
-    from federation.devstack.localstack import free_port
+    from federation.devstack.processes import free_port
 
     return free_port()
 

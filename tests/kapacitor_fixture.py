@@ -51,12 +51,8 @@ from typing import Literal, Protocol
 import pytest
 
 from federation.devstack.kapacitor_emulator import KapacitorEmulator
-from federation.devstack.localstack import (
-    KAPACITORD_ENV,
-    KapacitorServer,
-    find_kapacitord,
-    free_port,
-)
+from federation.devstack.kapacitord import KAPACITORD_ENV, KapacitorServer, find_kapacitord
+from federation.devstack.processes import free_port
 from federation.kapacitor.client import KapacitorClient
 
 Kind = Literal["emulator", "kapacitord"]
@@ -103,7 +99,7 @@ def federation_command() -> str:
 def _refusal_frame(message: str) -> bytes:
     """A framed UDF `Response{init: InitResponse{success: false, error: message}}`."""
     from federation.kapacitor import _udf_pb2 as pb
-    from federation.kapacitor.udf import encode_varint
+    from federation.kapacitor.udf_wire import encode_varint
 
     response = pb.Response()
     response.init.success = False

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.config import load_config
+from federation.config.resolve import resolve_plan
 from federation.core.aggregate import RowGrouper, group_rows, manifest_point, window_points
 from federation.core.lineprotocol import serialize
-from federation.core.plan import resolve_plan
 from federation.core.points import Point
 from federation.core.sketch import Sketch
 from federation.core.stats import summarize_groups

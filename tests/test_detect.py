@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.config import load_config
+from federation.config.resolve import resolve_detection
 from federation.core.detect import (
     DetectionCounter,
     detect_window,
@@ -17,7 +18,7 @@ from federation.core.detect import (
     key_id,
     shipped_points,
 )
-from federation.core.detection_plan import DetectionPlan, resolve_detection
+from federation.core.detection_plan import DetectionPlan
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = load_config(REPO)

@@ -29,22 +29,24 @@ from test_kapacitord import Key, central_state, expected_state
 
 from federation.agent.detection_executor import read_detection_window
 from federation.config import load_config
+from federation.config.resolve import resolve_detection
 from federation.core.detect import finding_points, shipped_points
 from federation.core.detection_plan import (
     DETECTION_RUNS_MEASUREMENT,
     FINDINGS_MEASUREMENT,
     DetectionPlan,
-    resolve_detection,
 )
+from federation.core.influxql import quote_ident
 from federation.core.lineprotocol import serialize
 from federation.core.points import Point
 from federation.core.windows import windows_between
 from federation.devstack.localstack import LocalStack
 from federation.errors import KapacitorError
-from federation.influx import InfluxClient, quote_ident
+from federation.influx import InfluxClient
 from federation.kapacitor import _udf_pb2 as pb
 from federation.kapacitor.deploy import TaskSnapshot, apply_tasks
-from federation.kapacitor.udf import frame, iter_frames, point_from_message, serve
+from federation.kapacitor.udf import serve
+from federation.kapacitor.udf_wire import frame, iter_frames, point_from_message
 from federation.tickscript.render import render_detection
 
 REPO = Path(__file__).resolve().parent.parent

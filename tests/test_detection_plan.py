@@ -7,12 +7,8 @@ from pathlib import Path
 import pytest
 
 from federation.config import load_config
-from federation.core.detection_plan import (
-    detection_plan_from_dict,
-    detection_plan_to_dict,
-    resolve_detection,
-    resolve_detections,
-)
+from federation.config.resolve import resolve_detection, resolve_detections
+from federation.core.detection_plan import detection_plan_from_dict, detection_plan_to_dict
 from federation.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parents[1]

@@ -53,7 +53,7 @@ def test_refused_write_names_status(influx: InfluxClient) -> None:
 
 
 def test_unreachable_server_names_url() -> None:
-    from federation.devstack.localstack import free_port
+    from federation.devstack.processes import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     with InfluxClient(url, timeout=1.0) as client, pytest.raises(InfluxError) as info:

@@ -24,6 +24,7 @@ from federation.config import FederationConfig, load_config
 from federation.core.lineprotocol import parse, serialize
 from federation.core.pii import personal_data_kind
 from federation.core.points import Point
+from federation.core.retry import RetryPolicy
 from federation.devstack.localstack import InfluxServer
 from federation.errors import ConfigProblems, InvalidInput
 from federation.influx import InfluxClient, rows
@@ -35,7 +36,6 @@ from federation.ingest import (
     IngestSummary,
     Reason,
     Rejected,
-    RetryPolicy,
     TieBreaker,
     ingest,
     load_schema,
@@ -44,7 +44,7 @@ from federation.ingest import (
 runner = CliRunner()
 DC = "fra1"  # region eu: database mail, retention policy raw, no credentials
 NOW_MS = (int(time.time()) - 3600) * 1000
-FAST = RetryPolicy(initial=0.05, maximum=0.3)
+FAST = RetryPolicy(initial_s=0.05, max_s=0.3)
 
 
 @pytest.fixture
@@ -728,7 +728,7 @@ def test_give_up_after_stops_with_what_was_written(
         pipe,
         batch_size=10,
         flush_interval=0.05,
-        retry=RetryPolicy(initial=0.05, maximum=0.1, give_up_after=0.5),
+        retry=RetryPolicy(initial_s=0.05, max_s=0.1, give_up_after_s=0.5),
         dead_letter=tmp_path / "d.jsonl",
     )
     pipe.feed(lines_for(0, 20))

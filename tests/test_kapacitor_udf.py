@@ -29,25 +29,23 @@ from typer.testing import CliRunner
 
 from federation.cli import app
 from federation.config import load_config
+from federation.config.resolve import resolve_plan
 from federation.core.aggregate import window_points
 from federation.core.clock import FakeClock
 from federation.core.durations import HOUR_NS, SECOND_NS
-from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan, resolve_plan
+from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan
 from federation.core.points import Point
 from federation.errors import ConfigError
 from federation.kapacitor import _udf_pb2 as pb
-from federation.kapacitor.udf import (
-    AGGREGATION_OPTION_TYPES,
-    OPTION_TYPES,
+from federation.kapacitor.conf import kapacitor_conf
+from federation.kapacitor.udf import AGGREGATION_OPTION_TYPES, OPTION_TYPES, UdfProcess, serve
+from federation.kapacitor.udf_wire import (
     ProtocolError,
-    UdfProcess,
     encode_varint,
     frame,
     iter_frames,
-    kapacitor_conf,
     point_from_message,
     read_frame,
-    serve,
 )
 from federation.tickscript.render import render_plan
 

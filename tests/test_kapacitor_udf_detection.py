@@ -23,12 +23,13 @@ from test_kapacitor_udf import (
 )
 
 from federation.config import load_config
+from federation.config.resolve import resolve_detection
 from federation.core.detect import detect_window, finding_points, shipped_points
-from federation.core.detection_plan import DetectionPlan, resolve_detection
+from federation.core.detection_plan import DetectionPlan
 from federation.core.points import Point
 from federation.kapacitor import _udf_pb2 as pb
-from federation.kapacitor.udf import point_from_message
 from federation.kapacitor.udf_detection import DETECTION_OPTION_TYPES
+from federation.kapacitor.udf_wire import point_from_message
 from federation.tickscript.render import render_detection
 
 REPO = Path(__file__).resolve().parents[1]

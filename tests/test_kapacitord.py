@@ -27,16 +27,20 @@ from kapacitor_fixture import federation_command
 
 from federation.agent import AgentSettings, RunIds, build_agent, compute_window
 from federation.config import FederationConfig, load_config
-from federation.coordinator import Coordinator, build_app, open_ledger
+from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central
-from federation.coordinator.service import CoordinatorSettings, Tokens
+from federation.coordinator.ledger import open_ledger
+from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.core.clock import SystemClock
+from federation.core.influxql import quote_ident
 from federation.core.lineprotocol import serialize
 from federation.core.plan import AggregationPlan
 from federation.core.points import Point
 from federation.core.windows import windows_between
-from federation.devstack.localstack import KapacitorServer, LocalStack, free_port
-from federation.influx import InfluxClient, quote_ident
+from federation.devstack.kapacitord import KapacitorServer
+from federation.devstack.localstack import LocalStack
+from federation.devstack.processes import free_port
+from federation.influx import InfluxClient
 
 pytestmark = pytest.mark.kapacitor
 

@@ -20,7 +20,9 @@ from federation.coordinator.app import run_verification
 from federation.coordinator.reload import reload_config
 from federation.coordinator.rollouts import rollback_rollout, start_rollout
 from federation.core.clock import SystemClock
-from federation.devstack.localstack import KapacitorServer, LocalStack, free_port
+from federation.devstack.kapacitord import KapacitorServer
+from federation.devstack.localstack import LocalStack
+from federation.devstack.processes import free_port
 from federation.errors import FederationError
 from federation.influx import InfluxClient
 from federation.kapacitor.client import KapacitorClient

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.config import load_config
-from federation.core.plan import plan_from_dict, plan_to_dict, resolve_all, resolve_plan
+from federation.config.resolve import resolve_all, resolve_plan
+from federation.core.plan import plan_from_dict, plan_to_dict
 from federation.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parent.parent

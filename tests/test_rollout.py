@@ -11,10 +11,10 @@ import yaml
 from kapacitor_fixture import KapacitorFactory, KapacitorUnderTest
 
 from federation.config import FederationConfig, load_config
+from federation.config.resolve import resolve_all
 from federation.coordinator.convergence import dc_overview
 from federation.coordinator.desired import record_report, sync_desired
 from federation.coordinator.ledger import open_ledger
-from federation.core.plan import resolve_all
 from federation.devstack.kapacitor_emulator import KapacitorEmulator
 from federation.errors import CoordinatorError, FederationError, InvalidInput
 from federation.kapacitor.client import KapacitorClient

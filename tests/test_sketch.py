@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from federation.core._sketch_fast import read_batch, read_one, read_total
+from federation.core._sketch_reference import EMPTY as _EMPTY
 from federation.core._sketch_write import write_many
 from federation.core.sketch import (
-    _EMPTY,
     Sketch,
     _stores,
     decode_many,

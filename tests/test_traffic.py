@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from federation.config import load_config
+from federation.config.resolve import resolve_detection
 from federation.core.detect import detect_window
-from federation.core.detection_plan import resolve_detection
 from federation.devstack.traffic import (
     COMPROMISED_SENDER,
     SPAM_RANGE,

@@ -4,8 +4,10 @@
   `window_points`, hand them to a sink (`run_range`, `run_windows`, `WindowRunner`).
 - `shipper`: write a window's points through the gateway in batches with retries, manifest last.
 - `coordinator_client`: desired state, reports, backfills and central's windows.
-- `daemon`: `Agent` (preflight, reconcile, catch-up, backfills, SIGTERM) and the execution
-  modes (`EmbeddedMode`; `MODES` is where a Kapacitor mode plugs in).
+- `daemon`: `Agent` (preflight, reconcile, catch-up, backfills, SIGTERM); `MODES` maps a mode's
+  name to its factory.
+- `modes`: the seam (`ExecutionMode`, `ModeContext`, `PlanHealth`); `embedded_mode` and
+  `kapacitor_mode` are the two modes behind it.
 - `once`: `run_once`, a range of windows of one DC, then exit.
 """
 
@@ -19,41 +21,25 @@ from federation.agent.coordinator_client import (
     DesiredState,
     WindowsView,
 )
-from federation.agent.daemon import (
-    MODES,
-    Agent,
-    AgentSettings,
-    EmbeddedMode,
-    ExecutionMode,
-    ModeContext,
-    PlanHealth,
-    PreflightError,
-    build_agent,
-    install_signal_handlers,
-    mode_name,
-)
+from federation.agent.daemon import MODES, Agent, build_agent, install_signal_handlers, mode_name
+from federation.agent.embedded_mode import EmbeddedMode
 from federation.agent.executor import (
     ComputedWindow,
     RangeResult,
     RunIds,
     WindowData,
     WindowResult,
-    WindowRunner,
     WindowSink,
     compute_window,
     read_window,
     run_range,
     run_windows,
 )
+from federation.agent.modes import AgentSettings, ExecutionMode, ModeContext, PlanHealth
 from federation.agent.once import run_once
-from federation.agent.shipper import (
-    RetryPolicy,
-    ShipmentError,
-    ShipmentRefused,
-    Shipper,
-    ShipStats,
-)
+from federation.agent.shipper import ShipmentError, ShipmentRefused, Shipper, ShipStats
 from federation.agent.window_choice import catch_up_windows
+from federation.agent.window_runner import WindowRunner
 
 __all__ = [
     "MODES",
@@ -69,9 +55,7 @@ __all__ = [
     "ExecutionMode",
     "ModeContext",
     "PlanHealth",
-    "PreflightError",
     "RangeResult",
-    "RetryPolicy",
     "RunIds",
     "ShipStats",
     "ShipmentError",

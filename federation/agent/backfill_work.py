@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from federation.agent.coordinator_client import BackfillRequest
-from federation.agent.shipper import RetryPolicy
+from federation.core.retry import RetryPolicy
 from federation.errors import CoordinatorError, FederationError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -31,8 +31,8 @@ from federation.agent.overlap import read_ahead
 from federation.agent.shipper import ShipmentRefused
 from federation.core.aggregate import RowGrouper, grouped_window_points
 from federation.core.clock import Clock
-from federation.core.detection_plan import DetectionPlan, TrackedPlan
-from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan, ShippedPlan
+from federation.core.influxql import quote_ident
+from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan, ShippedPlan, raw_source
 from federation.core.points import Point
 from federation.core.windows import Window, windows_between
 from federation.errors import FederationError
@@ -253,66 +253,6 @@ class RangeResult:
         return text
 
 
-@dataclass
-class WindowRunner:
-    """Runs windows of plans against one DC's InfluxDB and one sink, one window at a time.
-
-    Shared by the scheduled runs, the catch-up, backfills and `agent once`. A lock per
-    aggregation keeps two runs of the same aggregation from interleaving, so a window is never
-    shipped by an older computation after a newer one.
-    """
-
-    source: InfluxClient
-    sink: WindowSink
-    clock: Clock
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    run_ids: RunIds = field(init=False)
-    _locks: dict[str, threading.Lock] = field(init=False, default_factory=dict)
-    _locks_guard: threading.Lock = field(init=False, default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        self.run_ids = RunIds(self.clock)
-
-    def _lock(self, aggregation: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(aggregation, threading.Lock())
-
-    def run_windows(
-        self,
-        plan: TrackedPlan,
-        windows: Sequence[Window],
-        *,
-        stop: threading.Event | None = None,
-        on_window: Callable[[WindowResult], None] | None = None,
-    ) -> RangeResult:
-        """Compute and ship each window, oldest first; see `run_windows`, and for a detection
-        `detection_executor.run_detection_windows` (findings kept here, counts shipped)."""
-        with self._lock(plan.aggregation):
-            if isinstance(plan, DetectionPlan):
-                # Imported here: the detection executor builds on this module.
-                from federation.agent.detection_executor import run_detection_windows
-
-                return run_detection_windows(
-                    plan,
-                    windows,
-                    source=self.source,
-                    sink=self.sink,
-                    run_ids=self.run_ids,
-                    stop=stop,
-                    chunk_size=self.chunk_size,
-                )
-            return run_windows(
-                plan,
-                windows,
-                source=self.source,
-                sink=self.sink,
-                run_ids=self.run_ids,
-                stop=stop,
-                chunk_size=self.chunk_size,
-                on_window=on_window,
-            )
-
-
 def run_windows(
     plan: AggregationPlan,
     windows: Sequence[Window],
@@ -439,3 +379,20 @@ def events_per_second(result: RangeResult) -> float:
     seconds = sum(w.read_s + w.compute_s for w in result.windows)
     events = sum(w.events for w in result.windows)
     return events / seconds if seconds > 0 else math.nan
+
+
+def count_raw_events(
+    source: InfluxClient, plan: AggregationPlan, start_ns: int, end_ns: int
+) -> dict[int, int]:
+    """Raw events per window start in [start, end), from one query (absent means 0)."""
+    query = (
+        f"SELECT count({quote_ident(plan.value_field)}) "
+        f"FROM {raw_source(plan.database, plan.retention_policy, plan.measurement)} "
+        f"WHERE time >= {start_ns} AND time < {end_ns} GROUP BY time({plan.window_ns}ns)"
+    )
+    counts: dict[int, int] = {}
+    for series in source.query(query, database=plan.database):
+        at = series.columns.index("count") if "count" in series.columns else 1
+        for row in series.values:
+            counts[int(row[0])] = counts.get(int(row[0]), 0) + int(row[at] or 0)
+    return counts

@@ -46,11 +46,10 @@ its own every poll interval.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from federation.agent.central_check import (
@@ -60,10 +59,25 @@ from federation.agent.central_check import (
     windows_past_lookback,
 )
 from federation.agent.coordinator_client import HeldCount
-from federation.agent.daemon import AgentSettings, EmbeddedMode, ModeContext, PlanHealth
-from federation.agent.executor import RangeResult, RunIds, WindowResult, WindowRunner, WindowSink
+from federation.agent.embedded_mode import EmbeddedMode
+from federation.agent.executor import (
+    RangeResult,
+    RunIds,
+    WindowResult,
+    WindowSink,
+    count_raw_events,
+)
+from federation.agent.kapacitor_replay import (
+    ReplayStopped,
+    replay_plan,
+    replay_task_id,
+    run_replay,
+)
+from federation.agent.modes import AgentSettings, ModeContext, PlanHealth
 from federation.agent.shipper import ShipmentRefused
+from federation.agent.task_watch import TaskReloads, TaskWatch, is_udf_node
 from federation.agent.window_choice import settle_ns
+from federation.agent.window_runner import WindowRunner
 from federation.core.aggregate import manifest_point
 from federation.core.clock import Clock, format_rfc3339
 from federation.core.detection_plan import DetectionPlan, TrackedPlan
@@ -71,70 +85,17 @@ from federation.core.durations import format_duration
 from federation.core.plan import AggregationPlan
 from federation.core.windows import Window, coalesce, lookback_windows
 from federation.errors import FederationError, KapacitorError
-from federation.influx import InfluxClient, credentials_from_env, quote_ident
-from federation.kapacitor.client import KapacitorClient, NodeHealth, TaskHealth
+from federation.influx import InfluxClient, credentials_from_env
+from federation.kapacitor.client import KapacitorClient, TaskHealth
 from federation.kapacitor.deploy import TaskSnapshot, apply_tasks, script_version
 from federation.kapacitor.logs import ErrorLog
-from federation.tickscript.render import UDF_NAME, render_plan
+from federation.tickscript.render import render_plan
 
 log = logging.getLogger(__name__)
 
-REPLAY_SUFFIX = "-replay"
 
 _GO_ZERO_TO_UNIX_NS = 62_135_596_800 * 10**9
 """Go's zero time (0001-01-01 UTC) to the Unix epoch: `.align()` rounds relative to the former."""
-
-
-def replay_task_id(plan: AggregationPlan) -> str:
-    """The id of the temporary task a replay of `plan` runs: `fed-<aggregation>-<dc>-replay`."""
-    return plan.task_id + REPLAY_SUFFIX
-
-
-def replay_plan(plan: AggregationPlan) -> AggregationPlan:
-    """`plan` with a look-back of one window: its task has one branch, with offset 0."""
-    return dataclasses.replace(plan, lookback_ns=plan.window_ns)
-
-
-def replay_range(start_ns: int, end_ns: int) -> tuple[int, int]:
-    """The replay `start` and `stop` that make a single-branch task read exactly [start, end).
-
-    Kapacitor's first replayed window ends at `start + every` and the last at the last tick not
-    after `stop`; each window is `[tick - offset - period, tick - offset)`. With offset 0 and
-    period == every == the window, and a range made of whole aligned windows, that is the range
-    itself (`.align()` rounds the ticks, which are already on window boundaries).
-    """
-    return start_ns, end_ns
-
-
-@dataclasses.dataclass(frozen=True)
-class _Counters:
-    errors: int
-    write_errors: int
-
-
-def _growth(now: dict[str, NodeHealth], before: dict[str, _Counters]) -> dict[str, _Counters]:
-    """How much each node's counters grew since `before` (nodes that grew only); a node whose
-    counters went down was restarted (stats start again at zero), so all of its count is new."""
-
-    def grown(count: int, seen: int) -> int:
-        return count - seen if count >= seen else count
-
-    growth = {}
-    for name, node in now.items():
-        seen = before.get(name, _Counters(0, 0))
-        errors, write_errors = grown(node.errors, seen.errors), grown(node.write_errors, seen.write_errors)  # fmt: skip
-        if errors or write_errors:
-            growth[name] = _Counters(errors, write_errors)
-    return growth
-
-
-def _is_udf_node(name: str) -> bool:
-    """Kapacitor names a node after its type and a number: `fedagg2` is a UDF node."""
-    return name.rstrip("0123456789") == UDF_NAME
-
-
-class _Stopped(Exception):
-    """A stop request arrived while waiting for a replay."""
 
 
 class KapacitorMode:
@@ -176,10 +137,7 @@ class KapacitorMode:
         self.replay_timeout_s = replay_timeout_s
         self.replay_poll_s = replay_poll_s
         self.reload_interval_s = reload_interval_s
-        self._reloaded: dict[str, float] = {}
         self.stall_after_s = stall_after_s
-        self._waiting: dict[tuple[str, str], tuple[int, float]] = {}
-        self._interrupted: set[str] = set()
         self.clock = clock
         self.settle_s = settle_s
         self.run_ids = RunIds(clock)
@@ -191,9 +149,8 @@ class KapacitorMode:
         self._plans: dict[str, AggregationPlan] = {}
         self._desired: dict[str, TaskSnapshot] = {}
         self._apply_error: str | None = None
-        self._counters: dict[str, dict[str, _Counters]] = {}
-        self._failing: dict[str, tuple[int, str]] = {}
-        """Per task, when (clock) its counters last grew, and what the check said then."""
+        self._watch = TaskWatch()
+        self._reloads = TaskReloads(client, dc, self._watch, reload_interval_s)
         self._lock = threading.Lock()
         self._replay_lock = threading.Lock()
         self._detections: EmbeddedMode | None = None
@@ -280,8 +237,7 @@ class KapacitorMode:
             for change in result.changes:
                 # A created, updated or deleted task starts its stats again from zero.
                 if change.action != "unchanged":
-                    self._counters.pop(change.task_id, None)
-                    self._failing.pop(change.task_id, None)
+                    self._watch.forget_counters(change.task_id)
         for change in result.changes:
             if change.action != "unchanged":
                 log.info(
@@ -343,11 +299,9 @@ class KapacitorMode:
         if task is None:
             return unhealthy(f"task {task_id} is not deployed")
         current = TaskSnapshot.of(task)
-        if wanted is not None and current == dataclasses.replace(wanted, enabled=False):
-            with self._lock:
-                interrupted = task_id in self._interrupted
-            if interrupted:
-                return unhealthy(self._finish_reload(task_id))
+        left_disabled = wanted is not None and current == replace(wanted, enabled=False)
+        if left_disabled and self._reloads.interrupted(task_id):
+            return unhealthy(self._reloads.finish(task_id))
         if wanted is None or current != wanted:
             running = script_version(current.script)
             state = " (disabled)" if not current.enabled else ""
@@ -360,16 +314,10 @@ class KapacitorMode:
         health = TaskHealth.of(task)
         if not health.executing or health.error:
             stopped = f"task {task_id} is not executing: {health.error or 'stopped'}"
-            return unhealthy(self._reload(task_id, stopped))
-        with self._lock:
-            before = self._counters.get(task_id, {})
-            self._counters[task_id] = {
-                name: _Counters(node.errors, node.write_errors)
-                for name, node in health.nodes.items()
-            }
-        stalled = self._stalled(health)
-        growth = _growth(health.nodes, before)
-        dead = sorted(name for name, grown in growth.items() if _is_udf_node(name) and grown.errors)
+            return unhealthy(self._reloads.reload(task_id, stopped))
+        growth = self._watch.growth(task_id, health)
+        stalled = self._watch.stalled(health, self.stall_after_s)
+        dead = sorted(name for name, grown in growth.items() if is_udf_node(name) and grown.errors)
         if stalled or dead:
             # A UDF process that died (killed, crashed, stuck past its keepalive) takes its
             # branch down, yet Kapacitor 1.5.7 keeps the task executing with no error. Its UDF
@@ -383,7 +331,7 @@ class KapacitorMode:
                 f"task {task_id}: {'; '.join(what)} (its branch computes nothing more, though "
                 "Kapacitor says the task executes)"
             )
-            return unhealthy(self._reload(task_id, failed) + self._logged(task_id))
+            return unhealthy(self._reloads.reload(task_id, failed) + self._logged(task_id))
         # A failed write counts in both of its node's counters.
         errors = sum(max(grown.errors - grown.write_errors, 0) for grown in growth.values())
         write_errors = sum(grown.write_errors for grown in growth.values())
@@ -394,39 +342,17 @@ class KapacitorMode:
                 f"task {task_id}: {errors} failed queries and {write_errors} "
                 f"failed writes since the previous check (node {nodes})" + self._logged(task_id)
             )
-            with self._lock:
-                self._failing[task_id] = (now, failed)
+            self._watch.note_failure(task_id, now, failed)
             return unhealthy(failed)
-        with self._lock:
-            last = self._failing.pop(task_id, None)
-            # Each node queries (and writes) once a window: checks more frequent than that see
-            # the counters still between two failures. Healthy again only once a whole period
-            # of the schedule, and half one for a slow run, passed with none failing.
-            if last is not None and now - last[0] < plan.window_ns * 3 // 2:
-                self._failing[task_id] = last
-                return unhealthy(last[1])
+        # Each node queries (and writes) once a window: checks more frequent than that see
+        # the counters still between two failures. Healthy again only once a whole period
+        # of the schedule, and half one for a slow run, passed with none failing.
+        recent = self._watch.recent_failure(task_id, now, plan.window_ns * 3 // 2)
+        if recent is not None:
+            return unhealthy(recent)
         return PlanHealth(
             plan.aggregation, plan.version, True, f"task {task_id} executing version {plan.version}"
         )
-
-    def _stalled(self, health: TaskHealth) -> dict[str, int]:
-        """The task's query nodes whose branch stalled: two batches waiting at once
-        (`TaskHealth.stalled`), or one that has waited `stall_after_s` since the node last
-        passed a batch on."""
-        stalled = dict(health.stalled)
-        now = time.monotonic()
-        with self._lock:
-            for name, node in health.nodes.items():
-                key = (health.id, name)
-                if not node.backlog or name in stalled:
-                    self._waiting.pop(key, None)
-                    continue
-                seen = self._waiting.get(key)
-                if seen is None or seen[0] != node.collected:
-                    self._waiting[key] = (node.collected, now)
-                elif now - seen[1] >= self.stall_after_s:
-                    stalled[name] = node.backlog
-        return stalled
 
     def _logged(self, task_id: str) -> str:
         """`; Kapacitor logged …` with the task's last logged error, or "" (none seen)."""
@@ -434,47 +360,6 @@ class KapacitorMode:
         if error is None:
             return ""
         return f"; Kapacitor logged at {error.at} ({error.node}): {error.text}"
-
-    def _reload(self, task_id: str, why: str) -> str:
-        """Restart a task that stopped or lost a branch (disable + enable: new UDF processes),
-        at most once per `reload_interval_s`; `why` with what was done."""
-        now = time.monotonic()
-        with self._lock:
-            last = self._reloaded.get(task_id)
-            if last is not None and now - last < self.reload_interval_s:
-                return f"{why}; reloaded {now - last:.0f}s ago, waiting before the next reload"
-            self._reloaded[task_id] = now
-            self._counters.pop(task_id, None)
-            self._failing.pop(task_id, None)
-            for key in [k for k in self._waiting if k[0] == task_id]:
-                del self._waiting[key]
-        try:
-            self.client.reload_task(task_id)
-        except KapacitorError as exc:
-            # Stopping a task waits for its UDF processes; one that is stuck may outlast the
-            # client's timeout, and the task is then left disabled: the next check enables it.
-            with self._lock:
-                self._interrupted.add(task_id)
-            log.error("DC %s: %s; reloading the task failed: %s", self.dc, why, exc)
-            return f"{why}; reloading the task failed: {exc}"
-        with self._lock:
-            self._interrupted.discard(task_id)
-        log.warning("DC %s: %s; reloaded the task (disable + enable)", self.dc, why)
-        return f"{why}; reloaded the task (disable + enable)"
-
-    def _finish_reload(self, task_id: str) -> str:
-        """Enable a task that a reload which failed half-way left disabled."""
-        why = f"task {task_id} was left disabled by a reload that failed"
-        try:
-            self.client.enable_task(task_id)
-        except KapacitorError as exc:
-            log.error("DC %s: %s; enabling it failed: %s", self.dc, why, exc)
-            return f"{why}; enabling it failed: {exc}"
-        with self._lock:
-            self._interrupted.discard(task_id)
-            self._counters.pop(task_id, None)
-        log.warning("DC %s: %s; enabled it again", self.dc, why)
-        return f"{why}; enabled it again"
 
     # --- replays ------------------------------------------------------------------------------
 
@@ -526,7 +411,7 @@ class KapacitorMode:
                     return finish(stopped=True)
                 span = f"{format_rfc3339(start_ns)}..{format_rfc3339(end_ns)}"
                 try:
-                    counts = self._count_events(plan, start_ns, end_ns)
+                    counts = count_raw_events(self.source, plan, start_ns, end_ns)
                 except FederationError as exc:
                     log.error(
                         "%s: counting the raw events of %s failed: %s", plan.aggregation, span, exc
@@ -538,7 +423,7 @@ class KapacitorMode:
                     part = f"{format_rfc3339(busy_start)}..{format_rfc3339(busy_end)}"
                     try:
                         self._replay(plan, busy_start, busy_end, stop)
-                    except _Stopped:
+                    except ReplayStopped:
                         return finish(stopped=True)
                     except FederationError as exc:
                         log.error("%s: replay of %s failed: %s", plan.aggregation, part, exc)
@@ -598,7 +483,7 @@ class KapacitorMode:
             todo = sorted(w for w in ended if w.start_ns not in seen)
             if not todo:
                 continue
-            counts = self._count_events(plan, todo[0].start_ns, todo[-1].end_ns)
+            counts = count_raw_events(self.source, plan, todo[0].start_ns, todo[-1].end_ns)
             for window in todo:
                 if counts.get(window.start_ns, 0):
                     seen.add(window.start_ns)
@@ -646,7 +531,7 @@ class KapacitorMode:
             todo = sorted(w for w in passed if w.start_ns not in checked)
             if not todo:
                 continue
-            counts = self._count_events(plan, todo[0].start_ns, todo[-1].end_ns)
+            counts = count_raw_events(self.source, plan, todo[0].start_ns, todo[-1].end_ns)
             busy = {w.start_ns: counts[w.start_ns] for w in todo if counts.get(w.start_ns)}
             marked += report_past_lookback(self.central, self.dc, plan, busy)
             checked.update(w.start_ns for w in todo)
@@ -655,55 +540,23 @@ class KapacitorMode:
     def _replay(
         self, plan: AggregationPlan, start_ns: int, end_ns: int, stop: threading.Event
     ) -> None:
-        """Create the temporary task, replay [start, end) with it, delete it whatever happens."""
-        task_id = replay_task_id(plan)
-        script = self._render(replay_plan(plan)).script
-        # A task left over by an agent that died mid-replay is ours to replace.
-        self.client.delete_task(task_id)
-        self.client.create_task(task_id, script, [], status="disabled")
-        try:
-            replay_start, replay_stop = replay_range(start_ns, end_ns)
-            replay_id = self.client.replay_batch(task_id, replay_start, replay_stop)
-            log.info(
-                "%s: replaying %s..%s as %s",
-                plan.aggregation,
-                format_rfc3339(start_ns),
-                format_rfc3339(end_ns),
-                replay_id,
-            )
+        """Replay [start, end) with the plan's temporary task (see `kapacitor_replay`)."""
 
-            def sleep(seconds: float) -> None:
-                if stop.wait(seconds) or self.stop.is_set():
-                    raise _Stopped
+        def sleep(seconds: float) -> None:
+            if stop.wait(seconds) or self.stop.is_set():
+                raise ReplayStopped
 
-            self.client.wait_replay(
-                replay_id, timeout_s=self.replay_timeout_s, poll_s=self.replay_poll_s, sleep=sleep
-            )
-            try:
-                self.client.delete_replay(replay_id)
-            except KapacitorError as exc:
-                log.warning("could not delete the record of replay %s: %s", replay_id, exc)
-        finally:
-            try:
-                self.client.delete_task(task_id)
-            except KapacitorError as exc:
-                log.warning("could not delete the temporary task %s: %s", task_id, exc)
-
-    def _count_events(self, plan: AggregationPlan, start_ns: int, end_ns: int) -> dict[int, int]:
-        """Raw events per window start in [start, end), from one query (absent means 0)."""
-        source = ".".join(
-            quote_ident(p) for p in (plan.database, plan.retention_policy, plan.measurement)
+        run_replay(
+            self.client,
+            replay_task_id(plan),
+            self._render(replay_plan(plan)).script,
+            plan.aggregation,
+            start_ns,
+            end_ns,
+            timeout_s=self.replay_timeout_s,
+            poll_s=self.replay_poll_s,
+            sleep=sleep,
         )
-        query = (
-            f"SELECT count({quote_ident(plan.value_field)}) FROM {source} "
-            f"WHERE time >= {start_ns} AND time < {end_ns} GROUP BY time({plan.window_ns}ns)"
-        )
-        counts: dict[int, int] = {}
-        for series in self.source.query(query, database=plan.database):
-            at = series.columns.index("count") if "count" in series.columns else 1
-            for row in series.values:
-                counts[int(row[0])] = counts.get(int(row[0]), 0) + int(row[at] or 0)
-        return counts
 
     def _ship_empty(
         self, plan: AggregationPlan, window: Window, stop: threading.Event

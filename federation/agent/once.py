@@ -7,8 +7,8 @@ from collections.abc import Callable
 from federation.agent.daemon import build_shipper, local_influx
 from federation.agent.executor import RangeResult, RunIds, WindowResult, run_range
 from federation.config import FederationConfig
+from federation.config.resolve import resolve_all, resolve_plan
 from federation.core.clock import Clock, SystemClock
-from federation.core.plan import resolve_all, resolve_plan
 from federation.errors import InvalidInput
 
 

@@ -33,6 +33,7 @@ from federation.agent.overlap import read_ahead
 from federation.core.lineprotocol import serialize
 from federation.core.plan import MANIFEST_MEASUREMENT, ShippedPlan
 from federation.core.points import Point
+from federation.core.retry import RetryPolicy
 from federation.errors import CoordinatorError
 
 log = logging.getLogger(__name__)
@@ -68,29 +69,6 @@ class ShipmentRefused(ShipmentError):
         self.measurement = measurement
         self.key = key
         super().__init__(url, message, status, body)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff: `initial_s`, times `multiplier` per retry, capped at `max_s`.
-
-    `attempts` bounds the tries of one request (the first one included).
-    """
-
-    attempts: int = 6
-    initial_s: float = 0.5
-    multiplier: float = 2.0
-    max_s: float = 30.0
-
-    def delays(self) -> Iterator[float]:
-        """The waits before the 2nd, 3rd, … attempt: `attempts - 1` of them."""
-        for retry in range(max(self.attempts - 1, 0)):
-            yield self.delay(retry)
-
-    def delay(self, retry: int) -> float:
-        """The wait before retry number `retry` (0 for the first), whatever `attempts` says:
-        for callers that retry for as long as they run."""
-        return min(self.initial_s * self.multiplier ** min(retry, 64), self.max_s)
 
 
 @dataclass

@@ -134,14 +134,16 @@ def ingest_command(
     fmt: FormatOption = OutputFormat.table,
     config: ConfigOption = Path("."),
 ) -> None:
+    from dataclasses import replace
+
     from federation.config import load_config
-    from federation.ingest import IngestAborted, RetryPolicy, Source, ingest
+    from federation.ingest import INGEST_RETRY, IngestAborted, Source, ingest
 
     loaded = load_config(config)
     sources: list[Source] = [
         sys.stdin.buffer if str(path) == "-" else path for path in (files or [Path("-")])
     ]
-    retry = RetryPolicy(give_up_after=give_up_after)
+    retry = replace(INGEST_RETRY, give_up_after_s=give_up_after)
     flush_seconds = _flush_seconds(flush)
     try:
         with _sigterm_interrupts(), _progress(dc) as show:

@@ -49,7 +49,7 @@ def config(
     fleet.yaml names; when it is unset a comment says which variable to set instead.
     """
     from federation.config import load_config
-    from federation.kapacitor.udf import kapacitor_conf
+    from federation.kapacitor.conf import kapacitor_conf
 
     rendered = kapacitor_conf(load_config(config), dc, prog=prog)
     out.print(rendered.text, end="", markup=False)

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from federation.config import FederationConfig, load_config
-from federation.core.detection_plan import DetectionPlan, resolve_detections
+from federation.config.resolve import resolve_all, resolve_detections
+from federation.core.detection_plan import DetectionPlan
 from federation.core.durations import format_duration
-from federation.core.plan import AggregationPlan, resolve_all
+from federation.core.plan import AggregationPlan
 from federation.errors import ConfigProblems
 from federation.ingest.schema import schema_problems
 

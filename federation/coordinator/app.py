@@ -34,15 +34,12 @@ from federation.coordinator.service import (
 from federation.coordinator.tracking import VerifyResult, WindowState, verify_shipped
 from federation.core.clock import Clock, SystemClock
 from federation.core.durations import format_influx_duration
-from federation.errors import FederationError, InfluxError
-from federation.influx import InfluxClient, credentials_from_env, quote_ident
+from federation.core.influxql import quote_ident
+from federation.errors import FederationError, InfluxError, PreflightError
+from federation.influx import InfluxClient, credentials_from_env
 from federation.reporting.monthly import refresh_rollups
 
 log = logging.getLogger(__name__)
-
-
-class PreflightError(FederationError):
-    """A check before serving failed; the message is one line saying which and why."""
 
 
 def central_client(config: FederationConfig, url: str | None = None) -> InfluxClient:

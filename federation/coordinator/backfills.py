@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from federation.config import FederationConfig
+from federation.config.resolve import resolve_detection, resolve_plan
 from federation.coordinator.ledger import BackfillRow, Ledger, TrackingRow, WindowRow
 from federation.coordinator.planner import (
     DONE,
@@ -23,8 +24,7 @@ from federation.coordinator.planner import (
     requeue_expired_leases,
 )
 from federation.coordinator.tracking import NEEDS_BACKFILL, WindowState
-from federation.core.detection_plan import TrackedPlan, resolve_detection
-from federation.core.plan import resolve_plan
+from federation.core.detection_plan import TrackedPlan
 from federation.core.windows import windows_between
 from federation.errors import FederationError, InvalidInput
 

@@ -18,11 +18,11 @@ from typing import Any
 from sqlalchemy import and_, func, select
 
 from federation.config import FederationConfig
+from federation.config.resolve import resolve_tracked
 from federation.coordinator.ledger import DcRow, DeploymentRow, Ledger, WindowRow
 from federation.coordinator.rollouts import last_rollout
 from federation.coordinator.tracking import WindowState
 from federation.core.clock import format_rfc3339
-from federation.core.detection_plan import resolve_tracked
 from federation.policy.retention import desired_retention
 
 _SPEC_KEYS = ("name", "duration_ns", "shard_duration_ns", "default")

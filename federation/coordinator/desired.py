@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from federation.config import FederationConfig
+from federation.config.resolve import resolve_tracked
 from federation.coordinator.ledger import (
     DcRow,
     DeploymentRow,
@@ -29,12 +30,7 @@ from federation.coordinator.ledger import (
     TrackingRow,
     upsert,
 )
-from federation.core.detection_plan import (
-    TrackedPlan,
-    resolve_tracked,
-    tracked_plan_from_dict,
-    tracked_plan_to_dict,
-)
+from federation.core.detection_plan import TrackedPlan, tracked_plan_from_dict, tracked_plan_to_dict
 from federation.core.windows import align
 from federation.errors import InvalidInput
 

@@ -36,6 +36,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from federation.config import FederationConfig
+from federation.config.resolve import resolve_tracked
 from federation.coordinator.ledger import (
     BackfillRow,
     DcRow,
@@ -47,7 +48,7 @@ from federation.coordinator.ledger import (
     windows_table,
 )
 from federation.coordinator.tracking import NEEDS_BACKFILL, WindowState
-from federation.core.detection_plan import TrackedPlan, resolve_tracked
+from federation.core.detection_plan import TrackedPlan
 from federation.core.durations import format_duration
 from federation.core.windows import Window, align, coalesce, widen
 

@@ -14,7 +14,9 @@ import logging
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from federation.coordinator.gateway.rules import GatewayChecker, Refusal, parse_body
+from federation.coordinator.gateway.parse import parse_body
+from federation.coordinator.gateway.refusal import Refusal
+from federation.coordinator.gateway.rules import GatewayChecker
 from federation.coordinator.ledger import Ledger
 from federation.coordinator.tracking import record_refusal
 from federation.core.plan import MANIFEST_MEASUREMENT

@@ -34,9 +34,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from federation.config import FederationConfig
+from federation.config.resolve import resolve_tracked
 from federation.coordinator.desired import start_tracking
 from federation.coordinator.ledger import DeploymentRow, Ledger, RolloutRow, TrackingRow
-from federation.core.detection_plan import TrackedPlan, resolve_tracked
+from federation.core.detection_plan import TrackedPlan
 from federation.core.windows import align
 from federation.errors import FederationError, InvalidInput
 
@@ -237,21 +238,6 @@ def _last(session: Session) -> RolloutRow | None:
 
 def _moves_of(row: RolloutRow) -> list[VersionMove]:
     return [VersionMove.from_dict(m) for m in row.moves]
-
-
-def pending_versions(
-    ledger: Ledger,
-    config: FederationConfig,
-    *,
-    aggregations: Sequence[str] | None = None,
-    dcs: Sequence[str] | None = None,
-) -> list[VersionMove]:
-    """The version moves a rollout of this scope would make; changes nothing."""
-    with ledger.session() as session:
-        scope = _scope(session, config, aggregations, dcs)
-        rows = session.scalars(select(DeploymentRow)).all()
-        deployments = {(d.dc, d.aggregation): d for d in rows}
-        return [m for moves in _pending(scope, deployments).values() for m in moves]
 
 
 def start_rollout(

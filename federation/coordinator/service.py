@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from federation.config import FederationConfig
 from federation.coordinator.clocks import MAX_CLOCK_SKEW_NS, AgentClocks
 from federation.coordinator.desired import known_plans, sync_desired
+from federation.coordinator.gateway.counters import GatewayMetrics
 from federation.coordinator.gateway.rules import GatewayChecker
 from federation.coordinator.ledger import Ledger
-from federation.coordinator.metrics import GatewayMetrics
 from federation.coordinator.planner import PlannerSettings
 from federation.coordinator.replicas import (
     ReplicaStatus,

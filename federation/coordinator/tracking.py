@@ -25,9 +25,10 @@ from sqlalchemy import and_, func, or_, select, tuple_, update
 
 from federation.config import FederationConfig
 from federation.coordinator.ledger import Ledger, WindowRow, upsert, windows_table
+from federation.core.influxql import quote_ident, quote_string
 from federation.core.plan import MANIFEST_MEASUREMENT
 from federation.core.points import Point
-from federation.influx import Series, quote_ident, quote_string
+from federation.influx import Series
 
 log = logging.getLogger(__name__)
 

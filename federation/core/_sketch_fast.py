@@ -36,7 +36,7 @@ DECODE_TABLE: Final = bytes(
 MAX_DIGITS: Final = 12
 MAX_TEXT: Final = 1 << 22
 _MIN_POSITIVE: Final = 5e-324
-_FLOAT_MAX: Final = 1.7976931348623157e308
+FLOAT_MAX: Final = 1.7976931348623157e308
 # Tokens of at most 8 digits (40 bits) keep every batch sum far inside int64.
 _BATCH_MAX_DIGITS: Final = 8
 
@@ -61,7 +61,7 @@ def log_gamma(alpha: float) -> float:
 def index_bounds(lg: float) -> tuple[int, int]:
     """Bucket indexes a finite float64 can reach, with one bucket of slack for rounding."""
     low = math.ceil(math.log(_MIN_POSITIVE) / lg) - 1
-    high = math.ceil(math.log(_FLOAT_MAX) / lg) + 1
+    high = math.ceil(math.log(FLOAT_MAX) / lg) + 1
     return low, high
 
 

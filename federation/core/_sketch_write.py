@@ -115,3 +115,43 @@ def write_many(
             text += f":m={nf},{nb}"
         out.append(text)
     return out
+
+
+# The alphabet, digit table and limits are the fast readers' (`federation.core._sketch_fast`), so the
+# reference decoder and the fast ones read one definition of the format.
+_ALPHABET: Final = ALPHABET.encode("ascii")
+
+
+def _token_strings() -> list[str]:
+    # Tokens below 1024 (counts and gaps up to 512) are looked up instead of computed.
+    table = []
+    for t in range(1024):
+        if t < 32:
+            table.append(chr(_ALPHABET[t]))
+        else:
+            table.append(chr(_ALPHABET[32 + (t & 31)]) + chr(_ALPHABET[t >> 5]))
+    return table
+
+
+_TOKEN_STR: Final = _token_strings()
+
+
+def _varint(t: int) -> str:
+    digits = []
+    while t >= 32:
+        digits.append(chr(_ALPHABET[32 + (t & 31)]))
+        t >>= 5
+    digits.append(chr(_ALPHABET[t]))
+    return "".join(digits)
+
+
+def encode_body(idx: Int64Array, cnt: Int64Array) -> str:
+    """A store's body: its buckets from the first index upwards, as tokens (see `sketch`)."""
+    tokens = np.empty(2 * idx.size - 1, dtype=np.int64)
+    tokens[0::2] = 2 * (cnt - 1)
+    tokens[1::2] = 2 * (np.diff(idx) - 2) + 1
+    # A gap of one (adjacent buckets) yields token -1 and means "no gap token".
+    tokens = tokens[tokens >= 0]
+    table = _TOKEN_STR
+    limit = len(table)
+    return "".join(table[t] if t < limit else _varint(t) for t in tokens.tolist())

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from federation.config import Detection, FederationConfig
+from federation.core.influxql import quote_ident
 from federation.core.plan import (
     AggregationPlan,
     FieldType,
@@ -24,10 +24,8 @@ from federation.core.plan import (
     plan_from_dict,
     plan_to_dict,
     raw_source,
-    resolve_all,
 )
-from federation.errors import ConfigError, InvalidInput
-from federation.influx import quote_ident
+from federation.errors import InvalidInput
 
 DETECTION_KIND = "detection"
 """The `kind` a detection plan's data carries; an aggregation plan's carries none."""
@@ -143,53 +141,6 @@ class DetectionPlan:
         return content_version(identity)
 
 
-def resolve_detection(
-    config: FederationConfig, detection: str | Detection, dc: str
-) -> DetectionPlan:
-    """Resolve one detection for one DC; ConfigError if its region's policy does not make the
-    key personal data (the loader checks this for every region; this holds it per plan)."""
-    det = config.detections[detection] if isinstance(detection, str) else detection
-    dc_config = config.dc(dc)
-    policy = config.policy_for(dc)
-    file = f"tickscripts/{det.name}.yaml"
-    measurement = policy.measurements.get(det.source.measurement)
-    if measurement is None:
-        raise ConfigError(
-            file,
-            "source.measurement",
-            f"{det.source.measurement!r} is not declared in policies/{policy.region}.yaml",
-        )
-    if det.per not in measurement.personal_keys:
-        raise ConfigError(file, "per", f"is not personal data in region {policy.region}")
-    return DetectionPlan(
-        detection=det.name,
-        dc=dc,
-        region=policy.region,
-        database=det.source.database or dc_config.raw_database,
-        retention_policy=policy.raw.retention_policy,
-        measurement=det.source.measurement,
-        key=det.per,
-        key_is_tag=det.per in measurement.personal_tags,
-        distinct=det.distinct,
-        distinct_is_tag=det.distinct is not None and det.distinct in measurement.personal_tags,
-        at_least=det.threshold.at_least,
-        factor=det.threshold.factor_over_median,
-        window_ns=det.window,
-        lookback_ns=det.lookback,
-        grace_ns=det.grace_ns,
-        central_database=config.fleet.central.database,
-        central_retention_policy=policy.central.retention_policy,
-        template=det.template,
-        webhook_url_env=det.webhook_url_env,
-    )
-
-
-def resolve_detections(config: FederationConfig, dc: str | None = None) -> list[DetectionPlan]:
-    """Every detection resolved for every DC (or one DC), in a stable order."""
-    dcs = [dc] if dc is not None else sorted(config.fleet.dcs)
-    return [resolve_detection(config, name, d) for d in dcs for name in sorted(config.detections)]
-
-
 def detection_plan_to_dict(plan: DetectionPlan) -> dict[str, Any]:
     """The plan as plain JSON-able data (what a coordinator serves to agents), with its version
     and `kind: detection`, which tells it from an aggregation's in the ledger and on the wire."""
@@ -218,13 +169,6 @@ TrackedPlan = AggregationPlan | DetectionPlan
 """Any plan whose windows the coordinator tracks, plans and backfills, and an agent runs on its
 schedule: an aggregation or a detection. Both ship a manifest per window, so the ledger, the
 planner and the agent treat them alike; only computing a window differs."""
-
-
-def resolve_tracked(config: FederationConfig, dc: str | None = None) -> list[TrackedPlan]:
-    """Every aggregation, then every detection, resolved for every DC (or one DC)."""
-    plans: list[TrackedPlan] = [*resolve_all(config, dc)]
-    plans.extend(resolve_detections(config, dc))
-    return plans
 
 
 def tracked_plan_to_dict(plan: TrackedPlan) -> dict[str, Any]:

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import re
 
+# The one table of time units, in every spelling some reader accepts: InfluxQL and TICKscript
+# durations, line-protocol precisions (`n`), Go's durations (`us`, `µs`). Each reader names the
+# spellings it accepts; the sizes are written here alone.
 NS_PER_UNIT: dict[str, int] = {
+    "n": 1,
     "ns": 1,
     "u": 1_000,
+    "us": 1_000,
     "µ": 1_000,
+    "µs": 1_000,
     "ms": 1_000_000,
     "s": 1_000_000_000,
     "m": 60 * 1_000_000_000,

@@ -23,30 +23,36 @@ import re
 import time
 from collections.abc import Iterable
 
+from federation.core.durations import NS_PER_UNIT
 from federation.core.points import FieldValue, Point
 from federation.errors import InvalidInput, LineProtocolError
 
-__all__ = ["PRECISIONS", "parse", "serialize"]
+__all__ = [
+    "BOOLEANS",
+    "INT64_MAX",
+    "INT64_MIN",
+    "PRECISIONS",
+    "TIME_MAX",
+    "TIME_MIN",
+    "parse",
+    "serialize",
+]
 
 #: Nanoseconds per unit of every precision InfluxDB 1.x's `/write` accepts (`""` means ns).
 PRECISIONS: dict[str, int] = {
     "": 1,
-    "n": 1,
-    "ns": 1,
-    "u": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
+    **{unit: NS_PER_UNIT[unit] for unit in ("n", "ns", "u", "ms", "s", "m", "h")},
 }
 
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
-# InfluxDB reserves the two extreme int64 values, so its valid range is two narrower.
-_TIME_MIN = _INT64_MIN + 2
-_TIME_MAX = _INT64_MAX - 1
+#: The range of an integer field (`12i`).
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+#: The range of a timestamp: InfluxDB reserves the two extreme int64 values, so two narrower.
+TIME_MIN = INT64_MIN + 2
+TIME_MAX = INT64_MAX - 1
 
-_BOOLS: dict[str, bool] = {
+#: Every spelling of a boolean field value, and what it means.
+BOOLEANS: dict[str, bool] = {
     "t": True, "T": True, "true": True, "True": True, "TRUE": True,
     "f": False, "F": False, "false": False, "False": False, "FALSE": False,
 }  # fmt: skip
@@ -217,7 +223,7 @@ def _parse_fast(line: str, multiplier: int, now: int, escaped: bool = False) -> 
     if not _INT_RE.fullmatch(stamp):
         raise _Bail
     time_ns = int(stamp) * multiplier
-    if not _TIME_MIN <= time_ns <= _TIME_MAX:
+    if not TIME_MIN <= time_ns <= TIME_MAX:
         raise _Bail
     return Point(measurement, tags, fields, time_ns)
 
@@ -229,10 +235,10 @@ def _value(raw: str) -> FieldValue | None:
         digits = raw[:-1]
         if _INT_RE.fullmatch(digits):
             number = int(digits)
-            if _INT64_MIN <= number <= _INT64_MAX:
+            if INT64_MIN <= number <= INT64_MAX:
                 return number
         return None
-    boolean = _BOOLS.get(raw)
+    boolean = BOOLEANS.get(raw)
     if boolean is not None:
         return boolean
     if _FLOAT_RE.fullmatch(raw):
@@ -374,7 +380,7 @@ class _Exact:
         if not _INT_RE.fullmatch(stamp):
             raise self.fail(stamp_at, "invalid timestamp")
         time_ns = int(stamp) * self.multiplier
-        if not _TIME_MIN <= time_ns <= _TIME_MAX:
+        if not TIME_MIN <= time_ns <= TIME_MAX:
             raise self.fail(stamp_at, "timestamp out of range")
         return end, Point(measurement, tags, fields, time_ns)
 
@@ -474,7 +480,7 @@ def _serialize_point(index: int, point: Point, multiplier: int) -> str:
         parts.append("=")
         parts.append(_format_value(index, key, point.fields[key]))
     time_ns = point.time_ns
-    if not _TIME_MIN <= time_ns <= _TIME_MAX:
+    if not TIME_MIN <= time_ns <= TIME_MAX:
         raise InvalidInput(f"point {index}: timestamp out of range")
     units, remainder = divmod(time_ns, multiplier)
     if remainder:
@@ -488,7 +494,7 @@ def _format_value(index: int, key: str, value: FieldValue) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
-        if not _INT64_MIN <= value <= _INT64_MAX:
+        if not INT64_MIN <= value <= INT64_MAX:
             raise InvalidInput(f"point {index}: field {key!r}: integer outside int64")
         return f"{value}i"
     if isinstance(value, float):

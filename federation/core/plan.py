@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from federation.config import Aggregation, FederationConfig
+from federation.core.influxql import quote_ident
 from federation.core.stats import percentile_field
-from federation.errors import ConfigError, InvalidInput
-from federation.influx import quote_ident
+from federation.errors import InvalidInput
 
 FieldType = Literal["integer", "float", "string", "boolean"]
 
@@ -162,67 +161,6 @@ class AggregationPlan:
             "schema": "v1",
         }
         return content_version(identity)
-
-
-def resolve_plan(
-    config: FederationConfig, aggregation: str | Aggregation, dc: str
-) -> AggregationPlan:
-    """Resolve one aggregation for one DC; ConfigError if its region's policy forbids it.
-
-    Dimensions the region does not list as exportable are dropped from that DC's plan (and
-    named in `dropped_dimensions`); a dimension that is personal data is refused outright.
-    """
-    agg = config.aggregations[aggregation] if isinstance(aggregation, str) else aggregation
-    dc_config = config.dc(dc)
-    policy = config.policy_for(dc)
-    file = f"tickscripts/{agg.name}.yaml"
-    measurement = policy.measurements.get(agg.source.measurement)
-    if measurement is None:
-        raise ConfigError(
-            file,
-            "source.measurement",
-            f"{agg.source.measurement!r} is not declared in policies/{policy.region}.yaml",
-        )
-    personal = measurement.personal_keys
-    if agg.source.field in personal:
-        raise ConfigError(file, "source.field", f"is personal data in region {policy.region}")
-    for index, dimension in enumerate(agg.dimensions):
-        if dimension in personal:
-            raise ConfigError(
-                file,
-                f"dimensions.{index}",
-                f"{dimension!r} is personal data in region {policy.region}",
-            )
-    exported = tuple(d for d in agg.dimensions if d in measurement.exportable_dimensions)
-    dropped = tuple(d for d in agg.dimensions if d not in measurement.exportable_dimensions)
-    return AggregationPlan(
-        aggregation=agg.name,
-        dc=dc,
-        region=policy.region,
-        database=agg.source.database or dc_config.raw_database,
-        retention_policy=policy.raw.retention_policy,
-        measurement=agg.source.measurement,
-        value_field=agg.source.field,
-        unit=agg.source.unit,
-        dimensions=exported,
-        dropped_dimensions=dropped,
-        window_ns=agg.window,
-        lookback_ns=agg.lookback,
-        grace_ns=agg.grace_ns,
-        percentiles=agg.percentiles,
-        accuracy=agg.accuracy,
-        min_group_events=max(policy.min_group_events, agg.min_group_events or 0),
-        central_database=config.fleet.central.database,
-        central_retention_policy=policy.central.retention_policy,
-        template=agg.template,
-        personal_keys=personal,
-    )
-
-
-def resolve_all(config: FederationConfig, dc: str | None = None) -> list[AggregationPlan]:
-    """Every aggregation resolved for every DC (or one DC), in a stable order."""
-    dcs = [dc] if dc is not None else sorted(config.fleet.dcs)
-    return [resolve_plan(config, name, d) for d in dcs for name in sorted(config.aggregations)]
 
 
 def plan_to_dict(plan: AggregationPlan) -> dict[str, Any]:

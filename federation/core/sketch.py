@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
@@ -35,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from federation.core._sketch_fast import (
-    ALPHABET,
+    FLOAT_MAX,
     index_bounds,
     log_gamma,
     read_batch,
@@ -43,7 +42,7 @@ from federation.core._sketch_fast import (
     read_total,
 )
 from federation.core._sketch_reference import EMPTY, ENCODING_VERSION, frozen, reference_parts
-from federation.core._sketch_write import Stores, write_many
+from federation.core._sketch_write import Stores, encode_body, write_many
 from federation.errors import SketchDecodeError
 
 __all__ = [
@@ -62,35 +61,8 @@ __all__ = [
 Int64Array = npt.NDArray[np.int64]
 Float64Array = npt.NDArray[np.float64]
 
-# The alphabet, digit table and limits are the fast readers' (`federation.core._sketch_fast`), so the
-# reference decoder and the fast ones read one definition of the format.
-_ALPHABET: Final = ALPHABET.encode("ascii")
 # Sums of bucket counts are done in float64 by np.bincount; they are exact below 2**53.
 _EXACT_FLOAT_INT: Final = 1 << 53
-_FLOAT_MAX: Final = sys.float_info.max
-
-
-def _token_strings() -> list[str]:
-    # Tokens below 1024 (counts and gaps up to 512) are looked up instead of computed.
-    table = []
-    for t in range(1024):
-        if t < 32:
-            table.append(chr(_ALPHABET[t]))
-        else:
-            table.append(chr(_ALPHABET[32 + (t & 31)]) + chr(_ALPHABET[t >> 5]))
-    return table
-
-
-_TOKEN_STR: Final = _token_strings()
-
-
-def _varint(t: int) -> str:
-    digits = []
-    while t >= 32:
-        digits.append(chr(_ALPHABET[32 + (t & 31)]))
-        t >>= 5
-    digits.append(chr(_ALPHABET[t]))
-    return "".join(digits)
 
 
 def _check_alpha(alpha: float) -> float:
@@ -98,9 +70,6 @@ def _check_alpha(alpha: float) -> float:
     if not (math.isfinite(alpha) and 0.0 < alpha < 1.0):
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     return alpha
-
-
-_log_gamma = log_gamma
 
 
 def bucket_indexes(magnitudes: Float64Array, log_gamma: float) -> Int64Array:
@@ -112,25 +81,18 @@ def bucket_indexes(magnitudes: Float64Array, log_gamma: float) -> Int64Array:
     return np.ceil(np.log(magnitudes) / log_gamma).astype(np.int64)
 
 
-_index_bounds = index_bounds
-
-
-_EMPTY: Final = EMPTY
-_frozen = frozen
-
-
 def _count_buckets(idx: Int64Array) -> tuple[Int64Array, Int64Array]:
     """Sorted distinct indexes and their counts, for an unsorted index array."""
     if idx.size == 0:
-        return _EMPTY, _EMPTY
+        return EMPTY, EMPTY
     lo = int(idx.min())
     span = int(idx.max()) - lo + 1
     if span <= 4 * idx.size + 4096:
         dense = np.bincount(idx - lo, minlength=span)
         nz = np.flatnonzero(dense)
-        return _frozen((nz + lo).astype(np.int64)), _frozen(dense[nz].astype(np.int64))
+        return frozen((nz + lo).astype(np.int64)), frozen(dense[nz].astype(np.int64))
     uniq, counts = np.unique(idx, return_counts=True)
-    return _frozen(uniq.astype(np.int64)), _frozen(counts.astype(np.int64))
+    return frozen(uniq.astype(np.int64)), frozen(counts.astype(np.int64))
 
 
 def _sum_buckets(
@@ -140,7 +102,7 @@ def _sum_buckets(
     indexes = [a for a in indexes if a.size]
     counts = [c for c in counts if c.size]
     if not indexes:
-        return _EMPTY, _EMPTY
+        return EMPTY, EMPTY
     if len(indexes) == 1:
         return indexes[0], counts[0]
     idx = np.concatenate(indexes)
@@ -150,12 +112,12 @@ def _sum_buckets(
     if total < _EXACT_FLOAT_INT and span <= 4 * idx.size + 4096:
         dense = np.bincount(idx - lo, weights=cnt, minlength=span)
         nz = np.flatnonzero(dense)
-        return _frozen((nz + lo).astype(np.int64)), _frozen(dense[nz].astype(np.int64))
+        return frozen((nz + lo).astype(np.int64)), frozen(dense[nz].astype(np.int64))
     order = np.argsort(idx, kind="stable")
     idx = idx[order]
     cnt = cnt[order]
     starts = np.flatnonzero(np.concatenate(([True], idx[1:] != idx[:-1])))
-    return _frozen(idx[starts]), _frozen(np.add.reduceat(cnt, starts))
+    return frozen(idx[starts]), frozen(np.add.reduceat(cnt, starts))
 
 
 class Sketch:
@@ -184,10 +146,10 @@ class Sketch:
     def __init__(self, alpha: float) -> None:
         """An empty histogram; raises ValueError unless 0 < alpha < 1."""
         self.alpha = _check_alpha(alpha)
-        self._log_gamma = _log_gamma(self.alpha)
+        self._log_gamma = log_gamma(self.alpha)
         self.count = 0
         self.zero_count = 0
-        self._pos_idx = self._pos_cnt = self._neg_idx = self._neg_cnt = _EMPTY
+        self._pos_idx = self._pos_cnt = self._neg_idx = self._neg_cnt = EMPTY
 
     @classmethod
     def _make(
@@ -223,14 +185,14 @@ class Sketch:
         Raises ValueError if a value is NaN or infinite, or alpha is not in (0, 1).
         """
         alpha = _check_alpha(alpha)
-        lg = _log_gamma(alpha)
+        lg = log_gamma(alpha)
         v = np.asarray(values, dtype=np.float64).ravel()
         if not np.isfinite(v).all():
             raise ValueError("sketch values must be finite (found NaN or infinity)")
         positive = v > 0
         n_pos = int(np.count_nonzero(positive))
         pos_idx, pos_cnt = _count_buckets(bucket_indexes(v if n_pos == v.size else v[positive], lg))
-        neg_idx = neg_cnt = _EMPTY
+        neg_idx = neg_cnt = EMPTY
         n_neg = 0
         if n_pos < v.size:
             negative = v < 0
@@ -254,8 +216,8 @@ class Sketch:
         finite float64 reaches.
         """
         alpha = _check_alpha(alpha)
-        lg = _log_gamma(alpha)
-        low, high = _index_bounds(lg)
+        lg = log_gamma(alpha)
+        low, high = index_bounds(lg)
         if zero_count < 0:
             raise ValueError("zero_count must be >= 0")
 
@@ -266,8 +228,8 @@ class Sketch:
             if items and not (low <= items[0][0] and items[-1][0] <= high):
                 raise ValueError(f"bucket index out of range [{low}, {high}] for alpha {alpha}")
             return (
-                _frozen(np.array([i for i, _ in items], dtype=np.int64)),
-                _frozen(np.array([c for _, c in items], dtype=np.int64)),
+                frozen(np.array([i for i, _ in items], dtype=np.int64)),
+                frozen(np.array([c for _, c in items], dtype=np.int64)),
             )
 
         pi, pc = store(positive)
@@ -295,9 +257,9 @@ class Sketch:
         # representative itself does not.
         log_factor = math.log(2.0 / (math.exp(self._log_gamma) + 1.0))
         try:
-            return min(math.exp(index * self._log_gamma + log_factor), _FLOAT_MAX)
+            return min(math.exp(index * self._log_gamma + log_factor), FLOAT_MAX)
         except OverflowError:
-            return _FLOAT_MAX
+            return FLOAT_MAX
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sketch):
@@ -409,9 +371,9 @@ class Sketch:
         if self.zero_count:
             parts.append(f"z={self.zero_count}")
         if self._pos_idx.size:
-            parts.append(f"p={int(self._pos_idx[0])},{_encode_body(self._pos_idx, self._pos_cnt)}")
+            parts.append(f"p={int(self._pos_idx[0])},{encode_body(self._pos_idx, self._pos_cnt)}")
         if self._neg_idx.size:
-            parts.append(f"m={int(self._neg_idx[0])},{_encode_body(self._neg_idx, self._neg_cnt)}")
+            parts.append(f"m={int(self._neg_idx[0])},{encode_body(self._neg_idx, self._neg_cnt)}")
         return ":".join(parts)
 
     @classmethod
@@ -451,7 +413,7 @@ def _stores(indexes: list[Int64Array], counts: list[Int64Array]) -> Stores:
     bounds = np.zeros(len(indexes) + 1, dtype=np.int64)
     np.cumsum([a.size for a in indexes], out=bounds[1:])
     if not bounds[-1]:
-        return Stores(_EMPTY, _EMPTY, bounds)
+        return Stores(EMPTY, EMPTY, bounds)
     return Stores(np.concatenate(indexes), np.concatenate(counts), bounds)
 
 
@@ -475,8 +437,8 @@ def decode_many(texts: Iterable[object], expected_alpha: float | None = None) ->
         out.append(
             make(
                 alpha, lg, count, zeros,
-                pi[p0:p1] if p1 > p0 else _EMPTY, pc[p0:p1] if p1 > p0 else _EMPTY,
-                ni[n0:n1] if n1 > n0 else _EMPTY, nc[n0:n1] if n1 > n0 else _EMPTY,
+                pi[p0:p1] if p1 > p0 else EMPTY, pc[p0:p1] if p1 > p0 else EMPTY,
+                ni[n0:n1] if n1 > n0 else EMPTY, nc[n0:n1] if n1 > n0 else EMPTY,
             )
         )  # fmt: skip
     return out
@@ -510,7 +472,7 @@ def _sum_by_owner(
 ) -> list[tuple[Int64Array, Int64Array]]:
     """Each owner's store: the buckets of the stores it owns, counts added."""
     if idx.size == 0:
-        return [(_EMPTY, _EMPTY)] * n_owners
+        return [(EMPTY, EMPTY)] * n_owners
     edges_in = np.asarray(bounds, dtype=np.int64)
     owner_of = np.repeat(own, edges_in[1:] - edges_in[:-1])
     lo = int(idx.min())
@@ -522,15 +484,15 @@ def _sum_by_owner(
         dense = np.bincount(key, weights=cnt, minlength=n_owners * span)
         cells = np.flatnonzero(dense)
         owner_at = cells // span
-        summed_idx = _frozen(cells % span + lo)
-        summed_cnt = _frozen(dense[cells].astype(np.int64))
+        summed_idx = frozen(cells % span + lo)
+        summed_cnt = frozen(dense[cells].astype(np.int64))
     else:
         order = np.argsort(key, kind="stable")
         k, c = key[order], cnt[order]
         first = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
         owner_at = k[first] // span
-        summed_idx = _frozen(k[first] % span + lo)
-        summed_cnt = _frozen(np.add.reduceat(c, first))
+        summed_idx = frozen(k[first] % span + lo)
+        summed_cnt = frozen(np.add.reduceat(c, first))
     at = np.zeros(n_owners + 1, dtype=np.int64)
     np.cumsum(np.bincount(owner_at, minlength=n_owners), out=at[1:])
     edges = at.tolist()
@@ -583,7 +545,7 @@ def merge_all(sketches: Iterable[Sketch], alpha: float | None = None) -> Sketch:
     alphas = {s.alpha for s in items}
     if alphas != {first}:
         raise ValueError(f"cannot merge sketches of different accuracy: {sorted(alphas | {first})}")
-    lg = _log_gamma(first)
+    lg = log_gamma(first)
     count = sum(s.count for s in items)
     zeros = sum(s.zero_count for s in items)
     pos_idx, pos_cnt = _sum_buckets([s._pos_idx for s in items], [s._pos_cnt for s in items], count)
@@ -621,20 +583,9 @@ def subtract(total: Sketch, part: Sketch) -> Sketch:
         if (left < 0).any():
             raise ValueError("the part holds more values in a bucket than the total")
         keep = left > 0
-        stores.append((_frozen(idx[keep]), _frozen(left[keep])))
+        stores.append((frozen(idx[keep]), frozen(left[keep])))
     (pi, pc), (ni, nc) = stores
     return Sketch._make(total.alpha, total._log_gamma, count, zeros, pi, pc, ni, nc)
-
-
-def _encode_body(idx: Int64Array, cnt: Int64Array) -> str:
-    tokens = np.empty(2 * idx.size - 1, dtype=np.int64)
-    tokens[0::2] = 2 * (cnt - 1)
-    tokens[1::2] = 2 * (np.diff(idx) - 2) + 1
-    # A gap of one (adjacent buckets) yields token -1 and means "no gap token".
-    tokens = tokens[tokens >= 0]
-    table = _TOKEN_STR
-    limit = len(table)
-    return "".join(table[t] if t < limit else _varint(t) for t in tokens.tolist())
 
 
 def _decode(text: str, expected_alpha: float | None) -> Sketch:

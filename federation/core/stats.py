@@ -14,7 +14,9 @@ from decimal import Decimal
 import numpy as np
 import numpy.typing as npt
 
-from federation.core.sketch import _EMPTY, Sketch, _check_alpha, _log_gamma, bucket_indexes
+from federation.core._sketch_fast import log_gamma
+from federation.core._sketch_reference import EMPTY
+from federation.core.sketch import Sketch, _check_alpha, bucket_indexes
 
 __all__ = [
     "GroupSummary",
@@ -142,7 +144,7 @@ def summarize_groups(
     lengths, a percentile outside (0, 100] or a repeated one, or alpha outside (0, 1).
     """
     alpha = _check_alpha(alpha)
-    lg = _log_gamma(alpha)
+    lg = log_gamma(alpha)
     v = np.ascontiguousarray(values, dtype=np.float64).ravel()
     raw_codes = np.asarray(group_codes).ravel()
     if raw_codes.shape != v.shape:
@@ -241,7 +243,7 @@ def _group_sketches(
     ]:
         # Equal (group, bucket) pairs are adjacent because values are sorted within each group.
         if group.size == 0:
-            return _EMPTY, _EMPTY, _EMPTY, np.zeros(n_groups + 1, dtype=np.int64)
+            return EMPTY, EMPTY, EMPTY, np.zeros(n_groups + 1, dtype=np.int64)
         change = np.empty(group.size, dtype=bool)
         change[0] = True
         np.not_equal(group[1:], group[:-1], out=change[1:])
@@ -273,7 +275,7 @@ def _group_sketches(
         pa, pb = p_b[g], p_b[g + 1]
         na, nb = n_b[g], n_b[g + 1]
         if na == nb:
-            ni = nc = _EMPTY
+            ni = nc = EMPTY
         else:
             ni = n_idx[n_total - nb : n_total - na]
             nc = n_cnt[n_total - nb : n_total - na]

@@ -19,7 +19,6 @@ import os
 import secrets
 import shlex
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -30,8 +29,9 @@ from typing import Any, Protocol
 
 import yaml
 
-from federation.agent.daemon import Agent, AgentSettings, build_agent
+from federation.agent.daemon import Agent, build_agent
 from federation.agent.findings import list_findings
+from federation.agent.modes import AgentSettings
 from federation.config import FederationConfig, load_config
 from federation.coordinator.api import build_app
 from federation.coordinator.app import RollupJob, ensure_central, schedule_jobs
@@ -44,8 +44,10 @@ from federation.core.clock import SystemClock, format_rfc3339
 from federation.core.durations import HOUR_NS
 from federation.core.windows import align
 from federation.devstack.asgi_server import ThreadedServer
-from federation.devstack.localstack import KapacitorServer, LocalStack, find_kapacitord, free_port
+from federation.devstack.kapacitord import KapacitorServer, find_kapacitord
+from federation.devstack.localstack import LocalStack
 from federation.devstack.pii_scan import ScanResult, scan_central
+from federation.devstack.processes import free_port
 from federation.devstack.traffic import (
     COMPROMISED_SENDER,
     SPAM_RANGE,
@@ -59,6 +61,7 @@ from federation.devstack.traffic import (
 from federation.errors import FederationError, InvalidInput
 from federation.influx import InfluxClient
 from federation.ingest import ingest
+from federation.kapacitor.conf import federation_executable
 from federation.policy.audit import audit
 from federation.policy.audit_report import AuditReport
 from federation.policy.retention import apply_retention
@@ -216,7 +219,7 @@ class DemoFederation:
             os.environ.setdefault(token_env, secrets.token_urlsafe(18))
             self.kapacitor = KapacitorServer(
                 binary, self.root / "servers" / f"kapacitor-{dc}", dc, urls[dc],
-                f"http://127.0.0.1:{port}", os.environ[token_env], federation_executable(),
+                f"http://127.0.0.1:{port}", os.environ[token_env], str(federation_executable()),
             )  # fmt: skip
             kapacitor_urls[dc] = self.kapacitor.url
         config = self.write_config(urls, f"http://127.0.0.1:{port}", kapacitor_urls)
@@ -320,15 +323,6 @@ class DemoFederation:
     def status(self, since_ns: int) -> StatusReport:
         assert self.ledger is not None and self.config is not None
         return status_report(self.ledger, self.config, self.clock.now_ns(), since_ns=since_ns)
-
-
-def federation_executable() -> str:
-    """The installed `federation` command (what kapacitord runs as the aggregation UDF)."""
-    beside = Path(sys.executable).parent / "federation"
-    found = str(beside) if beside.is_file() else shutil.which("federation")
-    if found is None:
-        raise FederationError("the `federation` command is not installed (pip install -e .)")
-    return found
 
 
 def _counts(report: StatusReport) -> dict[str, int]:

@@ -44,7 +44,6 @@ replay whose `influxDBOut` writes were all dropped, which Kapacitor too reports 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fnmatch
 import json
 import re
@@ -52,7 +51,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -63,6 +62,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from federation.devstack.kapacitor_requests import (
+    HttpError,
+    dbrp_list,
+    default_validator,
+    first_udf_node,
+    formatted,
+    int_param,
+    json_body,
+    now_text,
+    parse_time,
+    valid_id,
+)
+from federation.devstack.kapacitor_udfs import UdfOptions, project_udfs, udf_option_problem
 from federation.errors import TickScriptError
 
 __all__ = ["EmulatorTransport", "KapacitorEmulator", "ReplayHook", "Validator"]
@@ -71,22 +83,12 @@ BASE = "/kapacitor/v1"
 VERSION = "1.5.7-emulated"
 Validator = Callable[[str], None]
 ReplayHook = Callable[[str, int, int, bool], None]
-UdfOptions = Mapping[str, Mapping[str, Sequence[str]]]
-"""Per UDF name, its options and their value types (`STRING`, `INT`, `DOUBLE`, `DURATION`,
-`BOOL`), as the UDF's Info answer declares them to Kapacitor."""
 
 _DBRP_STATEMENT = re.compile(r'^\s*dbrp\s+"((?:[^"\\]|\\.)*)"\s*\.\s*"((?:[^"\\]|\\.)*)"', re.M)
 _TASK_FIELDS = frozenset(
     {"link", "id", "template-id", "type", "dbrps", "script", "dot", "status", "executing"}
     | {"error", "stats", "created", "modified", "last-enabled", "vars"}
 )
-
-
-class _HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass
@@ -121,37 +123,6 @@ class _Replay:
     error: str = ""
 
 
-def _valid_id(text: str) -> bool:
-    """Kapacitor's `^[-\\._\\p{L}0-9]+$`: str.isalpha is exactly the Unicode L categories."""
-    return bool(text) and all(c.isalpha() or c in "-._0123456789" for c in text)
-
-
-def _default_validator(script: str) -> None:
-    """Parse with federation.tickscript when it is there; otherwise accept any script."""
-    try:
-        from federation import tickscript
-    except ImportError:
-        return
-    parse = getattr(tickscript, "parse", None)
-    if parse is not None:
-        parse(script, "<task>")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(text: str) -> int:
-    """RFC 3339 with up to nanosecond fractions, to nanoseconds since the epoch."""
-    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)", text)
-    if not match:
-        raise ValueError(text)
-    base, fraction, zone = match.groups()
-    moment = dt.datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
-    nanos = int((fraction or "").ljust(9, "0"))
-    return int(moment.timestamp()) * 1_000_000_000 + nanos
-
-
 class KapacitorEmulator:
     """In-memory Kapacitor: state, fault hooks and a `handle` method every front end calls."""
 
@@ -164,8 +135,8 @@ class KapacitorEmulator:
         on_replay: ReplayHook | None = None,
         udfs: UdfOptions | None = None,
     ) -> None:
-        self.validator: Validator = validator or _default_validator
-        self.udfs: UdfOptions = _project_udfs() if udfs is None else udfs
+        self.validator: Validator = validator or default_validator
+        self.udfs: UdfOptions = project_udfs() if udfs is None else udfs
         self.version = version
         self.replay_polls = replay_polls
         self.on_replay = on_replay
@@ -209,7 +180,7 @@ class KapacitorEmulator:
         process was aborted (`node_fails`), the node fails (`errors` + 1), and the query node
         feeding it fails at its next run (+ 1); when none does, no counter of errors moves."""
         task = self.tasks[task_id]
-        node = _first_udf_node(task.script)
+        node = first_udf_node(task.script)
         if node is None or not task.executing:
             raise ValueError(f"task {task_id} runs no UDF process")
         node_id = int(node[len(node.rstrip("0123456789")) :])
@@ -291,7 +262,7 @@ class KapacitorEmulator:
             self.requests.append((method, path))
             try:
                 status, payload = self._route(method, path, parse_qsl(query), body)
-            except _HttpError as exc:
+            except HttpError as exc:
                 headers["Content-Type"] = "application/json; charset=utf-8"
                 error = {"error": exc.message, "message": exc.message}
                 return exc.status, headers, json.dumps(error, indent=4).encode()
@@ -306,7 +277,7 @@ class KapacitorEmulator:
         self, method: str, path: str, query: list[tuple[str, str]], body: bytes
     ) -> tuple[int, Any]:
         if not path.startswith(BASE + "/"):
-            raise _HttpError(404, "not found")
+            raise HttpError(404, "not found")
         parts = path[len(BASE) + 1 :].rstrip("/").split("/")
         params = dict(query)
         if parts == ["ping"] and method in ("GET", "HEAD"):
@@ -315,25 +286,25 @@ class KapacitorEmulator:
             if method == "GET":
                 return 200, self._list_tasks(query)
             if method == "POST":
-                return self._create_task(_json(body))
+                return self._create_task(json_body(body))
         if len(parts) == 2 and parts[0] == "tasks":
             task_id = parts[1]
             if method == "GET":
                 return 200, self._get_task(task_id, params.get("script-format", "formatted"))
             if method == "PATCH":
-                return self._patch_task(task_id, _json(body))
+                return self._patch_task(task_id, json_body(body))
             if method == "DELETE":
                 self.tasks.pop(task_id, None)
                 return 204, None
         if parts == ["replays", "batch"] and method == "POST":
-            return 201, self._replay_batch(_json(body))
+            return 201, self._replay_batch(json_body(body))
         if len(parts) == 2 and parts[0] == "replays":
             if method == "GET":
                 return self._get_replay(parts[1])
             if method == "DELETE":
                 self.replays.pop(parts[1], None)
                 return 204, None
-        raise _HttpError(404, "not found")
+        raise HttpError(404, "not found")
 
     # --- tasks --------------------------------------------------------------------------------
 
@@ -350,7 +321,7 @@ class KapacitorEmulator:
             "template-id": "",
             "type": task.type,
             "dbrps": [dict(d) for d in task.dbrps],
-            "script": task.script if script_format == "raw" else _formatted(task.script),
+            "script": task.script if script_format == "raw" else formatted(task.script),
             "vars": task.vars,
             "dot": "",
             "status": task.status,
@@ -368,12 +339,12 @@ class KapacitorEmulator:
         fields = [value for key, value in query if key == "fields"]
         for name in fields:
             if name not in _TASK_FIELDS:
-                raise _HttpError(400, f"unknown field {name!r}")
-        offset = _int_param(params, "offset", 0)
-        limit = _int_param(params, "limit", 100)
+                raise HttpError(400, f"unknown field {name!r}")
+        offset = int_param(params, "offset", 0)
+        limit = int_param(params, "limit", 100)
         script_format = params.get("script-format", "formatted")
         if script_format not in ("formatted", "raw"):
-            raise _HttpError(400, f"invalid script-format parameter {script_format!r}")
+            raise HttpError(400, f"invalid script-format parameter {script_format!r}")
         ids = sorted(i for i in self.tasks if not pattern or fnmatch.fnmatchcase(i, pattern))
         result = []
         for task_id in ids[offset : offset + limit]:
@@ -385,51 +356,51 @@ class KapacitorEmulator:
 
     def _get_task(self, task_id: str, script_format: str) -> dict[str, Any]:
         if script_format not in ("formatted", "raw"):
-            raise _HttpError(400, f"invalid script-format parameter {script_format!r}")
+            raise HttpError(400, f"invalid script-format parameter {script_format!r}")
         task = self.tasks.get(task_id)
         if task is None:
-            raise _HttpError(404, "no task exists")
+            raise HttpError(404, "no task exists")
         return self._task_json(task, script_format)
 
     def _check_script(self, script: str) -> None:
         try:
             self.validator(script)
         except TickScriptError as exc:
-            raise _HttpError(400, f"invalid TICKscript: {exc}") from None
-        problem = _udf_option_problem(script, self.udfs)
+            raise HttpError(400, f"invalid TICKscript: {exc}") from None
+        problem = udf_option_problem(script, self.udfs)
         if problem is not None:
-            raise _HttpError(400, f"invalid TICKscript: {problem}")
+            raise HttpError(400, f"invalid TICKscript: {problem}")
 
     def _dbrps(self, script: str, given: Any) -> list[dict[str, str]] | None:
         """The dbrps a script and a request declare together, or None when neither does."""
         implicit = [{"db": db, "rp": rp} for db, rp in _DBRP_STATEMENT.findall(script)]
-        explicit = _dbrp_list(given)
+        explicit = dbrp_list(given)
         if implicit and explicit:
-            raise _HttpError(400, "cannot specify dbrp in both implicitly and explicitly")
+            raise HttpError(400, "cannot specify dbrp in both implicitly and explicitly")
         return implicit or explicit or None
 
     def _create_task(self, data: dict[str, Any]) -> tuple[int, Any]:
         task_id = str(data.get("id") or uuid.uuid4())
-        if not _valid_id(task_id):
-            raise _HttpError(400, "task ID must contain only letters, numbers, '-', '.' and '_'")
+        if not valid_id(task_id):
+            raise HttpError(400, "task ID must contain only letters, numbers, '-', '.' and '_'")
         if task_id in self.tasks:
-            raise _HttpError(400, f"task {task_id} already exists")
+            raise HttpError(400, f"task {task_id} already exists")
         if data.get("template-id"):
-            raise _HttpError(400, f"unknown template {data['template-id']}")
+            raise HttpError(400, f"unknown template {data['template-id']}")
         task_type = data.get("type", "")
         if task_type not in ("stream", "batch"):
-            raise _HttpError(400, f"unknown type {task_type!r}")
+            raise HttpError(400, f"unknown type {task_type!r}")
         script = data.get("script")
         if not isinstance(script, str) or not script:
-            raise _HttpError(400, "must provide TICKscript")
+            raise HttpError(400, "must provide TICKscript")
         dbrps = self._dbrps(script, data.get("dbrps"))
         if dbrps is None:
-            raise _HttpError(400, "must specify dbrp")
+            raise HttpError(400, "must specify dbrp")
         status = data.get("status") or "disabled"
         if status not in ("enabled", "disabled"):
-            raise _HttpError(400, f"invalid status {status!r}")
+            raise HttpError(400, f"invalid status {status!r}")
         self._check_script(script)
-        now = _now()
+        now = now_text()
         variables = data.get("vars") or {}
         task = _Task(task_id, task_type, dbrps, script, variables, status, now, now)
         self.tasks[task_id] = task
@@ -440,18 +411,18 @@ class KapacitorEmulator:
     def _patch_task(self, task_id: str, data: dict[str, Any]) -> tuple[int, Any]:
         task = self.tasks.get(task_id)
         if task is None:
-            raise _HttpError(404, "task does not exist, cannot update")
+            raise HttpError(404, "task does not exist, cannot update")
         if data.get("id") and data["id"] != task_id:
-            raise _HttpError(400, "renaming tasks is not supported by the emulator")
+            raise HttpError(400, "renaming tasks is not supported by the emulator")
         script = data.get("script") or task.script
         if data.get("script"):
             self._check_script(script)
         dbrps = self._dbrps(data["script"], data.get("dbrps")) if data.get("script") else None
         if dbrps is None:
-            dbrps = _dbrp_list(data.get("dbrps"))
+            dbrps = dbrp_list(data.get("dbrps"))
         status = data.get("status") or task.status
         if status not in ("enabled", "disabled"):
-            raise _HttpError(400, f"invalid status {status!r}")
+            raise HttpError(400, f"invalid status {status!r}")
         task.script = script
         if dbrps:
             task.dbrps = dbrps
@@ -459,7 +430,7 @@ class KapacitorEmulator:
             task.vars = data["vars"]
         if data.get("type") in ("stream", "batch"):
             task.type = data["type"]
-        task.modified = _now()
+        task.modified = now_text()
         # Only a change of status starts or stops the task: a PATCH of an enabled task's
         # script leaves the running copy on the old script.
         if status != task.status:
@@ -472,14 +443,14 @@ class KapacitorEmulator:
         return 200, self._task_json(task)
 
     def _start(self, task: _Task) -> None:
-        task.last_enabled = _now()
+        task.last_enabled = now_text()
         failure = self._enable_failures.get(task.id)
         if failure is not None:
             task.executing = False
             task.running_script = None
             task.error = failure
-            raise _HttpError(500, failure)
-        udf_node = _first_udf_node(task.script)
+            raise HttpError(500, failure)
+        udf_node = first_udf_node(task.script)
         if self._udf_failure is not None and udf_node is not None:
             task.executing = False
             task.running_script = None
@@ -509,23 +480,23 @@ class KapacitorEmulator:
 
     def _replay_batch(self, data: dict[str, Any]) -> dict[str, Any]:
         replay_id = str(data.get("id") or uuid.uuid4())
-        if not _valid_id(replay_id):
-            raise _HttpError(400, "replay ID must contain only letters, numbers, '-', '.' and '_'")
+        if not valid_id(replay_id):
+            raise HttpError(400, "replay ID must contain only letters, numbers, '-', '.' and '_'")
         task = self.tasks.get(str(data.get("task", "")))
         if task is None:
-            raise _HttpError(400, f"task {data.get('task', '')} does not exist")
+            raise HttpError(400, f"task {data.get('task', '')} does not exist")
         if task.type != "batch":
-            raise _HttpError(400, "cannot replay batch against stream task")
+            raise HttpError(400, "cannot replay batch against stream task")
         if not data.get("start"):
-            raise _HttpError(400, "must provide start time")
+            raise HttpError(400, "must provide start time")
         try:
-            start_ns = _parse_time(str(data["start"]))
-            stop_ns = _parse_time(str(data["stop"])) if data.get("stop") else time.time_ns()
+            start_ns = parse_time(str(data["start"]))
+            stop_ns = parse_time(str(data["stop"])) if data.get("stop") else time.time_ns()
         except ValueError:
-            raise _HttpError(400, "invalid time: use RFC3339Nano") from None
+            raise HttpError(400, "invalid time: use RFC3339Nano") from None
         clock = data.get("clock") or "fast"
         if clock not in ("fast", "real"):
-            raise _HttpError(400, f"invalid clock type {clock!r}")
+            raise HttpError(400, f"invalid clock type {clock!r}")
         replay = _Replay(
             replay_id,
             task.id,
@@ -533,7 +504,7 @@ class KapacitorEmulator:
             stop_ns,
             bool(data.get("recording-time", False)),
             clock,
-            _now(),
+            now_text(),
             self.replay_polls,
         )
         self.replays[replay_id] = replay
@@ -542,7 +513,7 @@ class KapacitorEmulator:
     def _get_replay(self, replay_id: str) -> tuple[int, Any]:
         replay = self.replays.get(replay_id)
         if replay is None:
-            raise _HttpError(404, "no replay exists")
+            raise HttpError(404, "no replay exists")
         if replay.status == "running":
             if replay.polls_left > 0:
                 replay.polls_left -= 1
@@ -577,118 +548,3 @@ class EmulatorTransport(httpx.BaseTransport):
             request.method, request.url.path, request.url.query.decode(), body
         )
         return httpx.Response(status, headers=headers, content=content, request=request)
-
-
-def _formatted(script: str) -> str:
-    """The script as Kapacitor shows it by default: re-printed by its formatter, so it differs
-    from the bytes that were sent (comments and layout are not kept)."""
-    try:
-        from federation.tickscript import format as format_script
-        from federation.tickscript import parse
-
-        return format_script(parse(script))
-    except Exception:
-        return script
-
-
-_CHAIN_CALL = re.compile(r"([|@])\s*([A-Za-z]\w*)\s*\(")
-
-
-def _project_udfs() -> dict[str, dict[str, list[str]]]:
-    """The project's UDF as kapacitor.conf declares it: `fedagg` and the options its Info
-    answer lists (federation.kapacitor.udf)."""
-    from federation.kapacitor.udf import info_response
-    from federation.tickscript.render import UDF_NAME
-
-    options = info_response().info.options
-    names = {0: "BOOL", 1: "INT", 2: "DOUBLE", 3: "STRING", 4: "DURATION"}
-    return {UDF_NAME: {k: [names[t] for t in o.valueTypes] for k, o in options.items()}}
-
-
-def _udf_option_problem(script: str, udfs: UdfOptions) -> str | None:
-    """Kapacitor's refusal of the first property call on a UDF node that the UDF does not
-    declare, or whose literal argument has another type than declared (a var is not checked:
-    its value comes with the task). None when the script parses with none of those."""
-    from federation.tickscript import ast, parse
-
-    try:
-        program = parse(script, "<task>")
-    except TickScriptError:
-        return None
-    for statement in program.statements:
-        chain = getattr(statement, "value", getattr(statement, "expression", None))
-        if not isinstance(chain, ast.Chain):
-            continue
-        options: Mapping[str, Sequence[str]] | None = None
-        for link in chain.links:
-            if link.operator != ".":
-                options = udfs.get(link.name) if link.operator == "@" else None
-                continue
-            if options is None:
-                continue
-            where = f"line {link.line} char {link.column + 1}"
-            declared = options.get(link.name)
-            if declared is None:
-                return f'{where}: no method or property "{link.name}" on *pipeline.UDFNode'
-            for arg, expected in zip(link.args or (), declared, strict=False):
-                got = _literal_type(arg)
-                if got is not None and got != expected:
-                    return f"{where}: unexpected arg to {link.name}, got {got} expected {expected}"
-    return None
-
-
-def _literal_type(arg: object) -> str | None:
-    from federation.tickscript import ast
-
-    if isinstance(arg, ast.StringLiteral):
-        return "STRING"
-    if isinstance(arg, ast.NumberLiteral):
-        return "DOUBLE" if arg.is_float else "INT"
-    if isinstance(arg, ast.DurationLiteral):
-        return "DURATION"
-    if isinstance(arg, ast.BoolLiteral):
-        return "BOOL"
-    return None
-
-
-def _first_udf_node(script: str) -> str | None:
-    """The name Kapacitor gives the script's first UDF node: the UDF's name and the node's id,
-    counting the chain calls in order after the source node (`batch0`, `query1`, `fedagg2`)."""
-    code = "\n".join(line.split("//", 1)[0] for line in script.splitlines())
-    for node_id, match in enumerate(_CHAIN_CALL.finditer(code), start=1):
-        if match.group(1) == "@":
-            return f"{match.group(2)}{node_id}"
-    return None
-
-
-def _json(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body or b"{}")
-    except ValueError:
-        raise _HttpError(400, "invalid JSON") from None
-    if not isinstance(data, dict):
-        raise _HttpError(400, "invalid JSON")
-    return data
-
-
-def _dbrp_list(given: Any) -> list[dict[str, str]]:
-    if not given:
-        return []
-    if not isinstance(given, list) or not all(
-        isinstance(d, dict) and d.get("db") and d.get("rp") for d in given
-    ):
-        raise _HttpError(400, "invalid dbrps: want a list of {db, rp}")
-    return [{"db": str(d["db"]), "rp": str(d["rp"])} for d in given]
-
-
-def _int_param(params: dict[str, str], name: str, default: int) -> int:
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _HttpError(400, f"invalid {name} parameter {raw!r}") from None
-    if value < 0:
-        raise _HttpError(400, f"invalid {name} parameter {raw!r}")
-    return value

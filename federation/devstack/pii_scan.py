@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from federation.core.influxql import quote_ident
+from federation.core.pii import personal_data_kinds
 from federation.core.sketch import Sketch
 from federation.errors import SketchDecodeError
-from federation.influx import InfluxClient, quote_ident
-from federation.policy.audit import personal_patterns
+from federation.influx import InfluxClient
 
 
 @dataclass
@@ -30,6 +31,16 @@ class ScanResult:
     @property
     def clean(self) -> bool:
         return not self.findings
+
+
+def value_finding(where: str, value: str, generated: frozenset[str]) -> str | None:
+    """What the scan says of one value at `where`: one of the `generated` personal values, or
+    personal data by the one detector (`federation.core.pii`); None when it is clean."""
+    if value in generated:
+        return f"{where}: a generated personal value"
+    if kinds := personal_data_kinds(value):
+        return f"{where}: a value matching {', '.join(kinds)}"
+    return None
 
 
 def scan_central(
@@ -48,10 +59,9 @@ def scan_central(
         if not isinstance(value, str):
             return
         result.values_checked += 1
-        if value in values:
-            result.findings.append(f"{where}: a generated personal value")
-        elif kinds := personal_patterns(value):
-            result.findings.append(f"{where}: a value matching {', '.join(kinds)}")
+        finding = value_finding(where, value, values)
+        if finding is not None:
+            result.findings.append(finding)
 
     policies = [rp.name for rp in client.retention_policies(database)]
     for rp in policies:

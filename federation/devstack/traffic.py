@@ -16,7 +16,7 @@ senders.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -203,10 +203,3 @@ def split_late(
     on_time = [e for e, late in zip(events, late_mask, strict=True) if not late]
     late = [e for e, late in zip(events, late_mask, strict=True) if late]
     return on_time, late
-
-
-def iter_hours(start_ns: int, hours: int) -> Iterator[tuple[int, int]]:
-    """Consecutive hour ranges from `start_ns`."""
-    hour = 3_600_000_000_000
-    for h in range(hours):
-        yield start_ns + h * hour, start_ns + (h + 1) * hour

@@ -33,16 +33,17 @@ from federation.ingest.schema import (
     schema_path,
 )
 from federation.ingest.writer import (
+    INGEST_RETRY,
     DeadLetter,
     IngestAborted,
     IngestError,
     IngestInterrupted,
     IngestSummary,
-    RetryPolicy,
     purge_dead_letters,
 )
 
 __all__ = [
+    "INGEST_RETRY",
     "SCHEMAS_DIR",
     "DeadLetter",
     "Encoder",
@@ -55,7 +56,6 @@ __all__ = [
     "IngestSummary",
     "Reason",
     "Rejected",
-    "RetryPolicy",
     "Source",
     "TagSpec",
     "TieBreaker",

@@ -21,17 +21,11 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
-from federation.core.lineprotocol import serialize
+from federation.core.lineprotocol import INT64_MAX, INT64_MIN, TIME_MAX, TIME_MIN, serialize
 from federation.core.pii import personal_data_kind
 from federation.core.points import Point
 from federation.errors import InvalidInput
 from federation.ingest.schema import EventSchema, FieldType, TimeFormat
-
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
-# InfluxDB reserves the two extreme int64 values as sentinels.
-_TIME_MIN = _INT64_MIN + 2
-_TIME_MAX = _INT64_MAX - 1
 
 _MEASUREMENT_TABLE = str.maketrans({",": "\\,", " ": "\\ "})
 _KEY_TABLE = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
@@ -125,7 +119,7 @@ def _float(value: Any) -> str:
 
 def _integer(value: Any) -> str:
     if type(value) is int:
-        if _INT64_MIN <= value <= _INT64_MAX:
+        if INT64_MIN <= value <= INT64_MAX:
             return f"{value}i"
         raise _Bad(Reason.out_of_range)
     raise _Bad(Reason.wrong_type)
@@ -307,7 +301,7 @@ class Encoder:
         self.ties = TieBreaker(tie_window)
         self._known_tags: dict[str, str] = {}
         # Leave room above the latest timestamp for the tie-break's shifts.
-        self._time_max = _TIME_MAX - tie_window
+        self._time_max = TIME_MAX - tie_window
 
     def encode(self, event: object) -> bytes:
         """One line of line protocol (UTF-8, ending in a newline) for one decoded event.
@@ -348,7 +342,7 @@ class Encoder:
             time_ns = self._time(stamp)
         except _Bad as exc:
             raise Rejected(exc.reason, key, exc.detail) from None
-        if not _TIME_MIN <= time_ns <= self._time_max:
+        if not TIME_MIN <= time_ns <= self._time_max:
             raise Rejected(Reason.bad_timestamp, key)
         if not fields:
             raise Rejected(Reason.no_fields)

@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from federation.config import FederationConfig
+from federation.core.retry import RetryPolicy
 from federation.errors import ConfigProblems, FederationError, InfluxError
 from federation.influx import InfluxClient, credentials_from_env
 from federation.ingest.encode import Encoder, Reason, Rejected
 from federation.ingest.schema import EventSchema, load_schema, policy_problems
 from federation.ingest.writer import (
+    INGEST_RETRY,
     Batch,
     BatchWriter,
     DeadLetter,
@@ -39,7 +41,6 @@ from federation.ingest.writer import (
     IngestError,
     IngestInterrupted,
     IngestSummary,
-    RetryPolicy,
     _Stopped,
     _transient,
 )
@@ -267,7 +268,7 @@ def _open(source: Source) -> tuple[str, BinaryIO, bool]:
 
 def _check_ready(client: InfluxClient, database: str, rp: str, dc: str, retry: RetryPolicy) -> None:
     """Wait for InfluxDB to answer; refuse a database or retention policy that does not exist."""
-    delay = retry.initial
+    delay = retry.initial_s
     started = time.monotonic()
     while True:
         try:
@@ -287,11 +288,11 @@ def _check_ready(client: InfluxClient, database: str, rp: str, dc: str, retry: R
             if not _transient(exc):
                 raise
             waited = time.monotonic() - started
-            if retry.give_up_after is not None and waited >= retry.give_up_after:
+            if retry.give_up_after_s is not None and waited >= retry.give_up_after_s:
                 raise
             log.warning("InfluxDB %s not ready (%s); retrying in %.1fs", client.url, exc, delay)
             time.sleep(delay)
-            delay = min(delay * 2, retry.maximum)
+            delay = min(delay * retry.multiplier, retry.max_s)
 
 
 def ingest(
@@ -326,7 +327,7 @@ def ingest(
 
     Raises `ConfigProblems` for a bad schema, `IngestError` when the database or retention
     policy is missing, and `IngestAborted` (with the summary so far) when InfluxDB refuses to go
-    on (authentication, a database dropped mid-way) or `retry.give_up_after` runs out, and
+    on (authentication, a database dropped mid-way) or `retry.give_up_after_s` runs out, and
     `IngestInterrupted` (an IngestAborted, with the summary so far) on KeyboardInterrupt.
     """
     if batch_size < 1 or max_queued_batches < 1 or flush_interval <= 0:
@@ -340,7 +341,7 @@ def ingest(
     datacenter = config.dc(dc)
     database = datacenter.raw_database
     rp = config.policy_for(dc).raw.retention_policy
-    retry = retry or RetryPolicy()
+    retry = retry or INGEST_RETRY
     own_client = client is None
     if client is None:
         client = InfluxClient(

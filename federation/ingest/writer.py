@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from federation.core.retry import RetryPolicy
 from federation.errors import FederationError, InfluxError
 from federation.influx import InfluxClient
 from federation.ingest.encode import Reason
@@ -53,17 +54,9 @@ class IngestInterrupted(IngestAborted):
     exit_code = 130
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Pauses between attempts to write one batch: `initial`, doubling up to `maximum` seconds.
-
-    `give_up_after` (seconds of failing in a row) stops the ingest with `IngestAborted`; `None`
-    waits for InfluxDB as long as it takes, holding the input back meanwhile.
-    """
-
-    initial: float = 0.1
-    maximum: float = 10.0
-    give_up_after: float | None = None
+INGEST_RETRY = RetryPolicy(initial_s=0.1, max_s=10.0)
+"""Ingest's pauses between attempts to write one batch: 0.1 s, doubling up to 10 s; it gives
+up only after `give_up_after_s` seconds of failing in a row, if that is set."""
 
 
 @dataclass(frozen=True)
@@ -335,7 +328,7 @@ class BatchWriter:
 
     def _post(self, body: bytes) -> InfluxError | None:
         """None once InfluxDB answered 204; InfluxDB's refusal of bad points; else raise."""
-        delay = self.retry.initial
+        delay = self.retry.initial_s
         failing_since: float | None = None
         while True:
             if self.stop.is_set():
@@ -355,7 +348,7 @@ class BatchWriter:
                     raise
                 now = time.monotonic()
                 failing_since = now if failing_since is None else failing_since
-                limit = self.retry.give_up_after
+                limit = self.retry.give_up_after_s
                 if limit is not None and now - failing_since >= limit:
                     raise IngestError(
                         f"InfluxDB {self.client.url} kept failing for {now - failing_since:.0f}s "
@@ -372,7 +365,7 @@ class BatchWriter:
                 self.on_change()
                 if self.stop.wait(delay):
                     raise _Stopped from None
-                delay = min(delay * 2, self.retry.maximum)
+                delay = min(delay * self.retry.multiplier, self.retry.max_s)
 
 
 def _status(exc: InfluxError) -> str:

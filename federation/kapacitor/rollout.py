@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.config import FederationConfig
-from federation.core.plan import resolve_all
+from federation.config.resolve import resolve_all
 from federation.errors import FederationError, InvalidInput, KapacitorError
 from federation.influx import credentials_from_env
 from federation.kapacitor.client import KapacitorClient

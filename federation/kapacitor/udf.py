@@ -22,34 +22,30 @@ window is refused (logged, nothing shipped): shipping a cut window would overwri
 
 Only counts and times are logged, never a tag or field value.
 
-`kapacitor_conf` renders the kapacitor.conf sections a DC needs to run the UDF and to ship
-its output to the coordinator's gateway.
+The framing of messages is `federation.kapacitor.udf_wire`; the kapacitor.conf sections that
+run this process, `federation.kapacitor.conf`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import numbers
-import os
 import queue
-import shutil
 import sys
 import threading
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
+from typing import BinaryIO, Final
 
 import numpy as np
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
 from federation.core.aggregate import window_points
 from federation.core.clock import Clock, SystemClock, format_rfc3339
 from federation.core.durations import format_duration
-from federation.core.points import FieldValue, Point
-from federation.errors import ConfigError, FederationError, InvalidInput
+from federation.core.points import Point
+from federation.errors import InvalidInput
 from federation.kapacitor import _udf_pb2 as pb
 from federation.kapacitor.udf_detection import (
     DETECTION_OPTION_TYPES,
@@ -59,21 +55,19 @@ from federation.kapacitor.udf_detection import (
     detection_points,
     window_option,
 )
-
-if TYPE_CHECKING:
-    from federation.config import FederationConfig
+from federation.kapacitor.udf_wire import (
+    ByteSource,
+    ProtocolError,
+    frame,
+    point_response,
+    read_frame,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
-"""The longest message accepted; a longer length prefix means the stream is out of step."""
 
 _PENDING_WINDOWS: Final = 2
 """Completed batches that may wait for computation before the reader stops taking more."""
-
-
-class ProtocolError(InvalidInput):
-    """The byte stream on stdin, or a message in it, breaks Kapacitor's UDF protocol."""
 
 
 class UdfOptionError(InvalidInput):
@@ -81,81 +75,6 @@ class UdfOptionError(InvalidInput):
 
 
 # --- framing ----------------------------------------------------------------------------------
-
-
-class ByteSource(Protocol):
-    """What messages are read from: a binary stream whose `read(n)` may return fewer bytes."""
-
-    def read(self, n: int, /) -> bytes: ...
-
-
-def encode_varint(value: int) -> bytes:
-    """The unsigned base-128 varint of `value` (protobuf's encoding); ValueError if negative."""
-    if value < 0:
-        raise ValueError(f"a varint is unsigned, got {value}")
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def frame(message: Message | bytes) -> bytes:
-    """One message as it goes on the wire: its length as a varint, then its bytes."""
-    body = message if isinstance(message, bytes) else message.SerializeToString()
-    return encode_varint(len(body)) + body
-
-
-def _read_exact(source: ByteSource, length: int) -> bytes:
-    chunks: list[bytes] = []
-    remaining = length
-    while remaining:
-        chunk = source.read(remaining)
-        if not chunk:
-            raise ProtocolError(
-                f"stdin ended after {length - remaining} of the {length} bytes of a message"
-            )
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-def read_frame(source: ByteSource) -> bytes | None:
-    """The bytes of the next message; None when the stream ends cleanly between messages.
-
-    Reads may return any number of bytes: the function keeps reading until the message is
-    whole. A stream that ends inside a message, or a length prefix that is malformed or longer
-    than `MAX_MESSAGE_BYTES`, raises ProtocolError.
-    """
-    length = 0
-    shift = 0
-    while True:
-        byte = source.read(1)
-        if not byte:
-            if shift == 0:
-                return None
-            raise ProtocolError("stdin ended inside the length prefix of a message")
-        length |= (byte[0] & 0x7F) << shift
-        if not byte[0] & 0x80:
-            break
-        shift += 7
-        if shift >= 64:
-            raise ProtocolError("a message length prefix is longer than 10 bytes")
-    if length > MAX_MESSAGE_BYTES:
-        raise ProtocolError(
-            f"a message claims {length} bytes, more than the limit of {MAX_MESSAGE_BYTES}"
-        )
-    return _read_exact(source, length)
-
-
-def iter_frames(source: ByteSource) -> Iterator[bytes]:
-    """Every message of the stream in order, until it ends cleanly (ProtocolError otherwise)."""
-    while (data := read_frame(source)) is not None:
-        yield data
 
 
 # --- options ----------------------------------------------------------------------------------
@@ -327,41 +246,6 @@ def parse_options(request: pb.InitRequest) -> UdfOptions | DetectionOptions:
 
 
 # --- points -----------------------------------------------------------------------------------
-
-
-def point_response(point: Point) -> pb.Response:
-    """A federation Point as a Response point, every field in the map of its type.
-
-    Integers go to `fieldsInt` (so counts stay integer fields), floats to `fieldsDouble`,
-    strings to `fieldsString`. Database and retention policy stay empty: influxDBOut sets them.
-    TypeError for a boolean field, which the protocol's points cannot carry.
-    """
-    response = pb.Response()
-    message = response.point
-    message.name = point.measurement
-    message.time = point.time_ns
-    message.tags.update(point.tags)
-    for key, value in point.fields.items():
-        if isinstance(value, bool | np.bool_):
-            raise TypeError(f"field {key!r} is boolean; UDF points carry no boolean fields")
-        if isinstance(value, numbers.Integral):
-            message.fieldsInt[key] = int(value)
-        elif isinstance(value, numbers.Real):
-            message.fieldsDouble[key] = float(value)
-        elif isinstance(value, str):
-            message.fieldsString[key] = value
-        else:
-            raise TypeError(f"field {key!r} has unsupported type {type(value).__name__}")
-    return response
-
-
-def point_from_message(message: pb.Point) -> Point:
-    """The federation Point a UDF point message carries (typed fields kept as their types)."""
-    fields: dict[str, FieldValue] = {}
-    fields.update(message.fieldsInt)
-    fields.update(message.fieldsDouble)
-    fields.update(message.fieldsString)
-    return Point(message.name, dict(message.tags), fields, message.time)
 
 
 # --- batches ----------------------------------------------------------------------------------
@@ -685,122 +569,3 @@ def serve_stdio(clock: Clock | None = None) -> int:
         return serve(stdin, stdout, clock=clock)
     finally:
         sys.stdout = saved
-
-
-# --- kapacitor.conf ---------------------------------------------------------------------------
-
-UDF_TIMEOUT: Final = "10s"
-"""How long Kapacitor waits for any answer (a keepalive, too) before it restarts the UDF."""
-
-
-def federation_executable() -> Path:
-    """The absolute path of the installed `federation` command, as kapacitor.conf's `prog`.
-
-    Tried in order: the running command itself (`sys.argv[0]`), the script beside this
-    Python interpreter (a virtualenv's `bin/`), then `federation` on PATH. FederationError
-    when none is an executable file.
-    """
-    candidates: list[Path] = []
-    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if argv0 is not None and argv0.name == "federation":
-        candidates.append(argv0)
-    candidates.append(Path(sys.executable).parent / "federation")
-    on_path = shutil.which("federation")
-    if on_path is not None:
-        candidates.append(Path(on_path))
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate.resolve()
-    raise FederationError("cannot find the installed `federation` command; pass --prog PATH")
-
-
-def _toml_string(value: str) -> str:
-    escaped = []
-    for char in value:
-        if char in ('"', "\\"):
-            escaped.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            escaped.append(f"\\u{ord(char):04X}")
-        else:
-            escaped.append(char)
-    return '"' + "".join(escaped) + '"'
-
-
-@dataclass(frozen=True)
-class KapacitorConf:
-    """The kapacitor.conf sections of one DC, and whether its gateway password is filled in."""
-
-    dc: str
-    text: str
-    password_env: str
-    password_set: bool
-
-
-def kapacitor_conf(
-    config: FederationConfig,
-    dc: str,
-    *,
-    prog: Path | None = None,
-    environ: Mapping[str, str] | None = None,
-    startup_timeout: str = "5m",
-    write_timeout: str = "30s",
-) -> KapacitorConf:
-    """The kapacitor.conf sections DC `dc` needs, as TOML text to merge into its kapacitor.conf.
-
-    Two sections: `[udf.functions.fedagg]` running `prog kapacitor-udf` (`prog` defaults to
-    `federation_executable()`), and a write-only `[[influxdb]]` cluster named after the
-    fleet's `gateway_cluster` that points at the coordinator, authenticated as the DC with its
-    agent token. The token is read from the environment variable fleet.yaml names (`environ`,
-    default `os.environ`) at render time; when it is unset the text holds a comment naming the
-    variable instead of a password. ConfigError when the DC is unknown or has no Kapacitor.
-    """
-    from federation.tickscript.render import UDF_NAME
-
-    env = os.environ if environ is None else environ
-    dc_config = config.dc(dc)
-    if dc_config.kapacitor is None:
-        raise ConfigError(
-            "fleet.yaml",
-            f"dcs.{dc}.kapacitor",
-            "not set: this DC has no Kapacitor (the agent's embedded executor does its work)",
-        )
-    program = federation_executable() if prog is None else prog.absolute()
-    central = config.fleet.central
-    token_env = dc_config.agent_token_env
-    token = env.get(token_env) or None
-    if token is not None:
-        password_line = f"  password = {_toml_string(token)}"
-    else:
-        password_line = (
-            f"  # password = <the DC's agent token>: not rendered because {token_env} is unset;\n"
-            f"  # set it and run `federation kapacitor config --dc {dc}` again."
-        )
-    lines = [
-        f"# kapacitor.conf sections for DC {dc} of federation {config.fleet.name}.",
-        "# Merge them into the DC's kapacitor.conf, then restart kapacitord: it reads UDFs only",
-        "# at startup.",
-        "#",
-        f"# The DC's own InfluxDB ({dc_config.influxdb.url})",
-        "# must stay the default cluster: its [[influxdb]] section keeps `default = true`,",
-        "# because the aggregation tasks query it.",
-        "",
-        f"# The aggregation UDF; every task federation renders calls it as @{UDF_NAME}().",
-        f"[udf.functions.{UDF_NAME}]",
-        f"  prog = {_toml_string(str(program))}",
-        '  args = ["kapacitor-udf"]',
-        f"  timeout = {_toml_string(UDF_TIMEOUT)}",
-        "",
-        "# Write-only: the coordinator's gateway, which influxDBOut() ships aggregates to.",
-        "[[influxdb]]",
-        "  enabled = true",
-        "  default = false",
-        f"  name = {_toml_string(central.gateway_cluster)}",
-        f"  urls = [{_toml_string(central.coordinator_url)}]",
-        f"  username = {_toml_string(dc)}",
-        password_line,
-        f"  timeout = {_toml_string(write_timeout)}",
-        "  disable-subscriptions = true",
-        f"  startup-timeout = {_toml_string(startup_timeout)}",
-        "",
-    ]
-    return KapacitorConf(dc, "\n".join(lines), token_env, token is not None)

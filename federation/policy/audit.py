@@ -10,9 +10,9 @@ holds (`federation.policy.lifetime`), never from the declaration.
 
 Central: every tag key and field key of every measurement against every region's personal-data
 keys; a bounded sample of every tag's values and of every string field's most recent values
-against e-mail and IP (v4 and v6) patterns. A finding names the measurement, the key and the
-pattern, never the value, and carries the statement that removes what it found where InfluxQL
-has one.
+against the one personal-data detector (`federation.core.pii`: e-mail, IPv4 and IPv6
+addresses). A finding names the measurement, the key and the pattern, never the value, and
+carries the statement that removes what it found where InfluxQL has one.
 
 The report carries the time of the audit and the sha256 of each policy file, so it can be tied
 to the policies in force.
@@ -20,8 +20,6 @@ to the policies in force.
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -30,8 +28,10 @@ from federation.config import FederationConfig
 from federation.core.clock import Clock, SystemClock, format_rfc3339
 from federation.core.detection_plan import FINDINGS_MEASUREMENT, FINDINGS_PERSONAL_FIELDS
 from federation.core.durations import format_duration
+from federation.core.influxql import quote_ident
+from federation.core.pii import EMAIL, IPV4, IPV6, RE2, personal_data_kinds
 from federation.errors import FederationError
-from federation.influx import InfluxClient, RetentionPolicyInfo, quote_ident
+from federation.influx import InfluxClient, RetentionPolicyInfo
 from federation.policy.audit_report import (
     AuditReport,
     CentralAudit,
@@ -58,53 +58,14 @@ DEFAULT_CHECK_INTERVAL_NS = 30 * 60 * 10**9
 DEFAULT_TAG_VALUE_SAMPLE = 1_000
 DEFAULT_FIELD_VALUE_SAMPLE = 100
 
-# --- personal-data patterns --------------------------------------------------------------------
-
-_EMAIL = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-_IPV4_CANDIDATE = re.compile(r"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9.])")
-_IPV6_CANDIDATE = re.compile(
-    r"(?<![0-9A-Za-z:.])[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%[0-9A-Za-z]+)?(?![0-9A-Za-z])"
-)
-
-# InfluxQL regular expressions (Go RE2) for DROP SERIES, matching what the patterns match.
-_DROP_REGEX = {
-    "e-mail": r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
-    "ipv4": r"(^|[^0-9.])([0-9]{1,3}\.){3}[0-9]{1,3}($|[^0-9.])",
-    "ipv6": r"[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f:.]*",
-}
-
-
-def _is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_ipv6(text: str) -> bool:
-    address = text.split("%", 1)[0]
-    for candidate in (address, address.rstrip(".")):
-        if candidate in ("::", ""):
-            continue
-        try:
-            ipaddress.IPv6Address(candidate)
-        except ValueError:
-            continue
-        return True
-    return False
+# The audit's names of the detector's kinds (`federation.core.pii`), as its findings say them.
+PATTERN_NAMES = {EMAIL: "e-mail", IPV4: "ipv4", IPV6: "ipv6"}
+_PATTERN_KINDS = {name: kind for kind, name in PATTERN_NAMES.items()}
 
 
 def personal_patterns(value: str) -> list[str]:
-    """The names of the personal-data patterns `value` contains: `e-mail`, `ipv4`, `ipv6`."""
-    found = []
-    if _EMAIL.search(value):
-        found.append("e-mail")
-    if any(_is_ipv4(m.group()) for m in _IPV4_CANDIDATE.finditer(value)):
-        found.append("ipv4")
-    if any(_is_ipv6(m.group()) for m in _IPV6_CANDIDATE.finditer(value)):
-        found.append("ipv6")
-    return found
+    """The personal-data patterns `value` holds, by the one detector: `e-mail`, `ipv4`, `ipv6`."""
+    return [PATTERN_NAMES[kind] for kind in personal_data_kinds(value)]
 
 
 # --- DCs ---------------------------------------------------------------------------------------
@@ -546,7 +507,8 @@ def _report_values(
             counts[pattern] = counts.get(pattern, 0) + 1
     m, k = quote_ident(measurement), quote_ident(key)
     for pattern, count in sorted(counts.items()):
-        remedy = f"DROP SERIES FROM {m} WHERE {k} =~ /{_DROP_REGEX[pattern]}/" if drop else None
+        regex = RE2[_PATTERN_KINDS[pattern]]
+        remedy = f"DROP SERIES FROM {m} WHERE {k} =~ /{regex}/" if drop else None
         report(
             Violation(
                 target,

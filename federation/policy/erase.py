@@ -41,10 +41,11 @@ from typing import Any
 
 from federation.config import FederationConfig, RawMeasurement
 from federation.core.clock import Clock, SystemClock, format_rfc3339
+from federation.core.influxql import quote_ident, quote_string
 from federation.core.lineprotocol import serialize
 from federation.core.points import FieldValue, Point
 from federation.errors import FederationError, InfluxError, InvalidInput
-from federation.influx import InfluxClient, quote_ident, quote_string
+from federation.influx import InfluxClient
 from federation.ingest.writer import purge_dead_letters
 from federation.policy.retention import DEFAULT_TIMEOUT_S, connect
 

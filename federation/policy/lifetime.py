@@ -18,7 +18,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from federation.core.clock import parse_rfc3339
-from federation.influx import InfluxClient, RetentionPolicyInfo, quote_ident, rows
+from federation.core.influxql import quote_ident
+from federation.influx import InfluxClient, RetentionPolicyInfo, rows
 
 
 @dataclass(frozen=True)

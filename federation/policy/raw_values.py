@@ -18,10 +18,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from federation.core.influxql import quote_ident, quote_string
 from federation.core.lineprotocol import parse
 from federation.core.pii import personal_data_kind
 from federation.errors import FederationError
-from federation.influx import InfluxClient, quote_ident, quote_string
+from federation.influx import InfluxClient
 
 EXAMPLES = 5
 """Series keys shown per finding."""

@@ -25,8 +25,9 @@ from typing import Any, TypeVar
 
 from federation.config import FederationConfig, InfluxEndpoint
 from federation.core.durations import HOUR_NS, format_duration, format_influx_duration
+from federation.core.influxql import quote_ident
 from federation.errors import ConfigError, FederationError, InvalidInput
-from federation.influx import InfluxClient, RetentionPolicyInfo, credentials_from_env, quote_ident
+from federation.influx import InfluxClient, RetentionPolicyInfo, credentials_from_env
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -8,17 +8,10 @@ and optionally the coordinator's ledger, returning a value object with `table_ro
 
 from __future__ import annotations
 
-from federation.reporting.completeness import Completeness, completeness
+from federation.coordinator.completeness import Completeness, completeness
+from federation.reporting.arguments import Metric, parse_last, parse_metric, parse_threshold
 from federation.reporting.monthly import refresh_rollups, remerge_month
-from federation.reporting.reports import (
-    Metric,
-    parse_last,
-    parse_metric,
-    parse_threshold,
-    percentile_report,
-    sla_report,
-    worst_report,
-)
+from federation.reporting.reports import percentile_report, sla_report, worst_report
 from federation.reporting.results import (
     PercentileReport,
     PercentileRow,

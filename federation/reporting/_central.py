@@ -17,10 +17,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from federation.config import FederationConfig
 from federation.core.calendar import CalendarPeriod
+from federation.core.influxql import quote_ident, quote_string
 from federation.core.plan import MANIFEST_MEASUREMENT, NONE_VALUE
 from federation.core.sketch import Sketch, decode_many, decode_sums, merge_all
 from federation.errors import FederationError, InvalidInput, SketchDecodeError
-from federation.influx import InfluxClient, Series, credentials_from_env, quote_ident, quote_string
+from federation.influx import InfluxClient, Series, credentials_from_env
 
 CHUNK_SIZE = 10_000
 # Sketches waiting to be merged into a key's running histogram: merging in batches keeps the

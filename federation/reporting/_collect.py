@@ -17,8 +17,8 @@ from typing import Any
 
 from federation.config import FederationConfig
 from federation.core.calendar import CalendarPeriod, period_of, periods
+from federation.core.influxql import quote_string
 from federation.core.sketch import Sketch
-from federation.influx import quote_string
 from federation.reporting._central import (
     CentralReader,
     SketchMerger,

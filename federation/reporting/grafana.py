@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from federation.config import FederationConfig
+from federation.core.influxql import quote_ident
 from federation.core.stats import percentile_field
 from federation.errors import InvalidInput
-from federation.influx import quote_ident
 
 INFINITY_TYPE = "yesoreyeram-infinity-datasource"
 INFLUX_TYPE = "influxdb"

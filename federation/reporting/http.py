@@ -28,13 +28,8 @@ from federation.config import FederationConfig
 from federation.core.clock import Clock, SystemClock
 from federation.errors import FederationError, InvalidInput
 from federation.reporting._central import CentralReader
-from federation.reporting.reports import (
-    parse_last,
-    parse_threshold,
-    percentile_report,
-    sla_report,
-    worst_report,
-)
+from federation.reporting.arguments import parse_last, parse_threshold
+from federation.reporting.reports import percentile_report, sla_report, worst_report
 
 Authorize = Callable[[Request], Awaitable[None]]
 """Checks a request's credentials; raises `starlette.exceptions.HTTPException` to refuse."""

@@ -25,9 +25,9 @@ from datetime import date, timedelta
 
 from federation.config import FederationConfig
 from federation.core.calendar import CalendarPeriod, period_windows, periods
+from federation.core.influxql import quote_string
 from federation.core.sketch import Sketch, subtract
 from federation.errors import CalendarError
-from federation.influx import quote_string
 from federation.reporting._central import (
     CentralWriter,
     SketchMerger,

@@ -14,26 +14,21 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date
 
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
-
 from federation.config import FederationConfig
+from federation.coordinator.completeness import LedgerHandle, completeness
 from federation.core.calendar import CalendarPeriod, period_windows, periods
 from federation.core.clock import format_rfc3339
-from federation.core.durations import parse_duration
 from federation.core.sketch import Sketch
 from federation.core.stats import percentile_field
 from federation.core.windows import align
 from federation.errors import InvalidInput
 from federation.reporting._central import CentralReader, WindowManifest
 from federation.reporting._collect import Collected, FigureKey, collect
-from federation.reporting.completeness import completeness
+from federation.reporting.arguments import Metric, parse_metric
 from federation.reporting.results import (
     PercentileReport,
     PercentileRow,
@@ -47,57 +42,10 @@ from federation.reporting.results import (
 )
 
 __all__ = [
-    "Metric",
-    "parse_last",
-    "parse_metric",
-    "parse_threshold",
     "percentile_report",
     "sla_report",
     "worst_report",
 ]
-
-Ledger = Session | Engine
-
-_UNIT_NS = {"ns": 1.0, "us": 1e3, "µs": 1e3, "u": 1e3, "ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9}
-_THRESHOLD = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ns|us|µs|u|ms|s|m|h)?\s*$")
-
-
-def parse_threshold(text: str, unit: str = "ms") -> float:
-    """A threshold in the aggregation's `unit`: `30s` -> 30000.0 for `ms`; a bare number is
-    already in `unit`. InvalidInput for anything else, or a duration when `unit` is not a time
-    unit."""
-    match = _THRESHOLD.match(text)
-    if match is None:
-        raise InvalidInput(
-            f"threshold {text!r}: write a number in {unit} or a duration such as 250ms or 30s"
-        )
-    number, suffix = float(match.group(1)), match.group(2)
-    if suffix is None or suffix == unit:
-        return number
-    if unit not in _UNIT_NS:
-        raise InvalidInput(f"threshold {text!r}: the aggregation's unit {unit!r} is not a time")
-    return number * _UNIT_NS[suffix] / _UNIT_NS[unit]
-
-
-@dataclass(frozen=True)
-class Metric:
-    """What `worst` ranks by: a percentile (`p99`) or the count of events over a threshold."""
-
-    text: str
-    percentile: float | None = None
-    threshold: float | None = None
-
-
-def parse_metric(text: str, unit: str = "ms") -> Metric:
-    """`p99`, `p99.9`, `p99_9` or `count_over:<threshold>`; InvalidInput otherwise."""
-    if text.startswith("count_over:"):
-        return Metric(text, threshold=parse_threshold(text.removeprefix("count_over:"), unit))
-    match = re.fullmatch(r"p([0-9]+(?:[._][0-9]+)?)", text)
-    if match is not None:
-        p = float(match.group(1).replace("_", "."))
-        if 0 < p <= 100:
-            return Metric(text, percentile=p)
-    raise InvalidInput(f"metric {text!r}: use p50, p95, p99, p99.9 or count_over:<threshold>")
 
 
 # --- building ------------------------------------------------------------------------------
@@ -145,7 +93,7 @@ def _status(
     period: CalendarPeriod,
     windows: int,
     collected: Collected,
-    ledger: Ledger | None,
+    ledger: LedgerHandle | None,
     aggregation: str,
     dcs: Sequence[str],
 ) -> PeriodStatus:
@@ -194,7 +142,7 @@ def _figures(
     tz: str,
     by: Sequence[str],
     dcs: Sequence[str] | None,
-    ledger: Ledger | None,
+    ledger: LedgerHandle | None,
     use_rollups: bool,
 ) -> tuple[tuple[str, ...], list[tuple[PeriodStatus, dict[FigureKey, Sketch]]]]:
     by_, chosen = _check(config, aggregation, by, dcs)
@@ -222,7 +170,7 @@ def percentile_report(
     by: Sequence[str] = (),
     dcs: Sequence[str] | None = None,
     percentiles: Sequence[float] | None = None,
-    ledger: Ledger | None = None,
+    ledger: LedgerHandle | None = None,
     use_rollups: bool = True,
 ) -> PercentileReport:
     """Percentiles per calendar period (`day|week|month|quarter` in `tz`) and group of `by`.
@@ -270,7 +218,7 @@ def sla_report(
     tz: str = "UTC",
     by: Sequence[str] = (),
     dcs: Sequence[str] | None = None,
-    ledger: Ledger | None = None,
+    ledger: LedgerHandle | None = None,
     use_rollups: bool = True,
 ) -> SlaReport:
     """Share of events at or under `threshold` (in the aggregation's unit) per period and group.
@@ -307,7 +255,7 @@ def worst_report(
     top: int = 20,
     metric: Metric | str = "p99",
     dcs: Sequence[str] | None = None,
-    ledger: Ledger | None = None,
+    ledger: LedgerHandle | None = None,
     use_rollups: bool = True,
 ) -> WorstReport:
     """The `top` groups of `by` with the highest metric over the whole windows of the last
@@ -352,11 +300,3 @@ def worst_report(
     period = CalendarPeriod("day", label, start, end, "UTC")
     status = _status(period, (end - start) // spec.window, collected, ledger, aggregation, chosen)
     return WorstReport(aggregation, chosen_metric.text, by_, start, end, rows, status)
-
-
-def parse_last(text: str) -> int:
-    """A `--last` duration (`24h`, `7d`) in nanoseconds; InvalidInput otherwise."""
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise InvalidInput(f"--last: {exc}") from None

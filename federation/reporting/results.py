@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from federation.coordinator.completeness import Completeness
 from federation.core.calendar import CalendarPeriod
 from federation.core.clock import format_rfc3339
 from federation.core.stats import percentile_field
-from federation.reporting.completeness import Completeness
 
 __all__ = [
     "NO_DATA",

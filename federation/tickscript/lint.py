@@ -12,38 +12,41 @@ WHERE clause refers to, and any GROUP BY.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from federation.errors import TickScriptError
 from federation.tickscript.ast import (
-    Binary,
-    BoolLiteral,
     Chain,
     ChainLink,
     Dbrp,
     Declaration,
-    DurationLiteral,
     Expression,
     ExpressionStatement,
     Identifier,
-    Lambda,
-    ListLiteral,
-    NumberLiteral,
-    Reference,
-    RegexLiteral,
-    Star,
     StringLiteral,
     TypeDeclaration,
-    Unary,
 )
+from federation.tickscript.evaluate import UNKNOWN, Binding, PipelineNode, Value, evaluate
 from federation.tickscript.influxql import (
     Query,
     QueryError,
     parse_query,
 )
-from federation.tickscript.lexer import TokenType
 from federation.tickscript.lint_detection import gateway_output_problems
 from federation.tickscript.parser import parse
+from federation.tickscript.signatures import (
+    ANY,
+    CHAINING,
+    FIELD_PRESERVING,
+    FLOAT,
+    NUMBER,
+    PROPERTIES,
+    SELECTORS,
+    SOURCE_CHILDREN,
+    STRING,
+    UDF,
+    Signature,
+)
 
 RULES: dict[str, str] = {
     "syntax": "the script does not parse (Kapacitor's lexer and parser rules)",
@@ -99,242 +102,6 @@ class LintProblem:
         return f"{self.file}:{self.line}:{self.column}: {self.rule}: {self.message}"
 
 
-# -- the node table ------------------------------------------------------------------------
-
-STRING, DURATION, INT, FLOAT, NUMBER, LAMBDA, ANY = (
-    "string",
-    "duration",
-    "int",
-    "float",
-    "number",
-    "lambda",
-    "any",
-)
-
-
-@dataclass(frozen=True)
-class Signature:
-    """Argument kinds: `fixed` first, then any number (at least `minimum`) of `variadic`."""
-
-    fixed: tuple[str, ...] = ()
-    variadic: str | None = None
-    minimum: int = 0
-
-
-_NONE = Signature()
-_ONE_STRING = Signature((STRING,))
-_STRINGS = Signature(variadic=STRING, minimum=1)
-_AGGREGATE_PROPERTIES = {"as": _ONE_STRING, "quiet": _NONE}
-_SELECTOR_PROPERTIES = {**_AGGREGATE_PROPERTIES, "usePointTimes": _NONE}
-
-SELECTORS = frozenset({"percentile", "min", "max", "first", "last", "top", "bottom"})
-UDF = "@udf"
-
-# Property methods of every node kind the project's pipelines use.
-PROPERTIES: dict[str, dict[str, Signature]] = {
-    "batch": {},
-    "stream": {},
-    "query": {
-        "period": Signature((DURATION,)),
-        "every": Signature((DURATION,)),
-        "offset": Signature((DURATION,)),
-        "align": _NONE,
-        "alignGroup": _NONE,
-        "groupBy": Signature(variadic=ANY),
-        "groupByMeasurement": _NONE,
-        "fill": Signature((ANY,)),
-        "cluster": _ONE_STRING,
-        "cron": _ONE_STRING,
-        "quiet": _NONE,
-    },
-    "from": {
-        "database": _ONE_STRING,
-        "retentionPolicy": _ONE_STRING,
-        "measurement": _ONE_STRING,
-        "where": Signature((LAMBDA,)),
-        "groupBy": Signature(variadic=ANY),
-        "truncate": Signature((DURATION,)),
-        "round": Signature((DURATION,)),
-        "quiet": _NONE,
-    },
-    "influxDBOut": {
-        "cluster": _ONE_STRING,
-        "database": _ONE_STRING,
-        "retentionPolicy": _ONE_STRING,
-        "measurement": _ONE_STRING,
-        "tag": Signature((STRING, STRING)),
-        "precision": _ONE_STRING,
-        "writeConsistency": _ONE_STRING,
-        "buffer": Signature((INT,)),
-        "flushInterval": Signature((DURATION,)),
-        "create": _NONE,
-        "quiet": _NONE,
-    },
-    "eval": {"as": _STRINGS, "tags": _STRINGS, "keep": Signature(variadic=STRING), "quiet": _NONE},
-    "where": {"quiet": _NONE},
-    "delete": {"field": _ONE_STRING, "tag": _ONE_STRING, "quiet": _NONE},
-    "default": {
-        "field": Signature((STRING, ANY)),
-        "tag": Signature((STRING, STRING)),
-        "quiet": _NONE,
-    },
-    "log": {"level": _ONE_STRING, "prefix": _ONE_STRING, "quiet": _NONE},
-    "groupBy": {"exclude": _STRINGS, "byMeasurement": _NONE, "quiet": _NONE},
-    "count": _AGGREGATE_PROPERTIES,
-    "sum": _AGGREGATE_PROPERTIES,
-    "mean": _AGGREGATE_PROPERTIES,
-    **{selector: _SELECTOR_PROPERTIES for selector in SELECTORS},
-    "httpOut": {"quiet": _NONE},
-    # The project's aggregation UDF (named by LintContext.udf_name) and its options. Kapacitor
-    # checks every UDF option call against a fixed list of value types, so list-valued options
-    # are single-valued and repeated (`.dimension('a').dimension('b')`).
-    UDF: {
-        "aggregation": _ONE_STRING,
-        "dc": _ONE_STRING,
-        "field": _ONE_STRING,
-        "dimension": _ONE_STRING,
-        "window": Signature((DURATION,)),
-        "accuracy": Signature((FLOAT,)),
-        "percentile": Signature((FLOAT,)),
-        "minGroupEvents": Signature((INT,)),
-        "version": _ONE_STRING,
-        # Detection mode (`tickscripts/detection.tick.j2`).
-        "detection": _ONE_STRING,
-        "mode": _ONE_STRING,
-        "key": _ONE_STRING,
-        "distinct": _ONE_STRING,
-        "atLeast": Signature((INT,)),
-        "factor": Signature((FLOAT,)),
-    },
-}
-
-# Chaining methods (`|name(...)`) and their arguments.
-CHAINING: dict[str, Signature] = {
-    "query": _ONE_STRING,
-    "from": _NONE,
-    "eval": Signature(variadic=LAMBDA, minimum=1),
-    "where": Signature((LAMBDA,)),
-    "delete": _NONE,
-    "default": _NONE,
-    "log": _NONE,
-    "groupBy": Signature(variadic=ANY),
-    "count": _ONE_STRING,
-    "sum": _ONE_STRING,
-    "mean": _ONE_STRING,
-    "min": _ONE_STRING,
-    "max": _ONE_STRING,
-    "first": _ONE_STRING,
-    "last": _ONE_STRING,
-    "percentile": Signature((STRING, FLOAT)),
-    "top": Signature((INT, STRING), variadic=STRING),
-    "bottom": Signature((INT, STRING), variadic=STRING),
-    "httpOut": _ONE_STRING,
-    "influxDBOut": _NONE,
-}
-
-SOURCE_CHILDREN = {"batch": "query", "stream": "from"}
-# Nodes a selector can reach its query through without the raw points losing fields.
-_FIELD_PRESERVING = frozenset({"eval", "where", "groupBy", "default", "log"})
-
-
-# -- constant evaluation -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Value:
-    """What an argument evaluates to when the script is evaluated (`unknown` if not constant)."""
-
-    kind: str
-    value: object = None
-
-
-_UNKNOWN = _Value("unknown")
-
-
-@dataclass(eq=False)
-class _Node:
-    kind: str
-    name: str
-    line: int
-    column: int
-    args: tuple[Expression, ...] = ()
-    parent: _Node | None = None
-    known: bool = True
-    children: list[_Node] = field(default_factory=list)
-    properties: list[ChainLink] = field(default_factory=list)
-
-    def last(self, name: str) -> ChainLink | None:
-        found = [link for link in self.properties if link.name == name]
-        return found[-1] if found else None
-
-    def all(self, name: str) -> list[ChainLink]:
-        return [link for link in self.properties if link.name == name]
-
-
-_Binding = _Value | _Node
-
-
-def _evaluate(expression: Expression, env: dict[str, _Binding]) -> _Value:
-    if isinstance(expression, NumberLiteral):
-        return _Value("float" if expression.is_float else "int", expression.value)
-    if isinstance(expression, DurationLiteral):
-        return _Value("duration", expression.ns)
-    if isinstance(expression, StringLiteral):
-        return _Value("string", expression.value)
-    if isinstance(expression, BoolLiteral):
-        return _Value("bool", expression.value)
-    if isinstance(expression, RegexLiteral):
-        return _Value("regex", expression.pattern)
-    if isinstance(expression, Star):
-        return _Value("star")
-    if isinstance(expression, Reference):
-        return _Value("reference", expression.name)
-    if isinstance(expression, Lambda):
-        return _Value("lambda")
-    if isinstance(expression, ListLiteral):
-        return _Value("list")
-    if isinstance(expression, Identifier):
-        bound = env.get(expression.name)
-        if isinstance(bound, _Value):
-            return bound
-        return _Value("node") if bound is not None else _UNKNOWN
-    if isinstance(expression, Unary):
-        operand = _evaluate(expression.operand, env)
-        negatable = operand.kind in ("int", "float", "duration")
-        if expression.operator is TokenType.MINUS and negatable:
-            assert isinstance(operand.value, int | float)
-            return _Value(operand.kind, -operand.value)
-        return _UNKNOWN
-    if isinstance(expression, Binary):
-        return _evaluate_binary(expression, env)
-    return _UNKNOWN
-
-
-def _evaluate_binary(expression: Binary, env: dict[str, _Binding]) -> _Value:
-    left, right = _evaluate(expression.left, env), _evaluate(expression.right, env)
-    a, b, op = left.value, right.value, expression.operator
-    if left.kind == right.kind == "string" and op is TokenType.PLUS:
-        return _Value("string", f"{a}{b}")
-    if not isinstance(a, int | float) or not isinstance(b, int | float):
-        return _UNKNOWN
-    kinds = (left.kind, right.kind)
-    if kinds == ("duration", "duration") and op in (TokenType.PLUS, TokenType.MINUS):
-        return _Value("duration", a + b if op is TokenType.PLUS else a - b)
-    if left.kind == "duration" and right.kind in ("int", "float"):
-        if op is TokenType.MULT:
-            return _Value("duration", int(a * b))
-        if op is TokenType.DIV and b != 0:
-            return _Value("duration", int(a / b))
-    if kinds in (("int", "int"), ("float", "float")):
-        if op is TokenType.PLUS:
-            return _Value(left.kind, a + b)
-        if op is TokenType.MINUS:
-            return _Value(left.kind, a - b)
-        if op is TokenType.MULT:
-            return _Value(left.kind, a * b)
-    return _UNKNOWN
-
-
 # -- the linter ----------------------------------------------------------------------------
 
 
@@ -347,15 +114,15 @@ class _Linter:
         self.personal_keys = ctx.personal_keys if ctx is not None else personal_keys
         self.udf_name = ctx.udf_name if ctx is not None else "fedagg"
         self.problems: list[LintProblem] = []
-        self.env: dict[str, _Binding] = {}
+        self.env: dict[str, Binding] = {}
         self.dbrps: set[tuple[str, str]] = set()
-        self.sources: list[_Node] = []
-        self.nodes: list[_Node] = []
+        self.sources: list[PipelineNode] = []
+        self.nodes: list[PipelineNode] = []
 
     def report(self, line: int, column: int, rule: str, message: str) -> None:
         self.problems.append(LintProblem(self.file, line, column, rule, message))
 
-    def at(self, node: _Node | ChainLink | Expression, rule: str, message: str) -> None:
+    def at(self, node: PipelineNode | ChainLink | Expression, rule: str, message: str) -> None:
         self.report(node.line, node.column, rule, message)
 
     # -- building the pipeline ----------------------------------------------------------
@@ -373,11 +140,11 @@ class _Linter:
                     statement.value
                 ):
                     node = self.build(statement.value)
-                    self.env[statement.name] = node if node is not None else _UNKNOWN
+                    self.env[statement.name] = node if node is not None else UNKNOWN
                 else:
-                    self.env[statement.name] = _evaluate(statement.value, self.env)
+                    self.env[statement.name] = evaluate(statement.value, self.env)
             elif isinstance(statement, TypeDeclaration):
-                self.env[statement.name] = _Value(statement.type_name)
+                self.env[statement.name] = Value(statement.type_name)
             elif isinstance(statement, ExpressionStatement):
                 expression = statement.expression
                 if isinstance(expression, Chain | Identifier) and _is_pipeline(expression):
@@ -387,18 +154,18 @@ class _Linter:
             self.check_node(node)
         return sorted(self.problems, key=lambda p: (p.line, p.column, p.rule, p.message))
 
-    def build(self, chain: Chain | Identifier) -> _Node | None:
+    def build(self, chain: Chain | Identifier) -> PipelineNode | None:
         if isinstance(chain, Identifier):
             chain = Chain(chain, (), chain.line, chain.column)
         head = chain.head
-        current: _Node | None
+        current: PipelineNode | None
         if isinstance(head, Identifier) and head.name in SOURCE_CHILDREN:
-            current = _Node(head.name, head.name, head.line, head.column)
+            current = PipelineNode(head.name, head.name, head.line, head.column)
             self.sources.append(current)
             self.nodes.append(current)
-        elif isinstance(head, Identifier) and isinstance(self.env.get(head.name), _Node):
+        elif isinstance(head, Identifier) and isinstance(self.env.get(head.name), PipelineNode):
             bound = self.env[head.name]
-            assert isinstance(bound, _Node)
+            assert isinstance(bound, PipelineNode)
             current = bound
         else:
             name = head.name
@@ -410,7 +177,7 @@ class _Linter:
             current = self.link(current, link)
         return current
 
-    def link(self, current: _Node, link: ChainLink) -> _Node | None:
+    def link(self, current: PipelineNode, link: ChainLink) -> PipelineNode | None:
         name, udf = link.name, self.udf_name
         if not current.known:
             # Below an unknown node nothing can be checked, and nothing more is reported.
@@ -482,8 +249,10 @@ class _Linter:
         self.check_args(link, CHAINING[name], f"|{name}")
         return self.child(current, name, link)
 
-    def child(self, parent: _Node, kind: str, link: ChainLink, known: bool = True) -> _Node:
-        node = _Node(kind, link.name, link.line, link.column, link.args or (), parent, known)
+    def child(
+        self, parent: PipelineNode, kind: str, link: ChainLink, known: bool = True
+    ) -> PipelineNode:
+        node = PipelineNode(kind, link.name, link.line, link.column, link.args or (), parent, known)
         parent.children.append(node)
         self.nodes.append(node)
         return node
@@ -505,7 +274,7 @@ class _Linter:
                 continue
             if label == "|percentile" and index == 1:
                 continue  # reported by its own rule
-            value = _evaluate(arg, self.env)
+            value = evaluate(arg, self.env)
             if not _matches(value, kind):
                 message = f"{label}() argument {index + 1} must be a {kind}, got {value.kind}"
                 if value.kind == "reference" and kind == STRING:
@@ -539,7 +308,7 @@ class _Linter:
 
     # -- per-node checks ----------------------------------------------------------------
 
-    def check_node(self, node: _Node) -> None:
+    def check_node(self, node: PipelineNode) -> None:
         if not node.known:
             return
         if node.kind == "query":
@@ -552,7 +321,7 @@ class _Linter:
                 ):
                     self.report(line, column, "detection-gateway", message)
         elif node.kind == "percentile" and len(node.args) == 2:
-            value = _evaluate(node.args[1], self.env)
+            value = evaluate(node.args[1], self.env)
             if value.kind != "float":
                 self.at(
                     node.args[1],
@@ -565,7 +334,7 @@ class _Linter:
         if self.ctx is not None and node.kind in SELECTORS:
             self.check_selector(node, self.ctx)
 
-    def check_query(self, node: _Node) -> None:
+    def check_query(self, node: PipelineNode) -> None:
         self.check_schedule(node)
         if node.last("align") is None:
             self.at(node, "align", "add .align() so every run covers exactly one window")
@@ -621,23 +390,23 @@ class _Linter:
         """The constant string `expression` evaluates to, else None."""
         if expression is None:
             return None
-        value = _evaluate(expression, self.env)
+        value = evaluate(expression, self.env)
         return value.value if value.kind == "string" and isinstance(value.value, str) else None
 
     def duration_of(self, link: ChainLink | None) -> int | None:
         if link is None or not link.args:
             return None
-        value = _evaluate(link.args[0], self.env)
+        value = evaluate(link.args[0], self.env)
         return value.value if value.kind == "duration" and isinstance(value.value, int) else None
 
     def not_constant(self, link: ChainLink) -> bool:
         """A duration property whose value is not known; a wrong type is `argument`'s job."""
         if not link.args:
             return False
-        kind = _evaluate(link.args[0], self.env).kind
+        kind = evaluate(link.args[0], self.env).kind
         return kind in ("unknown", "duration")
 
-    def check_schedule(self, node: _Node) -> None:
+    def check_schedule(self, node: PipelineNode) -> None:
         window = self.ctx.window_ns if self.ctx is not None else None
         period_link, every_link = node.last("period"), node.last("every")
         period, every = self.duration_of(period_link), self.duration_of(every_link)
@@ -669,7 +438,7 @@ class _Linter:
             elif unit and offset % unit != 0:
                 self.at(offset_link, "offset-multiple", ".offset must be a multiple of the window")
 
-    def check_influxdb_out(self, node: _Node) -> None:
+    def check_influxdb_out(self, node: PipelineNode) -> None:
         for name, rule in (
             ("database", "influxdbout-database"),
             ("retentionPolicy", "influxdbout-rp"),
@@ -694,7 +463,7 @@ class _Linter:
                 line, column = _position_in(literal, offset)
                 self.report(line, column, "pii-key", f"personal-data key {name!r} is {verb}")
 
-    def check_pii(self, node: _Node, keys: frozenset[str]) -> None:
+    def check_pii(self, node: PipelineNode, keys: frozenset[str]) -> None:
         strings: list[tuple[Expression, str]] = []
         if node.kind == "groupBy":
             strings += [(arg, "grouped by") for arg in node.args]
@@ -709,13 +478,13 @@ class _Linter:
             elif node.kind == "eval" and link.name in ("as", "tags", "keep"):
                 strings += [(arg, f"output by eval .{link.name}") for arg in args]
         for arg, verb in strings:
-            value = _evaluate(arg, self.env)
+            value = evaluate(arg, self.env)
             if value.kind in ("string", "reference") and value.value in keys:
                 self.at(arg, "pii-key", f"personal-data key {value.value!r} is {verb}")
 
-    def check_selector(self, node: _Node, ctx: LintContext) -> None:
+    def check_selector(self, node: PipelineNode, ctx: LintContext) -> None:
         upstream = node.parent
-        while upstream is not None and upstream.kind in _FIELD_PRESERVING:
+        while upstream is not None and upstream.kind in FIELD_PRESERVING:
             upstream = upstream.parent
         if upstream is None or upstream.kind != "query" or not upstream.args:
             return
@@ -760,7 +529,7 @@ def _is_pipeline(expression: Chain | Identifier) -> bool:
     return expression.name in SOURCE_CHILDREN
 
 
-def _matches(value: _Value, kind: str) -> bool:
+def _matches(value: Value, kind: str) -> bool:
     if value.kind == "unknown":
         return True
     if kind == NUMBER:
@@ -768,10 +537,10 @@ def _matches(value: _Value, kind: str) -> bool:
     return value.kind == kind
 
 
-def _is_empty_string(link: ChainLink, env: dict[str, _Binding]) -> bool:
+def _is_empty_string(link: ChainLink, env: dict[str, Binding]) -> bool:
     if not link.args:
         return True
-    value = _evaluate(link.args[0], env)
+    value = evaluate(link.args[0], env)
     return value.kind == "string" and value.value == ""
 
 

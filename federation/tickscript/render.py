@@ -17,9 +17,10 @@ from typing import Any
 import jinja2
 
 from federation.config import FederationConfig
-from federation.core.detection_plan import DetectionPlan, resolve_detection
+from federation.config.resolve import resolve_all, resolve_detection, resolve_plan
+from federation.core.detection_plan import DetectionPlan
 from federation.core.durations import format_duration
-from federation.core.plan import AggregationPlan, resolve_all, resolve_plan
+from federation.core.plan import AggregationPlan
 from federation.errors import TickScriptError
 from federation.tickscript.lint import LintContext, LintProblem, lint
 

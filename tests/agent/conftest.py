@@ -13,7 +13,8 @@ import pytest
 from federation.core.lineprotocol import serialize
 from federation.core.plan import AggregationPlan
 from federation.core.points import Point
-from federation.devstack.localstack import InfluxServer, LocalStack, free_port
+from federation.devstack.localstack import InfluxServer, LocalStack
+from federation.devstack.processes import free_port
 from federation.influx import InfluxClient
 
 SECOND = 10**9

@@ -14,11 +14,12 @@ import uvicorn
 import yaml
 
 from federation.config import FederationConfig, load_config
-from federation.coordinator import Coordinator, build_app, open_ledger
+from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central
-from federation.coordinator.service import CoordinatorSettings, Tokens
+from federation.coordinator.ledger import open_ledger
+from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.core.clock import Clock
-from federation.devstack.localstack import free_port
+from federation.devstack.processes import free_port
 from federation.influx import InfluxClient
 
 DC = "fra1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from federation.agent.backfill_work import BackfillOutcome, BackfillWork
 from federation.agent.coordinator_client import BackfillRequest
-from federation.agent.shipper import RetryPolicy
+from federation.core.retry import RetryPolicy
 from federation.errors import CoordinatorError
 
 

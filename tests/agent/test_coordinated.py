@@ -18,9 +18,10 @@ from federation.agent import Agent, AgentSettings, build_agent
 from federation.cli import app
 from federation.clients.operator import OperatorClient
 from federation.config import FederationConfig, load_config
+from federation.config.resolve import resolve_plan
 from federation.core.clock import FakeClock
-from federation.core.plan import resolve_plan
-from federation.devstack.localstack import InfluxServer, LocalStack, free_port
+from federation.devstack.localstack import InfluxServer, LocalStack
+from federation.devstack.processes import free_port
 from federation.errors import InvalidInput
 from federation.influx import InfluxClient
 

@@ -15,9 +15,9 @@ from sqlalchemy import select
 from federation.agent import Agent, AgentSettings, build_agent, catch_up_windows
 from federation.agent.coordinator_client import DesiredRetentionState
 from federation.config import FederationConfig
-from federation.coordinator import request_backfill
+from federation.config.resolve import resolve_plan
+from federation.coordinator.backfills import request_backfill
 from federation.core.clock import FakeClock
-from federation.core.plan import resolve_plan
 from federation.core.windows import Window
 from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient
@@ -199,7 +199,7 @@ def test_preflight_names_what_does_not_answer(
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from federation.agent import PreflightError
+    from federation.errors import PreflightError
 
     fed, _ = config
     monkeypatch.setenv(fed.dc(DC).agent_token_env, token(DC))
@@ -215,7 +215,7 @@ def test_preflight_says_the_coordinator_refused_a_wrong_token(
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from federation.agent import PreflightError
+    from federation.errors import PreflightError
 
     fed, _ = config
     monkeypatch.setenv(fed.dc(DC).agent_token_env, "not-the-token")

@@ -11,15 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from federation.agent import (
-    EmbeddedMode,
-    RetryPolicy,
-    RunIds,
-    Shipper,
-    WindowRunner,
-    run_range,
-)
+from federation.agent import EmbeddedMode, RunIds, Shipper, WindowRunner, run_range
 from federation.core.clock import FakeClock
+from federation.core.retry import RetryPolicy
 from federation.core.stats import nearest_rank, percentile_field
 from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient

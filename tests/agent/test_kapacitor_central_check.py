@@ -10,10 +10,10 @@ from federation.agent import CoordinatorClient, Shipper, compute_window
 from federation.agent.central_check import windows_past_lookback
 from federation.agent.executor import RunIds
 from federation.config import FederationConfig
+from federation.config.resolve import resolve_plan
 from federation.coordinator.app import run_verification
 from federation.coordinator.ledger import WindowRow
 from federation.core.clock import FakeClock
-from federation.core.plan import resolve_plan
 from federation.core.windows import Window, windows_between
 from federation.devstack.kapacitor_emulator import KapacitorEmulator
 from federation.devstack.localstack import InfluxServer

@@ -32,13 +32,15 @@ from federation.agent import (
     compute_window,
     mode_name,
 )
-from federation.agent.kapacitor_mode import KapacitorMode, replay_task_id
+from federation.agent.kapacitor_mode import KapacitorMode
+from federation.agent.kapacitor_replay import replay_task_id
 from federation.config import FederationConfig, load_config
-from federation.coordinator import request_backfill
+from federation.config.resolve import resolve_plan
 from federation.coordinator.app import run_verification
+from federation.coordinator.backfills import request_backfill
 from federation.coordinator.ledger import DcRow, DeploymentRow
 from federation.core.clock import FakeClock, format_rfc3339
-from federation.core.plan import AggregationPlan, resolve_plan
+from federation.core.plan import AggregationPlan
 from federation.core.points import Point
 from federation.core.windows import Window, windows_between
 from federation.devstack.kapacitor_emulator import KapacitorEmulator
@@ -154,7 +156,7 @@ def test_apply_creates_updates_and_deletes_tasks_and_reports_healthy(
 def test_detections_run_in_the_agent_beside_the_kapacitor_tasks(
     client: KapacitorClient, dc_influxd: InfluxServer
 ) -> None:
-    from federation.core.detection_plan import resolve_detection
+    from federation.config.resolve import resolve_detection
 
     detection = resolve_detection(load_config(REPO), "recipients_per_sender", "dub1")
     sink = RecordingSink([])
@@ -568,7 +570,7 @@ def fed(
     served_emulator: tuple[KapacitorEmulator, str],
 ) -> tuple[FederationConfig, int]:
     """The example federation with DC fra1 on the test's influxd and the served emulator."""
-    from federation.devstack.localstack import free_port
+    from federation.devstack.processes import free_port
 
     port = free_port()
     write_fleet(config_dir, dc_influxd.url, central_influxd.url, f"http://127.0.0.1:{port}")

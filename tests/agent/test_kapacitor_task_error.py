@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 from kapacitor_fixture import StartKapacitord
 
-from federation.agent.daemon import PlanHealth
 from federation.agent.kapacitor_mode import KapacitorMode
+from federation.agent.modes import PlanHealth
 from federation.core.clock import SystemClock
 from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient

@@ -7,9 +7,10 @@ import threading
 import httpx
 import pytest
 
-from federation.agent import RetryPolicy, ShipmentError, ShipmentRefused, Shipper
+from federation.agent import ShipmentError, ShipmentRefused, Shipper
 from federation.core.plan import MANIFEST_MEASUREMENT
 from federation.core.points import Point
+from federation.core.retry import RetryPolicy
 from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient
 

@@ -29,8 +29,8 @@ from federation.coordinator.app import ensure_central
 from federation.coordinator.ledger import Ledger, open_ledger
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.core.clock import FakeClock
-from federation.devstack.localstack import (
-    InfluxServer,
+from federation.devstack.localstack import InfluxServer
+from federation.devstack.postgres import (
     PostgresServer,
     create_postgres_database,
     drop_postgres_database,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from federation.config import FederationConfig
+from federation.config.resolve import resolve_plan
 from federation.core.lineprotocol import serialize
-from federation.core.plan import AggregationPlan, resolve_plan
+from federation.core.plan import AggregationPlan
 from federation.core.points import Point
 
 HOUR = 3600 * 10**9

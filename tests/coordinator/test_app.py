@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from federation.config import FederationConfig
-from federation.coordinator.app import PreflightError, preflight
+from federation.coordinator.app import preflight
 from federation.coordinator.ledger import head_revision, ledger_revision
-from federation.devstack.localstack import free_port
+from federation.devstack.processes import free_port
+from federation.errors import PreflightError
 
 from .helpers import READER, token
 

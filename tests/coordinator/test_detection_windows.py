@@ -9,12 +9,13 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from federation.config import FederationConfig, load_config
+from federation.config.resolve import resolve_detection
 from federation.coordinator.desired import desired_plans, known_plans, sync_desired
 from federation.coordinator.ledger import Ledger, TrackingRow, WindowRow
 from federation.coordinator.planner import PlannerSettings, plan_backfills
 from federation.coordinator.tracking import Manifest, record_manifests, verify_shipped
 from federation.core.detect import detect_window, shipped_points
-from federation.core.detection_plan import DetectionPlan, resolve_detection
+from federation.core.detection_plan import DetectionPlan
 from federation.influx import InfluxClient
 
 from .helpers import HOUR, body

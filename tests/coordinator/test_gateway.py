@@ -16,7 +16,9 @@ from starlette.testclient import TestClient
 
 from federation.config import FederationConfig
 from federation.coordinator.api import build_app
-from federation.coordinator.gateway.rules import CheckedBatch, Refusal, check_body, parse_body
+from federation.coordinator.gateway.parse import parse_body
+from federation.coordinator.gateway.refusal import Refusal
+from federation.coordinator.gateway.rules import CheckedBatch, check_body
 from federation.coordinator.gateway.wire import read_columns
 from federation.coordinator.ledger import Ledger, WindowRow
 from federation.coordinator.service import Coordinator

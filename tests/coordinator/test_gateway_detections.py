@@ -8,9 +8,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from federation.config import FederationConfig
+from federation.config.resolve import resolve_detection
 from federation.coordinator.ledger import Ledger
 from federation.core.detect import detect_window, shipped_points
-from federation.core.detection_plan import resolve_detection
 from federation.core.points import Point
 from federation.influx import InfluxClient, rows
 

@@ -17,7 +17,7 @@ from federation.coordinator.ledger import Ledger, WindowRow
 from federation.coordinator.service import Coordinator
 from federation.core.clock import FakeClock
 from federation.devstack.asgi_server import ThreadedServer
-from federation.devstack.localstack import free_port
+from federation.devstack.processes import free_port
 
 from .helpers import HOUR, READER, body, central_params, plan_of, token, window_batch
 

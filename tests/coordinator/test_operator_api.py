@@ -12,9 +12,11 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from federation.config import FederationConfig
+from federation.config.resolve import resolve_plan
 from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central
 from federation.coordinator.backfills import request_backfill
+from federation.coordinator.completeness import completeness
 from federation.coordinator.desired import known_plans
 from federation.coordinator.ledger import DeploymentRow, Ledger, TrackingRow, WindowRow
 from federation.coordinator.planner import plan_backfills
@@ -22,9 +24,7 @@ from federation.coordinator.retired import with_retired
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.coordinator.status import status_report
 from federation.core.clock import FakeClock, format_rfc3339
-from federation.core.plan import resolve_plan
 from federation.influx import InfluxClient
-from federation.reporting.completeness import completeness
 
 from .helpers import HOUR, READER, token
 

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import event, func, select, tuple_
 
 from federation.config import FederationConfig, load_config
+from federation.config.resolve import resolve_tracked
 from federation.coordinator.backfills import lease_backfills, record_backfill_result
 from federation.coordinator.desired import sync_desired
 from federation.coordinator.ledger import BackfillRow, Ledger, TrackingRow, WindowRow, open_ledger
@@ -33,7 +34,6 @@ from federation.coordinator.planner import (
     plan_backfills,
 )
 from federation.coordinator.tracking import NEEDS_BACKFILL, Manifest, record_manifests
-from federation.core.detection_plan import resolve_tracked
 
 from .helpers import HOUR
 

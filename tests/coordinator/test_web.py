@@ -20,7 +20,7 @@ from federation.coordinator.service import Coordinator
 from federation.coordinator.status import status_report
 from federation.coordinator.tracking import verify_shipped
 from federation.core.clock import FakeClock, format_rfc3339
-from federation.devstack.localstack import free_port
+from federation.devstack.processes import free_port
 from federation.influx import InfluxClient
 from federation.reporting.chart import line_chart
 

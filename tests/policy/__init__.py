@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from federation.config import FederationConfig, load_config
-from federation.devstack.localstack import InfluxServer, LocalStack, free_port
+from federation.devstack.localstack import InfluxServer, LocalStack
+from federation.devstack.processes import free_port
 from federation.influx import InfluxClient
 
 

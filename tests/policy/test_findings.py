@@ -15,8 +15,9 @@ from federation.agent import RunIds
 from federation.agent.detection_executor import run_detection_windows
 from federation.agent.findings import list_findings
 from federation.cli import app
+from federation.config.resolve import resolve_detection
 from federation.core.clock import FakeClock
-from federation.core.detection_plan import DetectionPlan, resolve_detection
+from federation.core.detection_plan import DetectionPlan
 from federation.core.lineprotocol import serialize
 from federation.core.plan import ShippedPlan
 from federation.core.points import Point

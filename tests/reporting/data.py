@@ -14,10 +14,11 @@ import numpy as np
 from federation.config import FederationConfig, load_config
 from federation.core.aggregate import window_points
 from federation.core.durations import format_influx_duration
+from federation.core.influxql import quote_ident
 from federation.core.lineprotocol import serialize
 from federation.core.plan import AggregationPlan
 from federation.core.points import Point
-from federation.influx import InfluxClient, quote_ident
+from federation.influx import InfluxClient
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DIRECTIONS = ("in", "out")

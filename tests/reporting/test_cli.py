@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from federation.cli import app
+from federation.config.resolve import resolve_plan
 from federation.core.clock import parse_rfc3339
 from federation.core.durations import HOUR_NS
-from federation.core.plan import resolve_plan
 from federation.core.windows import align
 from federation.devstack.localstack import InfluxServer
 from federation.influx import InfluxClient

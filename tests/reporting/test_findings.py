@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from federation.cli import app
 from federation.config import FederationConfig
+from federation.config.resolve import resolve_detection
 from federation.core.clock import parse_rfc3339
 from federation.core.detect import detect_window, shipped_points
-from federation.core.detection_plan import resolve_detection
 from federation.core.durations import HOUR_NS
 from federation.core.lineprotocol import serialize
 from federation.devstack.localstack import InfluxServer

@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from federation.config import FederationConfig
+from federation.config.resolve import resolve_plan
 from federation.core.clock import FakeClock, parse_rfc3339
 from federation.core.durations import HOUR_NS
-from federation.core.plan import resolve_plan
 from federation.influx import InfluxClient
 from federation.reporting import percentile_report, sla_report, worst_report
 from federation.reporting.http import routes

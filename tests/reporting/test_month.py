@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from federation.config import FederationConfig
+from federation.config.resolve import resolve_plan
 from federation.core.calendar import periods
 from federation.core.clock import parse_rfc3339
 from federation.core.durations import HOUR_NS
-from federation.core.plan import resolve_plan
 from federation.influx import InfluxClient, Series
 from federation.reporting import (
     PercentileRow,

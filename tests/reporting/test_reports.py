@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from federation.config.resolve import resolve_plan
 from federation.coordinator.ledger import DcRow, TrackingRow, WindowRow, open_ledger
 from federation.core.clock import parse_rfc3339
 from federation.core.durations import HOUR_NS
-from federation.core.plan import resolve_plan
 from federation.errors import CalendarError, InvalidInput
 from federation.influx import InfluxClient
 from federation.reporting import (

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from federation.config.resolve import resolve_plan
 from federation.core.clock import parse_rfc3339
 from federation.core.durations import HOUR_NS
-from federation.core.plan import resolve_plan
 from federation.influx import InfluxClient
 from federation.reporting import (
     covering_dimension_set,

@@ -28,14 +28,16 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
+from federation.config.resolve import resolve_all
 from federation.coordinator.ledger import BackfillRow, WindowRow
 from federation.coordinator.planner import FAILED, QUEUED, RUNNING
 from federation.core.aggregate import window_points
 from federation.core.clock import format_rfc3339
-from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan, resolve_all
+from federation.core.influxql import quote_ident, quote_string
+from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan
 from federation.core.points import Point
 from federation.devstack.pii_scan import scan_central
-from federation.influx import InfluxClient, quote_ident, quote_string
+from federation.influx import InfluxClient
 
 from .harness import (
     DCS,

@@ -47,8 +47,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from federation.agent.backfill_work import BackfillWork
-from federation.agent.daemon import Agent, AgentSettings, build_agent
-from federation.agent.shipper import RetryPolicy
+from federation.agent.daemon import Agent, build_agent
+from federation.agent.modes import AgentSettings
 from federation.config import FederationConfig, load_config
 from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central, run_verification, schedule_jobs
@@ -56,8 +56,11 @@ from federation.coordinator.ledger import Ledger, WindowRow, open_ledger
 from federation.coordinator.planner import PlannerSettings
 from federation.coordinator.service import Coordinator, CoordinatorSettings, load_tokens
 from federation.core.clock import Clock, SystemClock, format_rfc3339
+from federation.core.retry import RetryPolicy
 from federation.devstack.asgi_server import ThreadedServer
-from federation.devstack.localstack import KapacitorServer, LocalStack, free_port
+from federation.devstack.kapacitord import KapacitorServer
+from federation.devstack.localstack import LocalStack
+from federation.devstack.processes import free_port
 from federation.devstack.traffic import generate_events, personal_values, to_json_lines
 from federation.errors import FederationError
 from federation.influx import InfluxClient

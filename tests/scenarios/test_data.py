@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from federation.config.resolve import resolve_plan
 from federation.coordinator.ledger import BackfillRow
 from federation.core.aggregate import window_points
 from federation.core.clock import SkewedClock, format_rfc3339
 from federation.core.lineprotocol import serialize
-from federation.core.plan import AggregationPlan, resolve_plan
+from federation.core.plan import AggregationPlan
 from federation.core.points import Point
 
 from .checks import Outcome, check_invariants, raw_windows

@@ -33,19 +33,22 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from federation.config import FederationConfig, load_config
+from federation.config.resolve import resolve_plan
 from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central
 from federation.coordinator.ledger import Ledger, WindowRow, open_ledger
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.core.aggregate import window_points
 from federation.core.clock import FakeClock
+from federation.core.influxql import quote_ident
 from federation.core.lineprotocol import parse
 from federation.core.pii import personal_data_kind
-from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan, resolve_plan
+from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan
 from federation.core.points import FieldValue, Point
-from federation.devstack.localstack import InfluxServer, LocalStack, free_port
+from federation.devstack.localstack import InfluxServer, LocalStack
 from federation.devstack.pii_scan import scan_central
-from federation.influx import InfluxClient, quote_ident
+from federation.devstack.processes import free_port
+from federation.influx import InfluxClient
 
 pytestmark = pytest.mark.slow
 

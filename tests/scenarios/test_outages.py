@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from federation.config.resolve import resolve_plan
 from federation.coordinator.planner import recoverable_after
 from federation.core.clock import SkewedClock, SystemClock
-from federation.core.plan import resolve_plan
 
 from .checks import Outcome, check_invariants
 from .harness import (

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from federation.cli import app
 from federation.config import load_config
-from federation.core.detection_plan import resolve_detection, resolve_detections
+from federation.config.resolve import resolve_detection, resolve_detections
 from federation.tickscript.lint import lint
 from federation.tickscript.render import (
     RenderLintError,

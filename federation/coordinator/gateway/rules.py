@@ -1,9 +1,9 @@
-"""The gateway: an InfluxDB-1.x-compatible write endpoint that refuses what a plan does not allow.
+"""The gateway's rules: what a batch may hold, derived from the plans the ledger knows.
 
-Every DC ships here (`POST /write`, `GET /ping`). A batch is checked as a whole and refused as a
-whole — nothing forwarded — when any point breaks a rule; the answer names the rule, the
-measurement, the key and the line, never the offending value, and the log line says only rule,
-DC, measurement and key. Rules (HTTP status):
+A batch is checked as a whole and refused as a whole — nothing forwarded — when any point
+breaks a rule; the answer names the rule, the measurement, the key and the line, never the
+offending value, and the log line says only rule, DC, measurement and key. Rules (HTTP status;
+`auth`, `size`, `database` and `central` are the HTTP face's, `line-protocol` the reader's):
 
     auth              401  missing or wrong DC credentials
     dc-identity       403  a point's `dc` tag is not the authenticated DC
@@ -34,8 +34,6 @@ after central answered 204.
 
 from __future__ import annotations
 
-import logging
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,24 +41,16 @@ from typing import Any
 
 from federation.coordinator.desired import PlanBook
 from federation.coordinator.gateway.detections import detection_counts_problem
-from federation.coordinator.gateway.wire import (
-    Columns,
-    Line,
-    Shape,
-    parse_lines,
-    read_columns,
-    sketch_checker,
-)
+from federation.coordinator.gateway.parse import parse
+from federation.coordinator.gateway.refusal import Refusal
+from federation.coordinator.gateway.wire import Columns, Line, Shape, sketch_checker
 from federation.coordinator.tracking import Manifest
 from federation.core.detection_plan import DetectionPlan
-from federation.core.lineprotocol import parse
 from federation.core.pii import personal_data_kind
 from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan, FieldType
 from federation.core.points import FieldValue
 from federation.core.sketch import Sketch, total_counts
-from federation.errors import InvalidInput, LineProtocolError, SketchDecodeError
-
-log = logging.getLogger(__name__)
+from federation.errors import SketchDecodeError
 
 _TYPE_NAMES: dict[type, FieldType] = {
     int: "integer",
@@ -70,51 +60,6 @@ _TYPE_NAMES: dict[type, FieldType] = {
 }
 _CLEAN_CACHE_LIMIT = 200_000
 _SHAPE_CACHE_LIMIT = 10_000
-
-
-class Refusal(Exception):
-    """Why a whole batch is refused. Carries no personal-data value."""
-
-    def __init__(
-        self,
-        rule: str,
-        message: str,
-        *,
-        status: int = 400,
-        measurement: str | None = None,
-        key: str | None = None,
-        line: int | None = None,
-    ) -> None:
-        # A hostile body can put personal data in a name, which the answer and the log repeat.
-        message = _withheld(message) or ""
-        super().__init__(message)
-        self.rule = rule
-        self.message = message
-        self.status = status
-        self.measurement = _withheld(measurement)
-        self.key = _withheld(key)
-        self.line = line
-
-    def body(self) -> dict[str, Any]:
-        """The JSON answer: `error` first, as InfluxDB clients expect, then the details."""
-        return {
-            "error": self.message,
-            "rule": self.rule,
-            "measurement": self.measurement,
-            "key": self.key,
-            "line": self.line,
-        }
-
-
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
-
-
-def _withheld(text: str | None) -> str | None:
-    """`text`, with any part that looks like personal data withheld."""
-    if text is None or personal_data_kind(text) is None:
-        return text
-    text = _QUOTED.sub("'<withheld>'", text)
-    return text if personal_data_kind(text) is None else "<withheld: looks like personal data>"
 
 
 @dataclass
@@ -178,66 +123,6 @@ class CheckedBatch:
     points: int
     lines: list[Line]
     manifests: list[Manifest] = field(default_factory=list)
-
-
-def check_body(
-    checker: GatewayChecker, dc: str, body: bytes, precision: str, now_ns: int
-) -> CheckedBatch:
-    """Parse and check a write body from the authenticated `dc`; Refusal when it breaks a rule.
-
-    A plain body is read and checked column by column; any other body, and any body that
-    might break a rule, point by point, which decides and explains.
-    """
-    text = _utf8(body)
-    if text is not None:
-        columns = read_columns(text, precision, now_ns)
-        if columns is not None:
-            batch = checker.check_columns(dc, columns, now_ns=now_ns)
-            if batch is not None:
-                return batch
-    return checker.check(dc, parse_body(body, precision, now_ns), now_ns=now_ns)
-
-
-def _utf8(body: bytes) -> str | None:
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def parse_body(body: bytes, precision: str, default_time_ns: int) -> list[Line]:
-    """Parse a write body into points with their line numbers; Refusal `line-protocol`.
-
-    Plain bodies take the fast path; anything else is read by `lineprotocol.parse`, whose
-    errors carry line and column.
-    """
-    text = _utf8(body)
-    if text is not None:
-        fast = parse_lines(text, precision, default_time_ns)
-        if fast is not None:
-            return fast
-    try:
-        points = parse(body, precision, default_time_ns)
-    except LineProtocolError as exc:
-        raise Refusal(
-            "line-protocol", f"line {exc.line}:{exc.column}: {exc.message}", line=exc.line
-        ) from None
-    except InvalidInput as exc:
-        raise Refusal("line-protocol", str(exc)) from None
-    return [Line(p, n) for p, n in zip(points, _line_numbers(text, len(points)), strict=True)]
-
-
-def _line_numbers(text: str | None, count: int) -> list[int | Any]:
-    """Line numbers for points the general parser read: exact when each point is one line."""
-    if text is not None:
-        numbers = [
-            i
-            for i, raw in enumerate(text.split("\n"), start=1)
-            if raw.strip(" \t\r") and not raw.lstrip(" \t").startswith("#")
-        ]
-        if len(numbers) == count:
-            return list(numbers)
-    return [None] * count
 
 
 class GatewayChecker:
@@ -666,13 +551,17 @@ class GatewayChecker:
             self._clean.add(value)
 
 
-def log_refusal(dc: str, refusal: Refusal) -> None:
-    """Log a refused batch by rule, DC, measurement and key only: never a value."""
-    log.warning(
-        "gateway refused a batch from %s: rule=%s measurement=%s key=%s line=%s",
-        dc,
-        refusal.rule,
-        refusal.measurement,
-        refusal.key,
-        refusal.line,
-    )
+def check_body(
+    checker: GatewayChecker, dc: str, body: bytes, precision: str, now_ns: int
+) -> CheckedBatch:
+    """Parse and check a write body from the authenticated `dc`; Refusal when it breaks a rule.
+
+    A plain body is checked column by column; any other body, and any body that might break a
+    rule, point by point, which decides and explains.
+    """
+    parsed = parse(body, precision, now_ns)
+    if parsed.columns is not None:
+        batch = checker.check_columns(dc, parsed.columns, now_ns=now_ns)
+        if batch is not None:
+            return batch
+    return checker.check(dc, parsed.lines, now_ns=now_ns)

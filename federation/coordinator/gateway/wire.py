@@ -27,14 +27,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 
-from federation.core.lineprotocol import PRECISIONS
+from federation.core.lineprotocol import (
+    BOOLEANS,
+    INT64_MAX,
+    INT64_MIN,
+    PRECISIONS,
+    TIME_MAX,
+    TIME_MIN,
+)
 from federation.core.points import FieldValue, Point
 from federation.core.sketch import total_count
 from federation.errors import SketchDecodeError
 
 _NAME = r'[^\s,="\\]+'
 _STRING = r'"[^"\\]*"'
-_BOOL = r"(?:t|T|true|True|TRUE|f|F|false|False|FALSE)"
+_BOOL = f"(?:{'|'.join(sorted(BOOLEANS, key=len, reverse=True))})"
 _NUMBER = r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 # A value is a string, an integer, a boolean or a float, each followed by `,`, ` ` or the end,
 # so the line pattern alone proves every value well-formed.
@@ -44,14 +51,6 @@ _LINE = re.compile(
     r"(?: (-?[0-9]+))?"
 )
 _FIELD = re.compile(rf'({_NAME})=("[^"\\]*"|[^,]+)')
-_BOOLS: dict[str, bool] = {
-    "t": True, "T": True, "true": True, "True": True, "TRUE": True,
-    "f": False, "F": False, "false": False, "False": False, "FALSE": False,
-}  # fmt: skip
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
-_TIME_MIN = _INT64_MIN + 2
-_TIME_MAX = _INT64_MAX - 1
 _INFINITIES = (math.inf, -math.inf)
 
 
@@ -170,11 +169,11 @@ def _read_line(text: str) -> _Read | None:
             fields[key] = raw[1:-1]
         elif raw[-1] == "i":
             integer = int(raw[:-1])
-            if not _INT64_MIN <= integer <= _INT64_MAX:
+            if not INT64_MIN <= integer <= INT64_MAX:
                 return None
             fields[key] = integer
-        elif raw in _BOOLS:
-            fields[key] = _BOOLS[raw]
+        elif raw in BOOLEANS:
+            fields[key] = BOOLEANS[raw]
         else:
             real = float(raw)
             if real in _INFINITIES:
@@ -205,7 +204,7 @@ _NEW_READERS_PER_BODY = 64
 _CONVERT: dict[type, Callable[[str], FieldValue]] = {
     str: str,  # the group is the string already: `str` hands the same object back
     int: int,
-    bool: _BOOLS.__getitem__,
+    bool: BOOLEANS.__getitem__,
     float: float,
 }
 
@@ -359,7 +358,7 @@ def _time_ns(stamp: str | None, multiplier: int, default_time_ns: int) -> int | 
     if stamp is None:
         return default_time_ns
     time_ns = int(stamp) * multiplier
-    return time_ns if _TIME_MIN <= time_ns <= _TIME_MAX else None
+    return time_ns if TIME_MIN <= time_ns <= TIME_MAX else None
 
 
 def _new_reader(shape: Shape) -> _ShapeReader:

@@ -1,6 +1,6 @@
 """How complete a period is: (verified + empty) (dc, window) pairs over the expected ones.
 
-Read from the coordinator's ledger: a tracking row per (dc, aggregation) says that every window
+Read from the coordinator's ledger (reports ask it through `completeness`, never the tables): a tracking row per (dc, aggregation) says that every window
 from its `start_ns` on (until its `end_ns`, once the aggregation was removed from the DC) is
 expected, and a `windows` row holds the state of each window that has one. An expected window
 without a row has not been classified yet (`expected`); a window with a row counts wherever it
@@ -19,10 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from federation.coordinator.ledger import TrackingRow, WindowRow, same_tracking, tracked_window
+from federation.coordinator.tracking import DONE_STATES
 from federation.errors import FederationError
-
-DONE_STATES = ("verified", "empty")
-"""States that count as complete."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +50,12 @@ class Completeness:
         return f"{self.done}/{self.expected}" + (f" ({others})" if others else "")
 
 
+LedgerHandle = Session | Engine
+"""What reads the ledger's database: a SQLAlchemy session, or the engine to open one on."""
+
+
 @contextmanager
-def _session(ledger: Session | Engine) -> Iterator[Session]:
+def _session(ledger: LedgerHandle) -> Iterator[Session]:
     if isinstance(ledger, Session):
         yield ledger
         return
@@ -67,7 +69,7 @@ def _count_windows(start_ns: int, end_ns: int, window_ns: int) -> int:
 
 
 def completeness(
-    ledger: Session | Engine,
+    ledger: LedgerHandle,
     aggregation: str,
     dcs: Sequence[str],
     start_ns: int,
