@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.config import FederationConfig
-from federation.config.resolve import resolve_all
+from federation.config.resolve import resolve_tracked
 from federation.errors import FederationError, InvalidInput, KapacitorError
 from federation.influx import credentials_from_env
 from federation.kapacitor.client import KapacitorClient
@@ -175,7 +175,8 @@ def _guard_against_reversion(
         dc = str(entry.get("dc"))
         if dc not in order or entry.get("last_seen_ns") is None:
             continue
-        ours = {p.aggregation: p.version for p in resolve_all(config, dc)}
+        # Every plan the agent pulls, detections included: it runs what the coordinator desires.
+        ours = {p.aggregation: p.version for p in resolve_tracked(config, dc)}
         theirs = {
             str(a["aggregation"]): a.get("desired_version") for a in entry.get("aggregations", [])
         }
