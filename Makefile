@@ -20,9 +20,11 @@ system-deps:
 demo: system-deps venv
 	$(BIN)/federation demo
 
-## Run the test suite against real influxd processes.
+## Run the test suite against real influxd processes, on two pytest-xdist workers: one runs the
+## wall-clock tests (scenarios, real Kapacitor) one after another, the other everything else
+## (see REAL_TIME_GROUP in tests/conftest.py).
 test: system-deps venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 ## Refresh constraints.txt from the current environment (after changing dependencies).
 lock: venv
