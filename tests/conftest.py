@@ -23,6 +23,13 @@ from federation.influx import InfluxClient
 
 REPO = Path(__file__).resolve().parent.parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # An xdist worker starts with COLUMNS=80 and LINES=24 set: the CLI's console (built when
+    # `federation.cli` is first imported) would take them for a terminal's and cut its tables,
+    # as it never does in a plain run, where the tests that care set COLUMNS themselves.
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
+
 REAL_TIME_GROUP = "real-time"
 """The pytest-xdist group (`make test` runs `-n 2 --dist loadgroup`) of the tests that run
 against the wall clock: the scenarios (`slow`) and the real-Kapacitor tests (`kapacitor`). One
