@@ -20,9 +20,9 @@ system-deps:
 demo: system-deps venv
 	$(BIN)/federation demo
 
-## Run the test suite against real influxd processes, on two pytest-xdist workers: one runs the
-## wall-clock tests (scenarios, real Kapacitor) one after another, the other everything else
-## (see REAL_TIME_GROUP in tests/conftest.py).
+## Run the test suite against real influxd processes, on two pytest-xdist workers: the
+## real-Kapacitor tests on one, the other scenarios on the other, each group one test after
+## another (see KAPACITOR_GROUP in tests/conftest.py).
 test: system-deps venv
 	$(BIN)/pytest -q -n 2 --dist loadgroup
 

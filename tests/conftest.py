@@ -30,18 +30,22 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for _name in ("COLUMNS", "LINES"):
         os.environ.pop(_name, None)
 
-REAL_TIME_GROUP = "real-time"
-"""The pytest-xdist group (`make test` runs `-n 2 --dist loadgroup`) of the tests that run
-against the wall clock: the scenarios (`slow`) and the real-Kapacitor tests (`kapacitor`). One
-worker runs them one after another, first (xdist sends the largest group first), while the
-other worker runs the rest; so no two of them ever compete for the machine."""
+KAPACITOR_GROUP = "real-kapacitor"
+SCENARIO_GROUP = "scenarios"
+"""The pytest-xdist groups (`make test` runs `-n 2 --dist loadgroup`) of the tests that run
+against the wall clock: the real-Kapacitor tests (`kapacitor`) in one, the other scenarios
+(`slow`) in the other. Each group runs on one worker, one test after another, so no two
+real-Kapacitor tests (whose UDF keepalives are timed) ever compete for the machine, and the two
+long groups run side by side while the short tests fill in around them."""
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.get_closest_marker("slow") or item.get_closest_marker("kapacitor"):
-            item.add_marker(pytest.mark.xdist_group(REAL_TIME_GROUP))
+        if item.get_closest_marker("kapacitor"):
+            item.add_marker(pytest.mark.xdist_group(KAPACITOR_GROUP))
+        elif item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group(SCENARIO_GROUP))
 
 
 _GROUP_LOST = pytest.StashKey[str]()
@@ -51,14 +55,14 @@ _GROUP_LOST = pytest.StashKey[str]()
 def pytest_collection_finish(session: pytest.Session) -> None:
     """On an xdist worker under `--dist loadgroup`, a grouped test that did not get its group
     fails, saying why: xdist 3.8 tells the scheduler a test's group in its node id
-    (`…@real-time`), which pytest 9.2 no longer lets it change, so the group would silently not
+    (`…@scenarios`), which pytest 9.2 no longer lets it change, so the group would silently not
     hold (hence the pytest 9.1 pin in constraints.txt)."""
     if not getattr(session.config.option, "loadgroup", False):
         return
     for item in session.items:
         if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
             item.stash[_GROUP_LOST] = (
-                f"pytest-xdist lost this test's group ({REAL_TIME_GROUP}): this pytest ignores "
+                "pytest-xdist lost this test's group: this pytest ignores "
                 "xdist's group suffix; install the pytest that constraints.txt pins"
             )
 
