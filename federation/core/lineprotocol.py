@@ -141,8 +141,10 @@ def serialize(points: Iterable[Point], precision: str = "ns") -> bytes:
     """
     multiplier = _multiplier(precision)
     out: list[str] = []
+    # Points of one write share most tags: each (key, value) is checked and escaped once.
+    pairs: dict[tuple[str, str], str] = {}
     for index, point in enumerate(points):
-        out.append(_serialize_point(index, point, multiplier))
+        out.append(_serialize_point(index, point, multiplier, pairs))
     return "".join(out).encode("utf-8")
 
 
@@ -454,19 +456,25 @@ def _unescape(raw: str, escapable: frozenset[str]) -> str:
     return "".join(out)
 
 
-def _serialize_point(index: int, point: Point, multiplier: int) -> str:
+def _serialize_point(
+    index: int, point: Point, multiplier: int, pairs: dict[tuple[str, str], str]
+) -> str:
     measurement = point.measurement
     if not measurement or measurement[0] in "# \t":
         raise InvalidInput(f"point {index}: measurement is empty or starts with '#' or a blank")
     _check_name(index, measurement, _MEASUREMENT_ESC, "measurement")
-    parts = [measurement.translate(_MEASUREMENT_TABLE)]
+    escaped = "," in measurement or " " in measurement
+    parts = [measurement.translate(_MEASUREMENT_TABLE) if escaped else measurement]
     for key in sorted(point.tags):
         value = point.tags[key]
-        if not key or not value or key == "time":
-            raise InvalidInput(f"point {index}: tag {key!r}: empty key or value, or 'time'")
-        _check_name(index, key, _KEY_ESC, "tag key")
-        _check_name(index, value, _KEY_ESC, f"value of tag {key!r}")
-        parts.append(f",{key.translate(_KEY_TABLE)}={value.translate(_KEY_TABLE)}")
+        pair = pairs.get((key, value))
+        if pair is None:
+            if not key or not value or key == "time":
+                raise InvalidInput(f"point {index}: tag {key!r}: empty key or value, or 'time'")
+            _check_name(index, key, _KEY_ESC, "tag key")
+            _check_name(index, value, _KEY_ESC, f"value of tag {key!r}")
+            pair = pairs[(key, value)] = f",{_escape_key(key)}={_escape_key(value)}"
+        parts.append(pair)
     if not point.fields:
         raise InvalidInput(f"point {index}: no fields")
     separator = " "
@@ -476,7 +484,7 @@ def _serialize_point(index: int, point: Point, multiplier: int) -> str:
         _check_name(index, key, _KEY_ESC, "field key")
         parts.append(separator)
         separator = ","
-        parts.append(key.translate(_KEY_TABLE))
+        parts.append(_escape_key(key))
         parts.append("=")
         parts.append(_format_value(index, key, point.fields[key]))
     time_ns = point.time_ns
@@ -502,8 +510,18 @@ def _format_value(index: int, key: str, value: FieldValue) -> str:
             raise InvalidInput(f"point {index}: field {key!r}: NaN or infinite float")
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.translate(_STRING_TABLE) + '"'
+        # `translate` looks every character up; most strings (histograms) need no escape.
+        if '"' in value or "\\" in value:
+            value = value.translate(_STRING_TABLE)
+        return '"' + value + '"'
     raise InvalidInput(f"point {index}: field {key!r}: unsupported type {type(value).__name__}")
+
+
+def _escape_key(name: str) -> str:
+    """A tag or field key or tag value as line protocol writes it."""
+    if "," in name or "=" in name or " " in name:
+        return name.translate(_KEY_TABLE)
+    return name
 
 
 def _check_name(index: int, name: str, escapable: frozenset[str], what: str) -> None:
