@@ -469,3 +469,28 @@ def test_decode_sums_equal_merging_the_decoded_histograms(
         merge_all([s for s, o in zip(real, owners, strict=True) if o == k], alpha)
         for k in range(n_owners)
     ]
+
+
+@given(st.lists(value_arrays, min_size=2, max_size=8), st.data())
+@settings(max_examples=60, deadline=None)
+def test_signed_decode_sums_take_parts_away_exactly(
+    arrays: list[np.ndarray], data: st.DataObject
+) -> None:
+    # Owner k holds its wholes merged with its parts; taking the parts away leaves the wholes.
+    n_owners = data.draw(st.integers(1, len(arrays)))
+    wholes = [Sketch.from_values(a, ALPHA) for a in arrays]
+    parts = [Sketch.from_values(a[: data.draw(st.integers(0, a.size))], ALPHA) for a in arrays]
+    owners = [i % n_owners for i in range(len(arrays))]
+    texts: list[object] = [merge_all([w, p]).encode() for w, p in zip(wholes, parts, strict=True)]
+    texts += [p.encode() for p in parts]
+    sums = decode_sums(texts, owners + owners, n_owners, [1] * len(arrays) + [-1] * len(arrays))
+    expected = [
+        merge_all([w for w, o in zip(wholes, owners, strict=True) if o == k], ALPHA)
+        for k in range(n_owners)
+    ]
+    assert sums in (None, expected)
+    if sums is not None:
+        assert [s.encode() for s in sums] == [s.encode() for s in expected]
+    if sums is not None and any(w.count for w in wholes):
+        with pytest.raises(ValueError):  # more taken away than an owner holds
+            decode_sums(texts, owners + owners, n_owners, [-1] * len(arrays) + [1] * len(arrays))

@@ -25,7 +25,6 @@ has exactly one encoding, and the decoder rejects every other spelling.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
@@ -42,6 +41,7 @@ from federation.core._sketch_fast import (
     read_total,
 )
 from federation.core._sketch_reference import EMPTY, ENCODING_VERSION, frozen, reference_parts
+from federation.core._sketch_sums import sums_by_owner
 from federation.core._sketch_write import Stores, encode_body, write_many
 from federation.errors import SketchDecodeError
 
@@ -53,6 +53,7 @@ __all__ = [
     "decode_sums",
     "encode_many",
     "merge_all",
+    "merge_by_owner",
     "subtract",
     "total_count",
 ]
@@ -444,59 +445,53 @@ def decode_many(texts: Iterable[object], expected_alpha: float | None = None) ->
     return out
 
 
-def decode_sums(texts: list[object], owners: Sequence[int], n_owners: int) -> list[Sketch] | None:
+def decode_sums(
+    texts: list[object],
+    owners: Sequence[int],
+    n_owners: int,
+    signs: Sequence[int] | None = None,
+) -> list[Sketch] | None:
     """For each owner ``o`` in ``range(n_owners)``, ``merge_all`` of the histograms of the texts
     it owns (``owners[i]`` owns ``texts[i]``; every owner owns one at least), decoded and added
     in one pass; None when a text is not plainly canonical or their accuracies differ (then
-    decode them one by one, for the verdict)."""
+    decode them one by one, for the verdict).
+
+    With `signs` (+1 or -1 per text), a text whose sign is -1 is taken away instead, as
+    `subtract` does: raises ValueError when an owner would hold less than nothing anywhere.
+    """
     batch = read_batch(texts, None) if len(texts) > 1 else None
     if batch is None:
         return None
-    own = np.asarray(owners, dtype=np.int64)
-    counts = np.zeros(n_owners, dtype=np.int64)
-    np.add.at(counts, own, np.asarray(batch.counts, dtype=np.int64))
-    zeros = np.zeros(n_owners, dtype=np.int64)
-    np.add.at(zeros, own, np.asarray(batch.zeros, dtype=np.int64))
-    pos = _sum_by_owner(batch.pos_idx, batch.pos_cnt, batch.pos_bounds, own, n_owners)
-    neg = _sum_by_owner(batch.neg_idx, batch.neg_cnt, batch.neg_bounds, own, n_owners)
-    make = Sketch._make
-    alpha, lg = batch.alpha, batch.log_gamma
-    return [
-        make(alpha, lg, n, z, *p, *m)
-        for n, z, p, m in zip(counts.tolist(), zeros.tolist(), pos, neg, strict=True)
-    ]
+    parts = sums_by_owner(
+        batch.counts, batch.zeros, (batch.pos_idx, batch.pos_cnt, batch.pos_bounds),
+        (batch.neg_idx, batch.neg_cnt, batch.neg_bounds), owners, n_owners, signs,
+    )  # fmt: skip
+    return [Sketch._make(batch.alpha, batch.log_gamma, *p) for p in parts]
 
 
-def _sum_by_owner(
-    idx: Int64Array, cnt: Int64Array, bounds: Sequence[int], own: Int64Array, n_owners: int
-) -> list[tuple[Int64Array, Int64Array]]:
-    """Each owner's store: the buckets of the stores it owns, counts added."""
-    if idx.size == 0:
-        return [(EMPTY, EMPTY)] * n_owners
-    edges_in = np.asarray(bounds, dtype=np.int64)
-    owner_of = np.repeat(own, edges_in[1:] - edges_in[:-1])
-    lo = int(idx.min())
-    span = int(idx.max()) - lo + 1
-    # One integer key per (owner, bucket): ordering by it orders by owner, then by index.
-    key = owner_of * span + (idx - lo)
-    if n_owners * span <= 4 * idx.size + 4096:
-        # Counts from `read_batch` keep every float64 sum of a batch exact.
-        dense = np.bincount(key, weights=cnt, minlength=n_owners * span)
-        cells = np.flatnonzero(dense)
-        owner_at = cells // span
-        summed_idx = frozen(cells % span + lo)
-        summed_cnt = frozen(dense[cells].astype(np.int64))
-    else:
-        order = np.argsort(key, kind="stable")
-        k, c = key[order], cnt[order]
-        first = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
-        owner_at = k[first] // span
-        summed_idx = frozen(k[first] % span + lo)
-        summed_cnt = frozen(np.add.reduceat(c, first))
-    at = np.zeros(n_owners + 1, dtype=np.int64)
-    np.cumsum(np.bincount(owner_at, minlength=n_owners), out=at[1:])
-    edges = at.tolist()
-    return [(summed_idx[a:b], summed_cnt[a:b]) for a, b in itertools.pairwise(edges)]
+def merge_by_owner(
+    sketches: Sequence[Sketch],
+    owners: Sequence[int],
+    n_owners: int,
+    signs: Sequence[int] | None = None,
+) -> list[Sketch]:
+    """For each owner ``o`` in ``range(n_owners)``, ``merge_all`` of the histograms it owns
+    (``owners[i]`` owns ``sketches[i]``; every owner owns one at least), added in one pass;
+    with `signs` (+1 or -1 each), one whose sign is -1 is taken away, as `subtract` does.
+
+    Raises ValueError when accuracies differ or an owner would hold less than nothing.
+    """
+    alphas = {s.alpha for s in sketches}
+    if len(alphas) != 1:
+        raise ValueError(f"cannot merge sketches of different accuracy: {sorted(alphas)}")
+    first = sketches[0]
+    parts = sums_by_owner(
+        [s.count for s in sketches], [s.zero_count for s in sketches],
+        _stores([s._pos_idx for s in sketches], [s._pos_cnt for s in sketches]),
+        _stores([s._neg_idx for s in sketches], [s._neg_cnt for s in sketches]),
+        owners, n_owners, signs,
+    )  # fmt: skip
+    return [Sketch._make(first.alpha, first._log_gamma, *p) for p in parts]
 
 
 def total_count(text: object, expected_alpha: float | None = None) -> int:
