@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from federation.coordinator.completeness import Completeness, completeness
 from federation.reporting.arguments import Metric, parse_last, parse_metric, parse_threshold
+from federation.reporting.daily import remerge_day
 from federation.reporting.monthly import refresh_rollups, remerge_month
 from federation.reporting.reports import percentile_report, sla_report, worst_report
 from federation.reporting.results import (
@@ -28,7 +29,6 @@ from federation.reporting.rollups import (
     RemergeOutcome,
     covering_dimension_set,
     monthly_measurement,
-    remerge_day,
     rollup_dimension_sets,
     rollup_measurement,
 )

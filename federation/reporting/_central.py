@@ -19,7 +19,7 @@ from federation.config import FederationConfig
 from federation.core.calendar import CalendarPeriod
 from federation.core.influxql import quote_ident, quote_string
 from federation.core.plan import MANIFEST_MEASUREMENT, NONE_VALUE
-from federation.core.sketch import Sketch, decode_many, decode_sums, merge_all
+from federation.core.sketch import Sketch, decode_many, decode_sums, merge_all, merge_by_owner
 from federation.errors import FederationError, InvalidInput, SketchDecodeError
 from federation.influx import InfluxClient, Series, credentials_from_env
 
@@ -287,6 +287,27 @@ class SketchMerger(Generic[K]):
             if pending:
                 self._flush(key, pending)
         return self._merged
+
+
+def signed_merge(
+    plus: Iterable[tuple[K, Sketch]], minus: Iterable[tuple[K, Sketch]] = ()
+) -> dict[K, Sketch]:
+    """Per key, the `plus` histograms added and the `minus` ones taken away, in one pass; keys
+    left with no value are left out. Exact (counts are integers); raises ValueError when a key
+    would hold less than nothing (the `minus` histograms were not within the `plus` ones)."""
+    ids: dict[K, int] = {}
+    sketches: list[Sketch] = []
+    owners: list[int] = []
+    signs: list[int] = []
+    for sign, items in ((1, plus), (-1, minus)):
+        for key, sketch in items:
+            owners.append(ids.setdefault(key, len(ids)))
+            sketches.append(sketch)
+            signs.append(sign)
+    if not sketches:
+        return {}
+    sums = merge_by_owner(sketches, owners, len(ids), signs)
+    return {key: sketch for key, sketch in zip(ids, sums, strict=True) if sketch.count}
 
 
 def open_central(

@@ -7,12 +7,12 @@ tz, dc, month): fields `fingerprint` (a digest of every manifest of the month), 
 in day order). A month is written only when every one of its days has a daily rollup matching
 the manifests central holds, all of one plan version.
 
-`refresh_rollups` re-merges the days a changed window touches, then their months. A month's
-re-merge costs what changed when it can: its monthly rollup was merged from daily rollups of
-known builds, so the new month is the old one minus the old rollups of the re-merged days plus
-their new ones (exact: counts are integers). That needs the old days' rollups, read before they
-are re-merged, and holds only when the old month was merged from exactly those days and every
-other day is unchanged; otherwise the month is re-merged from all of its days.
+`refresh_rollups` refreshes the days a changed window touches (`federation.reporting.daily`:
+by the windows that changed when it can), then their months. A month changes by exactly what
+its refreshed days changed: the windows' content added and their previous content taken away
+(exact: counts are integers). That holds only when the old month was merged from those days as
+they were before and every other day is unchanged, over the same dimension sets and version;
+otherwise the month is re-merged from all of its days.
 """
 
 from __future__ import annotations
@@ -26,20 +26,21 @@ from datetime import date, timedelta
 from federation.config import FederationConfig
 from federation.core.calendar import CalendarPeriod, period_windows, periods
 from federation.core.influxql import quote_string
-from federation.core.sketch import Sketch, subtract
-from federation.errors import CalendarError
+from federation.core.sketch import Sketch, decode_many
+from federation.errors import CalendarError, SketchDecodeError
 from federation.reporting._central import (
     CentralWriter,
     SketchMerger,
     WindowManifest,
     dc_condition,
-    dcs_by_retention_policy,
     fingerprint,
     manifests_by_period,
     select_query,
+    signed_merge,
     stream_rows,
     tag_value,
 )
+from federation.reporting.daily import DayChange, WindowParts, refresh_day
 from federation.reporting.rollups import (
     MONTHLY_MARKER_MEASUREMENT,
     ROLLUP_MARKER_MEASUREMENT,
@@ -51,7 +52,6 @@ from federation.reporting.rollups import (
     days_touched,
     dims_tag,
     monthly_measurement,
-    remerge_day,
     rollup_dimension_sets,
     rollup_measurement,
 )
@@ -72,15 +72,17 @@ def refresh_rollups(
     *,
     zones: Sequence[str] | None = None,
 ) -> list[RemergeOutcome]:
-    """Re-merge every (zone, local day, DC) that one of `changed_windows` ((dc, start_ns) pairs
-    whose data changed: a late window, a backfill) falls in, for each reporting time zone.
+    """Refresh every (zone, local day, DC) that one of `changed_windows` ((dc, start_ns) pairs
+    whose data changed: a late window, a backfill) falls in, for each reporting time zone, then
+    their months, each by what changed when that can be shown exact.
 
-    Guarantees: afterwards every touched day's rollup matches the manifests central held when
-    it was read (or the day is left to windows, see `remerge_day`), and then the month of each
-    touched day holds exactly what `remerge_month` would write (or is left to days); outcomes
-    list the days, then the months (`level`). A zone whose days the aggregation's windows
-    cannot tile is skipped with a warning. Each day and month is re-merged once however many of
-    its windows changed.
+    Guarantees: afterwards every touched day holds exactly what `remerge_day` would write for
+    the manifests central held when it was read (or the day is left to windows), and then the
+    month of each touched day exactly what `remerge_month` would write (or is left to days);
+    outcomes list the days, then the months (`level`; status `unchanged` when nothing was to
+    be written). A zone whose days the aggregation's windows cannot tile is skipped with a
+    warning. Each day and month is refreshed once however many of its windows changed, and
+    each changed window is read once whatever the zones.
     """
     spec = _spec(config, aggregation)
     targets: dict[tuple[str, date], set[str]] = defaultdict(set)
@@ -89,45 +91,34 @@ def refresh_rollups(
         for dc, start_ns in changed:
             for day in days_touched(start_ns, spec.window, tz):
                 targets[(tz, day)].add(dc)
-    touched: dict[tuple[str, str], dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
-    for (tz, day), dcs in targets.items():
-        try:
-            start = _day_start(day, tz)
-        except CalendarError:
-            continue
-        for dc in dcs:
-            touched[(tz, day.isoformat()[:7])][dc].add(start)
-    before: dict[tuple[str, str], dict[str, _MonthBefore]] = {}
-    for (tz, month), days in sorted(touched.items()):
-        try:
-            before[(tz, month)] = _months_before(config, central, aggregation, tz, month, days)
-        except CalendarError:
-            continue  # said when the month is re-merged below
+    parts = WindowParts(central, config.fleet.central.database, aggregation)
     outcomes: list[RemergeOutcome] = []
     months: dict[tuple[str, str], set[str]] = defaultdict(set)
+    changes: dict[tuple[str, str], dict[str, list[DayChange]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for (tz, day), dcs in sorted(targets.items()):
         try:
-            outcomes += remerge_day(config, central, aggregation, tz, day, dcs=dcs)
+            done = refresh_day(config, central, aggregation, tz, day, dcs=dcs, parts=parts)
         except CalendarError as exc:
             log.warning("rollups of %s in %s skipped: %s", aggregation, tz, exc)
             continue
-        months[(tz, day.isoformat()[:7])] |= dcs
+        month = day.isoformat()[:7]
+        for outcome, change in done:
+            outcomes.append(outcome)
+            if change is not None:
+                changes[(tz, month)][outcome.dc].append(change)
+        months[(tz, month)] |= dcs
+    # Every zone's day has read the previous content of its changed windows: keep the new.
+    parts.flush()
     for (tz, month), dcs in sorted(months.items()):
         try:
             outcomes += remerge_month(
-                config, central, aggregation, tz, month, dcs=dcs,
-                before=before.get((tz, month), {}),
+                config, central, aggregation, tz, month, dcs=dcs, changes=changes.get((tz, month)),
             )  # fmt: skip
         except CalendarError as exc:
             log.warning("monthly rollups of %s in %s skipped: %s", aggregation, tz, exc)
     return outcomes
-
-
-def _day_start(day: date, tz: str) -> int:
-    found = periods("day", day, day, tz)
-    if not found:
-        raise CalendarError(f"day {day} does not exist in {tz}")
-    return found[0].start_ns
 
 
 def _month_period(month: date | str, tz: str) -> CalendarPeriod:
@@ -169,57 +160,6 @@ class _MonthMarker(_DayMarker):
     day_builds: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class _MonthBefore:
-    """A month's rollup as merged before some of its days were re-merged: its marker, and the
-    sum of the old rollups of those days (`days`: their starts), over the month's sets."""
-
-    marker: _MonthMarker
-    days: frozenset[int]
-    old_days: dict[GroupKey, Sketch]
-
-
-def _months_before(
-    config: FederationConfig,
-    central: CentralWriter,
-    aggregation: str,
-    tz: str,
-    month: str,
-    touched: Mapping[str, set[int]],
-) -> dict[str, _MonthBefore]:
-    """Per DC whose monthly rollup was merged from the current rollups of the `touched` days
-    (dc -> day starts): what refreshing the month incrementally needs to hold before the days
-    are re-merged."""
-    period = _month_period(month, tz)
-    days = _month_days(period, tz)
-    database = config.fleet.central.database
-    sets = rollup_dimension_sets(_spec(config, aggregation).dimensions)
-    found: dict[str, _MonthBefore] = {}
-    for rp, rp_dcs in dcs_by_retention_policy(config, touched):
-        months = _read_markers(central, database, rp, aggregation, tz, rp_dcs, period, True)
-        markers = _read_markers(central, database, rp, aggregation, tz, rp_dcs, period, False)
-        for dc in rp_dcs:
-            month_marker = months.get((dc, period.start_ns))
-            if not isinstance(month_marker, _MonthMarker):
-                continue
-            builds = dict(zip((d.start_ns for d in days), month_marker.day_builds, strict=False))
-            held = [s for s in sets if dims_tag(s) in month_marker.dims]
-            if len(builds) != len(days) or len(held) != len(month_marker.dims):
-                continue
-            day_builds = {start: builds[start] for start in touched[dc]}
-            if any(
-                (marker := markers.get((dc, start))) is None or marker.fingerprint != build
-                for start, build in day_builds.items()
-            ):
-                continue
-            old, read = _read_daily(central, database, rp, aggregation, tz, dc, held, day_builds)
-            if all(
-                _whole(read, start, markers[(dc, start)], held) for start in day_builds
-            ):  # a day whose points are not all of that build cannot be taken away exactly
-                found[dc] = _MonthBefore(month_marker, frozenset(day_builds), old)
-    return found
-
-
 def _whole(
     read: Mapping[tuple[int, int], int],
     start: int,
@@ -239,7 +179,7 @@ def remerge_month(
     month: date | str,
     *,
     dcs: Iterable[str] | None = None,
-    before: Mapping[str, _MonthBefore] | None = None,
+    changes: Mapping[str, Sequence[DayChange]] | None = None,
 ) -> list[RemergeOutcome]:
     """Rebuild the monthly rollups of one local month in `tz` (`2026-11`, or a date in it) for
     `dcs` (default: every DC of the fleet) from its daily rollups.
@@ -265,9 +205,11 @@ def remerge_month(
     for rp, rp_dcs, per_dc in _manifests_per_dc(central, config, aggregation, dcs, period):
         markers = _read_markers(central, database, rp, aggregation, tz, rp_dcs, period, False)
         for dc in rp_dcs:
-            target = _Month(central, database, rp, aggregation, tz, period, days, dc)
+            target = _Month(
+                central, database, rp, aggregation, tz, period, days, dc, tuple(spec.dimensions)
+            )
             outcomes.append(
-                target.remerge(sets, per_dc.get(dc, []), markers, (before or {}).get(dc))
+                target.remerge(sets, per_dc.get(dc, []), markers, (changes or {}).get(dc, ()))
             )
     return outcomes
 
@@ -366,6 +308,7 @@ class _Month:
     period: CalendarPeriod
     days: Sequence[CalendarPeriod]
     dc: str
+    dimensions: tuple[str, ...]
 
     def outcome(
         self, status: str, windows: int, groups: int = 0, version: str = ""
@@ -380,7 +323,7 @@ class _Month:
         sets: Sequence[tuple[str, ...]],
         manifests: Sequence[WindowManifest],
         markers: Mapping[tuple[str, int], _DayMarker | _MonthMarker],
-        before: _MonthBefore | None,
+        changes: Sequence[DayChange],
     ) -> RemergeOutcome:
         n = len(manifests)
         if not manifests:
@@ -409,94 +352,109 @@ class _Month:
         month_sets = [s for s in sets if dims_tag(s) in held_dims]
         if not month_sets:
             return self.outcome("incomplete", n)
-        merged = self._increment(month_sets, version, builds, markers, before)
+        build = fingerprint(manifests)
+        old = None
+        if changes:  # refreshed days: the month may change by what they changed
+            old = _read_markers(
+                self.central, self.database, self.rp, self.aggregation, self.tz, [self.dc],
+                self.period, True,
+            ).get((self.dc, self.period.start_ns))  # fmt: skip
+            if (
+                isinstance(old, _MonthMarker)
+                and (old.fingerprint, old.version, list(old.day_builds)) == (build, version, builds)
+                and old.dims == tuple(dims_tag(s) for s in month_sets)
+                and all(c.old_build == c.new_build for c in changes)
+            ):
+                return self.outcome("unchanged", n, 0, version)
+        merged = self._increment(month_sets, version, builds, changes, old)
         if merged is None:
             day_builds = {d.start_ns: b for d, b in zip(self.days, builds, strict=True)}
             merged, _ = _read_daily(
                 self.central, self.database, self.rp, self.aggregation, self.tz, self.dc,
                 month_sets, day_builds,
             )  # fmt: skip
-        points = _write_rollup(
+        texts = _write_rollup(
             self.central, self.database, self.rp, monthly_measurement(self.aggregation),
             MONTHLY_MARKER_MEASUREMENT, merged, month_sets, tz=self.tz, dc=self.dc,
-            aggregation=self.aggregation, version=version, build=fingerprint(manifests),
+            aggregation=self.aggregation, version=version, build=build,
             start_ns=self.period.start_ns, manifests=manifests,
             marker_fields={"days": len(self.days), "day_builds": "|".join(builds)},
         )  # fmt: skip
-        return self.outcome("written", n, points, version)
+        return self.outcome("written", n, len(texts), version)
 
     def _increment(
         self,
         sets: Sequence[tuple[str, ...]],
         version: str,
         builds: Sequence[str],
-        markers: Mapping[tuple[str, int], _DayMarker | _MonthMarker],
-        before: _MonthBefore | None,
+        changes: Sequence[DayChange],
+        old: _DayMarker | _MonthMarker | None,
     ) -> dict[GroupKey, Sketch] | None:
-        """The month as the old one minus the re-merged days' old rollups plus their new ones;
-        None unless the old month was merged from exactly the days that are current now but
-        for the re-merged ones, over the same sets, of the same version."""
-        if before is None:
-            return None
-        old = before.marker
-        if old.version != version or old.dims != tuple(dims_tag(s) for s in sets):
-            return None
-        starts = [d.start_ns for d in self.days]
-        if any(
-            start not in before.days and build != old_build
-            for start, build, old_build in zip(starts, builds, old.day_builds, strict=True)
+        """The month as the old one plus what the refreshed days added and minus what they
+        took away; None unless the old month was merged from exactly the days that are current
+        now but for the refreshed ones (as they were before), over the same sets, of the same
+        version."""
+        if not isinstance(old, _MonthMarker) or (
+            old.version != version
+            or old.dims != tuple(dims_tag(s) for s in sets)
+            or len(old.day_builds) != len(self.days)
         ):
             return None
-        changed = {s: b for s, b in zip(starts, builds, strict=True) if s in before.days}
+        by_day = {c.start_ns: c for c in changes}
+        for day, build, old_build in zip(self.days, builds, old.day_builds, strict=True):
+            change = by_day.get(day.start_ns)
+            if (change is None and build != old_build) or (
+                change is not None and (change.old_build, change.new_build) != (old_build, build)
+            ):
+                return None
         month, read = self._read_month(sets, old.fingerprint)
-        new_days, new_read = _read_daily(
-            self.central, self.database, self.rp, self.aggregation, self.tz, self.dc, sets,
-            changed,
-        )  # fmt: skip
-        if (
-            not _whole(read, self.period.start_ns, old, sets)
-            or not all(_whole(new_read, s, markers[(self.dc, s)], sets) for s in changed)
-            or not before.old_days.keys() <= month.keys()
-        ):
+        if not _whole(read, self.period.start_ns, old, sets):
             return None
-        merged: dict[GroupKey, Sketch] = {}
+        picks = [[self.dimensions.index(d) for d in s] for s in sets]
+
+        def projected(
+            items: Sequence[tuple[tuple[str, ...], Sketch]],
+        ) -> list[tuple[GroupKey, Sketch]]:
+            return [
+                ((i, tuple(key[p] for p in pick)), sketch)
+                for key, sketch in items
+                for i, pick in enumerate(picks)
+            ]
+
+        minus: list[tuple[GroupKey, Sketch]] = []
         try:
-            for key in month.keys() | new_days.keys():
-                parts = [s for s in (month.get(key), new_days.get(key)) if s is not None]
-                total = parts[0] if len(parts) == 1 else parts[0].merge(parts[1])
-                if key in before.old_days:
-                    total = subtract(total, before.old_days[key])
-                if total.count:
-                    merged[key] = total
-        except ValueError as exc:  # the old month did not hold those days after all
+            plus = list(zip(month, decode_many(month.values()), strict=True))
+            for change in changes:
+                plus += projected(change.added)
+                minus += projected(change.removed)
+            return signed_merge(plus, minus)
+        except (ValueError, SketchDecodeError) as exc:  # the old month did not hold those days
             log.info("%s %s %s %s: month re-merged whole: %s", self.aggregation, self.tz,
                      self.period.label, self.dc, exc)  # fmt: skip
             return None
-        return merged
 
     def _read_month(
         self, sets: Sequence[tuple[str, ...]], build: str
-    ) -> tuple[dict[GroupKey, Sketch], dict[tuple[int, int], int]]:
-        """The old monthly rollup of `sets` (points of `build`), and how many points per set."""
+    ) -> tuple[dict[GroupKey, str], dict[tuple[int, int], int]]:
+        """The old monthly rollup of `sets` (texts of the points of `build`), and how many
+        points per set."""
         index_of = {dims_tag(s): i for i, s in enumerate(sets)}
-        merger: SketchMerger[GroupKey] = SketchMerger()
+        texts: dict[GroupKey, str] = {}
         read: dict[tuple[int, int], int] = defaultdict(int)
-        measurement = monthly_measurement(self.aggregation)
         q = select_query(
             self.database,
             self.rp,
-            measurement,
+            monthly_measurement(self.aggregation),
             ("sketch", "build"),
             (f'"tz" = {quote_string(self.tz)}', dc_condition([self.dc])),
             self.period.start_ns,
             self.period.start_ns + 1,
             ("*",),
         )
-        for tags, (t, text, point_build) in stream_rows(self.central, q, self.database):
+        for tags, (_, text, point_build) in stream_rows(self.central, q, self.database):
             index = index_of.get(tags.get("dims", ""))
             if index is None or point_build != build:
                 continue
-            key = tuple(tag_value(tags, d) for d in sets[index])
-            merger.add_encoded(((index, key),), text, (measurement, self.dc, t))
+            texts[(index, tuple(tag_value(tags, d) for d in sets[index]))] = text
             read[(self.period.start_ns, index)] += 1
-        return merger.results(), read
+        return texts, read

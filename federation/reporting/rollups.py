@@ -3,8 +3,8 @@ group), kept at central.
 
 A monthly report over hourly windows would read ~720 points per DC and group; from rollups it
 reads ~30. For each reporting time zone of the fleet and each declared dimension set of an
-aggregation (`rollup_dimension_sets`: all dimensions, each single one, and none), `remerge_day`
-merges a local day's window histograms per DC and writes:
+aggregation (`rollup_dimension_sets`: all dimensions, each single one, and none),
+`federation.reporting.daily.remerge_day` merges a local day's window histograms per DC and writes:
 
 - `<aggregation>__daily` points: tags `tz`, `dims` (the dimension set, `_all` for none), `dc`
   and the set's dimensions; fields `count` (int), `sketch`, `version` and `build`; timestamp =
@@ -24,8 +24,9 @@ Monthly rollups (`federation.reporting.monthly`) merge a local month's daily rol
 way, into `<aggregation>__monthly` points (same tags and fields; timestamp = the month's local
 midnight of the 1st, in UTC) and one `federation_rollup_monthly` marker per (aggregation, tz, dc,
 month) whose `fingerprint` digests every manifest of the month: a late window on any day makes
-the month stale as well as the day. `refresh_rollups` there re-merges the touched days, then
-their months.
+the month stale as well as the day. `refresh_rollups` there refreshes the touched days, then
+their months, by what changed (`federation.reporting.daily`, `federation.reporting._merged`:
+what each day merged is kept, so a late window costs that window, not its day).
 
 Re-merging writes the same points again for the same windows, so it is idempotent and safe to
 run from more than one process; a re-merge that raced with a newer shipment leaves a marker that
@@ -41,22 +42,16 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from federation.config import Aggregation, FederationConfig
-from federation.core.calendar import CalendarPeriod, period_of, period_windows, periods
+from federation.core.calendar import CalendarPeriod, period_of, periods
 from federation.core.lineprotocol import serialize
 from federation.core.points import FieldValue, Point
 from federation.core.sketch import Sketch, encode_many, merge_all
 from federation.errors import CalendarError, InvalidInput
 from federation.reporting._central import (
     CentralWriter,
-    SketchMerger,
     WindowManifest,
-    dc_condition,
     dcs_by_retention_policy,
-    fingerprint,
     read_manifests,
-    select_query,
-    stream_rows,
-    tag_value,
 )
 
 log = logging.getLogger(__name__)
@@ -168,96 +163,6 @@ def _day_period(day: date | str, tz: str) -> CalendarPeriod:
     return found[0]
 
 
-def remerge_day(
-    config: FederationConfig,
-    central: CentralWriter,
-    aggregation: str,
-    tz: str,
-    day: date | str,
-    *,
-    dcs: Iterable[str] | None = None,
-) -> list[RemergeOutcome]:
-    """Rebuild the rollups of one local day in `tz` for `dcs` (default: every DC of the fleet).
-
-    Guarantees, per DC: when all of the day's manifests name one plan version, the written
-    rollup of each declared dimension set holds, per group, exactly the bucket counts of that
-    day's window histograms (so a report from it equals one from the windows), then a marker
-    with the digest of those manifests; a day with several versions or no manifest writes
-    nothing. Raises CalendarError when the aggregation's windows cannot tile the day in `tz`,
-    InvalidInput for an unknown aggregation, InfluxError when central fails (a partly written
-    day keeps its old marker, which no longer matches, so reports read its windows).
-    """
-    spec = _spec(config, aggregation)
-    _check_dimensions(aggregation, spec.dimensions)
-    period = _day_period(day, tz)
-    period_windows(period, spec.window)
-    database = config.fleet.central.database
-    sets = rollup_dimension_sets(spec.dimensions)
-    outcomes: list[RemergeOutcome] = []
-    for rp, rp_dcs, per_dc in _manifests_per_dc(central, config, aggregation, dcs, period):
-        for dc in rp_dcs:
-            outcome = _remerge_dc(
-                central, database, rp, aggregation, spec.dimensions, sets, tz, period, dc,
-                per_dc.get(dc, []),
-            )  # fmt: skip
-            outcomes.append(outcome)
-    return outcomes
-
-
-def _remerge_dc(
-    central: CentralWriter,
-    database: str,
-    rp: str,
-    aggregation: str,
-    dimensions: Sequence[str],
-    sets: Sequence[tuple[str, ...]],
-    tz: str,
-    period: CalendarPeriod,
-    dc: str,
-    manifests: Sequence[WindowManifest],
-) -> RemergeOutcome:
-    base = RemergeOutcome(aggregation, tz, period.label, dc, "no data")
-    if not manifests:
-        return base
-    versions = {m.version for m in manifests}
-    if len(versions) > 1:
-        log.info("%s %s %s %s: mixed versions, not rolled up", aggregation, tz, period.label, dc)
-        return RemergeOutcome(
-            aggregation, tz, period.label, dc, "mixed versions", windows=len(manifests)
-        )
-    version = versions.pop()
-    build = fingerprint(manifests)
-    # Each window series is one group of the finest set (every dimension): its windows are
-    # merged once, and every coarser set is merged from those per-group results.
-    finest: SketchMerger[tuple[str, ...]] = SketchMerger()
-    q = select_query(
-        database,
-        rp,
-        aggregation,
-        ("sketch",),
-        (dc_condition([dc]),),
-        period.start_ns,
-        period.end_ns,
-        tuple(dimensions),
-    )
-    series_tags: dict[str, str] | None = None
-    key: tuple[tuple[str, ...]] = ((),)
-    for tags, (t, text) in stream_rows(central, q, database):
-        if tags is not series_tags:  # rows of one series share its tags
-            series_tags = tags
-            key = (tuple(tag_value(tags, d) for d in dimensions),)
-        finest.add_encoded(key, text, (aggregation, dc, t))
-    merged = _project(finest.results(), dimensions, sets)
-    points = _write_rollup(
-        central, database, rp, rollup_measurement(aggregation), ROLLUP_MARKER_MEASUREMENT,
-        merged, sets, tz=tz, dc=dc, aggregation=aggregation, version=version, build=build,
-        start_ns=period.start_ns, manifests=manifests, marker_fields={},
-    )  # fmt: skip
-    return RemergeOutcome(
-        aggregation, tz, period.label, dc, "written", len(manifests), points, version
-    )
-
-
 def _project(
     finest: Mapping[tuple[str, ...], Sketch],
     dimensions: Sequence[str],
@@ -305,9 +210,10 @@ def _write_rollup(
     start_ns: int,
     manifests: Sequence[WindowManifest],
     marker_fields: dict[str, FieldValue],
-) -> int:
+) -> dict[tuple[int, tuple[str, ...]], str]:
     """Write one (zone, period, DC)'s merged rollup points, then its marker (so a reader never
-    trusts a rollup whose points are not all written); return how many points were written."""
+    trusts a rollup whose points are not all written); return the text of each point's
+    histogram, by (set index, group)."""
     points: list[Point] = []
     ordered = sorted(merged.items())
     texts = encode_many([sketch for _, sketch in ordered])
@@ -346,4 +252,4 @@ def _write_rollup(
         start_ns,
     )
     central.write(serialize([marker]), database=database, retention_policy=rp)
-    return len(points)
+    return {key: text for (key, _), text in zip(ordered, texts, strict=True)}

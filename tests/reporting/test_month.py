@@ -27,6 +27,7 @@ from federation.reporting import (
     sla_report,
 )
 from federation.reporting._collect import collect, rollup_days, whole_months
+from federation.reporting._merged import merged_measurement
 from federation.reporting.rollups import monthly_measurement, rollup_measurement
 
 from .data import (
@@ -315,7 +316,8 @@ def test_a_late_window_makes_the_month_stale_until_refreshed(month: Month) -> No
     plan = resolve_plan(month.config, AGG, "lon1")
     late = parse_rfc3339("2026-10-17T09:00:00Z")
     rng = np.random.default_rng(17)
-    write_points(month.central, plan, ship_window(plan, late, rng, month.raw, n=90, run=2))
+    shipped = ship_window(plan, late, rng, month.raw, n=90, run=2)
+    write_points(month.central, plan, shipped)
 
     def report(use_rollups: bool = True) -> tuple[list[PercentileRow], str]:
         r = percentile_report(
@@ -340,9 +342,12 @@ def test_a_late_window_makes_the_month_stale_until_refreshed(month: Month) -> No
         ("day", "2026-10-17", "lon1", "written"),
         ("month", "2026-10", "lon1", "written"),
     ]
-    # The month cost what changed: its old points and the re-merged day's old and new rollups,
-    # not the daily rollups of all 31 days.
-    assert 0 < counting.rows[rollup_measurement(AGG)] <= 2 * outcomes[0].groups
+    # The refresh cost what changed: the late window's points (not the day's other 23
+    # windows), its previous content and the day's merged record (a few packed points), and the
+    # old month; no daily rollup point.
+    assert counting.rows[AGG] == sum(p.measurement == AGG for p in shipped)
+    assert counting.rows[rollup_measurement(AGG)] == 0
+    assert counting.rows[merged_measurement(AGG)] == 2
     refreshed, sources = report()
     assert sources.startswith(f"rollups {TZ}: 93 dc-days (3 dc-months monthly")
     assert refreshed == rows

@@ -1,0 +1,215 @@
+"""What each daily rollup merged, kept at central so that a changed window costs what changed.
+
+A day's rollup is the sum of its windows' histograms. When one window is re-shipped, central
+overwrites its points, so its previous content is gone; without it the day can only be re-merged
+from all of its windows. Two kinds of records keep what the rollups merged, in the
+`<aggregation>__merged` measurement beside the rollups (the DC's central retention policy):
+
+- a **window part** (`kind=window`; timestamp = window start): the histogram of every group
+  (every dimension) of one window, as a rollup merged it, labelled with that window's manifest
+  entry (`start:run:version:events:suppressed`);
+- a **day part** (`kind=day`, `tz`; timestamp = the local day's start): the histogram of every
+  group of the day's rollup, labelled with the rollup's build (the digest of its manifests) and
+  listing those manifests' entries (`merged`).
+
+A day is then refreshed as its day part, minus the window parts of its changed windows, plus
+their new content: exact, since counts are integers. A label says which computation a record
+holds: a window part is written only from a read whose counts sum to its manifest's exported
+events (the check verification makes), and one window computation (a run of a version, with so
+many events) has one content; a day part is written only when all its windows were read so.
+Records are packed (rows of `group values + histogram`, in chunks of at most 60,000 ASCII
+characters, InfluxDB's limit being 64 KiB), so a day of 32k groups is read and written as a few
+dozen points, not 32k. A record is used only when all of its chunks are there with one label.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote
+
+from federation.core.influxql import quote_string
+from federation.core.lineprotocol import serialize
+from federation.core.points import FieldValue, Point
+from federation.reporting._central import (
+    CentralWriter,
+    WindowManifest,
+    dc_condition,
+    fingerprint,
+    select_query,
+    stream_rows,
+)
+
+MERGED_SUFFIX = "__merged"
+_CHUNK = 60_000
+_WRITE_BATCH = 64
+
+GroupTexts = dict[tuple[str, ...], str]
+"""Group (values of every dimension, in plan order) -> its histogram's canonical text."""
+
+
+def merged_measurement(aggregation: str) -> str:
+    """`<aggregation>__merged`: the measurement holding an aggregation's merged records."""
+    return aggregation + MERGED_SUFFIX
+
+
+def window_label(m: WindowManifest) -> str:
+    """The label of a window part holding the content `m` describes."""
+    return f"{m.start_ns}:{m.run}:{m.version}:{m.events}:{m.suppressed_events}"
+
+
+def manifest_of(dc: str, label: str) -> WindowManifest | None:
+    """The manifest a window label describes; None when `label` is not one."""
+    parts = label.split(":")
+    if len(parts) != 5:
+        return None
+    try:
+        start, run, events, suppressed = (int(parts[i]) for i in (0, 1, 3, 4))
+    except ValueError:
+        return None
+    return WindowManifest(dc, start, parts[2], run, events, suppressed)
+
+
+def day_entries(dc: str, merged: str) -> list[WindowManifest] | None:
+    """The manifests a day part's `merged` field lists; None when it does not parse."""
+    if not merged:
+        return []
+    found = [manifest_of(dc, label) for label in merged.split(";")]
+    return None if any(m is None for m in found) else [m for m in found if m is not None]
+
+
+@dataclass(frozen=True)
+class Packed:
+    """One whole record: its label, `merged` (day parts) and every group's histogram text."""
+
+    label: str
+    merged: str
+    texts: GroupTexts
+
+
+def _pack(texts: Mapping[tuple[str, ...], str]) -> str:
+    quoted: dict[str, str] = {}
+
+    def q(value: str) -> str:
+        found = quoted.get(value)
+        if found is None:
+            found = quoted[value] = quote(value, safe="")
+        return found
+
+    return "|".join(" ".join([*map(q, key), text]) for key, text in sorted(texts.items()))
+
+
+def _unpack(body: str, width: int) -> GroupTexts | None:
+    if not body:
+        return {}
+    unquoted: dict[str, str] = {}
+    found: GroupTexts = {}
+    for row in body.split("|"):
+        cells = row.split(" ")
+        if len(cells) != width + 1:
+            return None
+        key = []
+        for cell in cells[:-1]:
+            value = unquoted.get(cell)
+            if value is None:
+                value = unquoted[cell] = unquote(cell)
+            key.append(value)
+        found[tuple(key)] = cells[-1]
+    return found
+
+
+def packed_points(
+    measurement: str,
+    tags: Mapping[str, str],
+    label: str,
+    texts: Mapping[tuple[str, ...], str],
+    time_ns: int,
+    merged: str = "",
+) -> list[Point]:
+    """The points of one record (chunk 0 carries `merged`)."""
+    body = _pack(texts)
+    chunks = [body[i : i + _CHUNK] for i in range(0, len(body), _CHUNK)] or [""]
+    points = []
+    for k, chunk in enumerate(chunks):
+        fields: dict[str, FieldValue] = {
+            "label": label,
+            "chunks": len(chunks),
+            "groups": len(texts),
+            "body": chunk,
+        }
+        if k == 0 and merged:
+            fields["merged"] = merged
+        points.append(Point(measurement, {**tags, "chunk": str(k)}, fields, time_ns))
+    return points
+
+
+def write_packed(central: CentralWriter, database: str, rp: str, points: Sequence[Point]) -> None:
+    """Write records' points (a few big points per request)."""
+    for i in range(0, len(points), _WRITE_BATCH):
+        body = serialize(points[i : i + _WRITE_BATCH])
+        central.write(body, database=database, retention_policy=rp)
+
+
+def read_packed(
+    central: CentralWriter,
+    database: str,
+    rp: str,
+    aggregation: str,
+    where: Iterable[str],
+    start_ns: int,
+    end_ns: int,
+    width: int,
+    *,
+    labels_only: bool = False,
+) -> dict[int, Packed]:
+    """Time -> the whole record there (all chunks present, of one label and group count),
+    among the records `where` selects in [start, end). With `labels_only`, only chunk 0 is read
+    and `texts` is empty: what is there, not whether it is whole."""
+    fields = ("label", "chunks", "groups", "merged") + (() if labels_only else ("body",))
+    conditions = list(where)
+    if labels_only:
+        conditions.append("\"chunk\" = '0'")
+    q = select_query(
+        database, rp, merged_measurement(aggregation), fields, conditions, start_ns, end_ns,
+        ("chunk",),
+    )  # fmt: skip
+    parts: dict[int, dict[int, list[Any]]] = defaultdict(dict)
+    for tags, (t, *row) in stream_rows(central, q, database):
+        parts[int(t)][int(tags.get("chunk") or 0)] = row
+    found: dict[int, Packed] = {}
+    for t, chunks in parts.items():
+        first = chunks.get(0)
+        if first is None:
+            continue
+        label, n, groups, merged = first[:4]
+        if labels_only:
+            found[t] = Packed(str(label), str(merged or ""), {})
+            continue
+        if sorted(chunks) != list(range(int(n or 0))) or any(
+            c[:3] != [label, n, groups] for c in chunks.values()
+        ):
+            continue  # a record half overwritten by another: not whole
+        texts = _unpack("".join(str(chunks[k][4] or "") for k in range(int(n))), width)
+        if texts is not None and len(texts) == groups:
+            found[t] = Packed(str(label), str(merged or ""), texts)
+    return found
+
+
+def window_conditions(dc: str) -> list[str]:
+    """The WHERE selecting a DC's window parts."""
+    return [dc_condition([dc]), "\"kind\" = 'window'"]
+
+
+def day_conditions(dc: str, tz: str) -> list[str]:
+    """The WHERE selecting a DC's day parts of zone `tz`."""
+    return [dc_condition([dc]), "\"kind\" = 'day'", f'"tz" = {quote_string(tz)}']
+
+
+def day_label_matches(dc: str, part: Packed) -> list[WindowManifest] | None:
+    """The manifests a day part merged, when its label is their digest; else None."""
+    entries = day_entries(dc, part.merged)
+    if not entries or fingerprint(entries) != part.label:
+        return None
+    return entries
