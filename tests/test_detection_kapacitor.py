@@ -78,15 +78,19 @@ def raw_points(plan: DetectionPlan, starts: Sequence[int]) -> list[Point]:
 
 
 _OUT = re.compile(r"\.(cluster|database|retentionPolicy)\('([^']*)'\)")
+_ROUTE = re.compile(r"\|where\(lambda: \"(\w+)\" == '(\w+)'\)\s*\|delete\(\)\s*\.tag\('(\w+)'\)")
 
 
 def play_replay(
     script: str, dc: InfluxClient, central: InfluxClient, plan: DetectionPlan, start: int, stop: int
 ) -> None:
     """What Kapacitor does when it replays this detection task over [start, stop): each
-    window's query result (no batch for an empty one) to every UDF node of the branch, in its
-    mode, and that node's points to the InfluxDB its influxDBOut names."""
-    calls = script.split("@fedagg()")[1:]
+    window's query result (no batch for an empty one) to the branch's UDF node, and its points
+    down each `|where(routing tag == route) |delete().tag(routing tag) |influxDBOut()` path to
+    the InfluxDB that influxDBOut names."""
+    (call,) = script.split("@fedagg()")[1:]  # a replay's task has one branch
+    udf, *outputs = call.split("\nwindow0\n")
+    options = [_tick_option(*m.groups()) for line in udf.splitlines() if (m := _CALL.match(line))]
     for window in windows_between(start, stop, plan.window_ns):
         rows = [
             row
@@ -110,23 +114,24 @@ def play_replay(
         end.end.name = plan.measurement
         end.end.tmax = window.end_ns
         batch.append(end)
-        for call in calls:
-            udf, out = call.split("|influxDBOut()", 1)
-            options = [
-                _tick_option(*m.groups()) for line in udf.splitlines() if (m := _CALL.match(line))
-            ]
-            stdout = io.BytesIO()
-            stdin = io.BytesIO(b"".join(frame(r) for r in [init(options), *batch]))
-            assert serve(stdin, stdout) == 0
-            responses = [
-                pb.Response.FromString(d) for d in iter_frames(io.BytesIO(stdout.getvalue()))
-            ]
-            points = [
-                point_from_message(r.point) for r in responses if r.WhichOneof("message") == "point"
-            ]
+        stdout = io.BytesIO()
+        stdin = io.BytesIO(b"".join(frame(r) for r in [init(options), *batch]))
+        assert serve(stdin, stdout) == 0
+        responses = [pb.Response.FromString(d) for d in iter_frames(io.BytesIO(stdout.getvalue()))]
+        emitted = [
+            point_from_message(r.point) for r in responses if r.WhichOneof("message") == "point"
+        ]
+        for out in outputs:
+            match = _ROUTE.search(out)
+            assert match is not None, out
+            tag, route, deleted = match.groups()
             target = dict(_OUT.findall(out))
             tags = dict(re.findall(r"\.tag\('([^']*)', '([^']*)'\)", out))
-            points = [Point(p.measurement, {**p.tags, **tags}, p.fields, p.time_ns) for p in points]
+            points = [
+                Point(p.measurement, {**{k: v for k, v in p.tags.items() if k != deleted}, **tags}, p.fields, p.time_ns)
+                for p in emitted
+                if p.tags.get(tag) == route
+            ]  # fmt: skip
             client = central if target.get("cluster") else dc
             client.write(
                 serialize(points),

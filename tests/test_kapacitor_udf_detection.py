@@ -25,7 +25,7 @@ from test_kapacitor_udf import (
 from federation.config import load_config
 from federation.config.resolve import resolve_detection
 from federation.core.detect import detect_window, finding_points, shipped_points
-from federation.core.detection_plan import DetectionPlan
+from federation.core.detection_plan import ROUTE_CENTRAL, ROUTE_LOCAL, ROUTE_TAG, DetectionPlan
 from federation.core.points import Point
 from federation.kapacitor import _udf_pb2 as pb
 from federation.kapacitor.udf_detection import DETECTION_OPTION_TYPES
@@ -101,14 +101,15 @@ def udf_points(p: DetectionPlan, mode: str, data: Sequence[Row], *, as_tags: boo
     return [point_from_message(r.point) for r in responses if r.WhichOneof("message") == "point"]
 
 
-def test_the_rendered_detection_options_init_the_udf_in_both_modes() -> None:
+def test_the_rendered_detection_options_init_the_udf_once_per_branch() -> None:
     for name in ("recipients_per_sender", "senders_per_client_ip", "helos_per_sender"):
         p = resolve_detection(load_config(REPO), name, "dub1")
         script = render_detection(p, REPO / "tickscripts").script
         calls = script.split("@fedagg()")[1:]
-        assert len(calls) == 2 * p.lookback_windows
+        assert len(calls) == p.lookback_windows  # one UDF process per branch
         for call in calls:
-            body = call.split("|influxDBOut()", 1)[0]
+            body = call.split("\nwindow", 1)[0]
+            assert ".mode('split')" in body
             lines = body.splitlines()
             given = [_tick_option(*m.groups()) for line in lines if (m := _CALL.match(line))]
             for option in given:
@@ -132,6 +133,23 @@ def test_a_window_gives_the_embedded_executors_findings_and_counts(as_tags: bool
     assert not any(isinstance(v, str) and "@" in v for q in counts for v in q.fields.values())
 
 
+def test_split_mode_tags_each_point_with_where_it_goes() -> None:
+    p = plan(at_least=5, factor=3.0)
+    data = rows(400)
+    result = detect_window(p, START, [r[1] for r in data], [r[2] for r in data])
+    split = udf_points(p, "split", data, as_tags=False)
+    routed: dict[str, list[Point]] = {ROUTE_LOCAL: [], ROUTE_CENTRAL: []}
+    for q in split:
+        tags = dict(q.tags)
+        routed[tags.pop(ROUTE_TAG)].append(Point(q.measurement, tags, q.fields, q.time_ns))
+    assert typed(routed[ROUTE_LOCAL]) == typed(finding_points(p, result, run=0))
+    assert typed(routed[ROUTE_CENTRAL]) == typed(shipped_points(p, result, run=0))
+    # Every key value is routed to the DC itself.
+    assert not any(
+        isinstance(v, str) and "@" in v for q in routed[ROUTE_CENTRAL] for v in q.fields.values()
+    )
+
+
 def test_counting_events_per_key_needs_no_distinct() -> None:
     p = plan(distinct=None, at_least=30, factor=1.0)
     data = rows(300, seed=9)
@@ -148,7 +166,7 @@ def test_counting_events_per_key_needs_no_distinct() -> None:
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
-        ({"mode": "everything"}, "mode: 'everything' is not one of findings, counts"),
+        ({"mode": "everything"}, "mode: 'everything' is not one of findings, counts, split"),
         ({"key": None}, "key: missing"),
         ({"distinct": "sender"}, "distinct: must name another key than key"),
         ({"atLeast": 0}, "atLeast: 0 must be at least 1"),

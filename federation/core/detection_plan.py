@@ -38,6 +38,13 @@ DETECTION_RUNS_MEASUREMENT = "federation_detection_runs"
 """Beside the findings: each window's newest computation (run, keys, findings), so a re-run
 that finds nothing still says that an earlier run's findings no longer hold."""
 
+ROUTE_TAG = "federation_to"
+"""In Kapacitor, the tag the UDF (detection `split` mode) puts on every point it emits, and
+the script routes on and deletes before each output: `ROUTE_LOCAL` on the findings and run
+points (the DC's own InfluxDB), `ROUTE_CENTRAL` on the counts and manifest (the gateway)."""
+ROUTE_LOCAL = "local"
+ROUTE_CENTRAL = "central"
+
 _COUNT_FIELDS: dict[str, FieldType] = {"count": "integer", "keys": "integer", "findings": "integer"}
 _FINDING_FIELDS: dict[str, FieldType] = {
     "key": "string",

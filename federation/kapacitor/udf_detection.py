@@ -1,12 +1,19 @@
 """The UDF's detection mode: `@fedagg().detection(…)` computes one window of a detection.
 
-A detection's TICKscript (`tickscripts/detection.tick.j2`) calls the project's one UDF twice
-per window branch, on the same batch: once in `findings` mode, whose points (each finding with
-its key value, and the window's run point) go to the DC's own InfluxDB under the raw retention
-policy, and once in `counts` mode, whose points (one count point tagged `dc` alone, and the
-manifest) go to the gateway. Both compute the window with `federation.core.detect`, the code the
-embedded executor runs, so the two executors keep the same findings and ship the same counts;
-a process in `counts` mode never emits a key value, whatever the batch holds.
+A detection's TICKscript (`tickscripts/detection.tick.j2`) calls the project's one UDF once per
+window branch, in `split` mode: it computes the window once and emits every point tagged
+`ROUTE_TAG` — `local` on the findings (each with its key value) and the window's run point,
+`central` on the count point (tag `dc` alone) and the manifest. The script splits them after
+the UDF: `|where(lambda: "federation_to" == 'local')` to the DC's own InfluxDB under the raw
+retention policy, `|where(lambda: "federation_to" == 'central')` to the gateway, each through
+`|delete().tag('federation_to')`, so both destinations see exactly the embedded executor's
+points. One Python process per branch, not one per branch and destination: Kapacitor starts
+every UDF process of a task at once, and a DC runs several detections beside its aggregations.
+
+`findings` and `counts` modes emit one destination's points only, untagged; a process in
+`counts` mode never emits a key value, whatever the batch holds. Every mode computes the window
+with `federation.core.detect`, the code the embedded executor runs, so the two executors keep
+the same findings and ship the same counts.
 
 The options are declared beside the aggregation's in the UDF's Info answer (Kapacitor checks
 every call against it); an Init that names `detection` is read with `DETECTION_OPTION_TYPES`.
@@ -19,6 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from federation.core.detect import detect_window, finding_points, shipped_points
+from federation.core.detection_plan import ROUTE_CENTRAL, ROUTE_LOCAL, ROUTE_TAG
 from federation.core.durations import DAY_NS, format_duration
 from federation.core.points import Point
 from federation.kapacitor import _udf_pb2 as pb
@@ -39,8 +47,9 @@ DETECTION_OPTION_TYPES: Final[dict[str, pb.ValueType]] = {
 DETECTION_OPTIONAL: Final = frozenset({"distinct"})
 """Options a detection may leave out: without `distinct` it counts events per key."""
 
-MODES: Final = ("findings", "counts")
-"""`findings`: the findings and run point, for the DC's own InfluxDB. `counts`: what leaves."""
+MODES: Final = ("findings", "counts", "split")
+"""`findings`: the findings and run point, for the DC's own InfluxDB. `counts`: what leaves.
+`split`: both, each point tagged with its destination (`ROUTE_TAG`)."""
 
 OptionValues = Mapping[str, Sequence[bool | int | float | str]]
 
@@ -128,11 +137,20 @@ def detection_points(
     *,
     run: int,
 ) -> list[Point]:
-    """The points of one whole window for the mode's output: `finding_points` (findings mode)
-    or `shipped_points` (counts mode), from `detect_window` over the key column (and the
-    counted key's column)."""
+    """The points of one whole window for the mode's output: `finding_points` (findings mode),
+    `shipped_points` (counts mode), or both with `ROUTE_TAG` on each (split mode), from
+    `detect_window` over the key column (and the counted key's column)."""
     values = columns[1] if options.distinct is not None else None
     result = detect_window(options, window_start_ns, columns[0], values)
     if options.mode == "findings":
         return finding_points(options, result, run=run)
-    return shipped_points(options, result, run=run)
+    if options.mode == "counts":
+        return shipped_points(options, result, run=run)
+    return [
+        Point(p.measurement, {**p.tags, ROUTE_TAG: route}, p.fields, p.time_ns)
+        for points, route in (
+            (finding_points(options, result, run=run), ROUTE_LOCAL),
+            (shipped_points(options, result, run=run), ROUTE_CENTRAL),
+        )
+        for p in points
+    ]

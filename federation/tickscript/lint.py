@@ -39,6 +39,7 @@ from federation.tickscript.signatures import (
     CHAINING,
     FIELD_PRESERVING,
     FLOAT,
+    NAME_PRESERVING,
     NUMBER,
     PROPERTIES,
     SELECTORS,
@@ -447,6 +448,9 @@ class _Linter:
             if link is None or _is_empty_string(link, self.env):
                 self.at(node, rule, f"influxDBOut needs .{name}('...')")
         parent = node.parent
+        # These nodes pass points on under their own names: a UDF's stay the UDF's.
+        while parent is not None and parent.kind in NAME_PRESERVING:
+            parent = parent.parent
         if parent is not None and (parent.kind == UDF or not parent.known):
             return
         link = node.last("measurement")

@@ -18,7 +18,7 @@ import jinja2
 
 from federation.config import FederationConfig
 from federation.config.resolve import resolve_all, resolve_detection, resolve_plan
-from federation.core.detection_plan import DetectionPlan
+from federation.core.detection_plan import ROUTE_CENTRAL, ROUTE_LOCAL, ROUTE_TAG, DetectionPlan
 from federation.core.durations import format_duration
 from federation.core.plan import AggregationPlan
 from federation.errors import TickScriptError
@@ -173,6 +173,9 @@ def _render(
             udf_name=UDF_NAME,
             gateway_cluster=gateway_cluster,
             template_name=plan.template,
+            route_tag=ROUTE_TAG,
+            route_local=ROUTE_LOCAL,
+            route_central=ROUTE_CENTRAL,
         )
     except jinja2.TemplateSyntaxError as exc:
         raise TickScriptError(

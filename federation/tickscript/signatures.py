@@ -144,3 +144,5 @@ CHAINING: dict[str, Signature] = {
 SOURCE_CHILDREN = {"batch": "query", "stream": "from"}
 # Nodes a selector can reach its query through without the raw points losing fields.
 FIELD_PRESERVING = frozenset({"eval", "where", "groupBy", "default", "log"})
+# Nodes that pass points on under the names they arrived with.
+NAME_PRESERVING = frozenset({"where", "delete", "default", "log"})

@@ -32,7 +32,8 @@ def test_every_detection_renders_for_every_dc_and_lints_clean() -> None:
         assert task.script.startswith(
             f"// federation plan {plan.detection} dc={plan.dc} version={plan.version}\n"
         )
-        assert task.script.count(".mode('counts')") == plan.lookback_windows
+        assert task.script.count("@fedagg()") == plan.lookback_windows  # one UDF per branch
+        assert task.script.count(".mode('split')") == plan.lookback_windows
         assert task.script.count(".cluster('federation_gateway')") == plan.lookback_windows
         assert task.id == f"fed-{plan.detection}-{plan.dc}"
 
@@ -40,8 +41,18 @@ def test_every_detection_renders_for_every_dc_and_lints_clean() -> None:
 HOSTILE = {
     # The findings (with key values) sent to the gateway instead of the DC's own InfluxDB.
     "findings-to-gateway": (
-        "{% if mode == 'findings' %}",
-        "{% if mode == 'nothing' %}",
+        "{% if route == route_local %}",
+        "{% if route == 'nothing' %}",
+    ),
+    # Everything the UDF emits but the counts let through to the gateway.
+    "where-inverted": (
+        "|where(lambda: {{ route_tag | tick_reference }} == {{ route | tick_string }})",
+        "|where(lambda: {{ route_tag | tick_reference }} != {{ route | tick_string }})",
+    ),
+    # The UDF's points to the gateway unsorted.
+    "no-where": (
+        "    |where(lambda: {{ route_tag | tick_reference }} == {{ route | tick_string }})\n",
+        "",
     ),
     # The raw query written straight to the gateway cluster, beside the UDF.
     "raw-to-gateway": (
@@ -89,7 +100,7 @@ def test_a_short_window_flushes_both_outputs_every_window() -> None:
     plan = resolve_detection(load_config(REPO), "recipients_per_sender", "dub1")
     short = dataclasses.replace(plan, window_ns=2 * 10**9, lookback_ns=4 * 10**9)
     script = render_detection(short, REPO / "tickscripts").script
-    # Two branches, each with a findings and a counts output: all four flush every 2 s.
+    # Two branches, each with a local and a gateway output: all four flush every 2 s.
     assert script.count("|influxDBOut()") == 4 == script.count(".flushInterval(2s)")
     assert ".flushInterval(" not in render_detection(plan, REPO / "tickscripts").script
 

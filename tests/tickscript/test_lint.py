@@ -322,4 +322,18 @@ def test_a_detection_may_send_only_the_udfs_counts_to_the_gateway() -> None:
     findings = counts.replace("'counts'", "'findings'")
     (problem,) = lint(head + findings + out, ctx)
     assert (problem.rule, problem.line) == ("detection-gateway", 6)
-    assert "only @fedagg().mode('counts') may write" in problem.message
+    assert "only @fedagg().mode('counts'), or @fedagg().mode('split') through" in problem.message
+    # The split UDF's points reach the gateway only through the route filter, untagged.
+    split = "w @fedagg().detection('d').mode('split')\n"
+    where = "    |where(lambda: \"federation_to\" == 'central')\n"
+    delete = "    |delete().tag('federation_to')\n"
+    assert lint(head + split + where + delete + out, ctx) == []
+    for hostile in (
+        head + split + where.replace("'central'", "'local'") + delete + out,
+        head + split + where.replace("==", "!=") + delete + out,
+        head + split + delete + out,
+        head + split + where + out,
+        head + counts.replace("'counts'", "'split'") + out,
+    ):
+        (problem,) = lint(hostile, ctx)
+        assert problem.rule == "detection-gateway", hostile
