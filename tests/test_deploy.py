@@ -11,6 +11,7 @@ import pytest
 from kapacitor_fixture import STALE, KapacitorUnderTest
 
 from federation.config import load_config
+from federation.core.plan import AggregationPlan
 from federation.devstack.kapacitor_emulator import KapacitorEmulator
 from federation.kapacitor.client import KapacitorClient
 from federation.kapacitor.deploy import (
@@ -27,7 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def desired(dc: str = "dub1") -> list[TaskSnapshot]:
-    return [TaskSnapshot.of_rendered(t) for t in render_all(load_config(REPO), dc=dc)]
+    """The DC's aggregation tasks (the detections' would only add UDF processes here)."""
+    tasks = render_all(load_config(REPO), dc=dc)
+    return [TaskSnapshot.of_rendered(t) for t in tasks if isinstance(t.plan, AggregationPlan)]
 
 
 @pytest.fixture

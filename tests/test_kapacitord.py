@@ -26,12 +26,15 @@ import yaml
 from kapacitor_fixture import federation_command
 
 from federation.agent import AgentSettings, RunIds, build_agent, compute_window
+from federation.agent.detection_executor import read_detection_window
 from federation.config import FederationConfig, load_config
 from federation.coordinator.api import build_app
 from federation.coordinator.app import ensure_central
 from federation.coordinator.ledger import open_ledger
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.core.clock import SystemClock
+from federation.core.detect import finding_points, shipped_points
+from federation.core.detection_plan import DETECTION_RUNS_MEASUREMENT, DetectionPlan
 from federation.core.influxql import quote_ident
 from federation.core.lineprotocol import serialize
 from federation.core.plan import AggregationPlan
@@ -216,13 +219,16 @@ def test_replayed_windows_at_central_equal_the_embedded_executor(
             agent.reconcile()
             assert last_enabled(kapacitor_port) == enabled_at
 
-            # The aggregations' tasks: the detections the agent also runs are computed by its
-            # own executor in this mode.
+            # Every aggregation's task, and one detection's: its findings and run points
+            # stay in the DC, its counts go to central.
             aggregations = [p for p in agent.plans.values() if isinstance(p, AggregationPlan)]
-            plans = sorted(aggregations, key=lambda p: p.aggregation)
+            detection = agent.plans["recipients_per_sender"]
+            assert isinstance(detection, DetectionPlan)
+            plans = [*sorted(aggregations, key=lambda p: p.aggregation), detection]
+            expected_local: dict[Key, dict[str, Any]] = {}
             with InfluxClient(dc_influxd.url) as dc:
                 # Hours -5, -4 and -2 hold raw data; -3 is empty and gets a zero manifest.
-                write_raw(dc, plans[0], [-5, -4, -2], hour0)
+                write_raw(dc, aggregations[0], [-5, -4, -2], hour0)
                 start, end = hour0 - 5 * HOUR, hour0 - HOUR
                 expected: dict[Key, dict[str, Any]] = {}
                 run_ids = RunIds(SystemClock())
@@ -232,6 +238,12 @@ def test_replayed_windows_at_central_equal_the_embedded_executor(
                     assert result.ok, result.summary()
                     assert [w.events for w in result.windows] == [60, 60, 0, 60]
                     for window in windows:
+                        if isinstance(plan, DetectionPlan):
+                            detected = read_detection_window(dc, plan, window)
+                            expected.update(expected_state(shipped_points(plan, detected, run=0)))
+                            kept = finding_points(plan, detected, run=0)
+                            expected_local.update(expected_state(kept))
+                            continue
                         computed = compute_window(dc, plan, window, run_ids=run_ids)
                         expected.update(expected_state(computed.points))
 
@@ -246,14 +258,25 @@ def test_replayed_windows_at_central_equal_the_embedded_executor(
                     actual = {}
                     for measurement in measurements:
                         actual.update(central_state(central, database, rp, measurement, start, end))
+                    # The other detections' tasks run too, and their empty-window checks
+                    # found hour -2 empty before the test wrote its raw data.
+                    names = {("aggregation", p.aggregation) for p in plans}
+                    actual = {k: v for k, v in actual.items() if not set(k[2]).isdisjoint(names) or k[0] != "federation_manifest"}  # fmt: skip
                     if actual == expected:
                         break
                     time.sleep(1)
             assert sorted(actual) == sorted(expected)
             assert actual == expected
+            with InfluxClient(dc_influxd.url) as dc:
+                local = central_state(
+                    dc, detection.database, detection.retention_policy,
+                    DETECTION_RUNS_MEASUREMENT, start, end,
+                )  # fmt: skip
+            mine = ("detection", detection.detection)
+            assert {k: v for k, v in local.items() if mine in k[2]} == expected_local
 
-            # The temporary replay tasks are gone; the live tasks still run.
-            assert set(last_enabled(kapacitor_port)) == {p.task_id for p in plans}
+            # The temporary replay tasks are gone; the live tasks still run, detections too.
+            assert set(last_enabled(kapacitor_port)) == {p.task_id for p in agent.plans.values()}
             assert all(h.healthy for h in agent.mode.health())
         finally:
             stop.set()

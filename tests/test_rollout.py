@@ -11,7 +11,7 @@ import yaml
 from kapacitor_fixture import KapacitorFactory, KapacitorUnderTest
 
 from federation.config import FederationConfig, load_config
-from federation.config.resolve import resolve_all
+from federation.config.resolve import resolve_all, resolve_detection
 from federation.coordinator.convergence import dc_overview
 from federation.coordinator.desired import record_report, sync_desired
 from federation.coordinator.ledger import open_ledger
@@ -29,15 +29,34 @@ from federation.kapacitor.rollout import (
     rollout_status,
 )
 
+DETECTIONS = ("helos_per_sender", "recipients_per_sender", "senders_per_client_ip")
+
 
 @pytest.fixture
 def fleet(config_dir: Path) -> FederationConfig:
-    """The example federation with Kapacitor in dub1, fra1 and lon1."""
+    """The example federation with Kapacitor in dub1, fra1 and lon1, its aggregations only
+    (a detection's task starts a UDF process per branch too: a test adds one when it needs it)."""
     path = config_dir / "fleet.yaml"
     data = yaml.safe_load(path.read_text())
     data["dcs"]["fra1"]["kapacitor"] = {"url": "http://kapacitor.fra1.mail.internal:9092"}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+    for name in DETECTIONS:
+        (config_dir / f"tickscripts/{name}.yaml").unlink()
     return load_config(config_dir)
+
+
+def add_detection(config_dir: Path, **changes: str) -> FederationConfig:
+    """recipients_per_sender added to the config (one branch), with `old: new` text edits."""
+    text = (REPO / "tickscripts/recipients_per_sender.yaml").read_text()
+    text = text.replace("lookback: 2h", "lookback: 1h")
+    for old, new in changes.items():
+        assert old in text
+        text = text.replace(old, new)
+    (config_dir / "tickscripts/recipients_per_sender.yaml").write_text(text)
+    return load_config(config_dir)
+
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -271,3 +290,51 @@ def test_direct_rollout_that_agents_would_revert_is_refused(
     )  # fmt: skip
     assert result.ok and "dub1" in result.done and not result.notes
     ledger.close()
+
+
+def test_a_detection_is_added_canary_first_changed_and_rolled_back(
+    fleet: FederationConfig,
+    config_dir: Path,
+    kapacitor_fleet: dict[str, KapacitorUnderTest],
+    tmp_path: Path,
+) -> None:
+    clients = clients_of(kapacitor_fleet)
+    state = RolloutState(tmp_path / "state.json")
+    assert rollout_apply(fleet, state=state, clients=clients).ok
+
+    def running(dc: str) -> str | None:
+        script = kapacitor_fleet[dc].running_script(f"fed-recipients_per_sender-{dc}")
+        return None if script is None else script_version(script)
+
+    added = add_detection(config_dir)
+    version = resolve_detection(added, "recipients_per_sender", "dub1").version
+    planned = {p.dc: [(c.task_id, c.action) for c in p.pending] for p in rollout_plan(added, clients=clients)}  # fmt: skip
+    assert planned == {
+        dc: [(f"fed-recipients_per_sender-{dc}", "create")] for dc in kapacitor_fleet
+    }
+    order: list[str] = []
+
+    def gate(dc: str) -> None:
+        order.append(dc)
+        # The canary runs the detection before any other DC has it.
+        assert {d for d in kapacitor_fleet if running(d) == version} == set(order)
+
+    result = rollout_apply(added, state=state, canary="fra1", clients=clients, gate=gate)
+    assert result.ok and result.done == ["fra1", "dub1", "lon1"] == order, result.error
+    rows = {(r.dc, r.task_id): r for r in rollout_status(added, clients=clients)}
+    for dc in kapacitor_fleet:
+        row = rows[(dc, f"fed-recipients_per_sender-{dc}")]
+        assert (row.state, row.running_version, row.healthy) == ("current", version, True), row
+
+    changed = add_detection(config_dir, **{"at_least: 500": "at_least: 400"})
+    new_version = resolve_detection(changed, "recipients_per_sender", "dub1").version
+    assert new_version != version
+    assert rollout_apply(changed, state=state, canary="lon1", clients=clients).ok
+    assert {running(dc) for dc in kapacitor_fleet} == {new_version}
+    with clients("lon1") as client:
+        task = client.get_task("fed-recipients_per_sender-lon1", script_format="raw")
+    assert task is not None and ".atLeast(400)" in task.script
+
+    outcome = rollout_rollback(changed, state=state, clients=clients)
+    assert all(v.startswith("restored") for v in outcome.values()), outcome
+    assert {running(dc) for dc in kapacitor_fleet} == {version}

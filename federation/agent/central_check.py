@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from federation.agent.coordinator_client import HeldCount
-from federation.core.plan import AggregationPlan
+from federation.core.detection_plan import TrackedPlan
 from federation.core.windows import Window, lookback_windows
 
 __all__ = [
@@ -45,7 +45,7 @@ class CentralCounts(Protocol):
     ) -> list[HeldCount]: ...
 
 
-def windows_past_lookback(plan: AggregationPlan, now_ns: int, settle_ns: int) -> list[Window]:
+def windows_past_lookback(plan: TrackedPlan, now_ns: int, settle_ns: int) -> list[Window]:
     """The windows to check at `now_ns`: those whose every scheduled run is over.
 
     The last look-back branch reads a window `lookback - 1` windows after it ended, and its
@@ -73,7 +73,7 @@ def describe_missing(held: HeldCount, size_ns: int) -> str:
 
 
 def report_past_lookback(
-    central: CentralCounts, dc: str, plan: AggregationPlan, counts: Mapping[int, int]
+    central: CentralCounts, dc: str, plan: TrackedPlan, counts: Mapping[int, int]
 ) -> list[HeldCount]:
     """Send the raw counts of windows past their look-back; return (and log) the windows the
     coordinator marked `inconsistent` because central holds less of them."""
@@ -92,7 +92,7 @@ def report_past_lookback(
 def short_after_replay(
     central: CentralCounts | None,
     dc: str,
-    plan: AggregationPlan,
+    plan: TrackedPlan,
     counts: Mapping[int, int],
     *,
     wait_s: float,

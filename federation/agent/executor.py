@@ -31,6 +31,7 @@ from federation.agent.overlap import read_ahead
 from federation.agent.shipper import ShipmentRefused
 from federation.core.aggregate import RowGrouper, grouped_window_points
 from federation.core.clock import Clock
+from federation.core.detection_plan import DetectionPlan, TrackedPlan
 from federation.core.influxql import quote_ident
 from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan, ShippedPlan, raw_source
 from federation.core.points import Point
@@ -382,17 +383,32 @@ def events_per_second(result: RangeResult) -> float:
 
 
 def count_raw_events(
-    source: InfluxClient, plan: AggregationPlan, start_ns: int, end_ns: int
+    source: InfluxClient, plan: TrackedPlan, start_ns: int, end_ns: int
 ) -> dict[int, int]:
-    """Raw events per window start in [start, end), from one query (absent means 0)."""
+    """Raw events per window start in [start, end), from one query (absent means 0).
+
+    An aggregation's are the points holding its value field. A detection's are the points its
+    query returns, those holding its key or its counted key: InfluxQL counts each field apart,
+    so this is the larger of the two counts — exact where every point holding one holds the
+    other (or the key is all there is), else a lower bound. Either way a window counted 0
+    returns nothing, and central, holding a complete computation, never holds fewer.
+    """
+    if isinstance(plan, DetectionPlan):
+        fields = plan.counted_fields
+        if not fields:  # InfluxDB returns no row for a SELECT of tags alone
+            return {}
+    else:
+        fields = (plan.value_field,)
+    counted = ", ".join(f"count({quote_ident(f)}) AS {quote_ident(f'n{i}')}" for i, f in enumerate(fields))  # fmt: skip
     query = (
-        f"SELECT count({quote_ident(plan.value_field)}) "
+        f"SELECT {counted} "
         f"FROM {raw_source(plan.database, plan.retention_policy, plan.measurement)} "
         f"WHERE time >= {start_ns} AND time < {end_ns} GROUP BY time({plan.window_ns}ns)"
     )
     counts: dict[int, int] = {}
     for series in source.query(query, database=plan.database):
-        at = series.columns.index("count") if "count" in series.columns else 1
+        at = [series.columns.index(f"n{i}") for i in range(len(fields))]
         for row in series.values:
-            counts[int(row[0])] = counts.get(int(row[0]), 0) + int(row[at] or 0)
+            most = max(int(row[i] or 0) for i in at)
+            counts[int(row[0])] = counts.get(int(row[0]), 0) + most
     return counts

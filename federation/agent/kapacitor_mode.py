@@ -17,9 +17,10 @@ with the previous check, so a failure makes the plan unhealthy until the counter
 a stopped task, a stalled branch, or a UDF node whose errors grew is reloaded (disable + enable
 starts new UDF processes), and the windows it missed are the coordinator's to have backfilled.
 
-Detections run in the agent (`EmbeddedMode`, the same detection executor as a DC without
-Kapacitor) until Kapacitor computes them: `apply`, `health`, `run_windows` and `close` pass
-them there.
+Detections are tasks like aggregations (`fed-<detection>-<dc>`, rendered from
+`tickscripts/detection.tick.j2`): one UDF node per look-back branch keeps the findings in the
+DC's own InfluxDB and ships the counts, and everything below treats both kinds alike — deploy,
+drift, health, replays, empty windows and the check of central.
 
 `run_windows` (catch-up and backfill) replays a temporary single-branch copy of the plan's
 task, `fed-<aggregation>-<dc>-replay`, over exactly the requested windows with
@@ -27,7 +28,8 @@ task, `fed-<aggregation>-<dc>-replay`, over exactly the requested windows with
 also recompute earlier windows, whose raw data may already be partly past retention, and a
 partial recomputation must never overwrite complete data. A window without raw data yields no
 batch in a replay, so afterwards each window's raw events are counted in the DC's InfluxDB and
-every empty window gets its zero manifest through the agent's shipper. Kapacitor's writes
+every empty window gets its zero manifest through the agent's shipper (a detection's empty
+window also its run point in the DC's InfluxDB, as the embedded executor writes it). Kapacitor's writes
 are not the agent's to see, and a replay whose writes the gateway refused (or could not take)
 still finishes: so the replay counts as done only once the coordinator says central holds at
 least the events counted for each of its windows (`central_check`).
@@ -59,7 +61,6 @@ from federation.agent.central_check import (
     windows_past_lookback,
 )
 from federation.agent.coordinator_client import HeldCount
-from federation.agent.embedded_mode import EmbeddedMode
 from federation.agent.executor import (
     RangeResult,
     RunIds,
@@ -73,23 +74,24 @@ from federation.agent.kapacitor_replay import (
     replay_task_id,
     run_replay,
 )
-from federation.agent.modes import AgentSettings, ModeContext, PlanHealth
+from federation.agent.modes import ModeContext, PlanHealth
 from federation.agent.shipper import ShipmentRefused
 from federation.agent.task_watch import TaskReloads, TaskWatch, is_udf_node
 from federation.agent.window_choice import settle_ns
-from federation.agent.window_runner import WindowRunner
 from federation.core.aggregate import manifest_point
 from federation.core.clock import Clock, format_rfc3339
+from federation.core.detect import WindowResult as Detected
+from federation.core.detect import finding_points
 from federation.core.detection_plan import DetectionPlan, TrackedPlan
 from federation.core.durations import format_duration
-from federation.core.plan import AggregationPlan
+from federation.core.lineprotocol import serialize
 from federation.core.windows import Window, coalesce, lookback_windows
 from federation.errors import FederationError, KapacitorError
 from federation.influx import InfluxClient, credentials_from_env
 from federation.kapacitor.client import KapacitorClient, TaskHealth
 from federation.kapacitor.deploy import TaskSnapshot, apply_tasks, script_version
 from federation.kapacitor.logs import ErrorLog
-from federation.tickscript.render import render_plan
+from federation.tickscript.render import render_tracked
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +148,13 @@ class KapacitorMode:
         self.error_log = error_log
         self.central_wait_s = central_wait_s
         self._checked: dict[tuple[str, str], set[int]] = {}
-        self._plans: dict[str, AggregationPlan] = {}
+        self._plans: dict[str, TrackedPlan] = {}
         self._desired: dict[str, TaskSnapshot] = {}
         self._apply_error: str | None = None
         self._watch = TaskWatch()
         self._reloads = TaskReloads(client, dc, self._watch, reload_interval_s)
         self._lock = threading.Lock()
         self._replay_lock = threading.Lock()
-        self._detections: EmbeddedMode | None = None
 
     @classmethod
     def create(cls, context: ModeContext) -> KapacitorMode:
@@ -195,30 +196,20 @@ class KapacitorMode:
 
     # --- deploying ----------------------------------------------------------------------------
 
-    def _render(self, plan: AggregationPlan) -> TaskSnapshot:
-        task = render_plan(plan, self.templates_dir, gateway_cluster=self.gateway_cluster)
+    def _render(self, plan: TrackedPlan) -> TaskSnapshot:
+        task = render_tracked(plan, self.templates_dir, gateway_cluster=self.gateway_cluster)
         return TaskSnapshot.of_rendered(task)
 
-    def _detection_mode(self) -> EmbeddedMode:
-        if self._detections is None:
-            runner = WindowRunner(self.source, self.sink, self.clock)
-            settings = AgentSettings(settle_s=self.settle_s)
-            self._detections = EmbeddedMode(runner, stop=self.stop, settings=settings)
-        return self._detections
-
     def apply(self, plans: Sequence[TrackedPlan]) -> None:
-        """Bring the DC's Kapacitor to exactly one task per aggregation plan, or leave it as it
-        was; hand the detection plans to the agent's own executor.
+        """Bring the DC's Kapacitor to exactly one task per plan (aggregation or detection), or
+        leave it as it was.
 
         Raises TickScriptError when a plan does not render, DeploymentError when the
         deployment failed (the previous tasks are restored), KapacitorError when Kapacitor
         cannot be read. Whatever happens, `health` then judges the running tasks against these
         plans and names the failure.
         """
-        detections = [p for p in plans if isinstance(p, DetectionPlan)]
-        if detections or self._detections is not None:
-            self._detection_mode().apply(detections)
-        tasks = [p for p in plans if isinstance(p, AggregationPlan)]
+        tasks = list(plans)
         with self._lock:
             self._plans = {plan.aggregation: plan for plan in tasks}
             self._desired = {}
@@ -267,14 +258,13 @@ class KapacitorMode:
             plans = dict(self._plans)
             desired = dict(self._desired)
             apply_error = self._apply_error
-        local = [] if self._detections is None else self._detections.health()
-        results = list(local)
+        results: list[PlanHealth] = []
         for name, plan in sorted(plans.items()):
             try:
                 results.append(self._plan_health(plan, desired.get(name), apply_error))
             except KapacitorError as exc:
                 if exc.status is None:  # unreachable: asking about the other tasks is futile
-                    return local + [
+                    return [
                         PlanHealth(other, p.version, False, f"Kapacitor does not answer: {exc}")
                         for other, p in sorted(plans.items())
                     ]
@@ -283,7 +273,7 @@ class KapacitorMode:
         return results
 
     def _plan_health(
-        self, plan: AggregationPlan, wanted: TaskSnapshot | None, apply_error: str | None
+        self, plan: TrackedPlan, wanted: TaskSnapshot | None, apply_error: str | None
     ) -> PlanHealth:
         """The health of one plan's task; KapacitorError when Kapacitor cannot tell."""
         task_id = plan.task_id
@@ -366,8 +356,7 @@ class KapacitorMode:
     def run_windows(
         self, plan: TrackedPlan, windows: Sequence[Window], stop: threading.Event
     ) -> RangeResult:
-        """Recompute and ship `windows` with Kapacitor replays, and ship the empty ones (a
-        detection's windows: with the agent's own executor).
+        """Recompute and ship `windows` with Kapacitor replays, and ship the empty ones.
 
         The raw events of each run of contiguous windows are counted first, with one query.
         Every run of contiguous windows that hold events is one replay (`recording-time: true`)
@@ -383,8 +372,6 @@ class KapacitorMode:
         error; a stop request ends it before the next replay or while waiting for one (the
         replay itself cannot be cancelled in Kapacitor).
         """
-        if isinstance(plan, DetectionPlan):
-            return self._detection_mode().run_windows(plan, windows, stop)
         ordered = sorted(set(windows))
         results: list[WindowResult] = []
 
@@ -537,9 +524,7 @@ class KapacitorMode:
             checked.update(w.start_ns for w in todo)
         return marked
 
-    def _replay(
-        self, plan: AggregationPlan, start_ns: int, end_ns: int, stop: threading.Event
-    ) -> None:
+    def _replay(self, plan: TrackedPlan, start_ns: int, end_ns: int, stop: threading.Event) -> None:
         """Replay [start, end) with the plan's temporary task (see `kapacitor_replay`)."""
 
         def sleep(seconds: float) -> None:
@@ -559,14 +544,22 @@ class KapacitorMode:
         )
 
     def _ship_empty(
-        self, plan: AggregationPlan, window: Window, stop: threading.Event
+        self, plan: TrackedPlan, window: Window, stop: threading.Event
     ) -> tuple[WindowResult, bool]:
-        """Ship one window's zero manifest; the result and whether the failure ends the run."""
+        """Ship one window's zero manifest (a detection's after writing its run point in the
+        DC, as the embedded executor does); the result and whether the failure ends the run."""
         run = self.run_ids.next()
         manifest = manifest_point(
             plan, window.start_ns, events=0, groups=0, suppressed_events=0, run=run
         )
         try:
+            if isinstance(plan, DetectionPlan):
+                nothing = Detected(window.start_ns, 0, 0, float(plan.at_least), ())
+                self.source.write(
+                    serialize(finding_points(plan, nothing, run=run)),
+                    database=plan.database,
+                    retention_policy=plan.retention_policy,
+                )
             shipped = self.sink.ship_window(plan, [manifest], stop=stop)
         except FederationError as exc:
             log.error("%s window %s: zero manifest not shipped: %s", plan.aggregation, window, exc)
@@ -580,8 +573,6 @@ class KapacitorMode:
         The deployed tasks keep running in Kapacitor: they do not depend on the agent.
         """
         self.stop.set()
-        if self._detections is not None:
-            self._detections.close()
         if self._replay_lock.acquire(timeout=30):
             self._replay_lock.release()
         if self.error_log is not None:

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 
 from federation.core.clock import format_rfc3339
-from federation.core.plan import AggregationPlan
+from federation.core.detection_plan import TrackedPlan
 from federation.errors import KapacitorError
 from federation.kapacitor.client import KapacitorClient
 
@@ -18,12 +18,12 @@ log = logging.getLogger(__name__)
 REPLAY_SUFFIX = "-replay"
 
 
-def replay_task_id(plan: AggregationPlan) -> str:
+def replay_task_id(plan: TrackedPlan) -> str:
     """The id of the temporary task a replay of `plan` runs: `fed-<aggregation>-<dc>-replay`."""
     return plan.task_id + REPLAY_SUFFIX
 
 
-def replay_plan(plan: AggregationPlan) -> AggregationPlan:
+def replay_plan(plan: TrackedPlan) -> TrackedPlan:
     """`plan` with a look-back of one window: its task has one branch, with offset 0."""
     return dataclasses.replace(plan, lookback_ns=plan.window_ns)
 

@@ -99,6 +99,12 @@ class DetectionPlan:
         return (self.key,) if self.distinct is None else (self.key, self.distinct)
 
     @property
+    def counted_fields(self) -> tuple[str, ...]:
+        """The keys read that are fields: what InfluxQL can count the window's events by."""
+        typed = [(self.key, self.key_is_tag), (self.distinct, self.distinct_is_tag)]
+        return tuple(name for name, is_tag in typed if name is not None and not is_tag)
+
+    @property
     def query(self) -> str:
         """The InfluxQL that reads one window, without its time condition: the key (and the
         counted key) only, typed so that InfluxDB returns them whether tag or field, and no

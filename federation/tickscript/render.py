@@ -17,8 +17,14 @@ from typing import Any
 import jinja2
 
 from federation.config import FederationConfig
-from federation.config.resolve import resolve_all, resolve_detection, resolve_plan
-from federation.core.detection_plan import ROUTE_CENTRAL, ROUTE_LOCAL, ROUTE_TAG, DetectionPlan
+from federation.config.resolve import resolve_detection, resolve_plan, resolve_tracked
+from federation.core.detection_plan import (
+    ROUTE_CENTRAL,
+    ROUTE_LOCAL,
+    ROUTE_TAG,
+    DetectionPlan,
+    TrackedPlan,
+)
 from federation.core.durations import format_duration
 from federation.core.plan import AggregationPlan
 from federation.errors import TickScriptError
@@ -228,6 +234,15 @@ def render_detection(
     return RenderedTask(plan, script)
 
 
+def render_tracked(
+    plan: TrackedPlan, templates_dir: Path, *, gateway_cluster: str = "federation_gateway"
+) -> RenderedTask:
+    """Render and lint the task of a plan of either kind (`render_plan`, `render_detection`)."""
+    if isinstance(plan, DetectionPlan):
+        return render_detection(plan, templates_dir, gateway_cluster=gateway_cluster)
+    return render_plan(plan, templates_dir, gateway_cluster=gateway_cluster)
+
+
 _HEADER_PREFIX = "// federation plan "
 SEPARATOR_PREFIX = "// ---- "
 """How `federation render` introduces each task when it prints several to one stream."""
@@ -348,19 +363,24 @@ def lint_file(config: FederationConfig, source: str, file: str) -> list[LintedSc
 def render_all(
     config: FederationConfig, *, dc: str | None = None, aggregation: str | None = None
 ) -> list[RenderedTask]:
-    """Render every (aggregation, DC) task of the config, optionally only one DC or aggregation."""
-    plans = [
-        p for p in resolve_all(config, dc) if aggregation is None or p.aggregation == aggregation
-    ]
-    if aggregation is not None and aggregation not in config.aggregations:
-        known = ", ".join(sorted(config.aggregations))
+    """Render every (aggregation or detection, DC) task of the config, optionally only one DC
+    or one aggregation or detection."""
+    names = {*config.aggregations, *config.detections}
+    if aggregation is not None and aggregation not in names:
+        known = ", ".join(sorted(names))
         raise TickScriptError(
-            f"no aggregation named {aggregation!r} (known: {known})", 1, 1, "tickscripts"
+            f"no aggregation or detection named {aggregation!r} (known: {known})",
+            1,
+            1,
+            "tickscripts",
         )
-    return [
-        render_plan(p, config.templates_dir, gateway_cluster=config.fleet.central.gateway_cluster)
-        for p in plans
+    plans = [
+        p
+        for p in resolve_tracked(config, dc)
+        if aggregation is None or p.aggregation == aggregation
     ]
+    gateway = config.fleet.central.gateway_cluster
+    return [render_tracked(p, config.templates_dir, gateway_cluster=gateway) for p in plans]
 
 
 def write_rendered(tasks: list[RenderedTask], out_dir: Path) -> list[Path]:

@@ -32,14 +32,17 @@ from federation.agent import (
     compute_window,
     mode_name,
 )
+from federation.agent.detection_executor import keep_findings, read_detection_window
 from federation.agent.kapacitor_mode import KapacitorMode
 from federation.agent.kapacitor_replay import replay_task_id
 from federation.config import FederationConfig, load_config
-from federation.config.resolve import resolve_plan
+from federation.config.resolve import resolve_detection, resolve_plan, resolve_tracked
 from federation.coordinator.app import run_verification
 from federation.coordinator.backfills import request_backfill
 from federation.coordinator.ledger import DcRow, DeploymentRow
 from federation.core.clock import FakeClock, format_rfc3339
+from federation.core.detect import shipped_points
+from federation.core.detection_plan import DetectionPlan, TrackedPlan
 from federation.core.plan import AggregationPlan
 from federation.core.points import Point
 from federation.core.windows import Window, windows_between
@@ -153,35 +156,66 @@ def test_apply_creates_updates_and_deletes_tasks_and_reports_healthy(
     mode.close()
 
 
-def test_detections_run_in_the_agent_beside_the_kapacitor_tasks(
-    client: KapacitorClient, dc_influxd: InfluxServer
+def test_a_detection_is_a_kapacitor_task_like_an_aggregation(
+    client: KapacitorClient, emulator: KapacitorEmulator, dc: InfluxClient
 ) -> None:
-    from federation.config.resolve import resolve_detection
-
+    """Deployed, judged healthy or stalled, replayed over its windows with events, its empty
+    windows confirmed with a zero manifest and a run point kept in the DC, removed with its
+    plan: the agent computes none of it itself."""
     detection = resolve_detection(load_config(REPO), "recipients_per_sender", "dub1")
+    detection = replace(detection, dc="dc1", window_ns=SECOND, lookback_ns=2 * SECOND)
+    t0 = recent_minute()
+    write_events(dc, [Event(t0 + SECOND + i * 1000, 10.0) for i in range(3)])
+    seen = record_replays(emulator)
     sink = RecordingSink([])
-    with InfluxClient(dc_influxd.url) as source:
-        source.create_database("mail")
-        source.execute('CREATE RETENTION POLICY "raw" ON "mail" DURATION 0s REPLICATION 1')
-        mode = new_mode(client, source=source, sink=sink)
-        direction, latency = example_plans()
-        mode.apply([direction, latency, detection])
-        # Kapacitor runs the aggregations' tasks only; the detection is the agent's own.
-        assert {t.id for t in client.list_tasks()} == {direction.task_id, latency.task_id}
-        health = {h.aggregation: h for h in mode.health()}
-        assert set(health) == {"delivery_direction", "delivery_latency", detection.detection}
-        assert health[detection.detection].healthy
-        window = Window(100 * HOUR, HOUR)
-        result = mode.run_windows(detection, [window], threading.Event())
-        assert result.ok, result.summary()
-        # An empty window: the embedded detection executor ships its zero manifest itself.
-        (shipped,) = sink.shipped
-        assert [(p.measurement, p.tags["aggregation"]) for p in shipped] == [
-            ("federation_manifest", detection.detection)
-        ]
-        mode.apply([direction, latency])
-        assert detection.detection not in {h.aggregation for h in mode.health()}
-        mode.close()
+    mode = new_mode(client, dc="dc1", source=dc, sink=sink, clock=FakeClock(t0 + HOUR))
+    aggregation = make_plan()
+    mode.apply([aggregation, detection])
+    script = emulator.running_script(detection.task_id)
+    assert script is not None and script_version(script) == detection.version
+    assert script.count("@fedagg()") == 2 and ".mode('split')" in script  # a UDF per branch
+    health = {h.aggregation: h for h in mode.health()}
+    assert health[detection.detection].healthy, health
+    assert health[detection.detection].detail == (
+        f"task {detection.task_id} executing version {detection.version}"
+    )
+
+    # Its first branch's UDF process dies: the branch stalls, the task is reloaded.
+    assert emulator.kill_udf(detection.task_id, node_fails=False) == "fedagg2"
+    (unhealthy,) = [h for h in mode.health() if h.aggregation == detection.detection]
+    assert not unhealthy.healthy
+    assert "UDF branch query1 -> fedagg2 stalled" in unhealthy.detail
+    assert "reloaded the task" in unhealthy.detail
+
+    # Window 1 holds events and is replayed; windows 0 and 2 are empty.
+    windows = windows_between(t0, t0 + 3 * SECOND, SECOND)
+    result = mode.run_windows(detection, windows, threading.Event())
+    assert result.ok, result.summary()
+    assert [w.events for w in result.windows] == [0, 3, 0]
+    (replay,) = seen
+    assert (replay.task, replay.start_ns - t0, replay.stop_ns - t0) == (
+        f"{detection.task_id}-replay",
+        SECOND,
+        2 * SECOND,
+    )
+    assert replay.script.count("@fedagg()") == 1 and ".offset(0s)" in replay.script
+    assert [[(p.measurement, p.fields["events"]) for p in points] for points in sink.shipped] == [
+        [("federation_manifest", 0)],
+        [("federation_manifest", 0)],
+    ]
+    runs = dc.query(
+        'SELECT "keys", "findings" FROM "mail"."raw"."federation_detection_runs"',
+        database="mail",
+    )
+    assert [(int(r[0]) - t0, r[1], r[2]) for series in runs for r in series.values] == [
+        (0, 0, 0),
+        (2 * SECOND, 0, 0),
+    ]
+
+    mode.apply([aggregation])
+    assert detection.task_id not in emulator.tasks
+    assert detection.detection not in {h.aggregation for h in mode.health()}
+    mode.close()
 
 
 def test_a_task_failing_to_start_restores_the_previous_tasks_and_is_unhealthy(
@@ -619,13 +653,14 @@ def write_hours(dc_url: str, hour0: int, hours: Sequence[int], per_hour: int = 4
 
 def kapacitor_stand_in(
     emulator: KapacitorEmulator,
-    plans: Sequence[AggregationPlan],
+    plans: Sequence[TrackedPlan],
     source: InfluxClient,
     sink: WindowSink,
     clock: FakeClock,
 ) -> list[tuple[str, int, int]]:
     """Make the emulator's replays ship what Kapacitor's UDF would: the embedded executor's
-    points for every replayed window that holds raw data, nothing for an empty one."""
+    points for every replayed window that holds raw data, nothing for an empty one (a
+    detection's findings and run point written to the DC's InfluxDB, its counts shipped)."""
     by_task = {replay_task_id(p): p for p in plans}
     run_ids = RunIds(clock)
     replays: list[tuple[str, int, int]] = []
@@ -635,6 +670,12 @@ def kapacitor_stand_in(
         plan = by_task[task]
         replays.append((plan.aggregation, start_ns, stop_ns))
         for window in windows_between(start_ns, stop_ns, plan.window_ns):
+            if isinstance(plan, DetectionPlan):
+                detected = read_detection_window(source, plan, window)
+                if detected.events:
+                    keep_findings(source, plan, detected, run_ids.next())
+                    sink.ship_window(plan, shipped_points(plan, detected, run=run_ids.next()))
+                continue
             computed = compute_window(source, plan, window, run_ids=run_ids)
             if computed.events:
                 sink.ship_window(plan, computed.points)
@@ -716,7 +757,7 @@ def test_the_agent_in_kapacitor_mode_deploys_reports_health_and_backfills(
     agent, _ = build_agent(config, DC, clock=clock, settings=settings)
     assert agent.mode.name == "kapacitor"
     assert agent.shipper is not None
-    plans = [resolve_plan(config, name, DC) for name in sorted(config.aggregations)]
+    plans = resolve_tracked(config, DC)  # the aggregations, then the detections
     with InfluxClient(dc_influxd.url) as source:
         replays = kapacitor_stand_in(emulator, plans, source, agent.shipper, clock)
         agent.preflight()
@@ -739,11 +780,16 @@ def test_the_agent_in_kapacitor_mode_deploys_reports_health_and_backfills(
         results = agent.catch_up(threading.Event())
         assert all(r.ok for r in results), [r.summary() for r in results]
         assert manifest_events(central, "delivery_latency", hour0) == {-3: 40, -2: 0, -1: 40}
+        # Each detection's look-back (two hours) too: only hour -1 holds events.
+        detections = sorted(config.detections)
         assert sorted(replays) == [
             ("delivery_direction", hour0 - HOUR, hour0),
             ("delivery_latency", hour0 - 3 * HOUR, hour0 - 2 * HOUR),
             ("delivery_latency", hour0 - HOUR, hour0),
+            *((name, hour0 - HOUR, hour0) for name in detections),
         ]
+        for name in detections:
+            assert manifest_events(central, name, hour0) == {-2: 0, -1: 40}
 
         # A backfill request: replayed, empty hours get their zero manifests, result reported.
         clock.set(hour0 + 4 * HOUR + 5 * SECOND)
@@ -785,7 +831,7 @@ def test_the_agent_in_kapacitor_mode_deploys_reports_health_and_backfills(
             detail = deployment.detail or ""
             assert "is not deployed; last deployment failed" in detail
             assert "no such UDF" in detail
-    assert set(emulator.tasks) == {latency.task_id}
+    assert set(emulator.tasks) == {latency.task_id} | {p.task_id for p in plans[2:]}
     agent.close()
 
 

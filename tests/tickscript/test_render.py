@@ -26,10 +26,11 @@ GOLDEN = REPO / "tests/golden/render"
 runner = CliRunner()
 
 
-def test_every_aggregation_renders_for_every_dc_and_lints_clean() -> None:
+def test_every_aggregation_and_detection_renders_for_every_dc_and_lints_clean() -> None:
     config = load_config(REPO)
     tasks = render_all(config)
-    assert len(tasks) == len(config.aggregations) * len(config.fleet.dcs)
+    kinds = len(config.aggregations) + len(config.detections)
+    assert len(tasks) == kinds * len(config.fleet.dcs)
     for task in tasks:
         ctx, _ = context_for_script(config, task.script, task.filename)
         assert ctx is not None
@@ -67,6 +68,8 @@ def test_windows_shorter_than_influxdbouts_flush_are_flushed_every_window(
             text.replace("lookback: 3h", "lookback: 6s").replace("lookback: 2h", "lookback: 4s")
         )
     for task in render_all(load_config(config_dir), dc="lon1"):
+        if task.plan.aggregation not in ("delivery_latency", "delivery_direction"):
+            continue  # the detections' hourly windows
         k = task.plan.lookback_windows
         assert task.script.count(".flushInterval(2s)") == k
         ctx, _ = context_for_script(load_config(config_dir), task.script, task.filename)
@@ -151,10 +154,14 @@ def test_render_and_lint_commands(tmp_path: Path) -> None:
     assert [p.name for p in scripts] == [
         "delivery_direction.dub1.tick",
         "delivery_latency.dub1.tick",
+        "helos_per_sender.dub1.tick",
+        "recipients_per_sender.dub1.tick",
+        "senders_per_client_ip.dub1.tick",
     ]
     result = runner.invoke(app, ["lint", "--config", str(REPO), *map(str, scripts)])
     assert result.exit_code == 0, result.output
     assert "0 problem(s); checked against plan fed-delivery_latency-dub1" in result.output
+    assert "0 problem(s); checked against detection fed-helos_per_sender-dub1" in result.output
     bad = tmp_path / "delivery_latency.dub1.tick"
     bad.write_text(bad.read_text().replace(".align()", "", 1))
     result = runner.invoke(app, ["lint", "--config", str(REPO), str(bad)])
