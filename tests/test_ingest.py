@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, cast
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from terminal import sigint_as_at_a_terminal
 from typer.testing import CliRunner
 
 from federation.cli import app
@@ -800,6 +801,7 @@ def test_cli_interrupted_prints_its_summary_and_exits_130(
         [sys.executable, "-m", "federation.cli", "ingest", "--dc", DC, "-c", str(config_dir),
          "--dead-letter", str(tmp_path / "dead.jsonl"), "--flush", "100ms", "--format", "json"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=sigint_as_at_a_terminal,
     )  # fmt: skip
     assert proc.stdin is not None
     proc.stdin.write(jsonl([event(i) for i in range(5)]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from terminal import sigint_as_at_a_terminal
 
 from federation.config import FederationConfig
 from federation.coordinator.app import preflight
@@ -52,7 +53,7 @@ def test_coordinator_run_says_where_it_serves_without_verbose(
         [sys.executable, "-m", "federation.cli", "coordinator", "run", "--config",
          str(config_dir), "--port", str(port)],
         env={**os.environ, **_environ(config)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=sigint_as_at_a_terminal,
     )  # fmt: skip
     try:
         assert process.stderr is not None
