@@ -20,10 +20,10 @@ system-deps:
 demo: system-deps venv
 	$(BIN)/federation demo
 
-## Run the test suite against real influxd processes, in one process (see README: two xdist
-## workers are faster, but three SIGINT tests fail there for a reason not yet understood).
+## Run the test suite against real influxd processes, on two pytest-xdist workers: the tests
+## on the wall clock in two groups (real Kapacitor; the other scenarios), one per worker.
 test: system-deps venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup --durations=15
 
 ## Refresh constraints.txt from the current environment (after changing dependencies).
 lock: venv

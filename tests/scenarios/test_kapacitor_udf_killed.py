@@ -73,7 +73,7 @@ def test_15_killed_udf_processes_are_noticed_reloaded_and_backfilled(
         # stalls; it stops the task (with the node's error) only when that node is the last
         # one the task waits for, or when every branch's UDF failed.
         wait_for(
-            answered(lambda: bool(hit())), 30, "the dead UDF's branch to stall or its task to stop"
+            answered(lambda: bool(hit())), 60, "the dead UDF's branch to stall or its task to stop"
         )
         seen = hit()
     stalled = {t for t, h in seen.items() if h.executing}
