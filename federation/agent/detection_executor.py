@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 
@@ -120,12 +120,13 @@ def run_detection_windows(
     run_ids: RunIds,
     stop: threading.Event | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_window: Callable[[WindowResult], None] | None = None,
 ) -> RangeResult:
     """Compute each window of `plan`, oldest first: keep its findings, post them, ship counts.
 
     The same contract as `executor.run_windows`: a gateway refusal of one window is recorded
     and the next is tried; any other failure ends the run with `error` set; `stop` ends it
-    before the next window.
+    before the next window; `on_window` is called with each window's result as it is done.
     """
     ordered = sorted(set(windows))
     results: list[WindowResult] = []
@@ -172,6 +173,8 @@ def run_detection_windows(
                 error,
             )
         )
+        if on_window is not None:
+            on_window(results[-1])
         if error is None and not shipped:
             return finish(stopped=True)
     if any(r.error is not None for r in results):

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from federation.agent.daemon import build_shipper, local_influx
-from federation.agent.executor import RangeResult, RunIds, WindowResult, run_range
+from federation.agent.executor import RangeResult, WindowResult
+from federation.agent.window_runner import WindowRunner
 from federation.config import FederationConfig
-from federation.config.resolve import resolve_all, resolve_plan
+from federation.config.resolve import resolve_tracked
 from federation.core.clock import Clock, SystemClock
+from federation.core.windows import windows_between
 from federation.errors import InvalidInput
 
 
@@ -24,44 +26,34 @@ def run_once(
     on_window: Callable[[str, WindowResult], None] | None = None,
 ) -> list[RangeResult]:
     """Compute and ship, through the gateway, every whole window in `[start_ns, end_ns)` of
-    every aggregation of DC `dc` (or only `aggregation`), resolved from the local config.
+    every aggregation and detection of DC `dc` (or only the one named `aggregation`), resolved
+    from the local config. A detection's findings are kept in the DC's own InfluxDB and only
+    its counts are shipped, as the agent does.
 
     Plans come from the config directory, not from the coordinator. Windows that have not
     ended by `clock` are left out, as the agent leaves them out (`window_choice`): a range
-    reaching into the future covers only what has ended. Returns one RangeResult per
-    aggregation; a failure of one aggregation does not stop the next.
+    reaching into the future covers only what has ended. Returns one RangeResult per plan,
+    aggregations first; a failure of one plan does not stop the next.
     """
     if end_ns <= start_ns:
         raise InvalidInput("the range is empty: its end must be later than its start")
-    if aggregation is not None and aggregation not in config.aggregations:
-        known = ", ".join(sorted(config.aggregations))
-        raise InvalidInput(f"no aggregation named {aggregation!r} (known: {known})")
-    plans = (
-        [resolve_plan(config, aggregation, dc)]
-        if aggregation is not None
-        else resolve_all(config, dc)
-    )
+    names = {*config.aggregations, *config.detections}
+    if aggregation is not None and aggregation not in names:
+        known = ", ".join(sorted(names))
+        raise InvalidInput(f"no aggregation or detection named {aggregation!r} (known: {known})")
+    plans = [p for p in resolve_tracked(config, dc) if aggregation in (None, p.aggregation)]
     clock = clock or SystemClock()
-    run_ids = RunIds(clock)
+    end_ns = min(end_ns, clock.now_ns())
     results = []
     with (
         local_influx(config, dc) as source,
         build_shipper(config, dc, gateway_url=gateway_url) as shipper,
     ):
+        runner = WindowRunner(source, shipper, clock)
         for plan in plans:
             callback = None if on_window is None else _bind(on_window, plan.aggregation)
-            results.append(
-                run_range(
-                    plan,
-                    start_ns,
-                    min(end_ns, clock.now_ns()),
-                    source=source,
-                    sink=shipper,
-                    clock=clock,
-                    run_ids=run_ids,
-                    on_window=callback,
-                )
-            )
+            windows = windows_between(start_ns, end_ns, plan.window_ns)
+            results.append(runner.run_windows(plan, windows, on_window=callback))
     return results
 
 

@@ -67,6 +67,7 @@ class WindowRunner:
                     run_ids=self.run_ids,
                     stop=stop,
                     chunk_size=self.chunk_size,
+                    on_window=on_window,
                 )
             return run_windows(
                 plan,

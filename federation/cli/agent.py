@@ -95,7 +95,7 @@ def once(
     end: Annotated[str, typer.Option("--to", help="End, exclusive (same forms).")],
     config: ConfigOption = Path("."),
     aggregation: Annotated[
-        str | None, typer.Option("--aggregation", help="Only this aggregation.")
+        str | None, typer.Option("--aggregation", help="Only this aggregation or detection.")
     ] = None,
     gateway: Annotated[
         str | None, typer.Option("--gateway", help="Gateway URL (default: the coordinator's).")
@@ -104,8 +104,9 @@ def once(
 ) -> None:
     """Compute and ship every whole window in [--from, --to), then exit.
 
-    Uses the embedded executor and the plans of the local config, ships through the gateway,
-    prints one row per window; exits 1 if a window was not shipped.
+    Uses the embedded executor and the plans of the local config (aggregations and
+    detections; a detection's findings stay in the DC), ships through the gateway, prints one
+    row per window; exits 1 if a window was not shipped.
     """
     from federation.agent import run_once
     from federation.config import load_config

@@ -43,6 +43,11 @@ class FederationConfig:
     templates_dir: Path = Path("tickscripts")
     detections: dict[str, Detection] = field(default_factory=dict)
 
+    @property
+    def tracked(self) -> dict[str, Aggregation | Detection]:
+        """Every aggregation and detection by name (one namespace): what the ledger tracks."""
+        return {**self.aggregations, **self.detections}
+
     def dc(self, name: str) -> DataCenter:
         """The DC called `name`; ConfigError naming the known DCs otherwise."""
         try:

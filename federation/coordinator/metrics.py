@@ -5,7 +5,8 @@ deployments) and from the replica's own counters (`GatewayMetrics`: gateway batc
 by rule, request durations). The family names are constants here, written once: the alerting
 rules (`federation.coordinator.alerts`) read them from this module.
 
-    federation_windows{dc,aggregation,state}                   gauge: stored windows
+    federation_windows{dc,aggregation,state}                   gauge: stored windows (the
+                                                               label names a detection too)
     federation_window_oldest_open_age_seconds{dc,aggregation}  gauge: now - end of the oldest
                                                                stored window not verified or
                                                                empty (0 when there is none)
@@ -163,15 +164,16 @@ class _LedgerCollector(Collector):
                 if d.dc in reported
                 and (d.running_version != d.desired_version or d.healthy is False)
             )
-        # Every (dc, aggregation) has a `missing` sample, 0 when none, so that a rule on it
-        # reads a value rather than nothing.
+        # Every (dc, aggregation or detection) has a `missing` sample, 0 when none, so that a
+        # rule on it reads a value rather than nothing.
+        tracked = c.config.tracked
         for dc in dcs:
-            for aggregation in c.config.aggregations:
+            for aggregation in tracked:
                 stored.setdefault((dc, aggregation, WindowState.MISSING.value), 0)
         for labels, n in sorted(stored.items()):
             windows.add_metric(list(labels), n)
         for dc in dcs:
-            for aggregation, spec in sorted(c.config.aggregations.items()):
+            for aggregation, spec in sorted(tracked.items()):
                 start = open_since.get((dc, aggregation))
                 age = 0.0 if start is None else max(0, now_ns - start - spec.window) / 1e9
                 oldest.add_metric([dc, aggregation], age)

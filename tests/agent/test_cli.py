@@ -77,6 +77,36 @@ def test_agent_once_ships_a_range_through_the_gateway(
     assert central_points(central, "delivery_latency") == before
 
 
+def test_agent_once_runs_the_detections_too_keeping_their_findings_in_the_dc(
+    served: Served, config_dir: Path, dc_influxd: InfluxServer, central: InfluxClient, hour0: int
+) -> None:
+    write_raw(dc_influxd.url, hour0, 1)
+    args = ["agent", "once", "--config", str(config_dir), "--dc", DC, "--format", "csv",
+            "--from", format_rfc3339(hour0), "--to", format_rfc3339(hour0 + HOUR)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = [line.split(",") for line in result.output.splitlines()[1:]]
+    assert [(r[0], r[2], r[6]) for r in rows] == [
+        ("delivery_direction", "60", "yes"),
+        ("delivery_latency", "60", "yes"),
+        ("helos_per_sender", "60", "yes"),
+        ("recipients_per_sender", "60", "yes"),
+        ("senders_per_client_ip", "60", "yes"),
+    ]
+    counts = central_points(central, "recipients_per_sender")
+    assert [(c["dc"], c["count"]) for c in counts] == [(DC, 60)]
+    with InfluxClient(dc_influxd.url) as dc:
+        runs = dc.query(
+            'SELECT "keys" FROM "mail"."raw"."federation_detection_runs" GROUP BY "detection"',
+            database="mail",
+        )
+    assert sorted(series.tags["detection"] for series in runs) == [
+        "helos_per_sender", "recipients_per_sender", "senders_per_client_ip"
+    ]  # fmt: skip
+    one = CliRunner().invoke(app, [*args, "--aggregation", "senders_per_client_ip"])
+    assert one.exit_code == 0 and one.output.count("senders_per_client_ip") == 1, one.output
+
+
 def test_agent_once_refused_by_the_gateway_exits_1(
     served: Served,
     config_dir: Path,

@@ -39,6 +39,8 @@ def test_a_live_metrics_page_passes_promtool_and_feeds_the_rules(
     with ledger.session(write=True) as session:
         session.add(WindowRow(dc="tor1", aggregation="delivery_direction", start_ns=hour0,
                               state="missing", updated_ns=hour0))  # fmt: skip
+        session.add(WindowRow(dc="tor1", aggregation="recipients_per_sender", start_ns=hour0,
+                              state="missing", updated_ns=hour0))  # fmt: skip
     request_backfill(ledger, coordinator.config, "tor1", "delivery_direction", hour0,
                      hour0 + 2 * HOUR, clock.now_ns())  # fmt: skip
     server = ThreadedServer(lambda: build_app(coordinator), free_port())
@@ -74,6 +76,16 @@ def test_a_live_metrics_page_passes_promtool_and_feeds_the_rules(
                    aggregation=window) == 3 * 3600  # fmt: skip
     assert _sample(text, "federation_window_oldest_open_age_seconds", dc="lon1",
                    aggregation=window) == 0  # fmt: skip
+    # A detection's windows alike: its missing one, and a `missing` of 0 where there is none.
+    detection = "recipients_per_sender"
+    assert _sample(text, "federation_windows", dc="tor1", aggregation=detection,
+                   state="missing") == 1  # fmt: skip
+    assert _sample(text, "federation_windows", dc="lon1", aggregation=detection,
+                   state="missing") == 0  # fmt: skip
+    assert _sample(text, "federation_window_oldest_open_age_seconds", dc="tor1",
+                   aggregation=detection) == 4 * 3600  # fmt: skip
+    assert _sample(text, "federation_window_oldest_open_age_seconds", dc="lon1",
+                   aggregation=detection) == 0  # fmt: skip
     assert _sample(text, "federation_backfill_queue", dc="tor1") == 1
     assert _sample(text, "federation_backfill_queue", dc="dub1") == 0
     assert _sample(text, "federation_gateway_refusals_total", rule="auth") == 1
