@@ -193,6 +193,16 @@ def test_kapacitor_keeps_the_findings_and_ships_the_counts_of_the_embedded_execu
         with kapacitor.client() as client:
             deployed = apply_tasks(client, DC, [TaskSnapshot.of_rendered(task)], settle_s=1.0)
             assert deployed.health[task.id].ok
+            if emulator is None:
+                # Kapacitor numbers the nodes in the order the script creates them: a branch's
+                # query node, then its one UDF node, then both routes (what a stalled branch's
+                # health names).
+                running = client.get_task(task.id)
+                assert running is not None
+                assert sorted(running.stats["node-stats"]) == sorted(
+                    ["batch0", "query1", "fedagg2", "where3", "delete4", "influxdb_out5",
+                     "where6", "delete7", "influxdb_out8"]
+                )  # fmt: skip
             replay = client.replay_batch(task.id, windows[0].start_ns, windows[-1].end_ns)
             finished = client.wait_replay(replay, timeout_s=60, poll_s=0.2)
             assert finished.status == "finished", finished.error

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from federation.agent import (
     compute_window,
     mode_name,
 )
+from federation.agent.coordinator_client import HeldCount
 from federation.agent.detection_executor import keep_findings, read_detection_window
 from federation.agent.kapacitor_mode import KapacitorMode
 from federation.agent.kapacitor_replay import replay_task_id
@@ -215,6 +216,44 @@ def test_a_detection_is_a_kapacitor_task_like_an_aggregation(
     mode.apply([aggregation])
     assert detection.task_id not in emulator.tasks
     assert detection.detection not in {h.aggregation for h in mode.health()}
+    mode.close()
+
+
+@dataclass
+class RecordingCentral:
+    """The coordinator's raw-count check: records what it is sent, holds every window whole."""
+
+    sent: list[tuple[str, dict[int, int]]]
+
+    def raw_counts(self, dc: str, aggregation: str, counts: Mapping[int, int]) -> list[HeldCount]:
+        self.sent.append((aggregation, dict(counts)))
+        return [HeldCount(aggregation, s, n, "verified", n, False) for s, n in counts.items()]
+
+
+def test_a_detections_live_windows_are_confirmed_empty_and_checked_at_central(
+    client: KapacitorClient, dc: InfluxClient
+) -> None:
+    detection = resolve_detection(load_config(REPO), "senders_per_client_ip", "dub1")
+    detection = replace(detection, dc="dc1", window_ns=SECOND, lookback_ns=2 * SECOND)
+    t0 = recent_minute()
+    write_events(dc, [Event(t0 + SECOND + i * 1000, 10.0) for i in range(4)])
+    sink, central = RecordingSink([]), RecordingCentral([])
+    clock = FakeClock(t0 + 3 * SECOND + SECOND // 10, auto_advance=False)  # window 2 settled
+    mode = new_mode(client, dc="dc1", source=dc, sink=sink, clock=clock)
+    mode.central = central
+    mode.apply([detection])
+    # The look-back's windows 1 (events: Kapacitor's to ship) and 2 (empty).
+    confirmed = mode.confirm_empty(threading.Event())
+    assert [r.window.start_ns - t0 for r in confirmed] == [2 * SECOND]
+    assert [(p.measurement, p.tags["aggregation"]) for p in sink.shipped[0]] == [
+        ("federation_manifest", detection.detection)
+    ]
+    # Once window 1's look-back has passed, its raw events are checked against central.
+    assert mode.check_central(threading.Event()) == []
+    assert central.sent == []
+    clock.set(t0 + 2 * SECOND + detection.lookback_ns + SECOND // 10)
+    assert mode.check_central(threading.Event()) == []
+    assert central.sent == [(detection.detection, {t0 + SECOND: 4})]
     mode.close()
 
 
