@@ -17,9 +17,10 @@ their new content: exact, since counts are integers. A label says which computat
 holds: a window part is written only from a read whose counts sum to its manifest's exported
 events (the check verification makes), and one window computation (a run of a version, with so
 many events) has one content; a day part is written only when all its windows were read so.
-Records are packed (rows of `group values + histogram`, in chunks of at most 60,000 ASCII
-characters, InfluxDB's limit being 64 KiB), so a day of 32k groups is read and written as a few
-dozen points, not 32k. A record is used only when all of its chunks are there with one label.
+Records are packed (the groups' values, then their histograms as `federation.core.sketch_pack`
+writes them, in chunks of at most 60,000 ASCII characters, InfluxDB's limit being 64 KiB), so a
+day of 32k groups is read and written as a few dozen points, not 32k, and read without decoding
+32k `sketch` texts. A record is used only when all of its chunks are there with one label.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from urllib.parse import quote, unquote
 from federation.core.influxql import quote_string
 from federation.core.lineprotocol import serialize
 from federation.core.points import FieldValue, Point
+from federation.core.sketch import Sketch
+from federation.core.sketch_pack import pack, unpack
 from federation.reporting._central import (
     CentralWriter,
     WindowManifest,
@@ -46,8 +49,8 @@ MERGED_SUFFIX = "__merged"
 _CHUNK = 60_000
 _WRITE_BATCH = 64
 
-GroupTexts = dict[tuple[str, ...], str]
-"""Group (values of every dimension, in plan order) -> its histogram's canonical text."""
+GroupSketches = dict[tuple[str, ...], Sketch]
+"""Group (values of every dimension, in plan order) -> its histogram."""
 
 
 def merged_measurement(aggregation: str) -> str:
@@ -82,14 +85,14 @@ def day_entries(dc: str, merged: str) -> list[WindowManifest] | None:
 
 @dataclass(frozen=True)
 class Packed:
-    """One whole record: its label, `merged` (day parts) and every group's histogram text."""
+    """One whole record: its label, `merged` (day parts) and every group's histogram."""
 
     label: str
     merged: str
-    texts: GroupTexts
+    sketches: GroupSketches
 
 
-def _pack(texts: Mapping[tuple[str, ...], str]) -> str:
+def _pack(sketches: Mapping[tuple[str, ...], Sketch]) -> str:
     quoted: dict[str, str] = {}
 
     def q(value: str) -> str:
@@ -98,45 +101,55 @@ def _pack(texts: Mapping[tuple[str, ...], str]) -> str:
             found = quoted[value] = quote(value, safe="")
         return found
 
-    return "|".join(" ".join([*map(q, key), text]) for key, text in sorted(texts.items()))
+    keys = sorted(sketches)
+    rows = "|".join(" ".join(map(q, key)) for key in keys)
+    return f"{len(keys)}|{rows}#{pack([sketches[k] for k in keys])}"
 
 
-def _unpack(body: str, width: int) -> GroupTexts | None:
-    if not body:
-        return {}
+def _unpack(body: str, width: int) -> GroupSketches | None:
+    head, sep, packed = body.partition("#")
+    n_text, _, rows = head.partition("|")
+    if not sep or not n_text.isdigit():
+        return None
+    n = int(n_text)
     unquoted: dict[str, str] = {}
-    found: GroupTexts = {}
-    for row in body.split("|"):
-        cells = row.split(" ")
-        if len(cells) != width + 1:
+    keys = []
+    for row in rows.split("|") if n else ():
+        cells = row.split(" ") if width else []
+        if len(cells) != width:
             return None
         key = []
-        for cell in cells[:-1]:
+        for cell in cells:
             value = unquoted.get(cell)
             if value is None:
                 value = unquoted[cell] = unquote(cell)
             key.append(value)
-        found[tuple(key)] = cells[-1]
-    return found
+        keys.append(tuple(key))
+    if len(keys) != n or len(set(keys)) != n:
+        return None
+    try:
+        return dict(zip(keys, unpack(packed, n), strict=True))
+    except ValueError:
+        return None
 
 
 def packed_points(
     measurement: str,
     tags: Mapping[str, str],
     label: str,
-    texts: Mapping[tuple[str, ...], str],
+    sketches: Mapping[tuple[str, ...], Sketch],
     time_ns: int,
     merged: str = "",
 ) -> list[Point]:
     """The points of one record (chunk 0 carries `merged`)."""
-    body = _pack(texts)
-    chunks = [body[i : i + _CHUNK] for i in range(0, len(body), _CHUNK)] or [""]
+    body = _pack(sketches)
+    chunks = [body[i : i + _CHUNK] for i in range(0, len(body), _CHUNK)]
     points = []
     for k, chunk in enumerate(chunks):
         fields: dict[str, FieldValue] = {
             "label": label,
             "chunks": len(chunks),
-            "groups": len(texts),
+            "groups": len(sketches),
             "body": chunk,
         }
         if k == 0 and merged:
@@ -191,9 +204,9 @@ def read_packed(
             c[:3] != [label, n, groups] for c in chunks.values()
         ):
             continue  # a record half overwritten by another: not whole
-        texts = _unpack("".join(str(chunks[k][4] or "") for k in range(int(n))), width)
-        if texts is not None and len(texts) == groups:
-            found[t] = Packed(str(label), str(merged or ""), texts)
+        held = _unpack("".join(str(chunks[k][4] or "") for k in range(int(n))), width)
+        if held is not None and len(held) == groups:
+            found[t] = Packed(str(label), str(merged or ""), held)
     return found
 
 

