@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -339,7 +340,8 @@ def late_window(
     print(
         f"  refresh {t_merge:.2f} s = {t_merge / t_whole:.3f}x the whole re-merge "
         f"({t_whole / t_merge:.0f}x faster); rollup points and reports identical; "
-        f"target: refresh < 2 s {'ok' if t_merge < 2 else 'MISSED'}"
+        f"target: refresh < 2 s {'ok' if t_merge < 2 else 'MISSED'} (load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
 
 
