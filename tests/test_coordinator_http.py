@@ -11,14 +11,15 @@ import pytest
 
 from federation.clients.coordinator_http import CoordinatorHttp
 from federation.config import load_config
+from federation.core.retry import RetryPolicy
 from federation.errors import ConfigProblems, CoordinatorError
 
 A, B = "http://replica-a", "http://replica-b"
 
 
 def _client(handler: httpx.MockTransport, sleeps: list[float]) -> CoordinatorHttp:
-    return CoordinatorHttp([A, B], "t", transport=handler, rounds=3, backoff_s=0.5,
-                           sleep=sleeps.append)  # fmt: skip
+    retry = RetryPolicy(attempts=3, initial_s=0.5)
+    return CoordinatorHttp([A, B], "t", transport=handler, retry=retry, sleep=sleeps.append)
 
 
 def test_a_replica_that_refuses_connections_or_drains_is_skipped() -> None:

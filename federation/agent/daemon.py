@@ -331,9 +331,10 @@ def build_shipper(
     retry: RetryPolicy | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> Shipper:
-    """A Shipper writing as DC `dc` to the gateway (the fleet's coordinator, unless given)."""
+    """A Shipper writing as DC `dc` to the gateway: at `gateway_url` when given, else at every
+    coordinator replica fleet.yaml names, failing over between them."""
     return Shipper(
-        gateway_url or config.fleet.central.coordinator_url,
+        gateway_url or config.fleet.central.coordinator_urls,
         dc=dc,
         token=agent_token(config, dc),
         retry=retry,

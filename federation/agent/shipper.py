@@ -7,11 +7,19 @@ The gateway speaks InfluxDB 1.x's `POST /write` and authenticates the DC (HTTP b
     400, 403       refused (a point breaks a rule): `ShipmentRefused`, never retried
     401            bad credentials: `ShipmentError`, never retried
     413            too big: the batch is split in halves and each half sent
-    429, 5xx,      retried with exponential backoff, a bounded number of times, then
-    network errors `ShipmentError`
+    429, 5xx,      tried at the next coordinator replica; after a round over every replica,
+    network errors retried with exponential backoff, a bounded number of rounds, then
+                   `ShipmentError`
 
-A window is shipped in batches of summaries and then, alone and last, its manifest: a manifest
-at central therefore means all of its window's summaries are there too.
+Several replicas serve the gateway over one ledger (fleet.yaml's `coordinator_url` and
+`coordinator_replicas`); the shipper fails over between them as every coordinator client does
+(`federation.clients.failover`). Unlike an Agent API POST, a write is sent again after a lost
+answer too: re-writing a batch writes the same points (same measurement, tags and time) and a
+manifest the ledger already holds is recorded again unchanged.
+
+A window is shipped in batches of summaries and then, alone and last, its manifest, each batch
+only once the one before it was stored, whichever replica stored it: a manifest at central
+therefore means all of its window's summaries are there too.
 
     ShipmentError (CoordinatorError)   a write failed: URL, status, body
     └── ShipmentRefused                the gateway refused the batch: rule, measurement, key
@@ -19,6 +27,7 @@ at central therefore means all of its window's summaries are there too.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -30,6 +39,7 @@ from typing import Any
 import httpx
 
 from federation.agent.overlap import read_ahead
+from federation.clients.failover import Replicas
 from federation.core.lineprotocol import serialize
 from federation.core.plan import MANIFEST_MEASUREMENT, ShippedPlan
 from federation.core.points import Point
@@ -86,7 +96,8 @@ class _Stopped(Exception):
 
 
 class Shipper:
-    """Writes windows to one gateway as one DC; safe to share between threads.
+    """Writes windows to the gateway (one URL, or every coordinator replica's) as one DC; safe
+    to share between threads.
 
     `database` and `retention_policy`, when given (the coordinator's desired state names
     them), override the plan's central database and retention policy. `sleep`, when given,
@@ -96,7 +107,7 @@ class Shipper:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         dc: str,
         token: str,
@@ -111,25 +122,42 @@ class Shipper:
     ) -> None:
         if batch_points < 1 or batch_bytes < 1:
             raise ValueError("batch sizes must be positive")
-        self.url = url.rstrip("/")
+        self.replicas = Replicas(url, retry)
         self.dc = dc
         self.database = database
         self.retention_policy = retention_policy
         self.batch_points = batch_points
         self.batch_bytes = batch_bytes
-        self.retry = retry or RetryPolicy()
         self._sleep = sleep
-        self._client = httpx.Client(
-            base_url=self.url,
-            auth=(dc, token),
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            transport=transport,
-        )
+        self._clients = [
+            httpx.Client(
+                base_url=u,
+                auth=(dc, token),
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+                transport=transport,
+            )
+            for u in self.replicas.urls
+        ]
         self._stats_lock = threading.Lock()
         self.stats = ShipStats()
 
+    @property
+    def url(self) -> str:
+        """The gateway the next batch goes to first."""
+        return self.replicas.url
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The back-off between rounds over the gateways, and how many rounds."""
+        return self.replicas.retry
+
+    @retry.setter
+    def retry(self, policy: RetryPolicy) -> None:
+        self.replicas.retry = policy
+
     def close(self) -> None:
-        self._client.close()
+        for client in self._clients:
+            client.close()
 
     def __enter__(self) -> Shipper:
         return self
@@ -138,15 +166,24 @@ class Shipper:
         self.close()
 
     def ping(self) -> None:
-        """Check the gateway answers `/ping`; ShipmentError otherwise."""
-        try:
-            response = self._client.get("/ping")
-        except httpx.HTTPError as exc:
-            raise ShipmentError(self.url + "/ping", _describe(exc)) from None
-        if response.status_code >= 300:
-            raise ShipmentError(
-                self.url + "/ping", "unexpected answer", response.status_code, response.text[:500]
+        """Check a gateway answers `/ping` (the first that does, in fail-over order, becomes
+        the one written to first); ShipmentError naming the last one tried otherwise."""
+        failure: ShipmentError | None = None
+        one_round = itertools.islice(self.replicas.tries(time.sleep), len(self.replicas.urls))
+        for index in one_round:
+            url = self.replicas.urls[index] + "/ping"
+            try:
+                response = self._clients[index].get("/ping")
+            except httpx.HTTPError as exc:
+                failure = ShipmentError(url, _describe(exc))
+                continue
+            if response.status_code < 300:
+                return
+            failure = ShipmentError(
+                url, "unexpected answer", response.status_code, response.text[:500]
             )
+        assert failure is not None
+        raise failure
 
     def ship_window(
         self,
@@ -209,12 +246,17 @@ class Shipper:
     def _write(
         self, lines: list[bytes], database: str, rp: str, stop: threading.Event | None
     ) -> None:
-        """Write one batch with retries; a 413 splits it in halves, each written the same way."""
+        """Write one batch, failing over between the gateways with back-off between rounds;
+        a 413 splits it in halves, each written the same way."""
         params = {"db": database, "rp": rp, "precision": "ns"}
         body = b"".join(lines)
-        delays = self.retry.delays()
-        while True:
-            failure = self._post(params, body)
+        url, status, message, response_body = self.url + "/write", None, "", ""
+        for attempt, index in enumerate(self.replicas.tries(lambda d: self._backoff(d, stop))):
+            if attempt:
+                with self._stats_lock:
+                    self.stats.retries += 1
+            url = self.replicas.urls[index] + "/write"
+            failure = self._post(index, params, body)
             if failure is None:
                 with self._stats_lock:
                     self.stats.points += len(lines)
@@ -228,38 +270,36 @@ class Shipper:
                 self._write(lines[half:], database, rp, stop)
                 return
             if status in (400, 403):
-                raise _refusal(self.url + "/write", status, message, response_body)
+                raise _refusal(url, status, message, response_body)
             if status is not None and status < 500 and status != 429:
-                raise ShipmentError(self.url + "/write", message, status, response_body)
-            delay = next(delays, None)
-            if delay is None:
-                raise ShipmentError(
-                    self.url + "/write",
-                    f"{message} (gave up after {self.retry.attempts} attempts)",
-                    status,
-                    response_body,
+                raise ShipmentError(url, message, status, response_body)
+            if len(self.replicas.urls) > 1:
+                log.warning(
+                    "gateway write to %s failed (%s), trying the next coordinator replica",
+                    url,
+                    message if status is None else f"HTTP {status}",
                 )
-            with self._stats_lock:
-                self.stats.retries += 1
-            log.warning(
-                "gateway write failed (%s), retrying in %.2fs",
-                message if status is None else f"HTTP {status}",
-                delay,
-            )
-            self._wait(delay, stop)
+        raise ShipmentError(url, f"{message} ({self.replicas.gave_up()})", status, response_body)
 
-    def _post(self, params: dict[str, str], body: bytes) -> tuple[int | None, str, str] | None:
-        """None when stored (204/200); otherwise (status or None, message, body excerpt)."""
+    def _post(
+        self, index: int, params: dict[str, str], body: bytes
+    ) -> tuple[int | None, str, str] | None:
+        """None when gateway `index` stored the batch (204/200); otherwise (status or None,
+        message, body excerpt)."""
         with self._stats_lock:
             self.stats.requests += 1
         try:
-            response = self._client.post("/write", params=params, content=body)
+            response = self._clients[index].post("/write", params=params, content=body)
         except httpx.HTTPError as exc:
             return None, _describe(exc), ""
         if response.status_code in (200, 204):
             return None
         text = response.text[:1000]
         return response.status_code, _message(response) or response.reason_phrase, text
+
+    def _backoff(self, delay: float, stop: threading.Event | None) -> None:
+        log.warning("gateway write failed at every gateway tried, retrying in %.2fs", delay)
+        self._wait(delay, stop)
 
     def _wait(self, delay: float, stop: threading.Event | None) -> None:
         if self._sleep is not None:

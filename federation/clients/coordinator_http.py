@@ -3,12 +3,13 @@ replica with a bearer token and explicit timeouts, fail-over between the replica
 turned into CoordinatorError (or InvalidInput when the coordinator refused a config, listing
 every problem).
 
-Fail-over: a request goes to the replica that answered last; when that replica cannot have
-handled it, the next one is tried, and after a round over all of them the client sleeps
-(doubling from `backoff_s`) and starts another, up to `rounds`. "Cannot have handled it" means
-the connection was never made, or the answer was 503 (a replica draining refuses new requests
-with it). A GET, which changes nothing, also moves on after a read failure or a 502/504 from a
-proxy; a POST does not, since the replica may have applied it.
+Fail-over (`failover.Replicas`, shared with the agent's gateway writes): a request goes to the
+replica that answered last; when that replica cannot have handled it, the next one is tried,
+and after a round over all of them the client waits the retry policy's next delay (0.5 s, then
+1 s) and starts another, up to three rounds. "Cannot have handled it" means the connection was
+never made, or the answer was 503 (a replica draining refuses new requests with it). A GET,
+which changes nothing, also moves on after a read failure or a 502/504 from a proxy; a POST
+does not, since the replica may have applied it.
 
     status / failure         GET          POST
     connect error, 503       next replica next replica
@@ -24,6 +25,8 @@ from typing import Any, Self
 
 import httpx
 
+from federation.clients.failover import Replicas
+from federation.core.retry import RetryPolicy
 from federation.errors import CoordinatorError, InvalidInput
 
 Params = Mapping[str, str] | httpx.QueryParams
@@ -32,6 +35,9 @@ UNAVAILABLE = 503
 """What a draining replica answers a new request with: it was not handled; try another."""
 
 _GATEWAY_FAILURES = (502, 504)
+
+DEFAULT_RETRY = RetryPolicy(attempts=3, initial_s=0.5, multiplier=2.0, max_s=30.0)
+"""Three rounds over every replica, 0.5 s and 1 s apart."""
 
 
 class CoordinatorHttp:
@@ -45,17 +51,10 @@ class CoordinatorHttp:
         *,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
-        rounds: int = 3,
-        backoff_s: float = 0.5,
+        retry: RetryPolicy = DEFAULT_RETRY,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        urls = [url] if isinstance(url, str) else list(url)
-        if not urls:
-            raise ValueError("at least one coordinator URL is needed")
-        self.urls = tuple(u.rstrip("/") for u in urls)
-        self._current = 0
-        self._rounds = max(rounds, 1)
-        self._backoff_s = backoff_s
+        self.replicas = Replicas(url, retry)
         self._sleep = sleep
         self._clients = [
             httpx.Client(
@@ -64,17 +63,18 @@ class CoordinatorHttp:
                 timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
                 transport=transport,
             )
-            for u in self.urls
+            for u in self.replicas.urls
         ]
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every replica's URL, in the order they are tried."""
+        return self.replicas.urls
 
     @property
     def url(self) -> str:
         """The replica the next request goes to first."""
-        return self.urls[self._current]
-
-    @property
-    def _client(self) -> httpx.Client:
-        return self._clients[self._current]
+        return self.replicas.url
 
     def close(self) -> None:
         for client in self._clients:
@@ -99,27 +99,21 @@ class CoordinatorHttp:
         but a 2xx answer."""
         safe = method.upper() in ("GET", "HEAD")
         failure: CoordinatorError | None = None
-        for round_ in range(self._rounds):
-            if round_:
-                self._sleep(self._backoff_s * 2 ** (round_ - 1))
-            for _ in self.urls:
-                url = self.url + path
-                try:
-                    response = self._client.request(method, path, params=params, json=body)
-                except httpx.HTTPError as exc:
-                    failure = CoordinatorError(
-                        url, f"request failed: {exc.__class__.__name__}: {exc}"
-                    )
-                    if not (safe or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)):
-                        raise failure from None
-                else:
-                    status = response.status_code
-                    if status != UNAVAILABLE and not (safe and status in _GATEWAY_FAILURES):
-                        return self._answer(url, response)
-                    failure = CoordinatorError(
-                        url, f"unavailable: {response.text[:200]}", status, response.text[:500]
-                    )
-                self._current = (self._current + 1) % len(self.urls)
+        for index in self.replicas.tries(self._sleep):
+            url = self.replicas.urls[index] + path
+            try:
+                response = self._clients[index].request(method, path, params=params, json=body)
+            except httpx.HTTPError as exc:
+                failure = CoordinatorError(url, f"request failed: {exc.__class__.__name__}: {exc}")
+                if not (safe or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)):
+                    raise failure from None
+            else:
+                status = response.status_code
+                if status != UNAVAILABLE and not (safe and status in _GATEWAY_FAILURES):
+                    return self._answer(url, response)
+                failure = CoordinatorError(
+                    url, f"unavailable: {response.text[:200]}", status, response.text[:500]
+                )
         assert failure is not None
         raise failure
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from federation.agent import ShipmentError, ShipmentRefused, Shipper
+from federation.agent.daemon import build_shipper
+from federation.config import load_config
 from federation.core.plan import MANIFEST_MEASUREMENT
 from federation.core.points import Point
 from federation.core.retry import RetryPolicy
@@ -224,3 +228,117 @@ def test_a_refused_batch_ends_the_window_before_its_manifest() -> None:
     assert len(bodies) == 2
     assert not any(MANIFEST_MEASUREMENT.encode() in body for body in bodies)
     assert not [t for t in threading.enumerate() if t.name.startswith("ship ")]
+
+
+A, B = "http://replica-a", "http://replica-b"
+
+
+def _kind(request: httpx.Request) -> str:
+    manifest = request.content.startswith(MANIFEST_MEASUREMENT.encode())
+    return f"{request.url.host} {'manifest' if manifest else 'summaries'}"
+
+
+def test_writes_fail_over_to_the_next_replica_and_stay_there() -> None:
+    """A replica that refuses connections or drains (503) is skipped without waiting; the
+    replica that stored a batch takes the next ones, the manifest still alone and last."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(_kind(request))
+        if request.url.host == "replica-a":
+            raise httpx.ConnectError("connection refused", request=request)
+        if len(seen) == 2:
+            return httpx.Response(503, json={"error": "draining"})
+        return httpx.Response(204)
+
+    sleeps: list[float] = []
+    retry = RetryPolicy(attempts=3, initial_s=0.5)
+    with Shipper([A, B], dc="dc1", token="t", batch_points=4, retry=retry,
+                 sleep=sleeps.append, transport=httpx.MockTransport(handler)) as shipper:  # fmt: skip
+        assert shipper.ship_window(make_plan(), window_of_points(6, base_time()))
+        assert shipper.url == B
+        assert shipper.ship_window(make_plan(), window_of_points(1, base_time() + SECOND))
+    assert seen == [
+        "replica-a summaries", "replica-b summaries",  # refused, then draining: a round over both
+        "replica-a summaries", "replica-b summaries",  # after the back-off: b stores it
+        "replica-b summaries", "replica-b manifest",
+        "replica-b summaries", "replica-b manifest",  # the next window goes to b first
+    ]  # fmt: skip
+    assert sleeps == [0.5]
+    assert shipper.stats.retries == 3
+
+
+def test_a_lost_answer_is_written_again_at_another_replica_before_the_manifest() -> None:
+    """A write is idempotent (the same points again), so unlike an Agent API POST it is sent
+    again after a lost answer; the manifest goes only once the summaries were stored."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(_kind(request))
+        if request.url.host == "replica-a" and len(seen) == 1:
+            raise httpx.ReadTimeout("no answer", request=request)
+        return httpx.Response(204)
+
+    with Shipper([A, B], dc="dc1", token="t", sleep=lambda _s: pytest.fail("waited"),
+                 transport=httpx.MockTransport(handler)) as shipper:  # fmt: skip
+        assert shipper.ship_window(make_plan(), window_of_points(3, base_time()))
+    assert seen == ["replica-a summaries", "replica-b summaries", "replica-b manifest"]
+
+
+def test_every_replica_down_backs_off_between_rounds_then_fails() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        return httpx.Response(502 if request.url.host == "replica-a" else 503, text="down")
+
+    sleeps: list[float] = []
+    retry = RetryPolicy(attempts=3, initial_s=0.25, multiplier=2.0)
+    with (
+        Shipper(
+            [A, B],
+            dc="dc1",
+            token="t",
+            retry=retry,
+            sleep=sleeps.append,
+            transport=httpx.MockTransport(handler),
+        ) as shipper,  # fmt: skip
+        pytest.raises(ShipmentError) as caught,
+    ):
+        shipper.ship_window(make_plan(), window_of_points(2, base_time()))
+    assert seen == ["replica-a", "replica-b"] * 3
+    assert sleeps == [0.25, 0.5]
+    assert "gave up after 3 rounds over 2 replicas" in str(caught.value)
+    assert str(caught.value).startswith("gateway http://replica-b/write")
+
+
+def test_a_refusal_at_one_replica_is_not_tried_at_another() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        return httpx.Response(400, json={"error": "refused", "rule": "schema", "key": "x"})
+
+    with (
+        Shipper([A, B], dc="dc1", token="t", transport=httpx.MockTransport(handler)) as shipper,
+        pytest.raises(ShipmentRefused) as caught,
+    ):
+        shipper.ship_window(make_plan(), window_of_points(2, base_time()))
+    assert seen == ["replica-a"] and caught.value.rule == "schema"
+
+
+def test_build_shipper_writes_to_every_coordinator_replica_the_fleet_names(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = config_dir / "fleet.yaml"
+    data = yaml.safe_load(fleet.read_text())
+    first = data["central"]["coordinator_url"]
+    data["central"]["coordinator_replicas"] = ["http://central-2:8086"]
+    fleet.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = load_config(config_dir)
+    dc = sorted(config.fleet.dcs)[0]
+    monkeypatch.setenv(config.dc(dc).agent_token_env, "t")
+    with build_shipper(config, dc) as shipper:
+        assert shipper.replicas.urls == (first.rstrip("/"), "http://central-2:8086")
+    with build_shipper(config, dc, gateway_url="http://only:8086") as shipper:
+        assert shipper.replicas.urls == ("http://only:8086",)
