@@ -859,6 +859,26 @@ def test_kapacitor_config_fills_in_the_token(
     assert tomllib.loads(result.stdout)["influxdb"][0]["password"] == 'tok"en\\x'
 
 
+def test_kapacitor_config_lists_every_coordinator_replica(config_dir: Path) -> None:
+    """Kapacitor 1.5.7 sends each write to the next URL of the cluster in turn (no fail-over),
+    so every replica is listed: one down then costs a share of the writes, not all of them."""
+    fleet = config_dir / "fleet.yaml"
+    fleet.write_text(
+        fleet.read_text().replace(
+            "  coordinator_url: https://federation.mail.internal\n",
+            "  coordinator_url: https://federation.mail.internal\n"
+            "  coordinator_replicas: [https://central-2.mail.internal:8086]\n",
+        )
+    )
+    conf = kapacitor_conf(load_config(config_dir), "dub1", prog=Path("/bin/federation"))
+    (cluster,) = tomllib.loads(conf.text)["influxdb"]
+    assert cluster["urls"] == [
+        "https://federation.mail.internal",
+        "https://central-2.mail.internal:8086",
+    ]
+    assert "no fail-over" in conf.text
+
+
 def test_kapacitor_config_refuses_a_dc_without_kapacitor(config_dir: Path) -> None:
     result = runner.invoke(
         app, ["kapacitor", "config", "--dc", "fra1", "--config", str(config_dir)]

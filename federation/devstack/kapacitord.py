@@ -66,7 +66,7 @@ class KapacitorServer:
         gateway = "\n".join(
             gateway_section(
                 self.gateway_cluster,
-                self.gateway_url,
+                [self.gateway_url],
                 self.dc,
                 password_setting(self.token),
                 startup_timeout="1m",

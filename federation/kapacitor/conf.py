@@ -2,7 +2,17 @@
 
 Two sections, written here alone: `[udf.functions.fedagg]`, which runs the aggregation UDF
 (`federation kapacitor-udf`), and a write-only `[[influxdb]]` cluster at the coordinator's
-gateway, which the tasks' influxDBOut() ships to. `kapacitor_conf` renders them for an operator
+gateway, which the tasks' influxDBOut() ships to.
+
+The gateway cluster lists every coordinator replica in `urls`. Kapacitor 1.5.7 does not fail
+over between them: its InfluxDB client (`influxdb/client.go`, `HTTPClient.url`) moves to the
+next URL before every request, round robin, and a write that fails is logged, counted in the
+node's `write_errors` and dropped, never sent again (reference §3.5). So while one of two
+replicas is down or draining about half of the writes are lost instead of all of them, and
+the windows they carried are recovered as any dropped write is: the agent's raw counts find
+them short or the planner finds them missing, and a replay ships them again. Its start-up
+ping goes round the list the same way, so one replica down does not keep kapacitord from
+starting. `kapacitor_conf` renders them for an operator
 to merge (`federation kapacitor config`); the local kapacitord of the demo and the tests
 (`federation.devstack.localstack`) writes the same sections into its whole config.
 """
@@ -12,7 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -77,22 +87,24 @@ def password_setting(password: str) -> str:
 
 def gateway_section(
     name: str,
-    url: str,
+    urls: Sequence[str],
     dc: str,
     password_line: str,
     *,
     timeout: str = "30s",
     startup_timeout: str = "5m",
 ) -> list[str]:
-    """A write-only `[[influxdb]]` cluster `name` at the coordinator's gateway (`url`),
-    authenticated as DC `dc`: influxDBOut() ships aggregates there; never the default cluster
-    (the tasks query the DC's own InfluxDB) and without subscriptions."""
+    """A write-only `[[influxdb]]` cluster `name` at the coordinator's gateway (every replica's
+    URL in `urls`, which Kapacitor takes in turn: see the module's docstring), authenticated as
+    DC `dc`: influxDBOut() ships aggregates there; never the default cluster (the tasks query
+    the DC's own InfluxDB) and without subscriptions."""
+    listed = ", ".join(toml_string(url) for url in urls)
     return [
         "[[influxdb]]",
         "  enabled = true",
         "  default = false",
         f"  name = {toml_string(name)}",
-        f"  urls = [{toml_string(url)}]",
+        f"  urls = [{listed}]",
         f"  username = {toml_string(dc)}",
         password_line,
         f"  timeout = {toml_string(timeout)}",
@@ -124,8 +136,8 @@ def kapacitor_conf(
 
     Two sections: `[udf.functions.fedagg]` running `prog kapacitor-udf` (`prog` defaults to
     `federation_executable()`), and a write-only `[[influxdb]]` cluster named after the
-    fleet's `gateway_cluster` that points at the coordinator, authenticated as the DC with its
-    agent token. The token is read from the environment variable fleet.yaml names (`environ`,
+    fleet's `gateway_cluster` that points at every coordinator replica, authenticated as the DC
+    with its agent token. The token is read from the environment variable fleet.yaml names (`environ`,
     default `os.environ`) at render time; when it is unset the text holds a comment naming the
     variable instead of a password. ConfigError when the DC is unknown or has no Kapacitor.
     """
@@ -161,9 +173,11 @@ def kapacitor_conf(
         *udf_section(str(program)),
         "",
         "# Write-only: the coordinator's gateway, which influxDBOut() ships aggregates to.",
+        "# Kapacitor sends each write to the next of these URLs in turn and drops a write that",
+        "# fails (no fail-over): the agent has such windows replayed.",
         *gateway_section(
             central.gateway_cluster,
-            central.coordinator_url,
+            central.coordinator_urls,
             dc,
             password_line,
             timeout=write_timeout,
