@@ -17,6 +17,8 @@ from kapacitor_fixture import (
     kapacitord_starter,
     require_kapacitord,
 )
+from postgres_fixture import PostgresDatabases
+from postgres_fixture import postgres_databases as _postgres_databases
 
 from federation.devstack.localstack import InfluxServer, LocalStack
 from federation.influx import InfluxClient
@@ -129,6 +131,12 @@ def system_binary(name: str, package: str) -> str:
 def promtool() -> str:
     """Prometheus' `promtool` (Debian package `prometheus`)."""
     return system_binary("promtool", "prometheus")
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    """The PostgreSQL server of this session: started on first use, stopped at the end."""
+    yield from _postgres_databases()
 
 
 @pytest.fixture(scope="session")

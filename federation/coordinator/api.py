@@ -59,6 +59,7 @@ from federation.coordinator.agent_api import (
 from federation.coordinator.draining import RefuseWhileDraining
 from federation.coordinator.endpoints import reader_denied
 from federation.coordinator.gateway.http import INFLUXDB_VERSION, central_client, ping, write
+from federation.coordinator.gateway.ordering import ShippingTurns
 from federation.coordinator.operator_api import reload_desired, rollout_handler
 from federation.coordinator.reader_api import dcs_overview, metrics, status
 from federation.coordinator.retired import with_retired
@@ -94,10 +95,14 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = central_client(coordinator, central_url, central_transport)
         app.state.central = client
+        app.state.shipping = ShippingTurns(
+            coordinator.ledger, wait_s=coordinator.settings.central_timeout_s
+        )
         try:
             yield
         finally:
             await client.aclose()
+            app.state.shipping.close()
             reader.close()
 
     report_routes = reporting_routes(

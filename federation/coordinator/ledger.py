@@ -328,9 +328,10 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def create_ledger_engine(url: str) -> Engine:
+def create_ledger_engine(url: str, **pool: int) -> Engine:
     """An Engine for the ledger at `url`; SQLite connections get WAL, foreign keys and a busy
-    timeout, and write transactions there begin IMMEDIATE; PostgreSQL ones are READ COMMITTED."""
+    timeout, and write transactions there begin IMMEDIATE; PostgreSQL ones are READ COMMITTED,
+    pooled as `pool` says (`pool_size`, `max_overflow`) or SQLAlchemy's default."""
     try:
         parsed = make_url(url)
     except SQLAlchemyError as exc:
@@ -343,7 +344,7 @@ def create_ledger_engine(url: str) -> Engine:
         return engine
     # Pinned rather than inherited: a server whose default isolation is stricter would turn
     # the planner's and the agents' claims into serialization failures.
-    return create_engine(url, pool_pre_ping=True, isolation_level="READ COMMITTED")
+    return create_engine(url, pool_pre_ping=True, isolation_level="READ COMMITTED", **pool)
 
 
 class Ledger:

@@ -12,15 +12,13 @@ PostgreSQL runs are skipped, saying why, except under CI=true, where they fail.
 
 from __future__ import annotations
 
-import itertools
-import os
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from postgres_fixture import PostgresDatabases
 from starlette.testclient import TestClient
 
 from federation.config import FederationConfig, load_config
@@ -30,13 +28,6 @@ from federation.coordinator.ledger import Ledger, open_ledger
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.core.clock import FakeClock
 from federation.devstack.localstack import InfluxServer
-from federation.devstack.postgres import (
-    PostgresServer,
-    create_postgres_database,
-    drop_postgres_database,
-    find_postgres_bin,
-)
-from federation.errors import FederationError
 from federation.influx import InfluxClient
 
 from .helpers import HOUR, READER, token
@@ -62,52 +53,6 @@ def _rewrite_fleet(config_dir: Path, central_url: str, ledger_url: str) -> None:
     for dc in data["dcs"].values():
         dc["influxdb"] = {"url": dc["influxdb"]["url"]}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-POSTGRES_URL_ENV = "FEDERATION_TEST_POSTGRES_URL"
-"""A SQLAlchemy URL of a PostgreSQL database whose role may create databases; when set, the
-PostgreSQL runs use that server instead of starting one."""
-
-
-class PostgresDatabases:
-    """Creates a fresh database per test on one PostgreSQL server, and drops it afterwards."""
-
-    def __init__(self, admin_url: str) -> None:
-        self.admin_url = admin_url
-        # Unique across sessions that share one external server.
-        self._prefix = f"ledger_{secrets.token_hex(3)}_"
-        self._counter = itertools.count(1)
-
-    def create(self) -> tuple[str, str]:
-        """(name, URL) of a new, empty database."""
-        name = f"{self._prefix}{next(self._counter)}"
-        return name, create_postgres_database(self.admin_url, name)
-
-    def drop(self, name: str) -> None:
-        drop_postgres_database(self.admin_url, name)
-
-
-def _postgres_unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the PostgreSQL ledger tests must run)", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def postgres_databases() -> Iterator[PostgresDatabases]:
-    """The PostgreSQL server of this session: started on first use, stopped at the end."""
-    url = os.environ.get(POSTGRES_URL_ENV)
-    if url:
-        yield PostgresDatabases(url)
-        return
-    try:
-        find_postgres_bin()
-    except FederationError as exc:
-        _postgres_unavailable(
-            f"no PostgreSQL for the ledger tests ({POSTGRES_URL_ENV} unset): {exc}"
-        )
-    with PostgresServer() as server:
-        yield PostgresDatabases(server.url)
 
 
 @pytest.fixture(

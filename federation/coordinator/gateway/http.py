@@ -4,15 +4,14 @@ A write is authenticated as a DC (basic auth, bearer token, or `u`/`p`), its tar
 and retention policy checked, its body read within the size limit (gunzipped when sent so),
 then parsed and checked (`parse`, `rules`), refused as a whole (`refusal`) or forwarded byte for
 byte to central; the manifests it carries update the ledger only after central answered 204.
+All of that happens in the DC's shipping turn (`ordering`), which one replica holds at a time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
-import weakref
 import zlib
 
 import httpx
@@ -23,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from federation.coordinator.endpoints import (
     coordinator_of,
 )
+from federation.coordinator.gateway.ordering import ShippingTurns
 from federation.coordinator.gateway.refusal import Refusal, log_refusal
 from federation.coordinator.gateway.rules import CheckedBatch, check_body
 from federation.coordinator.refusals import note_refusal
@@ -159,15 +159,6 @@ async def _write(request: Request) -> Response:
     return Response(status_code=204, headers={"X-Influxdb-Version": INFLUXDB_VERSION})
 
 
-# One DC's batches are checked, forwarded and recorded one at a time: two shipments of the same
-# window (a Kapacitor task's look-back branch and a replay, say) that both passed the stale check
-# could otherwise reach central in one order and the ledger in the other, leaving central with
-# an older run than the ledger holds.
-_SHIPPING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 WRITE_CONSISTENCIES = ("any", "one", "quorum", "all")
 """The `consistency` values of the v1 write API; the gateway passes the one asked through."""
 
@@ -203,9 +194,8 @@ async def _accept(request: Request, coordinator: Coordinator, dc: str) -> Checke
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding not in ("", "identity", "gzip"):
         raise Refusal("line-protocol", f"unsupported Content-Encoding {encoding!r}", status=415)
-    locks = _SHIPPING.setdefault(asyncio.get_running_loop(), {})
-    lock = locks.setdefault(dc, asyncio.Lock())
-    async with lock:
+    turns: ShippingTurns = request.app.state.shipping
+    async with turns.hold(dc):
         return await _check_forward_record(request, coordinator, dc, raw, encoding, precision, rp)
 
 
