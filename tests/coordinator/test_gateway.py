@@ -18,7 +18,7 @@ from federation.config import FederationConfig
 from federation.coordinator.api import build_app
 from federation.coordinator.gateway.parse import parse_body
 from federation.coordinator.gateway.refusal import Refusal
-from federation.coordinator.gateway.rules import CheckedBatch, check_body
+from federation.coordinator.gateway.rules import CheckedBatch, GatewayChecker, check_body
 from federation.coordinator.gateway.wire import read_columns
 from federation.coordinator.ledger import Ledger, WindowRow
 from federation.coordinator.service import Coordinator
@@ -508,3 +508,25 @@ def test_the_write_consistency_reaches_central_and_a_bad_one_is_refused(
         assert again.status_code == 204, again.text  # type: ignore[attr-defined]
     assert [f.get("consistency") for f in forwarded] == ["quorum", None]
     assert stored(influx, config) == len(points)
+
+
+def test_a_previous_versions_summaries_are_checked_at_the_accuracy_their_sketch_names(
+    config: FederationConfig, hour0: int
+) -> None:
+    """A rollout that changes only the accuracy leaves two versions with the same keys; an
+    agent ships a window's summaries before, and apart from, the manifest that names its
+    version, so the sketch's own accuracy picks the version to check them against."""
+    old = plan_of(config, DC)
+    new = dataclasses.replace(old, accuracy=0.02)
+    checker = GatewayChecker({(DC, old.aggregation): [new, old]})  # desired first
+    now = hour0 + HOUR
+    for plan in (old, new):
+        raw = body(window_batch(plan, hour0 - HOUR)[:-1])
+        for verdict in (
+            _verdict(lambda: check_body(checker, DC, raw, "ns", now)),  # noqa: B023
+            _verdict(lambda: checker.check(DC, parse_body(raw, "ns", now), now_ns=now)),  # noqa: B023
+        ):
+            assert verdict[:2] == ("accepted", len(window_batch(plan, hour0 - HOUR)) - 1)
+    foreign = body(window_batch(dataclasses.replace(old, accuracy=0.05), hour0 - HOUR)[:-1])
+    refused = _verdict(lambda: check_body(checker, DC, foreign, "ns", now))
+    assert refused[:4] == ("refused", "sketch", 400, "sketch")

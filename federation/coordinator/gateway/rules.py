@@ -48,7 +48,7 @@ from federation.coordinator.tracking import Manifest
 from federation.core.detection_plan import DetectionPlan
 from federation.core.pii import personal_data_kind
 from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan, FieldType
-from federation.core.points import FieldValue
+from federation.core.points import FieldValue, Point
 from federation.core.sketch import Sketch, total_counts
 from federation.errors import SketchDecodeError
 
@@ -103,6 +103,27 @@ def _entry_for(
     names, else the first the DC may ship."""
     version = versions.get((aggregation, start_ns))
     return next((e for e in entries if e.version == version), entries[0])
+
+
+def _entry_for_point(
+    entries: Sequence[_PlanCheck], versions: Mapping[tuple[str, int], str], point: Point
+) -> _PlanCheck:
+    """`_entry_for` a summary point; where its batch names no version (an agent ships a
+    window's manifest alone, after its summaries), the version whose accuracy its sketch is
+    written with: two versions that differ only in accuracy (a rollout changed it, and the
+    previous version's windows are still shipped: look-back, backfills) have the same keys."""
+    entry = _entry_for(entries, versions, point.measurement, point.time_ns)
+    sketch = point.fields.get("sketch")
+    if (point.measurement, point.time_ns) in versions or not isinstance(sketch, str):
+        return entry
+    for candidate in (entry, *entries):
+        plan = candidate.plan
+        if (
+            isinstance(plan, AggregationPlan)
+            and total_counts([sketch], plan.accuracy)[0] is not None
+        ):
+            return candidate
+    return entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,8 +336,7 @@ class GatewayChecker:
         point = ln.point
         measurement = point.measurement
         self._check_identity(dc, point.tags, measurement, ln)
-        entries = fitting.entries
-        entry = _entry_for(entries, versions, measurement, point.time_ns)
+        entry = _entry_for_point(fitting.entries, versions, point)
         self._check_alignment(entry.plan, point.time_ns, measurement, ln, now_ns)
         self._check_values(point.tags, point.fields, measurement, ln, "sketch", fitting.strings)
         if isinstance(entry.plan, DetectionPlan):
