@@ -1,15 +1,24 @@
 """A replica that is asked to stop (SIGTERM) drains: it finishes the requests it has and
 answers every new one 503, which coordinator clients take as "try another replica"
-(`federation.clients.coordinator_http`).
+(`federation.clients.failover`).
 
-uvicorn already stops listening on SIGTERM and waits for the requests in flight; what it does
-not do is refuse a request that arrives meanwhile on a connection kept alive. `draining_server`
-marks the coordinator as draining before uvicorn's own handling (the heartbeat then says
-`draining`), and `RefuseWhileDraining` refuses such requests.
+`draining_server` marks the coordinator as draining at once (the heartbeat then says
+`draining`, and `RefuseWhileDraining` answers every request that starts from then on 503), and
+hands the signal to uvicorn only `drain_grace_s` later: for that long the replica still
+listens and refuses, so a load balancer's health check and every client, on a new connection or
+one kept alive, hear "not handled, ask another" instead of finding a closed port or a closed
+connection. uvicorn then stops listening, waits for the requests in flight and shuts down. Once
+drained, uvicorn would raise the signal again with its default action, killing the process
+before the coordinator's own clean-up (its jobs, its heartbeat row) runs; a drained replica's
+server returns instead. A second signal during the grace stops at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -41,15 +50,37 @@ class RefuseWhileDraining:
 
 
 def draining_server(app: Any, coordinator: Coordinator, *, host: str, port: int) -> Any:
-    """A uvicorn server for `app` that marks `coordinator` as draining when asked to stop.
+    """A uvicorn server for `app` that marks `coordinator` as draining when asked to stop, and
+    stops `coordinator.settings.drain_grace_s` later.
 
     uvicorn is imported here: the coordinator's app is also built where nothing is served."""
     import uvicorn
+    from uvicorn.server import HANDLED_SIGNALS
+
+    grace_s = coordinator.settings.drain_grace_s
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if coordinator.draining or grace_s <= 0:
+                coordinator.draining = True
+                super().handle_exit(sig, frame)
+                return
             coordinator.draining = True
-            super().handle_exit(sig, frame)
+            later = threading.Timer(grace_s, super().handle_exit, (sig, frame))
+            later.daemon = True
+            later.start()
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     return DrainingServer(config)

@@ -135,6 +135,9 @@ class CoordinatorSettings:
     """Agent clocks further off are reported, and bound what the gateway takes as ended."""
     generation_interval_s: float = 2.0
     """How often a replica looks for a newer config generation and writes its heartbeat."""
+    drain_grace_s: float = 1.0
+    """After SIGTERM, how long a replica goes on listening and answering every new request 503
+    before it stops listening and finishes the requests it has (`draining`)."""
 
 
 class Coordinator:

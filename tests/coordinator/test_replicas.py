@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,9 +164,14 @@ def test_a_draining_replica_refuses_new_requests_with_503_and_says_so(
     assert client.get("/ping").status_code == 204
     server = draining_server(build_app(coordinator), coordinator, host="127.0.0.1", port=0)
     server.handle_exit(signal.SIGTERM, None)  # what uvicorn calls on SIGTERM
-    assert server.should_exit and coordinator.draining
+    # Draining at once; uvicorn stops listening only after the grace.
+    assert coordinator.draining and not server.should_exit
     refused = client.get("/ping")
     assert refused.status_code == 503 and refused.json()["error"] == DRAINING_MESSAGE
+    deadline = time.monotonic() + coordinator.settings.drain_grace_s + 5
+    while not server.should_exit and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.should_exit
     follow_generation(coordinator)
     report = status_report(ledger, coordinator.config, coordinator.clock.now_ns())
     assert [r.state for r in report.replicas] == ["draining"]
