@@ -24,8 +24,9 @@ from federation.core.retry import RetryPolicy
 class Replicas:
     """The URLs of the coordinator's replicas and the one to ask first.
 
-    Shared by the threads of one client: `current` is one integer, moved by whichever thread
-    saw a replica fail; a race only makes a thread start at a neighbouring replica.
+    Shared by the threads of one client: each request goes round the replicas from the one
+    that was current when it started, whatever other threads do meanwhile, and a failure moves
+    `current` past the replica that failed (never back onto it).
     """
 
     def __init__(self, urls: str | Sequence[str], retry: RetryPolicy | None = None) -> None:
@@ -53,12 +54,16 @@ class Replicas:
         iteration means the try failed, and moves `current` on. Between rounds `wait` gets the
         retry policy's delay (it may raise to abandon the request).
         """
+        count = len(self.urls)
+        first = self.current
         for round_ in range(self.rounds):
             if round_:
                 wait(self.retry.delay(round_ - 1))
-            for _ in self.urls:
-                yield self.current
-                self.current = (self.current + 1) % len(self.urls)
+            for step in range(count):
+                index = (first + step) % count
+                yield index
+                if self.current == index:
+                    self.current = (index + 1) % count
 
     def gave_up(self) -> str:
         """What a request that exhausted its tries says about them."""

@@ -342,3 +342,36 @@ def test_build_shipper_writes_to_every_coordinator_replica_the_fleet_names(
         assert shipper.replicas.urls == (first.rstrip("/"), "http://central-2:8086")
     with build_shipper(config, dc, gateway_url="http://only:8086") as shipper:
         assert shipper.replicas.urls == ("http://only:8086",)
+
+
+def test_threads_sharing_a_shipper_each_go_round_every_replica() -> None:
+    """Two windows shipped at once both fail at the first replica: each still tries the second
+    before backing off (a failure moves the shared starting point past the replica that
+    failed, never back onto it)."""
+    seen: list[str] = []
+    both_at_a = threading.Barrier(2)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.host == "replica-a":
+            both_at_a.wait(5)
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(204)
+
+    sleeps: list[float] = []
+    with Shipper([A, B], dc="dc1", token="t", sleep=sleeps.append,
+                 transport=httpx.MockTransport(handler)) as shipper:  # fmt: skip
+        threads = [
+            threading.Thread(
+                target=shipper.write_points,
+                args=(window_of_points(1, base_time() + i * SECOND)[:1],),
+                kwargs={"database": "federation", "retention_policy": "agg_400d"},
+            )
+            for i in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+    assert sorted(seen) == ["replica-a", "replica-a", "replica-b", "replica-b"]
+    assert sleeps == [] and shipper.url == B
