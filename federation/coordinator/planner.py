@@ -6,7 +6,9 @@ One pass (`plan_backfills`), per (dc, aggregation):
    and that has no row gets one: `missing`, or `unrecoverable` when its raw data may already be
    gone (its end is not younger than the DC's raw retention minus one shard duration).
 2. Missing and inconsistent windows that aged past retention become `unrecoverable`.
-3. Failed backfills whose back-off has expired go back to the queue; expired leases too.
+3. Failed backfills whose back-off has expired go back to the queue, for the version their DC
+   is told to run now (a rollout since their last attempt moved it: the agent runs only that
+   one); expired leases too.
 4. The remaining missing and inconsistent windows are coalesced into ranges, each widened by the
    look-back (it starts look-back earlier, as a live run would recompute) and cut into requests
    of at most `max_windows` windows; a DC never has more than `max_outstanding` open requests.
@@ -224,9 +226,15 @@ def unlocked_backfills(session: Session, *conditions: Any) -> list[int]:
     )
 
 
-def _requeue(session: Session, now_ns: int, cleared: str, *conditions: Any) -> int:
+def _requeue(
+    session: Session,
+    now_ns: int,
+    cleared: str,
+    *conditions: Any,
+    values: dict[str, Any] | None = None,
+) -> int:
     """Put the requests matching `conditions` that no other transaction holds back in the
-    queue, with column `cleared` reset; return how many."""
+    queue, with column `cleared` reset (and `values` set); return how many."""
     # A request another transaction holds (a lease, a result, another planner re-queueing it)
     # is left to that transaction.
     ids = unlocked_backfills(session, *conditions)
@@ -234,7 +242,7 @@ def _requeue(session: Session, now_ns: int, cleared: str, *conditions: Any) -> i
         session.execute(
             update(BackfillRow)
             .where(BackfillRow.id.in_(ids))
-            .values({"state": QUEUED, cleared: None, "updated_ns": now_ns})
+            .values({"state": QUEUED, cleared: None, "updated_ns": now_ns, **(values or {})})
             .execution_options(synchronize_session=False)
         )
     return len(ids)
@@ -253,7 +261,16 @@ def requeue_expired_leases(session: Session, now_ns: int, *conditions: Any) -> i
 
 
 def _retry_failed(session: Session, now_ns: int) -> int:
-    """Return failed requests whose back-off has expired to the queue."""
+    """Return failed requests whose back-off has expired to the queue, each for the version
+    its DC is told to run now (unchanged where it is told to run none)."""
+    desired = (
+        select(DeploymentRow.desired_version)
+        .where(
+            DeploymentRow.dc == BackfillRow.dc,
+            DeploymentRow.aggregation == BackfillRow.aggregation,
+        )
+        .scalar_subquery()
+    )
     return _requeue(
         session,
         now_ns,
@@ -261,6 +278,7 @@ def _retry_failed(session: Session, now_ns: int) -> int:
         BackfillRow.state == FAILED,
         BackfillRow.next_attempt_ns.is_not(None),
         BackfillRow.next_attempt_ns <= now_ns,
+        values={"version": func.coalesce(desired, BackfillRow.version)},
     )
 
 

@@ -19,7 +19,7 @@ from federation.coordinator.backfills import (
     request_backfill,
 )
 from federation.coordinator.desired import sync_desired
-from federation.coordinator.ledger import BackfillRow, Ledger, WindowRow
+from federation.coordinator.ledger import BackfillRow, DeploymentRow, Ledger, WindowRow
 from federation.coordinator.planner import PlannerSettings, plan_backfills
 from federation.coordinator.tracking import Manifest, record_manifests
 from federation.errors import InvalidInput
@@ -266,3 +266,25 @@ def test_manual_requests_claim_windows(tracked: Ledger, plain: FederationConfig)
         for r in plan_backfills(tracked, plain, now).requested
         if r.dc == "dub1"
     )
+
+
+def test_a_failed_request_is_retried_for_the_version_its_dc_runs_now(
+    tracked: Ledger, plain: FederationConfig
+) -> None:
+    """A request queued before a rollout moved its DC asks for a version the agent no longer
+    runs, and fails for that; its retry asks for the version the DC is told to run now."""
+    settings = PlannerSettings(retry_base_ns=60 * 10**9)
+    now = at(10)
+    plan_backfills(tracked, plain, now, settings)
+    (first, *_) = [b for b in lease_backfills(tracked, "van1", now, settings=settings)
+                   if b.aggregation == AGG]  # fmt: skip
+    with tracked.session(write=True) as session:
+        deployment = session.get(DeploymentRow, ("van1", AGG))
+        assert deployment is not None and deployment.desired_version == first.version
+        deployment.previous_version, deployment.desired_version = first.version, "f00dcafe0001"
+    error = f"{AGG} version {first.version} does not run on van1 (version f00dcafe0001 does)"
+    record_backfill_result(tracked, "van1", first.id, {"status": "failed", "error": error}, now,
+                           settings=settings)  # fmt: skip
+    assert plan_backfills(tracked, plain, now + 60 * 10**9, settings).retried == 1
+    row = next(b for b in backfills(tracked, "van1") if b.id == first.id)
+    assert (row.state, row.version) == ("queued", "f00dcafe0001")
