@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
 
-from federation.config.resolve import resolve_all
+from federation.config import FederationConfig
+from federation.config.resolve import resolve_all, resolve_plan
 from federation.coordinator.ledger import BackfillRow, WindowRow
 from federation.coordinator.planner import FAILED, QUEUED, RUNNING
 from federation.core.aggregate import window_points
@@ -70,14 +71,16 @@ def check_invariants(
     *,
     lost: Mapping[str, tuple[int, int]] | None = None,
     status_via: str = "ledger",
+    earlier: Sequence[FederationConfig] = (),
 ) -> Outcome:
     """Check every invariant over `[since, until)` (see the module docstring); AssertionError
     naming the first broken one. `lost` maps a DC to the range in which its windows may end
-    `unrecoverable`."""
+    `unrecoverable`. Windows the ledger holds at a version of one of the `earlier` configs (a
+    rollout changed it since) are recomputed with that version's plan."""
     outcome = Outcome()
     states = _check_states(fed, since_ns, until_ns, lost, outcome)
     _check_status_cli(fed, since_ns, until_ns, states, status_via)
-    _check_recomputation(fed, since_ns, until_ns, states, outcome)
+    _check_recomputation(fed, since_ns, until_ns, states, outcome, earlier)
     _check_no_personal_data(fed)
     _check_ledger(fed)
     return outcome
@@ -186,19 +189,24 @@ def _check_recomputation(
     until_ns: int,
     states: Mapping[Key, str],
     outcome: Outcome,
+    earlier: Sequence[FederationConfig],
 ) -> None:
     assert fed.ledger is not None
     with fed.ledger.session() as session:
-        ledger_runs = {
-            (dc, agg, start): run
-            for dc, agg, start, run in session.execute(
-                select(WindowRow.dc, WindowRow.aggregation, WindowRow.start_ns, WindowRow.run)
-            )
-        }
+        rows = session.execute(
+            select(WindowRow.dc, WindowRow.aggregation, WindowRow.start_ns, WindowRow.run,
+                   WindowRow.version)
+        ).all()  # fmt: skip
+    ledger_runs = {(dc, agg, start): run for dc, agg, start, run, _ in rows}
+    versions = {(dc, agg, start): version for dc, agg, start, _, version in rows}
     for dc in DCS:
         manifests = _central_points(fed, MANIFEST_MEASUREMENT, dc, since_ns, until_ns)
         with fed.influx(dc) as raw:
             for plan in resolve_all(fed.config, dc):
+                plans = {plan.version: plan}
+                for config in earlier:
+                    old = resolve_plan(config, plan.aggregation, dc)
+                    plans.setdefault(old.version, old)
                 windows = raw_windows(raw, plan, since_ns, until_ns)
                 central = _central_points(fed, plan.aggregation, dc, since_ns, until_ns)
                 expected: dict[tuple[int, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
@@ -211,7 +219,8 @@ def _check_recomputation(
                         central = {k: v for k, v in central.items() if k[0] != start}
                         continue
                     values, dims = windows.get(start, ([], [[] for _ in plan.dimensions]))
-                    points = window_points(plan, start, np.array(values, dtype=np.float64), dims, run=0)  # fmt: skip
+                    at = plans.get(versions.get(key) or plan.version, plan)
+                    points = window_points(at, start, np.array(values, dtype=np.float64), dims, run=0)  # fmt: skip
                     for point in points[:-1]:
                         expected[_key_of(point)] = dict(point.fields)
                     want = dict(points[-1].fields)

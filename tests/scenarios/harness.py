@@ -111,12 +111,13 @@ def token_env(dc: str) -> str:
 
 
 READER_ENV = "FEDERATION_SCENARIO_READER_TOKEN"
+OPERATOR_ENV = "FEDERATION_SCENARIO_OPERATOR_TOKEN"
 
 
 def set_tokens() -> None:
-    """Put an agent token per DC and a reader token in this process's environment (and so in
-    every subprocess it starts)."""
-    for name in (*map(token_env, DCS), READER_ENV):
+    """Put an agent token per DC, a reader and an operator token in this process's environment
+    (and so in every subprocess it starts)."""
+    for name in (*map(token_env, DCS), READER_ENV, OPERATOR_ENV):
         os.environ.setdefault(name, secrets.token_urlsafe(18))
 
 
@@ -129,6 +130,14 @@ class ScenarioConfig:
     """Per region, keys of the policy's `raw` section to replace (e.g. a short retention)."""
     kapacitor_dcs: tuple[str, ...] = ()
     """DCs that run a real kapacitord, their agent in Kapacitor mode (the others embedded)."""
+    ledger_url: str | None = None
+    """The ledger's database (default: a SQLite file in the config directory)."""
+    other_replicas: tuple[str, ...] = ()
+    """Coordinator replicas fleet.yaml lists before the scenario's own (agents and operator
+    commands try them first); each is started by the scenario."""
+    operator: bool = False
+    """Whether fleet.yaml names an operator token (policy and rollout go through the
+    coordinator)."""
 
 
 def write_config(
@@ -153,9 +162,13 @@ def write_config(
     regions = sorted({dc["region"] for dc in dcs.values()})
     central = dict(fleet["central"])
     central["influxdb"] = {"url": urls["central"]}
-    central["coordinator_url"] = coordinator_url
-    central["ledger_url"] = f"sqlite:///{target / 'ledger.sqlite'}"
+    central["coordinator_url"], *replicas = (*spec.other_replicas, coordinator_url)
+    if replicas:
+        central["coordinator_replicas"] = replicas
+    central["ledger_url"] = spec.ledger_url or f"sqlite:///{target / 'ledger.sqlite'}"
     central["reader_token_env"] = READER_ENV
+    if spec.operator:
+        central["operator_token_env"] = OPERATOR_ENV
     fleet.update(
         name="scenario",
         regions={r: fleet["regions"][r] for r in regions},
@@ -427,8 +440,12 @@ class ScenarioFederation:
         clock: Clock | None = None,
         settings: CoordinatorSettings = COORDINATOR_SETTINGS,
         kapacitord: str | None = None,
+        central_via: Callable[[str], str] | None = None,
     ) -> None:
         set_tokens()
+        self.central_via = central_via
+        """Maps central influxd's URL to the one fleet.yaml names, which the coordinator writes
+        to (a proxy in front of it); the checks read central directly."""
         self.kapacitord = kapacitord
         self.kapacitors: dict[str, KapacitorServer] = {}
         self.root = root
@@ -484,8 +501,11 @@ class ScenarioFederation:
         for dc in self.spec.kapacitor_dcs:
             self.kapacitors[dc] = self.start_kapacitord(dc, urls[dc], coordinator_url)
         kapacitor_urls = {dc: server.url for dc, server in self.kapacitors.items()}
+        named = dict(urls)
+        if self.central_via is not None:
+            named["central"] = self.central_via(urls["central"])
         self._config = write_config(
-            self.config_dir, urls, coordinator_url, self.spec, kapacitor_urls
+            self.config_dir, named, coordinator_url, self.spec, kapacitor_urls
         )
         for outcome in apply_retention(self.config):
             if not outcome.ok:
@@ -574,9 +594,10 @@ class ScenarioFederation:
 
     # -- agents -------------------------------------------------------------------------------
 
-    def start_agent(self, dc: str, *, clock: Clock | None = None) -> Agent:
+    def start_agent(
+        self, dc: str, *, clock: Clock | None = None, settings: AgentSettings = AGENT_SETTINGS
+    ) -> Agent:
         """Run DC `dc`'s agent in a thread (embedded executor, scenario timings)."""
-        settings = AGENT_SETTINGS
         if dc in self.kapacitors:
             settings = dataclasses.replace(settings, mode="kapacitor")
         agent, stop = build_agent(self.config, dc, clock=clock or self.clock, settings=settings)
