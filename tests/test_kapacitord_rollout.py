@@ -54,9 +54,15 @@ def test_an_added_aggregation_reaches_kapacitor_only_through_a_rollout(
     coordinator_port, kapacitor_port = free_port(), free_port()
     coordinator_url = f"http://127.0.0.1:{coordinator_port}"
     kapacitor_url = f"http://127.0.0.1:{kapacitor_port}"
+    # The aggregations alone: the agent deploys detections as tasks too (`test_kapacitord`),
+    # each a UDF process more to start on this kapacitord for nothing this test looks at.
+    for detection in (config_dir / "tickscripts").glob("*.yaml"):
+        if "kind: detection" in detection.read_text():
+            detection.unlink()
     config = write_fleet(
         config_dir, dc_influxd.url, kapacitor_url, central_influxd.url, coordinator_url
     )
+    assert not config.detections
     for name, dc_config in config.fleet.dcs.items():
         monkeypatch.setenv(dc_config.agent_token_env, token(name))
     now = time.time_ns()
