@@ -36,6 +36,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+RAW_COUNTS_PER_REQUEST = 1_000
+"""Windows per raw-counts request (the coordinator takes up to 10,000; an agent's first check
+after it starts may send far more)."""
+
 
 class CentralCounts(Protocol):
     """The coordinator's answer to raw counts (`CoordinatorClient.raw_counts`)."""
@@ -77,9 +81,15 @@ def report_past_lookback(
 ) -> list[HeldCount]:
     """Send the raw counts of windows past their look-back; return (and log) the windows the
     coordinator marked `inconsistent` because central holds less of them."""
-    if not counts:
-        return []
-    marked = [h for h in central.raw_counts(dc, plan.aggregation, counts) if h.short]
+    starts = sorted(counts)
+    marked = [
+        h
+        for i in range(0, len(starts), RAW_COUNTS_PER_REQUEST)
+        for h in central.raw_counts(
+            dc, plan.aggregation, {s: counts[s] for s in starts[i : i + RAW_COUNTS_PER_REQUEST]}
+        )
+        if h.short
+    ]
     for h in marked:
         log.warning(
             "%s %s: a look-back run's write was dropped; the coordinator has it re-run",

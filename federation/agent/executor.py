@@ -382,6 +382,26 @@ def events_per_second(result: RangeResult) -> float:
     return events / seconds if seconds > 0 else math.nan
 
 
+def _counted_fields(plan: TrackedPlan) -> tuple[str, ...]:
+    """The fields whose points are a plan's raw events (`count_raw_events`)."""
+    return plan.counted_fields if isinstance(plan, DetectionPlan) else (plan.value_field,)
+
+
+def oldest_raw_event_ns(source: InfluxClient, plan: TrackedPlan) -> int | None:
+    """When the oldest raw event `count_raw_events` counts for `plan` happened (None: none).
+
+    One `first()` per field: with several selectors InfluxQL answers time 0."""
+    times = []
+    for field in _counted_fields(plan):
+        query = (
+            f"SELECT first({quote_ident(field)}) "
+            f"FROM {raw_source(plan.database, plan.retention_policy, plan.measurement)}"
+        )
+        for series in source.query(query, database=plan.database):
+            times += [int(row[0]) for row in series.values]
+    return min(times, default=None)
+
+
 def count_raw_events(
     source: InfluxClient, plan: TrackedPlan, start_ns: int, end_ns: int
 ) -> dict[int, int]:
@@ -393,17 +413,15 @@ def count_raw_events(
     other (or the key is all there is), else a lower bound. Either way a window counted 0
     returns nothing, and central, holding a complete computation, never holds fewer.
     """
-    if isinstance(plan, DetectionPlan):
-        fields = plan.counted_fields
-        if not fields:  # InfluxDB returns no row for a SELECT of tags alone
-            return {}
-    else:
-        fields = (plan.value_field,)
+    fields = _counted_fields(plan)
+    if not fields:  # InfluxDB returns no row for a SELECT of tags alone
+        return {}
     counted = ", ".join(f"count({quote_ident(f)}) AS {quote_ident(f'n{i}')}" for i, f in enumerate(fields))  # fmt: skip
     query = (
         f"SELECT {counted} "
         f"FROM {raw_source(plan.database, plan.retention_policy, plan.measurement)} "
-        f"WHERE time >= {start_ns} AND time < {end_ns} GROUP BY time({plan.window_ns}ns)"
+        f"WHERE time >= {start_ns} AND time < {end_ns} "
+        f"GROUP BY time({plan.window_ns}ns) fill(none)"
     )
     counts: dict[int, int] = {}
     for series in source.query(query, database=plan.database):

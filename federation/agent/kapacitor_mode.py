@@ -42,7 +42,9 @@ it does for the embedded executor (a rollout's canary waits for such a window to
 `check_central` compares, once a window's look-back has passed, its raw events with what
 central holds: `influxDBOut` drops the writes of look-back runs it could not make, and a window
 whose partial first run got through would otherwise stay `verified` with less. The coordinator
-marks such a window `inconsistent` (and has it re-run). The agent runs both in a thread of
+marks such a window `inconsistent` (and has it re-run). The first check after the agent starts
+reaches back to the DC's oldest raw event: windows whose look-back passed while no agent ran
+were checked by none. The agent runs both in a thread of
 its own every poll interval.
 """
 
@@ -67,6 +69,7 @@ from federation.agent.executor import (
     WindowResult,
     WindowSink,
     count_raw_events,
+    oldest_raw_event_ns,
 )
 from federation.agent.kapacitor_replay import (
     ReplayStopped,
@@ -85,7 +88,7 @@ from federation.core.detect import finding_points
 from federation.core.detection_plan import DetectionPlan, TrackedPlan
 from federation.core.durations import format_duration
 from federation.core.lineprotocol import serialize
-from federation.core.windows import Window, coalesce, lookback_windows
+from federation.core.windows import Window, align, coalesce, lookback_windows
 from federation.errors import FederationError, KapacitorError
 from federation.influx import InfluxClient, credentials_from_env
 from federation.kapacitor.client import KapacitorClient, TaskHealth
@@ -513,7 +516,10 @@ class KapacitorMode:
             if stop.is_set():
                 break
             passed = windows_past_lookback(plan, now, settle_ns(plan, self.settle_s))
-            checked = self._checked.setdefault((plan.aggregation, plan.version), set())
+            key = (plan.aggregation, plan.version)
+            if key not in self._checked and passed:
+                marked += self._check_before(plan, passed[-1].start_ns)
+            checked = self._checked.setdefault(key, set())
             checked.intersection_update(w.start_ns for w in passed)
             todo = sorted(w for w in passed if w.start_ns not in checked)
             if not todo:
@@ -523,6 +529,18 @@ class KapacitorMode:
             marked += report_past_lookback(self.central, self.dc, plan, busy)
             checked.update(w.start_ns for w in todo)
         return marked
+
+    def _check_before(self, plan: TrackedPlan, end_ns: int) -> list[HeldCount]:
+        """The first check of a plan since this agent started: the windows whose look-back
+        passed while no agent ran were never checked (a partial first run of one, its later
+        runs dropped, would stay `verified`), so every window with raw data before the usual
+        horizon (`end_ns`) is checked once, back to the DC's oldest raw event."""
+        assert self.central is not None
+        oldest = oldest_raw_event_ns(self.source, plan)
+        if oldest is None or oldest >= end_ns:
+            return []
+        counts = count_raw_events(self.source, plan, align(oldest, plan.window_ns), end_ns)
+        return report_past_lookback(self.central, self.dc, plan, counts)
 
     def _replay(self, plan: TrackedPlan, start_ns: int, end_ns: int, stop: threading.Event) -> None:
         """Replay [start, end) with the plan's temporary task (see `kapacitor_replay`)."""

@@ -14,6 +14,7 @@ from federation.config.resolve import resolve_plan
 from federation.coordinator.app import run_verification
 from federation.coordinator.ledger import WindowRow
 from federation.core.clock import FakeClock
+from federation.core.plan import AggregationPlan
 from federation.core.windows import Window, windows_between
 from federation.devstack.kapacitor_emulator import KapacitorEmulator
 from federation.devstack.localstack import InfluxServer
@@ -72,6 +73,27 @@ def test_a_replay_whose_writes_never_reached_central_is_not_done(
         mode.close()
 
 
+def ship_then_late_events(
+    served: Served,
+    central: InfluxClient,
+    source: InfluxClient,
+    shipper: Shipper,
+    clock: FakeClock,
+    plan: AggregationPlan,
+    dc_influxd: InfluxServer,
+    hour0: int,
+) -> None:
+    """Hours 0 and 1 computed, shipped and verified (40 events each); then 7 late events of
+    hour 0 land in the DC, and no look-back run ships them."""
+    clock.set(hour0 + 2 * HOUR + 5 * SECOND)
+    run_ids = RunIds(clock)
+    for start in (hour0, hour0 + HOUR):
+        window = Window(start, HOUR)
+        shipper.ship_window(plan, compute_window(source, plan, window, run_ids=run_ids).points)
+    run_verification(served.coordinator, central)
+    mode_tests.write_hours(dc_influxd.url, hour0 + 30 * SECOND, [0], per_hour=7)
+
+
 def test_a_window_central_holds_less_of_after_its_look_back_is_marked_for_a_rerun(
     served: Served,
     fed: tuple[FederationConfig, int],
@@ -94,14 +116,7 @@ def test_a_window_central_holds_less_of_after_its_look_back_is_marked_for_a_reru
         KapacitorClient(url) as client,
         CoordinatorClient(served.url, token(DC)) as coordinator,
     ):
-        clock.set(hour0 + 2 * HOUR + 5 * SECOND)
-        run_ids = RunIds(clock)
-        for start in (hour0, hour0 + HOUR):
-            window = Window(start, HOUR)
-            shipper.ship_window(plan, compute_window(source, plan, window, run_ids=run_ids).points)
-        run_verification(served.coordinator, central)
-        mode_tests.write_hours(dc_influxd.url, hour0 + 30 * SECOND, [0], per_hour=7)
-
+        ship_then_late_events(served, central, source, shipper, clock, plan, dc_influxd, hour0)
         mode = mode_tests.new_mode(client, dc=DC, source=source, sink=shipper, clock=clock)
         mode.central = coordinator
         mode.apply([plan])
@@ -127,3 +142,40 @@ def test_a_window_central_holds_less_of_after_its_look_back_is_marked_for_a_reru
         "the DC's raw data holds 47 events, central 40 (run "
     )
     assert rows[1] == ("verified", None)
+
+
+def test_the_first_check_after_the_agent_starts_covers_the_windows_of_its_absence(
+    served: Served,
+    fed: tuple[FederationConfig, int],
+    served_emulator: tuple[KapacitorEmulator, str],
+    dc_influxd: InfluxServer,
+    central: InfluxClient,
+    clock: FakeClock,
+    hour0: int,
+) -> None:
+    """Hour 0's look-back passed while no agent ran, and the agent starts a day later: far
+    beyond the windows a check covers as time passes, so its first check reaches back to the
+    DC's oldest raw event and finds the window central holds less of; later checks do not."""
+    config, _ = fed
+    _, url = served_emulator
+    plan = resolve_plan(config, "delivery_latency", DC)
+    mode_tests.write_hours(dc_influxd.url, hour0, [0, 1])
+    with (
+        InfluxClient(dc_influxd.url) as source,
+        Shipper(served.url, dc=DC, token=token(DC)) as shipper,
+        KapacitorClient(url) as client,
+        CoordinatorClient(served.url, token(DC)) as coordinator,
+    ):
+        ship_then_late_events(served, central, source, shipper, clock, plan, dc_influxd, hour0)
+        clock.set(hour0 + 30 * HOUR)
+        assert hour0 < min(
+            w.start_ns for w in windows_past_lookback(plan, clock.now_ns(), 2 * SECOND)
+        ), "hour 0 is within what every check covers: this test would prove nothing"
+        mode = mode_tests.new_mode(client, dc=DC, source=source, sink=shipper, clock=clock)
+        mode.central = coordinator
+        mode.apply([plan])
+        marked = mode.check_central(threading.Event())
+        assert [(h.start_ns, h.events, h.raw_events) for h in marked] == [(hour0, 40, 47)]
+        clock.set(hour0 + 31 * HOUR)
+        assert mode.check_central(threading.Event()) == []
+        mode.close()
