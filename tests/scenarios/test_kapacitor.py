@@ -186,6 +186,7 @@ def test_14_kapacitord_sigkilled_and_restarted_on_its_data(
         live = {t.id: t for t in client.list_tasks() if not t.id.endswith("-replay")}
     assert sorted(live) == sorted(f"fed-{name}-dub1" for name in kfed.config.aggregations)
     assert all(t.executing for t in live.values())
+    run.end_traffic(LOOKBACK + 2)  # a few scheduled runs after the restart
     # kapacitord answers only once every task's UDF processes have started, and the missed
     # windows are then replayed one replay at a time (seconds each on a loaded machine).
     run.finish(timeout_s=90)

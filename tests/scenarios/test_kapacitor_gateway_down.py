@@ -214,6 +214,7 @@ def test_16_a_partial_run_whose_look_back_runs_were_dropped_is_rerun(
     )
     kfed.refusing.clear()
     client.close()
+    run.end_traffic(LOOKBACK + 2)  # past the look-back of the refused window, and a little more
     run.finish(timeout_s=90)
     watch.close()
 
@@ -265,6 +266,7 @@ def test_17_gateway_down_for_several_windows_while_influxdbout_writes(
     sleep_until(kfed.clock, down_from + 6 * w)
     down_to = kfed.clock.now_ns()
     kfed.start_coordinator()
+    run.end_traffic(LOOKBACK + 2)  # a few scheduled runs with the gateway back
     run.finish(timeout_s=90)
     watch.close()
 

@@ -120,6 +120,7 @@ def test_18_a_query_kapacitor_cannot_run_is_shown_then_backfilled(
     run.feeder.traffic = feeding
     down_to = kfed.clock.now_ns()
     assert down_to + 4 * w < run.end_ns, "the outage outlasted the traffic"
+    run.end_traffic(LOOKBACK + 2)  # a few scheduled runs with influxd back
     run.finish(timeout_s=90)
     watch.close()
 

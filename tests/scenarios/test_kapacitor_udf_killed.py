@@ -25,7 +25,7 @@ from federation.kapacitor.client import KapacitorClient, TaskHealth
 
 from .checks import Outcome, check_invariants
 from .harness import LiveRun, ScenarioFederation, ledger_states, wait_for
-from .test_kapacitor import kfed  # noqa: F401  (the fixture)
+from .test_kapacitor import LOOKBACK, kfed  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.kapacitor]
 
@@ -122,6 +122,7 @@ def test_15_killed_udf_processes_are_noticed_reloaded_and_backfilled(
             "the tasks to run every branch again",
         )
     assert victim not in server.udf_processes()
+    run.end_traffic(LOOKBACK + 2)  # a few scheduled runs on the new UDF processes
     told = logged("reloaded the task") + logged("reloading the task failed")
     for task_id in seen:
         assert any(f"task {task_id}" in m for m in told), (task_id, told)
