@@ -8,10 +8,23 @@ the configuration; this is the one place that reads the one to build the other.
 from __future__ import annotations
 
 from federation.config.loader import FederationConfig
-from federation.config.models import Aggregation, Detection
+from federation.config.models import Aggregation, Detection, Policy, RawMeasurement
 from federation.core.detection_plan import DetectionPlan, TrackedPlan
 from federation.core.plan import AggregationPlan
 from federation.errors import ConfigError
+
+
+def _source_measurement(policy: Policy, file: str, measurement: str) -> RawMeasurement:
+    """What the region's policy declares of the measurement a plan reads; ConfigError (at
+    `source.measurement` of `file`) when it declares nothing of it."""
+    declared = policy.measurements.get(measurement)
+    if declared is None:
+        raise ConfigError(
+            file,
+            "source.measurement",
+            f"{measurement!r} is not declared in policies/{policy.region}.yaml",
+        )
+    return declared
 
 
 def resolve_plan(
@@ -26,13 +39,7 @@ def resolve_plan(
     dc_config = config.dc(dc)
     policy = config.policy_for(dc)
     file = f"tickscripts/{agg.name}.yaml"
-    measurement = policy.measurements.get(agg.source.measurement)
-    if measurement is None:
-        raise ConfigError(
-            file,
-            "source.measurement",
-            f"{agg.source.measurement!r} is not declared in policies/{policy.region}.yaml",
-        )
+    measurement = _source_measurement(policy, file, agg.source.measurement)
     personal = measurement.personal_keys
     if agg.source.field in personal:
         raise ConfigError(file, "source.field", f"is personal data in region {policy.region}")
@@ -84,13 +91,7 @@ def resolve_detection(
     dc_config = config.dc(dc)
     policy = config.policy_for(dc)
     file = f"tickscripts/{det.name}.yaml"
-    measurement = policy.measurements.get(det.source.measurement)
-    if measurement is None:
-        raise ConfigError(
-            file,
-            "source.measurement",
-            f"{det.source.measurement!r} is not declared in policies/{policy.region}.yaml",
-        )
+    measurement = _source_measurement(policy, file, det.source.measurement)
     if det.per not in measurement.personal_keys:
         raise ConfigError(file, "per", f"is not personal data in region {policy.region}")
     return DetectionPlan(
