@@ -10,6 +10,10 @@ writing the same bytes straight to the same influxd and to one replica, in alter
 of the same run. Targets: planner pass < 1 s, status < 0.5 s, gateway >= 20k points/s
 and >= 50% of direct writes;
 two replicas >= one.
+
+With ``--postgres`` it also times one and two replicas over a PostgreSQL ledger (a throwaway
+server), where one DC's batches pass one at a time across replicas: the batches of one DC, and
+the same batches spread over four DCs.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -206,6 +211,30 @@ def _start_replicas(
     return processes, urls
 
 
+def _auth(dc: str) -> dict[str, str]:
+    token = base64.b64encode(f"{dc}:bench-token-{dc}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def _send(
+    client: httpx.Client,
+    pool: ThreadPoolExecutor,
+    bodies: Sequence[bytes],
+    urls: Sequence[str],
+    params: dict[str, str],
+    headers: Callable[[int], dict[str, str]],
+) -> None:
+    """POST every body to `/write` of the servers at `urls`, SENDERS at a time, body k to
+    `urls[k % len(urls)]` (a load balancer's round robin) with `headers(k)`."""
+
+    def one(k: int) -> None:
+        url = urls[k % len(urls)] + "/write"
+        r = client.post(url, params=params, content=bodies[k], headers=headers(k))
+        assert r.status_code == 204, r.text
+
+    list(pool.map(one, range(len(bodies))))
+
+
 def bench_gateway(config: FederationConfig, ledger_url: str, now: int, influx_url: str) -> None:
     """Direct writes, one replica and two replicas (each its own process, as `coordinator
     run` is), in alternating rounds of the same run."""
@@ -216,24 +245,16 @@ def bench_gateway(config: FederationConfig, ledger_url: str, now: int, influx_ur
         influx.execute('CREATE DATABASE "direct"')
         influx.execute(f'CREATE RETENTION POLICY "{rp}" ON "direct" DURATION 400d REPLICATION 1')
     processes, replicas = _start_replicas(config, ledger_url, now, 2)
-    auth = {"Authorization": "Basic " + base64.b64encode(b"dc00:bench-token-dc00").decode()}
     try:
         with httpx.Client(timeout=120) as client, ThreadPoolExecutor(SENDERS) as pool:
 
-            def send(urls: Sequence[str], params: dict[str, str], headers: dict[str, str]) -> None:
-                def one(k: int) -> None:
-                    url = urls[k % len(urls)]  # a load balancer's round robin
-                    r = client.post(url, params=params, content=bodies[k], headers=headers)
-                    assert r.status_code == 204, r.text
-
-                list(pool.map(one, range(len(bodies))))
-
             def direct() -> None:
-                send([f"{influx_url}/write"], {"db": "direct", "rp": rp}, {})
+                _send(client, pool, bodies, [influx_url], {"db": "direct", "rp": rp},
+                      lambda _k: {})  # fmt: skip
 
             def gateway(count: int) -> None:
-                send([f"{u}/write" for u in replicas[:count]],
-                     {"db": "federation", "rp": rp}, auth)  # fmt: skip
+                _send(client, pool, bodies, replicas[:count], {"db": "federation", "rp": rp},
+                      lambda _k: _auth("dc00"))  # fmt: skip
 
             direct()  # warm up: series are created once
             gateway(2)
@@ -268,9 +289,64 @@ def bench_gateway(config: FederationConfig, ledger_url: str, now: int, influx_ur
           f"median {100 * two_vs_one[len(two_vs_one) // 2]:.0f}%")  # fmt: skip
 
 
+ORDERED_DCS = ("dc00", "dc03", "dc06", "dc09")
+"""DCs of one region (eu): the same central retention policy, so the same bodies fit each."""
+
+
+def bench_ordering(config: FederationConfig, now: int) -> None:
+    """One and two replicas over a PostgreSQL ledger, where one DC's batches pass one at a time
+    across replicas (an advisory lock per DC): the batches of one DC, and the same batches
+    spread over four DCs, in alternating rounds."""
+    from federation.devstack.postgres import PostgresServer, create_postgres_database
+
+    bodies = gateway_batches(config, now, 6)
+    points = sum(b.count(b"\n") for b in bodies)
+    spread = [
+        b.replace(b"dc=dc00", f"dc={ORDERED_DCS[k % len(ORDERED_DCS)]}".encode())
+        for k, b in enumerate(bodies)
+    ]
+    rp = config.policy_for("dc00").central.retention_policy
+    with PostgresServer() as server:
+        ledger_url = create_postgres_database(server.url, "bench_ledger")
+        with open_ledger(ledger_url) as ledger:
+            sync_desired(ledger, config, now)
+        processes, replicas = _start_replicas(config, ledger_url, now, 2)
+        try:
+            with httpx.Client(timeout=120) as client, ThreadPoolExecutor(SENDERS) as pool:
+
+                def gateway(count: int, dcs: int) -> None:
+                    sent = bodies if dcs == 1 else spread
+                    _send(client, pool, sent, replicas[:count], {"db": "federation", "rp": rp},
+                          lambda k: _auth(ORDERED_DCS[k % dcs]))  # fmt: skip
+
+                gateway(2, len(ORDERED_DCS))  # warm up
+                cases = ((1, 1), (2, 1), (1, len(ORDERED_DCS)), (2, len(ORDERED_DCS)))
+                rounds = [
+                    [best_of(1, partial(gateway, c, d)) for c, d in cases] for _ in range(ROUNDS)
+                ]
+        finally:
+            for process in processes:
+                process.terminate()
+                process.join(10)
+    one_1, two_1, one_4, two_4 = (min(r[i] for r in rounds) for i in range(4))
+    print(f"gateway over a PostgreSQL ledger (each DC's batches one at a time across replicas), "
+          f"the same {points} points, best of {ROUNDS} alternating rounds:")  # fmt: skip
+    print(f"  one DC,   one replica:  {points / one_1:10,.0f} points/s")
+    print(f"  one DC,   two replicas: {points / two_1:10,.0f} points/s "
+          f"({100 * one_1 / two_1:.0f}% of one replica)")  # fmt: skip
+    print(f"  four DCs, one replica:  {points / one_4:10,.0f} points/s")
+    print(f"  four DCs, two replicas: {points / two_4:10,.0f} points/s "
+          f"({100 * one_4 / two_4:.0f}% of one replica)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="30 days instead of a year")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also time the gateway over a PostgreSQL ledger (PostgreSQL's binaries needed)",
+    )
     args = parser.parse_args()
     hours = 30 * 24 if args.quick else 365 * 24
     root = Path(tempfile.mkdtemp(prefix="federation-bench-"))
@@ -310,6 +386,8 @@ def main() -> None:
                 with InfluxClient(central.url) as influx:
                     ensure_central(config, influx)
                 bench_gateway(config, ledger_url, now, central.url)
+                if args.postgres:
+                    bench_ordering(config, now)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
