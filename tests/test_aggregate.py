@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from federation.config import load_config
 from federation.config.resolve import resolve_plan
-from federation.core.aggregate import RowGrouper, group_rows, manifest_point, window_points
+from federation.core.aggregate import (
+    RowGrouper,
+    group_rows,
+    lazy_window_points,
+    manifest_point,
+    window_points,
+)
 from federation.core.lineprotocol import serialize
 from federation.core.points import Point
 from federation.core.sketch import Sketch
@@ -239,6 +245,8 @@ def test_group_codes_equal_the_plain_computation(
 def test_window_points_are_byte_identical_to_the_plain_computation(
     n_rows: int, data: st.DataObject
 ) -> None:
+    """Whatever the number of groups whose points are made at a time while shipping."""
+    slice_groups = data.draw(st.sampled_from([1, 2, 5, 1_000]))
     values = np.array(
         data.draw(st.lists(st.floats(-1e6, 1e6), min_size=n_rows, max_size=n_rows)),
         dtype=np.float64,
@@ -250,3 +258,8 @@ def test_window_points_are_byte_identical_to_the_plain_computation(
     ]
     got = serialize(window_points(PLAN, 0, values, dims, run=3))
     assert got == reference_window_points(values, dims)
+    codes, keys = group_rows(dims, n_rows)
+    lazy = lazy_window_points(PLAN, 0, values, codes, keys, run=3, slice_groups=slice_groups)
+    assert (serialize(lazy), serialize(lazy)) == (got, got)  # the same, iterated twice
+    assert len(lazy) == len(got.splitlines())
+    assert serialize([lazy.manifest]) == got.splitlines(keepends=True)[-1]

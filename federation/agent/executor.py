@@ -3,11 +3,22 @@
 For one plan and a list of whole windows, each window is read with exactly one query,
 `plan.query_between(window.start, window.end)` (the query a Kapacitor branch runs), computed with
 `window_points` (the code the Kapacitor UDF runs), and handed to a `WindowSink` (the gateway
-`Shipper`) only once every point of it is computed. The stages overlap where the data allows:
-chunks are grouped while InfluxDB sends the next ones, and a window's batches are serialized
-while the gateway stores the previous one (`federation.agent.overlap`). Memory is bounded by
-one window: the raw values become one float64 array and one int64 group code per row, and the
-JSON chunks they came from are dropped as they are grouped.
+`Shipper`). The stages overlap where the data allows (`federation.agent.overlap`):
+
+- chunks are grouped while InfluxDB sends the next ones;
+- the read is ordered by time, as Kapacitor's is, so no group is final before the window's last
+  row: every group's numbers are computed once the read ends, and only then is anything
+  shipped. Its summary points are then made (histograms encoded) and serialized a batch ahead
+  of the one the gateway is storing, so the gateway's work overlaps the executor's;
+- the manifest goes last, alone, once every summary batch was accepted;
+- a window is shipped, in a shipping thread, while the next one is read (a look-back run, a
+  catch-up or a backfill holds several), so shipping costs a run of windows little more than
+  its last window's shipping.
+
+Memory is bounded by the window being read and the summaries of the one being shipped: the raw
+values become one float64 array and one int64 group code per row, the JSON chunks they came
+from are dropped as they are grouped, a window's raw values are dropped once its numbers are
+computed, and its summary points exist a few batches at a time.
 
 Re-running a window writes the same points again (same measurement, tags and timestamp, same
 fields), except the manifest's `run`, which increases with every computation of a window, so
@@ -20,7 +31,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,11 +41,11 @@ import numpy.typing as npt
 
 from federation.agent.overlap import read_ahead
 from federation.agent.shipper import ShipmentRefused
-from federation.core.aggregate import RowGrouper, grouped_window_points
+from federation.core.aggregate import RowGrouper, WindowPoints, lazy_window_points
 from federation.core.clock import Clock
 from federation.core.detection_plan import DetectionPlan, TrackedPlan
 from federation.core.influxql import quote_ident
-from federation.core.plan import MANIFEST_MEASUREMENT, AggregationPlan, ShippedPlan, raw_source
+from federation.core.plan import AggregationPlan, ShippedPlan, raw_source
 from federation.core.points import Point
 from federation.core.windows import Window, windows_between
 from federation.errors import FederationError
@@ -53,11 +65,12 @@ class WindowSink(Protocol):
     def ship_window(
         self,
         plan: ShippedPlan,
-        points: Sequence[Point],
+        points: Iterable[Point],
         *,
         stop: threading.Event | None = None,
     ) -> bool:
-        """Ship one window's points, the manifest (the last point) last of all.
+        """Ship one window's points, the manifest (the last point) last of all, and only once
+        every other point was accepted. `points` may be made as they are iterated.
 
         Returns True once every point was accepted, False when `stop` was set before the
         manifest went out (the window then stays unshipped). Raises FederationError when the
@@ -150,17 +163,18 @@ def read_window(
 
 @dataclass(frozen=True)
 class ComputedWindow:
-    """One window's points, ready to ship, and how long reading and computing took."""
+    """One window's points, ready to ship (their numbers computed, the summary points made as
+    they are iterated), and how long reading and computing took."""
 
     window: Window
-    points: list[Point]
+    points: WindowPoints
     run: int
     read_s: float
     compute_s: float
 
     @property
     def manifest(self) -> Point:
-        return self.points[-1]
+        return self.points.manifest
 
     @property
     def events(self) -> int:
@@ -185,20 +199,17 @@ def compute_window(
 ) -> ComputedWindow:
     """Read and compute one window: summaries sorted by tags, then the manifest, last.
 
-    The run id is taken once the raw data is read, so it is later than every event the
+    Every number is computed here; the summary points are made as `points` is iterated (by
+    the shipper, while the gateway stores the batch before). The run id is taken once the raw data is read, so it is later than every event the
     computation saw.
     """
     started = time.perf_counter()
     data = read_window(source, plan, window, chunk_size=chunk_size)
     read_done = time.perf_counter()
     run = run_ids.next()
-    points = grouped_window_points(
-        plan, window.start_ns, data.values, data.codes, data.keys, run=run
-    )
+    points = lazy_window_points(plan, window.start_ns, data.values, data.codes, data.keys, run=run)
     del data
     computed = time.perf_counter()
-    if points[-1].measurement != MANIFEST_MEASUREMENT:  # the ordering shipping relies on
-        raise AssertionError("window_points must end with the manifest")
     return ComputedWindow(window, points, run, read_done - started, computed - read_done)
 
 
@@ -254,6 +265,22 @@ class RangeResult:
         return text
 
 
+@dataclass(frozen=True)
+class _Shipping:
+    """A computed window whose shipping runs in the shipping thread."""
+
+    computed: ComputedWindow
+    outcome: Future[tuple[bool, float]]
+
+
+def _ship(
+    sink: WindowSink, plan: AggregationPlan, computed: ComputedWindow, stop: threading.Event | None
+) -> tuple[bool, float]:
+    began = time.perf_counter()
+    shipped = sink.ship_window(plan, computed.points, stop=stop)
+    return shipped, time.perf_counter() - began
+
+
 def run_windows(
     plan: AggregationPlan,
     windows: Sequence[Window],
@@ -265,14 +292,18 @@ def run_windows(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_window: Callable[[WindowResult], None] | None = None,
 ) -> RangeResult:
-    """Compute and ship each window of `plan`, oldest first, one window at a time.
+    """Compute and ship each window of `plan`, oldest first.
 
-    A window is computed completely before any of its points is shipped, and counts as shipped
-    only when the sink accepted all of them, manifest last. A gateway refusal of one window
+    A window's numbers are computed completely before any of its points is shipped (the read
+    is ordered by time: no group is final before its last row); its summary points are then
+    made while they are shipped, in a shipping thread, while the next window is read. Windows
+    are shipped one at a time, in order, each manifest last. A window counts as shipped only
+    when the sink accepted all of its points, manifest last. A gateway refusal of one window
     (InvalidInput-like refusal) is recorded and the next window is tried; any other failure
-    (local InfluxDB, gateway unreachable after retries) ends the run with `error` set. When
-    `stop` is set the run ends before the next window, or abandons the current one before its
-    manifest: half a window is never recorded as shipped.
+    (local InfluxDB, gateway unreachable after retries) ends the run with `error` set, and a
+    window read meanwhile is dropped unshipped. When `stop` is set the run ends before the
+    next window, or abandons the current one before its manifest: half a window is never
+    recorded as shipped.
     """
     ordered = sorted(set(windows))
     results: list[WindowResult] = []
@@ -282,29 +313,23 @@ def run_windows(
             plan.aggregation, plan.version, tuple(results), stopped, error, len(ordered)
         )
 
-    for window in ordered:
-        if stop is not None and stop.is_set():
-            return finish(stopped=True)
-        try:
-            computed = compute_window(source, plan, window, run_ids=run_ids, chunk_size=chunk_size)
-        except (FederationError, ValueError) as exc:
-            # ValueError: values numpy or window_points cannot take (a non-numeric field).
-            log.error("%s window %s: computing failed: %s", plan.aggregation, window, exc)
-            return finish(error=f"window {window.label}: {exc}")
-        if stop is not None and stop.is_set():
-            log.info("%s window %s: stopped before shipping", plan.aggregation, window)
-            return finish(stopped=True)
-        ship_started = time.perf_counter()
+    def settle(shipping: _Shipping | None) -> RangeResult | None:
+        """Wait for a window's shipping and record it; the run's result when it ends the run."""
+        if shipping is None:
+            return None
+        computed = shipping.computed
         error: str | None = None
         fatal = False
+        ship_s = 0.0
         try:
-            shipped = sink.ship_window(plan, computed.points, stop=stop)
-        except FederationError as exc:
+            shipped, ship_s = shipping.outcome.result()
+        except (FederationError, ValueError) as exc:
+            # ValueError: a summary point its making refused (it is made while shipping).
             shipped = False
             error = str(exc)
             fatal = not isinstance(exc, ShipmentRefused)
         result = WindowResult(
-            window,
+            computed.window,
             computed.events,
             computed.groups,
             computed.suppressed_events,
@@ -313,17 +338,16 @@ def run_windows(
             shipped,
             computed.read_s,
             computed.compute_s,
-            time.perf_counter() - ship_started,
+            ship_s,
             error,
         )
         results.append(result)
         if on_window is not None:
             on_window(result)
+        window = computed.window
         if error is not None:
             log.error("%s window %s: not shipped: %s", plan.aggregation, window, error)
-            if fatal:
-                return finish(error=f"window {window.label}: {error}")
-            continue
+            return finish(error=f"window {window.label}: {error}") if fatal else None
         if not shipped:
             log.info("%s window %s: abandoned before its manifest", plan.aggregation, window)
             return finish(stopped=True)
@@ -335,6 +359,33 @@ def run_windows(
             computed.groups,
             computed.run,
         )
+        return None
+
+    in_flight: _Shipping | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix=f"ship {plan.aggregation}") as shipper:
+        for window in ordered:
+            if stop is not None and stop.is_set():
+                return settle(in_flight) or finish(stopped=True)
+            try:
+                # Read while the window before is being shipped.
+                computed = compute_window(
+                    source, plan, window, run_ids=run_ids, chunk_size=chunk_size
+                )
+            except (FederationError, ValueError) as exc:
+                # ValueError: values numpy or window_points cannot take (a non-numeric field).
+                log.error("%s window %s: computing failed: %s", plan.aggregation, window, exc)
+                return settle(in_flight) or finish(error=f"window {window.label}: {exc}")
+            ended = settle(in_flight)
+            in_flight = None
+            if ended is not None:
+                return ended
+            if stop is not None and stop.is_set():
+                log.info("%s window %s: stopped before shipping", plan.aggregation, window)
+                return finish(stopped=True)
+            in_flight = _Shipping(computed, shipper.submit(_ship, sink, plan, computed, stop))
+        ended = settle(in_flight)
+    if ended is not None:
+        return ended
     refused = [r for r in results if r.error is not None]
     if refused:
         return finish(error=f"{len(refused)} window(s) refused by the gateway")

@@ -18,8 +18,10 @@ answer too: re-writing a batch writes the same points (same measurement, tags an
 manifest the ledger already holds is recorded again unchanged.
 
 A window is shipped in batches of summaries and then, alone and last, its manifest, each batch
-only once the one before it was stored, whichever replica stored it: a manifest at central
-therefore means all of its window's summaries are there too.
+only once the one before it was stored, whichever replica stored it, and the manifest only once
+every summary batch was: a manifest at central therefore means all of its window's summaries
+are there too. The summaries are made and serialized in a worker thread while the gateway
+stores the batch before, so a window's shipping costs little more than the gateway's own work.
 
     ShipmentError (CoordinatorError)   a write failed: URL, status, body
     └── ShipmentRefused                the gateway refused the batch: rule, measurement, key
@@ -32,7 +34,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_POINTS = 5_000
 DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
+SHIP_AHEAD_BATCHES = 2
+"""Batches made and serialized ahead of the one the gateway is storing."""
+SERIALIZE_POINTS = 1_000
+"""Points serialized at a time."""
 
 
 class ShipmentError(CoordinatorError):
@@ -188,32 +194,44 @@ class Shipper:
     def ship_window(
         self,
         plan: ShippedPlan,
-        points: Sequence[Point],
+        points: Iterable[Point],
         *,
         stop: threading.Event | None = None,
     ) -> bool:
-        """Ship one window: its summaries in batches, then its manifest (the last point) alone.
+        """Ship one window: its summaries in batches, then its manifest (the last point) alone,
+        once every summary batch was accepted.
 
-        Returns True when every point was accepted; False when `stop` was set before the
-        manifest was sent (summaries already sent stay at central, harmlessly: without the
+        `points` may be made while they are shipped (`WindowPoints`): a worker thread takes
+        them, serialized into batches, a bounded number ahead of the batch the gateway is
+        storing. Returns True when every point was accepted; False when `stop` was set before
+        the manifest was sent (summaries already sent stay at central, harmlessly: without the
         manifest the window is not shipped, and the next computation overwrites them).
         Raises ShipmentRefused when the gateway refuses a batch, ShipmentError when it cannot
-        be reached after the retries or refuses the credentials.
+        be reached after the retries or refuses the credentials, ValueError when the last
+        point is not a manifest; in each case the manifest is not sent.
         """
-        if not points or points[-1].measurement != MANIFEST_MEASUREMENT:
+        if isinstance(points, Sequence) and (
+            not points or points[-1].measurement != MANIFEST_MEASUREMENT
+        ):
             raise ValueError("a window's points must end with its manifest")
         database = self.database or plan.central_database
         rp = self.retention_policy or plan.central_retention_policy
-        # The next batch is serialized while the gateway stores this one.
-        batches = read_ahead(self._batches(points[:-1]), 1, name=f"ship {plan.aggregation}")
+        manifest: list[Point] = []
+        batches = read_ahead(
+            self._batches(_holding_back_the_last(points, manifest)),
+            SHIP_AHEAD_BATCHES,
+            name=f"ship {plan.aggregation}",
+        )
         try:
             for batch in batches:
                 if stop is not None and stop.is_set():
                     return False
                 self._write(batch, database, rp, stop)
+            if not manifest or manifest[0].measurement != MANIFEST_MEASUREMENT:
+                raise ValueError("a window's points must end with its manifest")
             if stop is not None and stop.is_set():
                 return False
-            self._write([serialize(points[-1:])], database, rp, stop)
+            self._write([serialize(manifest)], database, rp, stop)
         except _Stopped:
             return False
         finally:
@@ -227,12 +245,12 @@ class Shipper:
         for batch in self._batches(points):
             self._write(batch, database, retention_policy, None)
 
-    def _batches(self, points: Sequence[Point]) -> Iterator[list[bytes]]:
+    def _batches(self, points: Iterable[Point]) -> Iterator[list[bytes]]:
         """Serialized points grouped into batches of at most batch_points and ~batch_bytes."""
         batch: list[bytes] = []
         size = 0
-        for start in range(0, len(points), 1_000):
-            for line in serialize(points[start : start + 1_000]).splitlines(keepends=True):
+        for chunk in _chunks(points, min(SERIALIZE_POINTS, self.batch_points)):
+            for line in serialize(chunk).splitlines(keepends=True):
                 if batch and (
                     len(batch) >= self.batch_points or size + len(line) > self.batch_bytes
                 ):
@@ -311,6 +329,29 @@ class Shipper:
                 raise _Stopped
         else:
             time.sleep(delay)
+
+
+def _holding_back_the_last(points: Iterable[Point], last: list[Point]) -> Iterator[Point]:
+    """Every point but the last, which is put in `last` once `points` is exhausted."""
+    iterator = iter(points)
+    held = next(iterator, None)
+    if held is None:
+        return
+    for point in iterator:
+        yield held
+        held = point
+    last.append(held)
+
+
+def _chunks(points: Iterable[Point], size: int) -> Iterator[list[Point]]:
+    chunk: list[Point] = []
+    for point in points:
+        chunk.append(point)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _describe(exc: httpx.HTTPError) -> str:

@@ -25,7 +25,8 @@ from federation.influx import InfluxClient
 
 @dataclass
 class WindowRunner:
-    """Runs windows of plans against one DC's InfluxDB and one sink, one window at a time.
+    """Runs windows of plans against one DC's InfluxDB and one sink, one run of a plan at a
+    time (see `run_windows` for how a run's windows overlap).
 
     Shared by the scheduled runs, the catch-up, backfills and `agent once`. A lock per
     aggregation keeps two runs of the same aggregation from interleaving, so a window is never

@@ -13,7 +13,7 @@ the manifest's `suppressed_events` (so events = Σ count + suppressed still hold
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import Protocol
 
@@ -24,9 +24,12 @@ from federation.core.pii import personal_data_kind
 from federation.core.plan import MANIFEST_MEASUREMENT, NONE_VALUE
 from federation.core.points import FieldValue, Point
 from federation.core.sketch import encode_many
-from federation.core.stats import summarize_groups
+from federation.core.stats import GroupSummary, summarize_groups
 
 DimensionColumn = Sequence[str | None]
+
+SLICE_GROUPS = 1_000
+"""Groups whose summary points are made at a time while a window is shipped."""
 
 
 class ManifestSpec(Protocol):
@@ -171,10 +174,10 @@ def window_points(
         )
     values = np.asarray(values, dtype=np.float64)
     codes, keys = group_rows(dimensions, len(values))
-    return grouped_window_points(plan, window_start_ns, values, codes, keys, run=run)
+    return list(lazy_window_points(plan, window_start_ns, values, codes, keys, run=run))
 
 
-def grouped_window_points(
+def lazy_window_points(
     plan: OutputSpec,
     window_start_ns: int,
     values: npt.NDArray[np.float64],
@@ -182,9 +185,14 @@ def grouped_window_points(
     keys: Sequence[tuple[str, ...]],
     *,
     run: int,
-) -> list[Point]:
-    """`window_points` of rows already grouped: row `i` is in the group whose dimension values
-    are `keys[codes[i]]` (what `group_rows`, or a `RowGrouper` fed chunk by chunk, gives)."""
+    slice_groups: int = SLICE_GROUPS,
+) -> WindowPoints:
+    """`window_points` of rows already grouped (row `i` is in the group whose dimension values
+    are `keys[codes[i]]`, as `group_rows`, or a `RowGrouper` fed chunk by chunk, gives), its
+    summary points made `slice_groups` groups at a time as they are iterated.
+
+    Every number (each group's statistics and histogram, the manifest) is computed here, so a
+    value the computation cannot take raises ValueError here and not while shipping."""
     k = plan.min_group_events
     summaries = summarize_groups(
         values, codes, len(keys), plan.percentiles, plan.accuracy, min_count=k
@@ -192,37 +200,74 @@ def grouped_window_points(
     sizes = np.bincount(codes, minlength=len(keys))
     personal = personal_groups(keys)
     suppressed = int(sizes[(sizes < k) | personal].sum())
-    points: list[Point] = []
     # Empty groups, groups below k and groups keyed by a personal-looking value have no
     # summary shipped: their events are in `suppressed`.
     exported = sorted(
         ((keys[c], s) for c, s in enumerate(summaries) if s is not None and not personal[c]),
         key=itemgetter(0),
     )
-    sketches = encode_many([summary.sketch for _, summary in exported])
-    for (key, summary), sketch in zip(exported, sketches, strict=True):
-        fields: dict[str, FieldValue] = {
-            "count": summary.count,
-            "sum": summary.sum,
-            "min": summary.min,
-            "max": summary.max,
-        }
-        fields.update(summary.percentiles)
-        fields["sketch"] = sketch
-        tags = {"dc": plan.dc, **dict(zip(plan.dimensions, key, strict=True))}
-        points.append(Point(plan.aggregation, tags, fields, window_start_ns))
-    points.append(
-        manifest_point(
-            plan,
-            window_start_ns,
-            events=len(values),
-            groups=len(points),
-            suppressed_events=suppressed,
-            personal_value_events=int(sizes[personal].sum()),
-            run=run,
-        )
+    manifest = manifest_point(
+        plan,
+        window_start_ns,
+        events=len(values),
+        groups=len(exported),
+        suppressed_events=suppressed,
+        personal_value_events=int(sizes[personal].sum()),
+        run=run,
     )
-    return points
+    return WindowPoints(plan, window_start_ns, exported, manifest, slice_groups)
+
+
+class WindowPoints:
+    """One window's points: a summary per exported group, sorted by tags, then the manifest.
+
+    The summaries' numbers are computed before; their points (each histogram encoded) are made
+    `slice_groups` groups at a time as they are iterated, and not kept, so a shipper sends the
+    first while the rest are still being made. Iterating twice gives the same points, those of
+    `window_points`.
+    """
+
+    def __init__(
+        self,
+        plan: OutputSpec,
+        window_start_ns: int,
+        exported: list[tuple[tuple[str, ...], GroupSummary]],
+        manifest: Point,
+        slice_groups: int = SLICE_GROUPS,
+    ) -> None:
+        if slice_groups < 1:
+            raise ValueError("slice_groups must be >= 1")
+        self._plan = plan
+        self._start = window_start_ns
+        self._exported = exported
+        self._slice = slice_groups
+        self.manifest = manifest
+
+    def __len__(self) -> int:
+        return len(self._exported) + 1
+
+    def __iter__(self) -> Iterator[Point]:
+        for start in range(0, len(self._exported), self._slice):
+            yield from self._summary_points(start, start + self._slice)
+        yield self.manifest
+
+    def _summary_points(self, start: int, stop: int) -> list[Point]:
+        plan = self._plan
+        part = self._exported[start:stop]
+        sketches = encode_many([summary.sketch for _, summary in part])
+        points: list[Point] = []
+        for (key, summary), sketch in zip(part, sketches, strict=True):
+            fields: dict[str, FieldValue] = {
+                "count": summary.count,
+                "sum": summary.sum,
+                "min": summary.min,
+                "max": summary.max,
+            }
+            fields.update(summary.percentiles)
+            fields["sketch"] = sketch
+            tags = {"dc": plan.dc, **dict(zip(plan.dimensions, key, strict=True))}
+            points.append(Point(plan.aggregation, tags, fields, self._start))
+        return points
 
 
 def manifest_point(

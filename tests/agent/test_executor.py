@@ -6,17 +6,33 @@ import math
 import random
 import threading
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
-from federation.agent import EmbeddedMode, RunIds, Shipper, WindowRunner, run_range
+from federation.agent import (
+    EmbeddedMode,
+    RangeResult,
+    RunIds,
+    ShipmentError,
+    Shipper,
+    WindowRunner,
+    run_range,
+)
+from federation.core import aggregate
+from federation.core.aggregate import window_points
 from federation.core.clock import FakeClock
+from federation.core.lineprotocol import serialize
+from federation.core.plan import ShippedPlan
+from federation.core.points import Point
 from federation.core.retry import RetryPolicy
 from federation.core.stats import nearest_rank, percentile_field
 from federation.devstack.localstack import InfluxServer
-from federation.influx import InfluxClient
+from federation.influx import InfluxClient, Series
 
 from .conftest import (
     PERSONAL_VALUES,
@@ -288,3 +304,125 @@ def test_chunking_does_not_change_the_result(
     assert np.array_equal(data.values, reference.values)
     assert np.array_equal(data.codes, reference.codes)
     assert data.keys == reference.keys
+
+
+def test_what_is_shipped_is_byte_for_byte_the_plain_computation(
+    dc: InfluxClient, central: InfluxClient, central_influxd: InfluxServer
+) -> None:
+    """Summaries made while earlier batches are shipped: the same lines as `window_points` of
+    the raw events, in the same order, and the manifest alone and last."""
+    plan = make_plan(min_group_events=1)
+    base = base_time()
+    events = random_events(random.Random(21), base, 1, 800)
+    write_events(dc, events)
+    recorder = Forwarding()
+    with shipper_for(central_influxd, transport=recorder, batch_points=3) as shipper:
+        result = run_range(
+            plan, base, base + SECOND, source=dc, sink=shipper, clock=FakeClock(base)
+        )
+    assert result.ok
+    expected = window_points(
+        plan,
+        base,
+        np.array([e.latency for e in events], dtype=np.float64),
+        [[e.direction for e in events], [e.mailer for e in events], [e.customer for e in events]],
+        run=result.windows[0].run,
+    )
+    assert len(recorder.bodies) > 3
+    assert b"".join(recorder.bodies) == serialize(expected)
+    assert recorder.bodies[-1] == serialize(expected[-1:])
+
+
+def test_a_summary_that_cannot_be_made_ships_no_manifest(
+    dc: InfluxClient,
+    central: InfluxClient,
+    central_influxd: InfluxServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan = make_plan(min_group_events=1)
+    base = base_time()
+    write_events(dc, random_events(random.Random(9), base, 2, 600))
+
+    def refuse(sketches: object) -> list[str]:
+        raise ValueError("a histogram this writer cannot take")
+
+    monkeypatch.setattr(aggregate, "encode_many", refuse)
+    with shipper_for(central_influxd) as shipper:
+        result = run_range(
+            plan, base, base + 2 * SECOND, source=dc, sink=shipper, clock=FakeClock(base)
+        )
+    assert not result.ok and result.error and "cannot take" in result.error
+    assert [w.shipped for w in result.windows] == [False]  # the run ended at the first window
+    assert _manifests(central) == []
+
+
+class CountingReads(InfluxClient):
+    """The DC's InfluxDB, telling when the second window's read starts."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.reads = 0
+        self.second_read = threading.Event()
+
+    def iter_series(self, q: str, **kwargs: Any) -> Iterator[Series]:
+        self.reads += 1
+        if self.reads == 2:
+            self.second_read.set()
+        return super().iter_series(q, **kwargs)
+
+
+@dataclass
+class HoldingSink:
+    """Holds the first window's shipping until the next window's read has started; fails it
+    (a gateway gone) when `fail_first`."""
+
+    source: CountingReads
+    fail_first: bool = False
+    events: list[str] = field(default_factory=list)
+    overlapped: bool = False
+
+    def ship_window(
+        self, plan: ShippedPlan, points: Iterable[Point], *, stop: threading.Event | None = None
+    ) -> bool:
+        made = list(points)
+        label = f"{(made[-1].time_ns - base_time()) // SECOND}"
+        self.events.append(f"summaries {label}")
+        if not self.events[:-1]:
+            self.overlapped = self.source.second_read.wait(30)
+            if self.fail_first:
+                raise ShipmentError("http://gateway.test/write", "gateway went away")
+        self.events.append(f"manifest {label}")
+        return True
+
+
+def run_three_windows(
+    dc: InfluxClient, dc_influxd: InfluxServer, *, fail_first: bool
+) -> tuple[RangeResult, HoldingSink, int]:
+    """Three windows of raw data run into a `HoldingSink`: the result, the sink, the reads."""
+    base = base_time()
+    write_events(dc, random_events(random.Random(4), base, 3, 900))
+    with CountingReads(dc_influxd.url) as source:
+        sink = HoldingSink(source, fail_first=fail_first)
+        result = run_range(
+            make_plan(), base, base + 3 * SECOND, source=source, sink=sink, clock=FakeClock(base)
+        )
+    return result, sink, source.reads
+
+
+def test_the_next_window_is_read_while_one_is_shipped_and_windows_ship_in_order(
+    dc: InfluxClient, dc_influxd: InfluxServer
+) -> None:
+    result, sink, _ = run_three_windows(dc, dc_influxd, fail_first=False)
+    assert result.ok and result.shipped == 3
+    assert sink.overlapped
+    assert sink.events == [f"{what} {i}" for i in range(3) for what in ("summaries", "manifest")]
+
+
+def test_a_window_read_while_the_one_before_failed_to_ship_is_not_shipped(
+    dc: InfluxClient, dc_influxd: InfluxServer
+) -> None:
+    result, sink, reads = run_three_windows(dc, dc_influxd, fail_first=True)
+    assert sink.overlapped and reads == 2
+    assert not result.ok and result.error and "gateway went away" in result.error
+    assert [w.shipped for w in result.windows] == [False]  # the first window, unshipped
+    assert sink.events == ["summaries 0"]

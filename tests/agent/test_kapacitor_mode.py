@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -78,7 +78,7 @@ class RecordingSink:
     def ship_window(
         self,
         plan: AggregationPlan,
-        points: Sequence[Point],
+        points: Iterable[Point],
         *,
         stop: threading.Event | None = None,
     ) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,7 @@ import yaml
 from federation.agent import ShipmentError, ShipmentRefused, Shipper
 from federation.agent.daemon import build_shipper
 from federation.config import load_config
+from federation.core.lineprotocol import serialize
 from federation.core.plan import MANIFEST_MEASUREMENT
 from federation.core.points import Point
 from federation.core.retry import RetryPolicy
@@ -203,7 +205,69 @@ def test_the_coordinators_gateway_target_overrides_the_plans(
     assert {r.url.params["rp"] for r in seen} == {"agg_800d"}
 
 
-def test_a_refused_batch_ends_the_window_before_its_manifest() -> None:
+def made_while_shipped(groups: int, start: int, made: list[Point]) -> Iterator[Point]:
+    """`window_of_points`, each point made only when the shipper takes it (as `WindowPoints`
+    makes a window's summaries); `made` holds those made so far."""
+    for point in window_of_points(groups, start):
+        made.append(point)
+        yield point
+
+
+def test_summaries_are_shipped_while_the_rest_are_made_the_manifest_after_all() -> None:
+    made: list[Point] = []
+    made_when_posted: list[int] = []
+    bodies: list[bytes] = []
+
+    def accept(request: httpx.Request) -> httpx.Response:
+        made_when_posted.append(len(made))
+        bodies.append(request.content)
+        return httpx.Response(204)
+
+    with Shipper(
+        "http://gateway.test",
+        dc="dc1",
+        token="t",
+        batch_points=2,
+        transport=httpx.MockTransport(accept),
+    ) as shipper:
+        assert shipper.ship_window(make_plan(), made_while_shipped(40, base_time(), made))
+    # The first batch was sent long before the last summary was made...
+    assert made_when_posted[0] < 20
+    # ...and the manifest alone, last, once every summary was made and accepted.
+    assert len(bodies) == 21 and made_when_posted[-1] == 41
+    assert bodies[-1].startswith(MANIFEST_MEASUREMENT.encode()) and bodies[-1].count(b"\n") == 1
+    assert not any(MANIFEST_MEASUREMENT.encode() in body for body in bodies[:-1])
+    assert b"".join(bodies) == serialize(window_of_points(40, base_time()))
+
+
+def test_a_summary_that_cannot_be_made_ships_no_manifest() -> None:
+    bodies: list[bytes] = []
+
+    def accept(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        return httpx.Response(204)
+
+    def failing() -> Iterator[Point]:
+        yield from window_of_points(10, base_time())[:6]
+        raise ValueError("a value the computation cannot take")
+
+    with (
+        Shipper(
+            "http://gateway.test",
+            dc="dc1",
+            token="t",
+            batch_points=2,
+            transport=httpx.MockTransport(accept),
+        ) as shipper,
+        pytest.raises(ValueError, match="cannot take"),
+    ):
+        shipper.ship_window(make_plan(), failing())
+    assert not any(MANIFEST_MEASUREMENT.encode() in body for body in bodies)
+    assert not [t for t in threading.enumerate() if t.name.startswith("ship ")]
+
+
+@pytest.mark.parametrize("made", ["before", "while shipped"])
+def test_a_refused_batch_ends_the_window_before_its_manifest(made: str) -> None:
     """Batches are serialized ahead, but each is sent only once the previous one was accepted,
     and the manifest only once all were."""
     bodies: list[bytes] = []
@@ -224,7 +288,8 @@ def test_a_refused_batch_ends_the_window_before_its_manifest() -> None:
         ) as shipper,
         pytest.raises(ShipmentRefused),
     ):
-        shipper.ship_window(make_plan(), window_of_points(30, base_time()))
+        points = window_of_points(30, base_time())
+        shipper.ship_window(make_plan(), points if made == "before" else iter(points))
     assert len(bodies) == 2
     assert not any(MANIFEST_MEASUREMENT.encode() in body for body in bodies)
     assert not [t for t in threading.enumerate() if t.name.startswith("ship ")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -40,7 +40,7 @@ class Collected:
         self.points: list[Point] = []
 
     def ship_window(
-        self, plan: ShippedPlan, points: Sequence[Point], *, stop: threading.Event | None = None
+        self, plan: ShippedPlan, points: Iterable[Point], *, stop: threading.Event | None = None
     ) -> bool:
         self.points.extend(points)
         return True
