@@ -322,10 +322,16 @@ def measure(
             reads: list[tuple[float, int]] = []
             computes: list[dict[str, float]] = []
             wholes: list[dict[str, float]] = []
-            for _ in range(repeat):  # interleaved, so a busy spell hits all three alike
-                reads.append(bare_read(client, plan, start))
-                computes.append(executor_in_child("compute", dc.url, central.url, start))
-                wholes.append(executor_in_child("whole", dc.url, central.url, start))
+            contenders: list[Callable[[], None]] = [
+                lambda: reads.append(bare_read(client, plan, start)),
+                lambda: computes.append(executor_in_child("compute", dc.url, central.url, start)),
+                lambda: wholes.append(executor_in_child("whole", dc.url, central.url, start)),
+            ]
+            for round_ in range(repeat):
+                # Interleaved, so a busy spell hits all three alike, and each round starts
+                # with another of them, so none always runs first.
+                for k in range(len(contenders)):
+                    contenders[(round_ + k) % len(contenders)]()
         if shapes:
             query_shapes(dc, plan, start, min(reads)[0])
         if personal_tags:
