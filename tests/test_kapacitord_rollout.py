@@ -101,7 +101,7 @@ def test_an_added_aggregation_reaches_kapacitor_only_through_a_rollout(
 
             # An ended window without raw data is confirmed empty by the agent: the live task
             # emits nothing for it.
-            shipped = agent.mode.confirm_empty(stop)  # type: ignore[attr-defined]
+            shipped = agent.mode.check_windows(stop).shipped  # type: ignore[attr-defined]
             assert {
                 (r.window.start_ns, r.shipped) for r in shipped if r.window.size_ns == HOUR
             } >= {(hour0 - HOUR, True)}

@@ -19,14 +19,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from federation.agent.coordinator_client import HeldCount
+from federation.agent.executor import WindowResult
 from federation.core.detection_plan import TrackedPlan
 from federation.core.windows import Window, lookback_windows
 
 __all__ = [
     "CentralCounts",
+    "DueWindows",
+    "WindowBook",
+    "WindowChecks",
     "describe_missing",
     "missing_at_central",
     "report_past_lookback",
@@ -126,3 +131,67 @@ def short_after_replay(
             describe_missing(h, plan.window_ns),
         )
     return {h.start_ns: describe_missing(h, plan.window_ns) for h in short}
+
+
+@dataclass(frozen=True)
+class DueWindows:
+    """One plan's windows a pass of the Kapacitor mode's checks of its live task handles, each
+    list oldest first: `confirm`, the ended windows of its look-back not yet confirmed; `check`,
+    those past their look-back (`windows_past_lookback`) not yet checked at central; `first`,
+    whether no check of this plan version was done yet (it reaches back before `check`)."""
+
+    confirm: list[Window]
+    check: list[Window]
+    first: bool
+
+    def to_report(self, counts: Mapping[int, int], since_ns: int | None) -> dict[int, int]:
+        """The raw counts to send central, of the windows that hold events: those of `check`,
+        and from `since_ns` (the first check's reach back) on, every window before them."""
+        if not self.check:
+            return {}
+        starts = {w.start_ns for w in self.check}
+        before = self.check[0].start_ns
+        reach = since_ns if since_ns is not None else before
+        return {s: n for s, n in sorted(counts.items()) if n and (s in starts or reach <= s < before)}  # fmt: skip
+
+
+class WindowBook:
+    """Which windows of each plan version the Kapacitor mode's checks are done with: confirmed
+    (an empty one's zero manifest went out, or it holds events, Kapacitor's to ship) and checked
+    at central. Only windows still due are kept."""
+
+    def __init__(self) -> None:
+        self._confirmed: dict[tuple[str, str], set[int]] = {}
+        self._checked: dict[tuple[str, str], set[int]] = {}
+
+    def due(self, plan: TrackedPlan, now_ns: int, settle_ns: int, *, central: bool) -> DueWindows:
+        """What is due for `plan` at `now_ns`; nothing to check at central unless `central`."""
+        key = (plan.aggregation, plan.version)
+        ended = lookback_windows(now_ns - settle_ns, plan.window_ns, plan.lookback_windows)
+        confirmed = self._confirmed.setdefault(key, set())
+        confirmed.intersection_update(w.start_ns for w in ended)
+        confirm = sorted(w for w in ended if w.start_ns not in confirmed)
+        if not central:
+            return DueWindows(confirm, [], False)
+        passed = windows_past_lookback(plan, now_ns, settle_ns)
+        checked = self._checked.get(key)
+        if checked is not None:
+            checked.intersection_update(w.start_ns for w in passed)
+        check = sorted(w for w in passed if checked is None or w.start_ns not in checked)
+        return DueWindows(confirm, check, checked is None)
+
+    def confirmed(self, plan: TrackedPlan, window: Window) -> None:
+        self._confirmed.setdefault((plan.aggregation, plan.version), set()).add(window.start_ns)
+
+    def checked(self, plan: TrackedPlan, windows: Sequence[Window]) -> None:
+        checked = self._checked.setdefault((plan.aggregation, plan.version), set())
+        checked.update(w.start_ns for w in windows)
+
+
+@dataclass
+class WindowChecks:
+    """What a pass of the Kapacitor mode's checks did: the zero manifests it shipped (each
+    window's result) and the windows the coordinator marked `inconsistent`."""
+
+    shipped: list[WindowResult] = field(default_factory=list)
+    marked: list[HeldCount] = field(default_factory=list)

@@ -34,18 +34,16 @@ are not the agent's to see, and a replay whose writes the gateway refused (or co
 still finishes: so the replay counts as done only once the coordinator says central holds at
 least the events counted for each of its windows (`central_check`).
 
-`confirm_empty` does the same for the live task, which emits nothing either for a window
-without raw data: once each window of a plan's look-back has ended (and settled) its raw events
-are counted, and an empty one gets its zero manifest, so the ledger marks it `empty` at once as
-it does for the embedded executor (a rollout's canary waits for such a window too).
-
-`check_central` compares, once a window's look-back has passed, its raw events with what
-central holds: `influxDBOut` drops the writes of look-back runs it could not make, and a window
-whose partial first run got through would otherwise stay `verified` with less. The coordinator
-marks such a window `inconsistent` (and has it re-run). The first check after the agent starts
-reaches back to the DC's oldest raw event: windows whose look-back passed while no agent ran
-were checked by none. The agent runs both in a thread of
-its own every poll interval.
+`check_windows` runs, every poll interval in a thread of its own, two checks of the live task
+on one count of each plan's raw events. The live task emits nothing either for a window without
+raw data: once each window of a plan's look-back has ended (and settled), an empty one gets its
+zero manifest, so the ledger marks it `empty` at once as it does for the embedded executor (a
+rollout's canary waits for such a window too). And once a window's look-back has passed, its raw
+events are compared with what central holds: `influxDBOut` drops the writes of look-back runs it
+could not make, and a window whose partial first run got through would otherwise stay
+`verified` with less. The coordinator marks such a window `inconsistent` (and has it re-run).
+The first check after the agent starts reaches back to the DC's oldest raw event: windows whose
+look-back passed while no agent ran were checked by none.
 """
 
 from __future__ import annotations
@@ -58,11 +56,12 @@ from pathlib import Path
 
 from federation.agent.central_check import (
     CentralCounts,
+    DueWindows,
+    WindowBook,
+    WindowChecks,
     report_past_lookback,
     short_after_replay,
-    windows_past_lookback,
 )
-from federation.agent.coordinator_client import HeldCount
 from federation.agent.executor import (
     RangeResult,
     RunIds,
@@ -88,7 +87,7 @@ from federation.core.detect import finding_points
 from federation.core.detection_plan import DetectionPlan, TrackedPlan
 from federation.core.durations import format_duration
 from federation.core.lineprotocol import serialize
-from federation.core.windows import Window, align, coalesce, lookback_windows
+from federation.core.windows import Window, align, coalesce
 from federation.errors import FederationError, KapacitorError
 from federation.influx import InfluxClient, credentials_from_env
 from federation.kapacitor.client import KapacitorClient, TaskHealth
@@ -146,11 +145,10 @@ class KapacitorMode:
         self.clock = clock
         self.settle_s = settle_s
         self.run_ids = RunIds(clock)
-        self._confirmed: dict[tuple[str, str], set[int]] = {}
         self.central = central
         self.error_log = error_log
         self.central_wait_s = central_wait_s
-        self._checked: dict[tuple[str, str], set[int]] = {}
+        self._book = WindowBook()
         self._plans: dict[str, TrackedPlan] = {}
         self._desired: dict[str, TaskSnapshot] = {}
         self._apply_error: str | None = None
@@ -448,99 +446,88 @@ class KapacitorMode:
                         return finish(stopped=True)
         return finish()
 
-    # --- empty windows of the live tasks -------------------------------------------------------
+    # --- the live tasks' windows: the empty ones, and what central holds ----------------------
 
-    def confirm_empty(self, stop: threading.Event) -> list[WindowResult]:
-        """Ship the zero manifest of every window of each plan's look-back that has ended (and
-        settled) by the clock and holds no raw event; return what was shipped.
+    def check_windows(self, stop: threading.Event) -> WindowChecks:
+        """One pass over the windows of each plan's live task (the agent runs it every poll
+        interval). A plan's raw events are counted once, with one query over every window due
+        (`WindowBook.due`), and the counts serve both checks:
 
-        Each window is counted once per plan version (a window with events is Kapacitor's to
-        ship); one whose manifest did not go out is tried again at the next call. Plans whose
-        deployment failed are left alone: their version may not be what runs.
+        - each window of the look-back that has ended (and settled) without raw events gets its
+          zero manifest (`shipped`); one with events is Kapacitor's to ship;
+        - the windows whose look-back has passed (`windows_past_lookback`) and, at the first
+          check of a plan since the agent started, every window back to its oldest raw event,
+          have their raw counts sent to the coordinator, which marks those central holds less
+          of `inconsistent` (`marked`).
+
+        Each window is confirmed, and checked, once per plan version: again at the next pass
+        while its manifest did not go out or the coordinator did not answer. A coordinator that
+        does not answer ends this pass's checks of central, and its error is raised once every
+        plan's empty windows are confirmed. Plans whose deployment failed are left alone: their
+        version may not be what runs.
         """
         with self._lock:
             plans = [] if self._apply_error else list(self._plans.values())
         now = self.clock.now_ns()
-        shipped: list[WindowResult] = []
+        done = WindowChecks()
+        unanswered: FederationError | None = None
         for plan in plans:
             if stop.is_set():
                 break
-            ended = lookback_windows(
-                now - settle_ns(plan, self.settle_s), plan.window_ns, plan.lookback_windows
+            central = None if unanswered else self.central
+            due = self._book.due(
+                plan, now, settle_ns(plan, self.settle_s), central=central is not None
             )
-            seen = self._confirmed.setdefault((plan.aggregation, plan.version), set())
-            seen.intersection_update(w.start_ns for w in ended)
-            todo = sorted(w for w in ended if w.start_ns not in seen)
-            if not todo:
+            since = self._reach_back(plan, due)
+            spans = [(w.start_ns, w.end_ns) for w in due.confirm + due.check]
+            if since is not None:
+                spans.append((since, due.check[0].start_ns))
+            if not spans:
                 continue
-            counts = count_raw_events(self.source, plan, todo[0].start_ns, todo[-1].end_ns)
-            for window in todo:
-                if counts.get(window.start_ns, 0):
-                    seen.add(window.start_ns)
-                    continue
-                result, _ = self._ship_empty(plan, window, stop)
-                shipped.append(result)
-                if result.shipped:
-                    seen.add(window.start_ns)
-        return shipped
+            counts = count_raw_events(
+                self.source, plan, min(s for s, _ in spans), max(e for _, e in spans)
+            )
+            for window in due.confirm:
+                if not counts.get(window.start_ns):
+                    result, _ = self._ship_empty(plan, window, stop)
+                    done.shipped.append(result)
+                    if not result.shipped:
+                        continue
+                self._book.confirmed(plan, window)
+            if central is None or not due.check:
+                continue
+            try:
+                done.marked += report_past_lookback(
+                    central, self.dc, plan, due.to_report(counts, since)
+                )
+            except FederationError as exc:
+                unanswered = exc
+                continue
+            self._book.checked(plan, due.check)
+        if unanswered is not None:
+            raise unanswered
+        return done
+
+    def _reach_back(self, plan: TrackedPlan, due: DueWindows) -> int | None:
+        """At the first check of a plan since this agent started, the start of the window of
+        its oldest raw event, when older than the windows checked as time passes: those whose
+        look-back passed while no agent ran were checked by none (a partial first run of one,
+        its later runs dropped, would stay `verified`). Otherwise None."""
+        if not (due.first and due.check):
+            return None
+        oldest = oldest_raw_event_ns(self.source, plan)
+        if oldest is None or oldest >= due.check[0].start_ns:
+            return None
+        return align(oldest, plan.window_ns)
 
     def _check_forever(self, interval_s: float) -> None:
         while not self.stop.wait(interval_s):
-            for what, check in (
-                ("confirming empty windows", self.confirm_empty),
-                ("checking central against the raw data", self.check_central),
-            ):
-                try:
-                    check(self.stop)
-                except FederationError as exc:
-                    log.warning("DC %s: %s failed: %s", self.dc, what, exc)
-                except Exception:  # the thread must outlive any one failure
-                    log.exception("DC %s: %s failed", self.dc, what)
-
-    # --- what central holds -------------------------------------------------------------------
-
-    def check_central(self, stop: threading.Event) -> list[HeldCount]:
-        """Send the raw event counts of each plan's windows whose look-back has passed
-        (`windows_past_lookback`) to the coordinator, which marks those central holds less of
-        `inconsistent`; return the windows it marked. Each window is checked once per plan
-        version (again at the next call while the coordinator does not answer); windows
-        without raw events are `confirm_empty`'s. Plans whose deployment failed are left alone.
-        """
-        if self.central is None:
-            return []
-        with self._lock:
-            plans = [] if self._apply_error else list(self._plans.values())
-        now = self.clock.now_ns()
-        marked: list[HeldCount] = []
-        for plan in plans:
-            if stop.is_set():
-                break
-            passed = windows_past_lookback(plan, now, settle_ns(plan, self.settle_s))
-            key = (plan.aggregation, plan.version)
-            if key not in self._checked and passed:
-                marked += self._check_before(plan, passed[-1].start_ns)
-            checked = self._checked.setdefault(key, set())
-            checked.intersection_update(w.start_ns for w in passed)
-            todo = sorted(w for w in passed if w.start_ns not in checked)
-            if not todo:
-                continue
-            counts = count_raw_events(self.source, plan, todo[0].start_ns, todo[-1].end_ns)
-            busy = {w.start_ns: counts[w.start_ns] for w in todo if counts.get(w.start_ns)}
-            marked += report_past_lookback(self.central, self.dc, plan, busy)
-            checked.update(w.start_ns for w in todo)
-        return marked
-
-    def _check_before(self, plan: TrackedPlan, end_ns: int) -> list[HeldCount]:
-        """The first check of a plan since this agent started: the windows whose look-back
-        passed while no agent ran were never checked (a partial first run of one, its later
-        runs dropped, would stay `verified`), so every window with raw data before the usual
-        horizon (`end_ns`) is checked once, back to the DC's oldest raw event."""
-        assert self.central is not None
-        oldest = oldest_raw_event_ns(self.source, plan)
-        if oldest is None or oldest >= end_ns:
-            return []
-        counts = count_raw_events(self.source, plan, align(oldest, plan.window_ns), end_ns)
-        return report_past_lookback(self.central, self.dc, plan, counts)
+            try:
+                self.check_windows(self.stop)
+            except FederationError as exc:
+                log.warning("DC %s: checking the live tasks' windows failed: %s", self.dc, exc)
+            except Exception:  # the thread must outlive any one failure
+                log.exception("DC %s: checking the live tasks' windows failed", self.dc)
 
     def _replay(self, plan: TrackedPlan, start_ns: int, end_ns: int, stop: threading.Event) -> None:
         """Replay [start, end) with the plan's temporary task (see `kapacitor_replay`)."""

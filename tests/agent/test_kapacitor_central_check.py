@@ -5,12 +5,13 @@ and neither a replay nor the live task says so."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 from federation.agent import CoordinatorClient, Shipper, compute_window
-from federation.agent.central_check import windows_past_lookback
+from federation.agent.central_check import WindowChecks, windows_past_lookback
 from federation.agent.executor import RunIds
-from federation.config import FederationConfig
-from federation.config.resolve import resolve_plan
+from federation.config import FederationConfig, load_config
+from federation.config.resolve import resolve_detection, resolve_plan
 from federation.coordinator.app import run_verification
 from federation.coordinator.ledger import WindowRow
 from federation.core.clock import FakeClock
@@ -18,11 +19,11 @@ from federation.core.plan import AggregationPlan
 from federation.core.windows import Window, windows_between
 from federation.devstack.kapacitor_emulator import KapacitorEmulator
 from federation.devstack.localstack import InfluxServer
-from federation.influx import InfluxClient
+from federation.influx import InfluxClient, Series
 from federation.kapacitor.client import KapacitorClient
 
 from . import test_kapacitor_mode as mode_tests
-from .conftest import HOUR, SECOND
+from .conftest import HOUR, SECOND, Event, make_plan, write_events
 from .federation_fixture import DC, Served, token
 
 # The served federation of the Kapacitor mode's tests: fra1 on the served emulator.
@@ -31,6 +32,8 @@ clock = mode_tests.clock
 served_emulator = mode_tests.served_emulator
 fed = mode_tests.fed
 served = mode_tests.served
+emulator = mode_tests.emulator
+client = mode_tests.client
 
 
 def test_a_replay_whose_writes_never_reached_central_is_not_done(
@@ -126,11 +129,11 @@ def test_a_window_central_holds_less_of_after_its_look_back_is_marked_for_a_reru
         assert hour0 not in {
             w.start_ns for w in windows_past_lookback(plan, clock.now_ns(), 2 * SECOND)
         }
-        assert mode.check_central(threading.Event()) == []
+        assert mode.check_windows(threading.Event()).marked == []
         clock.set(hour0 + 4 * HOUR + 5 * SECOND)
-        marked = mode.check_central(threading.Event())
+        marked = mode.check_windows(threading.Event()).marked
         assert [(h.start_ns, h.events, h.raw_events) for h in marked] == [(hour0, 40, 47)]
-        assert mode.check_central(threading.Event()) == [], "each window is checked once"
+        assert mode.check_windows(threading.Event()).marked == [], "each window is checked once"
         mode.close()
     with served.coordinator.ledger.session() as session:
         rows = {
@@ -174,8 +177,70 @@ def test_the_first_check_after_the_agent_starts_covers_the_windows_of_its_absenc
         mode = mode_tests.new_mode(client, dc=DC, source=source, sink=shipper, clock=clock)
         mode.central = coordinator
         mode.apply([plan])
-        marked = mode.check_central(threading.Event())
+        marked = mode.check_windows(threading.Event()).marked
         assert [(h.start_ns, h.events, h.raw_events) for h in marked] == [(hour0, 40, 47)]
         clock.set(hour0 + 31 * HOUR)
-        assert mode.check_central(threading.Event()) == []
+        assert mode.check_windows(threading.Event()).marked == []
+        mode.close()
+
+
+class QueryLog(InfluxClient):
+    """The DC's InfluxDB, keeping every query it is sent."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.queries: list[str] = []
+
+    def query(self, q: str, *, database: str | None = None, epoch: str = "ns") -> list[Series]:
+        self.queries.append(q)
+        return super().query(q, database=database, epoch=epoch)
+
+    def taken(self) -> list[str]:
+        """The queries sent since the previous call."""
+        taken, self.queries = self.queries, []
+        return taken
+
+
+def counting(queries: list[str]) -> list[str]:
+    """What each counting query among `queries` selects (the plan's counted fields)."""
+    return sorted(q.split(" FROM ")[0] for q in queries if "count(" in q)
+
+
+def test_one_check_counts_each_plans_raw_data_once_for_both_checks(
+    client: KapacitorClient, dc: InfluxClient, dc_influxd: InfluxServer
+) -> None:
+    """One pass confirms the empty windows of the look-back, sends central the counts of the
+    windows past it and, the first time, of those back to the oldest raw event: all from one
+    count of each plan's raw events."""
+    aggregation = make_plan()  # one-second windows, a look-back of 3
+    detection = resolve_detection(load_config(mode_tests.REPO), "senders_per_client_ip", "dub1")
+    detection = replace(detection, dc="dc1", window_ns=SECOND, lookback_ns=2 * SECOND)
+    t0 = mode_tests.recent_minute()
+    write_events(dc, [Event(t0 + s * SECOND + i * 1000, 10.0) for s in (-20, 1, 3) for i in range(4)])  # fmt: skip
+    sink, central = mode_tests.RecordingSink([]), mode_tests.RecordingCentral([])
+    clock = FakeClock(t0 + 5 * SECOND + SECOND // 10, auto_advance=False)  # window 4 settled
+    with QueryLog(dc_influxd.url) as source:
+        mode = mode_tests.new_mode(client, dc="dc1", source=source, sink=sink, clock=clock)
+        mode.central = central
+        mode.apply([aggregation, detection])
+
+        done = mode.check_windows(threading.Event())
+        counted = counting(source.taken())
+        assert len(counted) == 2 and counted[0] != counted[1], "one count of each plan"
+        assert sorted((r.window.start_ns - t0) // SECOND for r in done.shipped) == [2, 4, 4]
+        assert sorted(central.sent) == [
+            (name, {t0 - 20 * SECOND: 4, t0 + SECOND: 4})
+            for name in sorted([aggregation.aggregation, detection.detection])
+        ], "the windows past the look-back, and (first check) back to the oldest raw event"
+
+        central.sent.clear()
+        clock.set(clock.now_ns() + SECOND)
+        done = mode.check_windows(threading.Event())
+        queries = source.taken()
+        assert counting(queries) == counted and len(queries) == 2, "no reach back any more"
+        assert [(r.window.start_ns - t0) // SECOND for r in done.shipped] == [5, 5]
+        assert central.sent == [(detection.detection, {t0 + 3 * SECOND: 4})]
+
+        assert mode.check_windows(threading.Event()) == WindowChecks()
+        assert source.taken() == [], "each window is confirmed and checked once"
         mode.close()

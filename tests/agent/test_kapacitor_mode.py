@@ -243,16 +243,16 @@ def test_a_detections_live_windows_are_confirmed_empty_and_checked_at_central(
     mode.central = central
     mode.apply([detection])
     # The look-back's windows 1 (events: Kapacitor's to ship) and 2 (empty).
-    confirmed = mode.confirm_empty(threading.Event())
+    confirmed = mode.check_windows(threading.Event()).shipped
     assert [r.window.start_ns - t0 for r in confirmed] == [2 * SECOND]
     assert [(p.measurement, p.tags["aggregation"]) for p in sink.shipped[0]] == [
         ("federation_manifest", detection.detection)
     ]
     # Once window 1's look-back has passed, its raw events are checked against central.
-    assert mode.check_central(threading.Event()) == []
+    assert mode.check_windows(threading.Event()).marked == []
     assert central.sent == []
     clock.set(t0 + 2 * SECOND + detection.lookback_ns + SECOND // 10)
-    assert mode.check_central(threading.Event()) == []
+    assert mode.check_windows(threading.Event()).marked == []
     assert central.sent == [(detection.detection, {t0 + SECOND: 4})]
     mode.close()
 
@@ -898,15 +898,16 @@ def test_an_ended_window_without_raw_data_is_confirmed_empty_at_once(
     ):
         mode = new_mode(client, dc=DC, source=source, sink=shipper, clock=clock)
         mode.apply([plan])
-        shipped = mode.confirm_empty(threading.Event())
+        shipped = mode.check_windows(threading.Event()).shipped
         assert [(r.window.start_ns - hour0) // HOUR for r in shipped] == [1]
-        assert mode.confirm_empty(threading.Event()) == [], "each window is confirmed once"
+        assert mode.check_windows(threading.Event()).shipped == [], "each window is confirmed once"
         # Not before the window has ended and settled.
         clock.set(hour0 + 4 * HOUR)
-        assert mode.confirm_empty(threading.Event()) == []
+        assert mode.check_windows(threading.Event()).shipped == []
         clock.set(hour0 + 4 * HOUR + 5 * SECOND)
         assert [
-            (r.window.start_ns - hour0) // HOUR for r in mode.confirm_empty(threading.Event())
+            (r.window.start_ns - hour0) // HOUR
+            for r in mode.check_windows(threading.Event()).shipped
         ] == [3]
         mode.close()
     assert manifest_events(central, "delivery_latency", hour0) == {1: 0, 3: 0}

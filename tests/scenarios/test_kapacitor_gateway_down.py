@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import pytest
 from sqlalchemy import select
 
+from federation.agent.central_check import WindowChecks
 from federation.agent.coordinator_client import HeldCount
 from federation.agent.daemon import Agent
 from federation.agent.kapacitor_mode import KapacitorMode
@@ -106,18 +107,18 @@ class CheckSpy:
     def attach(self, agent: Agent) -> None:
         mode = agent.mode
         assert isinstance(mode, KapacitorMode)
-        original = mode.check_central
+        original = mode.check_windows
 
-        def check_central(stop: threading.Event) -> list[HeldCount]:
-            marked = original(stop)
-            for plan_held in marked:
+        def check_windows(stop: threading.Event) -> WindowChecks:
+            done = original(stop)
+            for plan_held in done.marked:
                 key = ("dub1", plan_held.aggregation, plan_held.start_ns)
                 row = window_row(self.fed, key)
                 state, reason = ("?", "") if row is None else (row.state, row.reason or "")
                 self.marked.append((plan_held, state, reason))
-            return marked
+            return done
 
-        mode.check_central = check_central  # type: ignore[method-assign]
+        mode.check_windows = check_windows  # type: ignore[method-assign]
 
 
 def schedule_ships(
