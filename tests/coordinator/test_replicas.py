@@ -4,6 +4,7 @@ ledger; each replica's heartbeat says which generation it runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 import time
@@ -17,14 +18,16 @@ from starlette.testclient import TestClient
 from federation.cli._status_view import status_renderables
 from federation.config import FederationConfig, load_config
 from federation.coordinator.api import build_app
+from federation.coordinator.app import ensure_central
 from federation.coordinator.draining import DRAINING_MESSAGE, draining_server
 from federation.coordinator.ledger import Ledger
 from federation.coordinator.reload import follow_generation
 from federation.coordinator.service import Coordinator, CoordinatorSettings, Tokens
 from federation.coordinator.status import StatusReport, status_report
 from federation.core.clock import FakeClock
+from federation.influx import InfluxClient
 
-from .helpers import READER, token
+from .helpers import HOUR, READER, body, central_params, plan_of, token, window_batch
 from .test_operator_api import AGG, OP, OPERATOR, edit, served_version
 
 DAY = 86_400 * 10**9
@@ -117,6 +120,45 @@ def test_a_rollout_step_through_one_replica_reaches_the_other(
     assert b.checker() is old_rules
     assert follow_generation(b) is True
     assert b.generation == a.generation and b.checker() is not old_rules
+
+
+def test_a_replica_takes_a_new_versions_batch_before_its_next_look_at_the_ledger(
+    pair: tuple[tuple[TestClient, Coordinator], tuple[TestClient, Coordinator]],
+    config_dir: Path,
+    clock: FakeClock,
+    influx: InfluxClient,
+) -> None:
+    """A rollout taken through A: the canary's agent pulls the new version from A and ships
+    it to B, which has not looked at the ledger since. B checks the generation in force before
+    it refuses a batch, and takes it."""
+    (app_a, a), (app_b, b) = pair
+    edit(config_dir / "tickscripts" / "delivery_latency.yaml", {"accuracy": 0.02})
+    assert app_a.post("/api/v1/desired/reload", headers=OP).status_code == 200
+    started = app_a.post("/api/v1/rollouts", headers=OP, json={"aggregations": [AGG],
+                                                                "canary": "fra1"})  # fmt: skip
+    assert started.status_code == 200, started.text
+    plan = plan_of(a.config, "fra1", AGG)
+    assert plan.version == started.json()["moved"][0]["to"] and plan.accuracy == 0.02
+    ensure_central(a.config, influx)
+    before = b.generation
+    start = clock.now_ns() - clock.now_ns() % HOUR - 2 * HOUR
+    written = app_b.post(
+        "/write",
+        params=central_params(a.config, "fra1"),
+        content=body(window_batch(plan, start)),
+        headers={"Authorization": f"Bearer {token('fra1')}"},
+    )
+    assert written.status_code == 204, written.text
+    assert b.generation == a.generation != before
+    # A batch that no generation admits is still refused, and says why.
+    foreign = window_batch(dataclasses.replace(plan, accuracy=0.05), start - HOUR)
+    refused = app_b.post(
+        "/write",
+        params=central_params(a.config, "fra1"),
+        content=body(foreign),
+        headers={"Authorization": f"Bearer {token('fra1')}"},
+    )
+    assert refused.status_code == 400 and refused.json()["rule"] == "plan-version", refused.text
 
 
 def test_a_replica_whose_config_directory_differs_keeps_running_and_says_why(

@@ -26,6 +26,7 @@ from federation.coordinator.gateway.ordering import ShippingTurns
 from federation.coordinator.gateway.refusal import Refusal, log_refusal
 from federation.coordinator.gateway.rules import CheckedBatch, check_body
 from federation.coordinator.refusals import note_refusal
+from federation.coordinator.reload import follow_generation
 from federation.coordinator.service import Coordinator, parse_basic
 from federation.coordinator.tracking import (
     find_stale,
@@ -199,6 +200,31 @@ async def _accept(request: Request, coordinator: Coordinator, dc: str) -> Checke
         return await _check_forward_record(request, coordinator, dc, raw, encoding, precision, rp)
 
 
+def _checked(
+    coordinator: Coordinator, dc: str, body: bytes, precision: str, ended_ns: int, now_ns: int
+) -> CheckedBatch:
+    """`check_body` against the rules this replica runs; before a batch is refused, against
+    the config generation and the plan versions the ledger holds now. A reload or rollout
+    taken through another replica reaches this one at its next look at the ledger (every few
+    seconds), but an agent may already run, and ship, the version it brought: refusing that
+    would fail the rollout's canary for a replica's delay."""
+    try:
+        return check_body(coordinator.checker(), dc, body, precision, ended_ns)
+    except Refusal as refusal:
+        if refusal.status == 503:
+            raise
+    follow_generation(coordinator)
+    checker = coordinator.refresh_plans()
+    try:
+        return check_body(checker, dc, body, precision, ended_ns)
+    except Refusal as refusal:
+        if refusal.status == 503:
+            raise
+        refused = refusal
+    note_refusal(coordinator.ledger, checker, dc, body, precision, refused, now_ns)
+    raise refused
+
+
 async def _check_forward_record(
     request: Request,
     coordinator: Coordinator,
@@ -217,14 +243,7 @@ async def _check_forward_record(
         ended_ns = coordinator.clocks.ended_by(dc, now_ns)
         with _CHECKING:
             body = _gunzip(raw, limit) if encoding == "gzip" else raw
-            checker = coordinator.checker()
-            try:
-                batch = check_body(checker, dc, body, precision or "ns", ended_ns)
-            except Refusal as refusal:
-                if refusal.status != 503:
-                    ledger = coordinator.ledger
-                    note_refusal(ledger, checker, dc, body, precision or "ns", refusal, now_ns)
-                raise
+            batch = _checked(coordinator, dc, body, precision or "ns", ended_ns, now_ns)
         stale = find_stale(coordinator.ledger, batch.manifests)
         if stale is not None:
             raise Refusal(
