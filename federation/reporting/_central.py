@@ -125,6 +125,32 @@ def stream_rows(
             yield tags, row
 
 
+def flat_rows(
+    central: CentralReader,
+    database: str,
+    rp: str,
+    measurement: str,
+    fields: Sequence[str],
+    tags: Sequence[str],
+    where: Sequence[str],
+    start_ns: int,
+    end_ns: int,
+) -> Iterator[tuple[tuple[str, ...], list[Any]]]:
+    """Each point in [start, end) as (its values of `tags`, a missing one `_none`, and
+    [time, fields…]), read as one series whose rows carry the tags as columns.
+
+    For points of one timestamp (a window's summaries, a period's rollup) InfluxDB 1.x answers
+    this several times faster than one series per group (GROUP BY the tags): measured on 32,000
+    groups, 0.8 s against 4 s. With many points per series GROUP BY is the faster shape."""
+    columns = [*map(quote_ident, fields), *(quote_ident(t) + "::tag" for t in tags)]
+    source = ".".join(quote_ident(p) for p in (database, rp, measurement))
+    conditions = [*where, f"time >= {start_ns}", f"time < {end_ns}"]
+    q = f"SELECT {', '.join(columns)} FROM {source} WHERE {' AND '.join(conditions)}"
+    n = 1 + len(fields)
+    for _, row in stream_rows(central, q, database):
+        yield tuple(v or NONE_VALUE for v in row[n:]), row[:n]
+
+
 def read_dc_rows(
     central: CentralReader,
     config: FederationConfig,

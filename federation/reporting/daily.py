@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from federation.config import FederationConfig
 from federation.core.calendar import CalendarPeriod, period_windows
@@ -32,6 +33,7 @@ from federation.reporting._central import (
     WindowManifest,
     dc_condition,
     fingerprint,
+    flat_rows,
     select_query,
     signed_merge,
     stream_rows,
@@ -358,18 +360,9 @@ class _Day:
     ) -> tuple[dict[int, dict[Key, str]], dict[int, int]]:
         """The window points of `dc` in [start, end): added to `merger` per group, the texts of
         the windows in `keep`, and each window's total count."""
-        q = select_query(
-            self.database, rp, self.aggregation, ("sketch", "count"), (dc_condition([dc]),),
-            start_ns, end_ns, self.dimensions,
-        )  # fmt: skip
         texts: dict[int, dict[Key, str]] = defaultdict(dict)
         totals: dict[int, int] = defaultdict(int)
-        series_tags: dict[str, str] | None = None
-        key: Key = ()
-        for tags, (t, text, count) in stream_rows(self.central, q, self.database):
-            if tags is not series_tags:  # rows of one series share its tags
-                series_tags = tags
-                key = tuple(tag_value(tags, d) for d in self.dimensions)
+        for key, (t, text, count) in self._rows(rp, dc, start_ns, end_ns):
             t = int(t)
             totals[t] += int(count or 0)
             if merger is not None:
@@ -377,6 +370,30 @@ class _Day:
             if t in keep:
                 texts[t][key] = text
         return texts, totals
+
+    def _rows(
+        self, rp: str, dc: str, start_ns: int, end_ns: int
+    ) -> Iterator[tuple[Key, list[Any]]]:
+        """(group, [time, sketch, count]) of each window point of `dc` in [start, end): one
+        window read flat, several by series (the faster shape for each)."""
+        where = (dc_condition([dc]),)
+        fields = ("sketch", "count")
+        if end_ns - start_ns == 1:
+            yield from flat_rows(
+                self.central, self.database, rp, self.aggregation, fields, self.dimensions,
+                where, start_ns, end_ns,
+            )  # fmt: skip
+            return
+        q = select_query(
+            self.database, rp, self.aggregation, fields, where, start_ns, end_ns, self.dimensions
+        )
+        series_tags: dict[str, str] | None = None
+        key: Key = ()
+        for tags, row in stream_rows(self.central, q, self.database):
+            if tags is not series_tags:  # rows of one series share its tags
+                series_tags = tags
+                key = tuple(tag_value(tags, d) for d in self.dimensions)
+            yield key, row
 
     def _marker(self, rp: str, dc: str) -> str | None:
         """The fingerprint of the day's marker at central, if any."""

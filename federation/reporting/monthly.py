@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
 from federation.config import FederationConfig
 from federation.core.calendar import CalendarPeriod, period_windows, periods
@@ -34,11 +35,11 @@ from federation.reporting._central import (
     WindowManifest,
     dc_condition,
     fingerprint,
+    flat_rows,
     manifests_by_period,
     select_query,
     signed_merge,
     stream_rows,
-    tag_value,
 )
 from federation.reporting.daily import DayChange, WindowParts, refresh_day
 from federation.reporting.rollups import (
@@ -272,28 +273,43 @@ def _read_daily(
     index_of = {dims_tag(s): i for i, s in enumerate(sets)}
     daily = rollup_measurement(aggregation)
     for start, build in sorted(builds.items()):
-        q = select_query(
-            database,
-            rp,
-            daily,
-            ("sketch", "build"),
-            (
-                f'"tz" = {quote_string(tz)}',
-                dc_condition([dc]),
-                "(" + " OR ".join(f'"dims" = {quote_string(d)}' for d in index_of) + ")",
-            ),
-            start,
-            start + 1,
-            ("*",),
+        where = (
+            f'"tz" = {quote_string(tz)}',
+            dc_condition([dc]),
+            "(" + " OR ".join(f'"dims" = {quote_string(d)}' for d in index_of) + ")",
         )
-        for tags, (t, text, point_build) in stream_rows(central, q, database):
-            index = index_of.get(tags.get("dims", ""))
-            if index is None or point_build != build:
+        for index, key, (t, text, point_build) in _set_rows(
+            central, database, rp, daily, where, sets, index_of, start
+        ):
+            if point_build != build:
                 continue
-            key = tuple(tag_value(tags, d) for d in sets[index])
             merger.add_encoded(((index, key),), text, (daily, dc, t))
             read[(start, index)] += 1
     return merger.results(), read
+
+
+def _set_rows(
+    central: CentralWriter,
+    database: str,
+    rp: str,
+    measurement: str,
+    where: Sequence[str],
+    sets: Sequence[tuple[str, ...]],
+    index_of: Mapping[str, int],
+    start_ns: int,
+) -> Iterator[tuple[int, tuple[str, ...], list[Any]]]:
+    """(set index, group, [time, sketch, build]) of each rollup point of `sets` at `start_ns`
+    that `where` selects (one period: read flat)."""
+    tags = ["dims", *dict.fromkeys(d for s in sets for d in s)]
+    picks = [[tags.index(d) for d in s] for s in sets]
+    rows = flat_rows(
+        central, database, rp, measurement, ("sketch", "build"), tags, where, start_ns,
+        start_ns + 1,
+    )  # fmt: skip
+    for values, row in rows:
+        index = index_of.get(values[0])
+        if index is not None:
+            yield index, tuple(values[p] for p in picks[index]), row
 
 
 @dataclass(frozen=True)
@@ -441,20 +457,14 @@ class _Month:
         index_of = {dims_tag(s): i for i, s in enumerate(sets)}
         texts: dict[GroupKey, str] = {}
         read: dict[tuple[int, int], int] = defaultdict(int)
-        q = select_query(
-            self.database,
-            self.rp,
-            monthly_measurement(self.aggregation),
-            ("sketch", "build"),
-            (f'"tz" = {quote_string(self.tz)}', dc_condition([self.dc])),
+        rows = _set_rows(
+            self.central, self.database, self.rp, monthly_measurement(self.aggregation),
+            (f'"tz" = {quote_string(self.tz)}', dc_condition([self.dc])), sets, index_of,
             self.period.start_ns,
-            self.period.start_ns + 1,
-            ("*",),
-        )
-        for tags, (_, text, point_build) in stream_rows(self.central, q, self.database):
-            index = index_of.get(tags.get("dims", ""))
-            if index is None or point_build != build:
+        )  # fmt: skip
+        for index, key, (_, text, point_build) in rows:
+            if point_build != build:
                 continue
-            texts[(index, tuple(tag_value(tags, d) for d in sets[index]))] = text
+            texts[(index, key)] = text
             read[(self.period.start_ns, index)] += 1
         return texts, read
