@@ -256,8 +256,12 @@ class _Day:
         expected = [m for m in manifests if (dc, m.start_ns) in self.parts.expected]
         with ThreadPoolExecutor(1, thread_name_prefix="rollup-read") as reader:
             # Central answers both at once: the windows said to have changed are read (and
-            # kept in `parts`) while the day's record is.
+            # kept in `parts`), their content now and their previous part, while the day's
+            # record is.
             ahead = [reader.submit(self._now, rp, m) for m in expected]
+            ahead += [
+                reader.submit(self.parts.previous, rp, dc, m.start_ns, width) for m in expected
+            ]
             record = read_packed(
                 self.central, self.database, rp, self.aggregation, day_conditions(dc, self.tz),
                 start, start + 1, width,
