@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -258,7 +258,7 @@ class _Day:
             # Central answers both at once: the windows said to have changed are read (and
             # kept in `parts`), their content now and their previous part, while the day's
             # record is.
-            ahead = [reader.submit(self._now, rp, m) for m in expected]
+            ahead: list[Future[object]] = [reader.submit(self._now, rp, m) for m in expected]
             ahead += [
                 reader.submit(self.parts.previous, rp, dc, m.start_ns, width) for m in expected
             ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from federation.agent import CoordinatorClient, Shipper, compute_window
+from federation.agent import Shipper, compute_window
 from federation.agent.central_check import WindowChecks, windows_past_lookback
 from federation.agent.executor import RunIds
 from federation.config import FederationConfig, load_config
@@ -24,7 +24,7 @@ from federation.kapacitor.client import KapacitorClient
 
 from . import test_kapacitor_mode as mode_tests
 from .conftest import HOUR, SECOND, Event, make_plan, write_events
-from .federation_fixture import DC, Served, token
+from .federation_fixture import DC, Served
 
 # The served federation of the Kapacitor mode's tests: fra1 on the served emulator.
 hour0 = mode_tests.hour0
@@ -52,12 +52,7 @@ def test_a_replay_whose_writes_never_reached_central_is_not_done(
     plan = resolve_plan(config, "delivery_latency", DC)
     clock.set(hour0 + 6 * HOUR)
     windows = windows_between(hour0, hour0 + 2 * HOUR, HOUR)
-    with (
-        InfluxClient(dc_influxd.url) as source,
-        Shipper(served.url, dc=DC, token=token(DC)) as shipper,
-        KapacitorClient(url) as client,
-        CoordinatorClient(served.url, token(DC)) as coordinator,
-    ):
+    with mode_tests.dc_ends(served, dc_influxd, url) as (source, shipper, client, coordinator):
         mode = mode_tests.new_mode(client, dc=DC, source=source, sink=shipper, clock=clock)
         mode.central, mode.central_wait_s = coordinator, 0.5
         # The replay finishes, and nothing reached central.
@@ -113,12 +108,7 @@ def test_a_window_central_holds_less_of_after_its_look_back_is_marked_for_a_reru
     _, url = served_emulator
     plan = resolve_plan(config, "delivery_latency", DC)
     mode_tests.write_hours(dc_influxd.url, hour0, [0, 1])
-    with (
-        InfluxClient(dc_influxd.url) as source,
-        Shipper(served.url, dc=DC, token=token(DC)) as shipper,
-        KapacitorClient(url) as client,
-        CoordinatorClient(served.url, token(DC)) as coordinator,
-    ):
+    with mode_tests.dc_ends(served, dc_influxd, url) as (source, shipper, client, coordinator):
         ship_then_late_events(served, central, source, shipper, clock, plan, dc_influxd, hour0)
         mode = mode_tests.new_mode(client, dc=DC, source=source, sink=shipper, clock=clock)
         mode.central = coordinator
@@ -163,12 +153,7 @@ def test_the_first_check_after_the_agent_starts_covers_the_windows_of_its_absenc
     _, url = served_emulator
     plan = resolve_plan(config, "delivery_latency", DC)
     mode_tests.write_hours(dc_influxd.url, hour0, [0, 1])
-    with (
-        InfluxClient(dc_influxd.url) as source,
-        Shipper(served.url, dc=DC, token=token(DC)) as shipper,
-        KapacitorClient(url) as client,
-        CoordinatorClient(served.url, token(DC)) as coordinator,
-    ):
+    with mode_tests.dc_ends(served, dc_influxd, url) as (source, shipper, client, coordinator):
         ship_then_late_events(served, central, source, shipper, clock, plan, dc_influxd, hour0)
         clock.set(hour0 + 30 * HOUR)
         assert hour0 < min(

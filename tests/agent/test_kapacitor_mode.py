@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -95,6 +96,21 @@ def emulator() -> KapacitorEmulator:
 def client(emulator: KapacitorEmulator) -> Iterator[KapacitorClient]:
     with KapacitorClient("http://kapacitor.test:9092", transport=emulator.transport()) as client:
         yield client
+
+
+@contextmanager
+def dc_ends(
+    served: Served, dc_influxd: InfluxServer, kapacitor_url: str
+) -> Iterator[tuple[InfluxClient, Shipper, KapacitorClient, CoordinatorClient]]:
+    """DC dub1's InfluxDB, its shipper to the gateway, its Kapacitor and the coordinator's API
+    as the DC's agent sees it, each closed at the end."""
+    with (
+        InfluxClient(dc_influxd.url) as source,
+        Shipper(served.url, dc=DC, token=token(DC)) as shipper,
+        KapacitorClient(kapacitor_url) as client,
+        CoordinatorClient(served.url, token(DC)) as coordinator,
+    ):
+        yield source, shipper, client, coordinator
 
 
 def new_mode(
@@ -745,11 +761,7 @@ def test_empty_windows_get_zero_manifests_at_central_and_the_ledger_marks_them_e
     clock.set(hour0 + 3 * HOUR + 5 * SECOND)
     write_hours(dc_influxd.url, hour0, [-3, -2, 0, 2])
     plan = resolve_plan(config, "delivery_latency", DC)
-    with (
-        InfluxClient(dc_influxd.url) as source,
-        Shipper(served.url, dc=DC, token=token(DC)) as shipper,
-        KapacitorClient(url) as client,
-    ):
+    with dc_ends(served, dc_influxd, url) as (source, shipper, client, _):
         replays = kapacitor_stand_in(emulator, [plan], source, shipper, clock)
         mode = new_mode(client, dc=DC, source=source, sink=shipper, clock=clock)
         windows = windows_between(hour0 - 3 * HOUR, hour0 + 3 * HOUR, HOUR)
@@ -891,11 +903,7 @@ def test_an_ended_window_without_raw_data_is_confirmed_empty_at_once(
     write_hours(dc_influxd.url, hour0, [0, 2])
     plan = resolve_plan(config, "delivery_latency", DC)
     clock.set(hour0 + 3 * HOUR + 5 * SECOND)
-    with (
-        InfluxClient(dc_influxd.url) as source,
-        Shipper(served.url, dc=DC, token=token(DC)) as shipper,
-        KapacitorClient(url) as client,
-    ):
+    with dc_ends(served, dc_influxd, url) as (source, shipper, client, _):
         mode = new_mode(client, dc=DC, source=source, sink=shipper, clock=clock)
         mode.apply([plan])
         shipped = mode.check_windows(threading.Event()).shipped
