@@ -16,14 +16,21 @@ branch's last node, while the query node's `errors` counter grew). `ErrorLog` fo
 a thread and keeps the last error of each task. Kapacitor keeps no history: errors logged while
 no one follows the stream are not seen, and the stream is opened again when it breaks. (kapacitord sends the response's headers only with
 the first line it logs.)
+
+The follower mostly waits in a blocking read for a line (or for those headers) that may not come
+for hours, and closing the HTTP client does not wake it: `close` shuts the connection's socket
+down, which ends that read at once, so an agent stops without waiting for Kapacitor to log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -80,6 +87,8 @@ class ErrorLog:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        """The socket of the stream's connection, for `close` to shut down."""
 
     def start(self) -> ErrorLog:
         self._thread = threading.Thread(target=self._follow, name="kapacitor-error-log", daemon=True)  # fmt: skip
@@ -98,6 +107,7 @@ class ErrorLog:
                     self.url,
                     params={"lvl": "error+"},
                     headers={"Accept": "application/json"},
+                    extensions={"trace": self._trace},
                 ) as response:
                     if response.status_code != 200:
                         raise httpx.HTTPStatusError(
@@ -114,9 +124,30 @@ class ErrorLog:
                 log.debug("Kapacitor error log %s: %s; following it again", self.url, exc)
             self._stop.wait(self.reconnect_s)
 
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's trace hook: keeps the socket of each connection the stream opens (and shuts
+        it down at once when `close` came first)."""
+        if event != "connection.connect_tcp.complete" or info.get("return_value") is None:
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        with self._lock:
+            self._socket = sock
+        if self._stop.is_set():
+            _shut_down(sock)
+
     def close(self) -> None:
-        """Stop following (the open stream is closed with the client)."""
+        """Stop following: the open stream ends at once, and the thread with it."""
         self._stop.set()
+        with self._lock:
+            sock = self._socket
+        if sock is not None:
+            _shut_down(sock)
         self._http.close()
         if self._thread is not None:
             self._thread.join(5)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    """End both directions of `sock`: a read blocked on it in another thread returns."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
