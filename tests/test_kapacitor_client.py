@@ -406,6 +406,18 @@ def test_replay_hook_failure_fails_the_replay(
         client.wait_replay(client.replay_batch("t", T0, T0 + 1), poll_s=0)
 
 
+def test_wait_replay_polls_soon_then_less_and_less_often(
+    client: KapacitorClient, emulator: KapacitorEmulator
+) -> None:
+    emulator.replay_polls = 8
+    client.create_task("t", SCRIPT, DBRPS)
+    replay_id = client.replay_batch("t", T0, T0 + 1)
+    pauses: list[float] = []
+    finished = client.wait_replay(replay_id, poll_s=1.0, sleep=pauses.append)
+    assert finished.status == "finished"
+    assert pauses == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+
+
 def test_wait_replay_times_out(client: KapacitorClient, emulator: KapacitorEmulator) -> None:
     emulator.replay_polls = 1000
     client.create_task("t", SCRIPT, DBRPS)

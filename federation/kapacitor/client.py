@@ -33,6 +33,10 @@ __all__ = [
 
 BASE_PATH = "/kapacitor/v1"
 PAGE_SIZE = 100
+FIRST_REPLAY_POLL_S = 0.05
+"""The first pause of `wait_replay`; each next one is twice as long, up to its `poll_s`: a
+replay of a few windows is done within tens of milliseconds, a long one is asked about
+once every `poll_s`."""
 DbRp = tuple[str, str]
 
 
@@ -511,13 +515,15 @@ class KapacitorClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> Replay:
-        """Poll until the replay is done; return it when finished.
+        """Poll until the replay is done; return it when finished. The pauses between polls
+        grow from `FIRST_REPLAY_POLL_S` to `poll_s`, doubling.
 
         Raises `KapacitorError` carrying Kapacitor's error when it failed, and one with status
         None when it is still running after `timeout_s` (measured with `clock`).
         """
         deadline = clock() + timeout_s
         url = f"{self.base_url}{BASE_PATH}/replays/{replay_id}"
+        pause = min(FIRST_REPLAY_POLL_S, poll_s)
         while True:
             response = self._request("GET", f"/replays/{replay_id}", ok=(200, 202))
             replay = Replay.from_json(self._object(response))
@@ -528,7 +534,8 @@ class KapacitorClient:
                 return replay
             if clock() >= deadline:
                 raise KapacitorError(url, f"replay still running after {timeout_s:g}s", None)
-            sleep(poll_s)
+            sleep(pause)
+            pause = min(2 * pause, poll_s)
 
     def delete_replay(self, replay_id: str) -> None:
         """Forget the replay's record (a running replay is not cancelled by Kapacitor)."""
