@@ -17,11 +17,14 @@ Several replicas serve the gateway over one ledger (fleet.yaml's `coordinator_ur
 answer too: re-writing a batch writes the same points (same measurement, tags and time) and a
 manifest the ledger already holds is recorded again unchanged.
 
-A window is shipped in batches of summaries and then, alone and last, its manifest, each batch
-only once the one before it was stored, whichever replica stored it, and the manifest only once
-every summary batch was: a manifest at central therefore means all of its window's summaries
-are there too. The summaries are made and serialized in a worker thread while the gateway
-stores the batch before, so a window's shipping costs little more than the gateway's own work.
+A window is shipped in batches of summaries and then, alone and last, its manifest, only once
+every summary batch was stored, whichever replica stored it: a manifest at central therefore
+means all of its window's summaries are there too. The summaries are made and serialized in a
+worker thread while the gateway stores the batches before; `connections` summary batches are
+in flight at once (a gateway, or central, parses one while it receives the next), and after a
+failed one no further batch is sent. The first batch is small and each next one twice as large,
+up to `batch_points`: the gateway starts on a window's first summaries as soon as they are
+made, and a large window still goes in few requests.
 
     ShipmentError (CoordinatorError)   a write failed: URL, status, body
     └── ShipmentRefused                the gateway refused the batch: rule, measurement, key
@@ -34,7 +37,9 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +57,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_POINTS = 5_000
 DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
+FIRST_BATCH_POINTS = 500
+"""Points in a window's first batch; each next batch is twice as large, up to `batch_points`."""
+DEFAULT_CONNECTIONS = 2
+"""Summary batches of one window in flight at once."""
 SHIP_AHEAD_BATCHES = 2
 """Batches made and serialized ahead of the one the gateway is storing."""
 SERIALIZE_POINTS = 1_000
@@ -121,19 +130,25 @@ class Shipper:
         retention_policy: str | None = None,
         batch_points: int = DEFAULT_BATCH_POINTS,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
+        first_batch_points: int = FIRST_BATCH_POINTS,
+        connections: int = DEFAULT_CONNECTIONS,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if batch_points < 1 or batch_bytes < 1:
+        if min(batch_points, batch_bytes, first_batch_points) < 1:
             raise ValueError("batch sizes must be positive")
+        if connections < 1:
+            raise ValueError("connections must be >= 1")
         self.replicas = Replicas(url, retry)
         self.dc = dc
         self.database = database
         self.retention_policy = retention_policy
         self.batch_points = batch_points
         self.batch_bytes = batch_bytes
+        self.first_batch_points = first_batch_points
+        self.connections = connections
         self._sleep = sleep
         self._clients = [
             httpx.Client(
@@ -202,13 +217,14 @@ class Shipper:
         once every summary batch was accepted.
 
         `points` may be made while they are shipped (`WindowPoints`): a worker thread takes
-        them, serialized into batches, a bounded number ahead of the batch the gateway is
-        storing. Returns True when every point was accepted; False when `stop` was set before
-        the manifest was sent (summaries already sent stay at central, harmlessly: without the
-        manifest the window is not shipped, and the next computation overwrites them).
-        Raises ShipmentRefused when the gateway refuses a batch, ShipmentError when it cannot
-        be reached after the retries or refuses the credentials, ValueError when the last
-        point is not a manifest; in each case the manifest is not sent.
+        them, serialized into batches, a bounded number ahead of the batches the gateway is
+        storing; `connections` batches are sent at once. Returns True when every point was
+        accepted; False when `stop` was set before the manifest was sent (summaries already
+        sent stay at central, harmlessly: without the manifest the window is not shipped, and
+        the next computation overwrites them). Raises ShipmentRefused when the gateway refuses
+        a batch, ShipmentError when it cannot be reached after the retries or refuses the
+        credentials, ValueError when the last point is not a manifest; in each case no batch
+        is sent after the failure is seen, and the manifest is not sent.
         """
         if isinstance(points, Sequence) and (
             not points or points[-1].measurement != MANIFEST_MEASUREMENT
@@ -218,15 +234,28 @@ class Shipper:
         rp = self.retention_policy or plan.central_retention_policy
         manifest: list[Point] = []
         batches = read_ahead(
-            self._batches(_holding_back_the_last(points, manifest)),
+            self._batches(_holding_back_the_last(points, manifest), ramp=True),
             SHIP_AHEAD_BATCHES,
             name=f"ship {plan.aggregation}",
         )
+        in_flight: deque[Future[None]] = deque()
         try:
-            for batch in batches:
-                if stop is not None and stop.is_set():
-                    return False
-                self._write(batch, database, rp, stop)
+            with ThreadPoolExecutor(
+                self.connections, thread_name_prefix=f"ship {plan.aggregation} write"
+            ) as senders:
+                try:
+                    for batch in batches:
+                        if stop is not None and stop.is_set():
+                            return False
+                        while len(in_flight) >= self.connections:
+                            in_flight.popleft().result()
+                        in_flight.append(senders.submit(self._write, batch, database, rp, stop))
+                    while in_flight:
+                        in_flight.popleft().result()
+                finally:
+                    # A failure seen: what is already in flight finishes, nothing more is sent.
+                    for sending in in_flight:
+                        sending.cancel()
             if not manifest or manifest[0].measurement != MANIFEST_MEASUREMENT:
                 raise ValueError("a window's points must end with its manifest")
             if stop is not None and stop.is_set():
@@ -245,17 +274,18 @@ class Shipper:
         for batch in self._batches(points):
             self._write(batch, database, retention_policy, None)
 
-    def _batches(self, points: Iterable[Point]) -> Iterator[list[bytes]]:
-        """Serialized points grouped into batches of at most batch_points and ~batch_bytes."""
+    def _batches(self, points: Iterable[Point], *, ramp: bool = False) -> Iterator[list[bytes]]:
+        """Serialized points grouped into batches of at most batch_points and ~batch_bytes;
+        with `ramp`, the first of at most first_batch_points, each next one twice as large."""
+        limit = min(self.first_batch_points, self.batch_points) if ramp else self.batch_points
         batch: list[bytes] = []
         size = 0
-        for chunk in _chunks(points, min(SERIALIZE_POINTS, self.batch_points)):
+        for chunk in _chunks(points, min(SERIALIZE_POINTS, limit)):
             for line in serialize(chunk).splitlines(keepends=True):
-                if batch and (
-                    len(batch) >= self.batch_points or size + len(line) > self.batch_bytes
-                ):
+                if batch and (len(batch) >= limit or size + len(line) > self.batch_bytes):
                     yield batch
                     batch, size = [], 0
+                    limit = min(2 * limit, self.batch_points)
                 batch.append(line)
                 size += len(line)
         if batch:

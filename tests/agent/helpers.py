@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import httpx
@@ -21,10 +22,13 @@ class Forwarding(httpx.BaseTransport):
         self.hook = hook
         self.bodies: list[bytes] = []
         self.statuses: list[int] = []
+        self._lock = threading.Lock()  # a shipper sends several batches at once
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.bodies.append(request.read())
-        answer = self.hook(len(self.bodies), request) if self.hook else None
+        with self._lock:
+            self.bodies.append(request.read())
+            n = len(self.bodies)
+        answer = self.hook(n, request) if self.hook else None
         if answer is None:
             answer = self.inner.handle_request(request)
         self.statuses.append(answer.status_code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def window_of_points(groups: int, start: int) -> list[Point]:
     return points
 
 
-def test_batches_go_out_in_order_with_the_manifest_alone_and_last(
+def test_batches_go_out_with_the_manifest_alone_and_last(
     central: InfluxClient, central_influxd: InfluxServer
 ) -> None:
     recorder = Forwarding()
@@ -55,7 +56,8 @@ def test_batches_go_out_in_order_with_the_manifest_alone_and_last(
     with Shipper(central_influxd.url, dc="dc1", token="t", batch_points=4, transport=recorder) as s:
         assert s.ship_window(make_plan(), window_of_points(10, start))
     lines = [body.decode().splitlines() for body in recorder.bodies]
-    assert [len(batch) for batch in lines] == [4, 4, 2, 1]
+    # Two batches are in flight at once: the third may arrive before the second.
+    assert sorted(len(batch) for batch in lines[:-1]) == [2, 4, 4] and len(lines[-1]) == 1
     assert lines[-1][0].startswith(MANIFEST_MEASUREMENT)
     assert not any(line.startswith(MANIFEST_MEASUREMENT) for batch in lines[:-1] for line in batch)
     assert len(central_points(central, "delivery_latency")) == 10
@@ -237,7 +239,9 @@ def test_summaries_are_shipped_while_the_rest_are_made_the_manifest_after_all() 
     assert len(bodies) == 21 and made_when_posted[-1] == 41
     assert bodies[-1].startswith(MANIFEST_MEASUREMENT.encode()) and bodies[-1].count(b"\n") == 1
     assert not any(MANIFEST_MEASUREMENT.encode() in body for body in bodies[:-1])
-    assert b"".join(bodies) == serialize(window_of_points(40, base_time()))
+    # Two batches are sent at once and may arrive in either order: each is whole, in order.
+    plain = serialize(window_of_points(40, base_time()))
+    assert b"".join(sorted(bodies, key=plain.index)) == plain
 
 
 def test_a_summary_that_cannot_be_made_ships_no_manifest() -> None:
@@ -266,15 +270,21 @@ def test_a_summary_that_cannot_be_made_ships_no_manifest() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("ship ")]
 
 
+@pytest.mark.parametrize("connections", [1, 2])
 @pytest.mark.parametrize("made", ["before", "while shipped"])
-def test_a_refused_batch_ends_the_window_before_its_manifest(made: str) -> None:
-    """Batches are serialized ahead, but each is sent only once the previous one was accepted,
-    and the manifest only once all were."""
+def test_a_refused_batch_ends_the_window_before_its_manifest(made: str, connections: int) -> None:
+    """Batches are serialized ahead and `connections` are sent at once, but none is sent once
+    a refusal came back, and the manifest only once every batch was accepted."""
     bodies: list[bytes] = []
+    refused = threading.Event()
+    sent_after_the_refusal: list[bytes] = []
 
     def refuse_the_second(request: httpx.Request) -> httpx.Response:
+        if refused.is_set():
+            sent_after_the_refusal.append(request.content)
         bodies.append(request.content)
         if len(bodies) == 2:
+            refused.set()
             return httpx.Response(400, json={"error": "refused", "rule": "schema"})
         return httpx.Response(204)
 
@@ -284,15 +294,74 @@ def test_a_refused_batch_ends_the_window_before_its_manifest(made: str) -> None:
             dc="dc1",
             token="t",
             batch_points=4,
+            connections=connections,
             transport=httpx.MockTransport(refuse_the_second),
         ) as shipper,
         pytest.raises(ShipmentRefused),
     ):
         points = window_of_points(30, base_time())
         shipper.ship_window(make_plan(), points if made == "before" else iter(points))
-    assert len(bodies) == 2
+    # With two at once, the third batch may have left while the second was being refused.
+    assert 2 <= len(bodies) <= 1 + connections
+    assert len(sent_after_the_refusal) <= connections - 1
     assert not any(MANIFEST_MEASUREMENT.encode() in body for body in bodies)
     assert not [t for t in threading.enumerate() if t.name.startswith("ship ")]
+
+
+def test_summary_batches_are_sent_at_once_and_the_manifest_after_every_one() -> None:
+    """Two summary batches in flight together (the gateway stores one while it receives the
+    next); the manifest only once both were answered."""
+    both_in_flight = threading.Barrier(2, timeout=10)
+    lock = threading.Lock()
+    answered: list[int] = []
+    manifest_after: list[int] = []
+
+    def accept(request: httpx.Request) -> httpx.Response:
+        if request.content.startswith(MANIFEST_MEASUREMENT.encode()):
+            manifest_after.append(len(answered))
+            return httpx.Response(204)
+        both_in_flight.wait()  # broken (an error) unless a second batch is sent meanwhile
+        time.sleep(0.05)
+        with lock:
+            answered.append(request.content.count(b"\n"))
+        return httpx.Response(204)
+
+    with Shipper(
+        "http://gateway.test",
+        dc="dc1",
+        token="t",
+        batch_points=5,
+        transport=httpx.MockTransport(accept),
+    ) as shipper:
+        assert shipper.connections == 2
+        assert shipper.ship_window(make_plan(), window_of_points(10, base_time()))
+    assert sorted(answered) == [5, 5]
+    assert manifest_after == [2]
+
+
+def test_a_windows_first_batch_is_small_and_each_next_twice_as_large() -> None:
+    """The gateway starts on a window as soon as its first summaries are made; a large window
+    still goes in few requests."""
+    sizes: list[int] = []
+
+    def accept(request: httpx.Request) -> httpx.Response:
+        sizes.append(request.content.count(b"\n"))
+        return httpx.Response(204)
+
+    with Shipper(
+        "http://gateway.test",
+        dc="dc1",
+        token="t",
+        connections=1,
+        transport=httpx.MockTransport(accept),
+    ) as shipper:
+        assert shipper.ship_window(make_plan(), window_of_points(12_000, base_time()))
+        assert sizes == [500, 1_000, 2_000, 4_000, 4_500, 1]
+        sizes.clear()
+        shipper.write_points(
+            window_of_points(6_000, base_time()), database="federation", retention_policy="r"
+        )
+        assert sizes == [5_000, 1_001]  # points that are not a window: full batches
 
 
 A, B = "http://replica-a", "http://replica-b"
@@ -318,7 +387,8 @@ def test_writes_fail_over_to_the_next_replica_and_stay_there() -> None:
 
     sleeps: list[float] = []
     retry = RetryPolicy(attempts=3, initial_s=0.5)
-    with Shipper([A, B], dc="dc1", token="t", batch_points=4, retry=retry,
+    # One batch at a time, so the order of the tries is the test's.
+    with Shipper([A, B], dc="dc1", token="t", batch_points=4, connections=1, retry=retry,
                  sleep=sleeps.append, transport=httpx.MockTransport(handler)) as shipper:  # fmt: skip
         assert shipper.ship_window(make_plan(), window_of_points(6, base_time()))
         assert shipper.url == B
