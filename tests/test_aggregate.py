@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +22,7 @@ from federation.core.aggregate import (
 from federation.core.lineprotocol import serialize
 from federation.core.points import Point
 from federation.core.sketch import Sketch
-from federation.core.stats import summarize_groups
+from federation.core.stats import GroupedValues, GroupSummary, summarize_groups
 
 REPO = Path(__file__).resolve().parent.parent
 PLAN = resolve_plan(load_config(REPO), "delivery_latency", "dub1")  # k = 5
@@ -263,3 +264,24 @@ def test_window_points_are_byte_identical_to_the_plain_computation(
     assert (serialize(lazy), serialize(lazy)) == (got, got)  # the same, iterated twice
     assert len(lazy) == len(got.splitlines())
     assert serialize([lazy.manifest]) == got.splitlines(keepends=True)[-1]
+
+
+def test_summaries_are_made_a_slice_of_groups_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing per group is made before the points are asked for, so a shipper has the first
+    batch as soon as its groups are made."""
+    asked: list[int] = []
+    summaries = GroupedValues.summaries
+
+    def recorded(self: GroupedValues, groups: list[int]) -> list[GroupSummary]:
+        asked.append(len(groups))
+        return summaries(self, groups)
+
+    monkeypatch.setattr(GroupedValues, "summaries", recorded)
+    values = np.arange(500, dtype=np.float64)
+    customers = [f"c{i % 50:02d}" for i in range(500)]
+    codes, keys = group_rows([["in"] * 500, ["mx1"] * 500, customers], 500)
+    lazy = lazy_window_points(PLAN, 0, values, codes, keys, run=1, slice_groups=20)
+    assert asked == []
+    first = next(iter(lazy))
+    assert asked == [20] and first.tags["customer"] == "c00"
+    assert len(list(lazy)) == 51 and asked == [20, 20, 20, 10]

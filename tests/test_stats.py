@@ -10,6 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 from federation.core.sketch import Sketch
 from federation.core.stats import (
+    GroupedValues,
     GroupSummary,
     apply_k_anonymity,
     nearest_rank,
@@ -111,6 +112,25 @@ def test_summarize_groups_equals_per_group_reference(data, percentiles):
     values, codes, n_groups = data
     got = summarize_groups(values, codes, n_groups, percentiles, ALPHA)
     assert got == reference_summaries(values, codes, n_groups, percentiles, ALPHA)
+
+
+@settings(max_examples=200)
+@given(grouped(), st.lists(ps, max_size=4, unique_by=percentile_field), st.data())
+def test_any_groups_summaries_equal_the_whole_windows(data, percentiles, draw):
+    """Summaries asked a few groups at a time, in any order, are those of `summarize_groups`."""
+    values, codes, n_groups = data
+    every = reference_summaries(values, codes, n_groups, percentiles, ALPHA)
+    present = [g for g, summary in enumerate(every) if summary is not None]
+    asked = draw.draw(st.lists(st.sampled_from(present), max_size=8) if present else st.just([]))
+    grouped_values = GroupedValues(values, codes, n_groups, percentiles, ALPHA)
+    assert grouped_values.sizes.tolist() == np.bincount(codes, minlength=n_groups).tolist()
+    assert grouped_values.summaries(asked) == [every[g] for g in asked]
+
+
+def test_a_group_without_values_has_no_summary():
+    grouped_values = GroupedValues(np.array([1.0, 2.0]), np.array([0, 0]), 2, [50], ALPHA)
+    with pytest.raises(ValueError, match="without values"):
+        grouped_values.summaries([1])
 
 
 # Few distinct magnitudes and values differing only in their last bits: many ties and

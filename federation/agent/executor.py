@@ -7,18 +7,19 @@ For one plan and a list of whole windows, each window is read with exactly one q
 
 - chunks are grouped while InfluxDB sends the next ones;
 - the read is ordered by time, as Kapacitor's is, so no group is final before the window's last
-  row: every group's numbers are computed once the read ends, and only then is anything
-  shipped. Its summary points are then made (histograms encoded) and serialized a batch ahead
-  of the one the gateway is storing, so the gateway's work overlaps the executor's;
+  row: nothing is shipped before the read ends. Then only the work spanning every value is
+  done at once (one sort, the histogram buckets, the manifest's counts); each group's numbers
+  and point are made a slice of groups at a time, serialized ahead of the batches the gateway
+  is storing (two at once, the first small), so the gateway's work overlaps the executor's;
 - the manifest goes last, alone, once every summary batch was accepted;
 - a window is shipped, in a shipping thread, while the next one is read (a look-back run, a
   catch-up or a backfill holds several), so shipping costs a run of windows little more than
   its last window's shipping.
 
-Memory is bounded by the window being read and the summaries of the one being shipped: the raw
-values become one float64 array and one int64 group code per row, the JSON chunks they came
-from are dropped as they are grouped, a window's raw values are dropped once its numbers are
-computed, and its summary points exist a few batches at a time.
+Memory is bounded by the window being read and the one being shipped: the raw values become
+one float64 array and one int64 group code per row, the JSON chunks they came from are dropped
+as they are grouped, a window's values (sorted by group) are kept until it is shipped, and its
+summary points exist a few batches at a time.
 
 Re-running a window writes the same points again (same measurement, tags and timestamp, same
 fields), except the manifest's `run`, which increases with every computation of a window, so
@@ -199,9 +200,10 @@ def compute_window(
 ) -> ComputedWindow:
     """Read and compute one window: summaries sorted by tags, then the manifest, last.
 
-    Every number is computed here; the summary points are made as `points` is iterated (by
-    the shipper, while the gateway stores the batch before). The run id is taken once the raw data is read, so it is later than every event the
-    computation saw.
+    The window's values are checked, sorted by group and bucketed here, and the manifest's
+    numbers computed; each group's numbers and point are made as `points` is iterated (by the
+    shipper, while the gateway stores the batches before). The run id is taken once the raw
+    data is read, so it is later than every event the computation saw.
     """
     started = time.perf_counter()
     data = read_window(source, plan, window, chunk_size=chunk_size)

@@ -14,7 +14,6 @@ the manifest's `suppressed_events` (so events = Σ count + suppressed still hold
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from operator import itemgetter
 from typing import Protocol
 
 import numpy as np
@@ -24,7 +23,7 @@ from federation.core.pii import personal_data_kind
 from federation.core.plan import MANIFEST_MEASUREMENT, NONE_VALUE
 from federation.core.points import FieldValue, Point
 from federation.core.sketch import encode_many
-from federation.core.stats import GroupSummary, summarize_groups
+from federation.core.stats import GroupedValues
 
 DimensionColumn = Sequence[str | None]
 
@@ -191,20 +190,18 @@ def lazy_window_points(
     are `keys[codes[i]]`, as `group_rows`, or a `RowGrouper` fed chunk by chunk, gives), its
     summary points made `slice_groups` groups at a time as they are iterated.
 
-    Every number (each group's statistics and histogram, the manifest) is computed here, so a
-    value the computation cannot take raises ValueError here and not while shipping."""
+    The work that spans every value (validation, one sort, the histogram buckets) and the
+    manifest are done here, so a value the computation cannot take raises ValueError here and
+    not while shipping; each group's statistics and histogram are then made with its point."""
     k = plan.min_group_events
-    summaries = summarize_groups(
-        values, codes, len(keys), plan.percentiles, plan.accuracy, min_count=k
-    )
-    sizes = np.bincount(codes, minlength=len(keys))
+    grouped = GroupedValues(values, codes, len(keys), plan.percentiles, plan.accuracy)
+    sizes = grouped.sizes
     personal = personal_groups(keys)
     suppressed = int(sizes[(sizes < k) | personal].sum())
     # Empty groups, groups below k and groups keyed by a personal-looking value have no
     # summary shipped: their events are in `suppressed`.
     exported = sorted(
-        ((keys[c], s) for c, s in enumerate(summaries) if s is not None and not personal[c]),
-        key=itemgetter(0),
+        np.flatnonzero((sizes >= max(k, 1)) & ~personal).tolist(), key=keys.__getitem__
     )
     manifest = manifest_point(
         plan,
@@ -215,23 +212,24 @@ def lazy_window_points(
         personal_value_events=int(sizes[personal].sum()),
         run=run,
     )
-    return WindowPoints(plan, window_start_ns, exported, manifest, slice_groups)
+    return WindowPoints(plan, window_start_ns, grouped, keys, exported, manifest, slice_groups)
 
 
 class WindowPoints:
     """One window's points: a summary per exported group, sorted by tags, then the manifest.
 
-    The summaries' numbers are computed before; their points (each histogram encoded) are made
-    `slice_groups` groups at a time as they are iterated, and not kept, so a shipper sends the
-    first while the rest are still being made. Iterating twice gives the same points, those of
-    `window_points`.
+    The summaries (numbers, histograms, points) are made `slice_groups` groups at a time as
+    they are iterated, and not kept, so a shipper sends the first while the rest are still
+    being made. Iterating twice gives the same points, those of `window_points`.
     """
 
     def __init__(
         self,
         plan: OutputSpec,
         window_start_ns: int,
-        exported: list[tuple[tuple[str, ...], GroupSummary]],
+        grouped: GroupedValues,
+        keys: Sequence[tuple[str, ...]],
+        exported: list[int],
         manifest: Point,
         slice_groups: int = SLICE_GROUPS,
     ) -> None:
@@ -239,6 +237,8 @@ class WindowPoints:
             raise ValueError("slice_groups must be >= 1")
         self._plan = plan
         self._start = window_start_ns
+        self._grouped = grouped
+        self._keys = keys
         self._exported = exported
         self._slice = slice_groups
         self.manifest = manifest
@@ -248,15 +248,15 @@ class WindowPoints:
 
     def __iter__(self) -> Iterator[Point]:
         for start in range(0, len(self._exported), self._slice):
-            yield from self._summary_points(start, start + self._slice)
+            yield from self._summary_points(self._exported[start : start + self._slice])
         yield self.manifest
 
-    def _summary_points(self, start: int, stop: int) -> list[Point]:
+    def _summary_points(self, groups: list[int]) -> list[Point]:
         plan = self._plan
-        part = self._exported[start:stop]
-        sketches = encode_many([summary.sketch for _, summary in part])
+        summaries = self._grouped.summaries(groups)
+        sketches = encode_many([summary.sketch for summary in summaries])
         points: list[Point] = []
-        for (key, summary), sketch in zip(part, sketches, strict=True):
+        for group, summary, sketch in zip(groups, summaries, sketches, strict=True):
             fields: dict[str, FieldValue] = {
                 "count": summary.count,
                 "sum": summary.sum,
@@ -265,7 +265,7 @@ class WindowPoints:
             }
             fields.update(summary.percentiles)
             fields["sketch"] = sketch
-            tags = {"dc": plan.dc, **dict(zip(plan.dimensions, key, strict=True))}
+            tags = {"dc": plan.dc, **dict(zip(plan.dimensions, self._keys[group], strict=True))}
             points.append(Point(plan.aggregation, tags, fields, self._start))
         return points
 

@@ -20,6 +20,7 @@ from federation.core.sketch import Sketch, _check_alpha, bucket_indexes
 
 __all__ = [
     "GroupSummary",
+    "GroupedValues",
     "apply_k_anonymity",
     "nearest_rank",
     "percentile_field",
@@ -143,144 +144,177 @@ def summarize_groups(
     Raises ValueError for NaN or infinite values, codes outside ``[0, n_groups)``, mismatched
     lengths, a percentile outside (0, 100] or a repeated one, or alpha outside (0, 1).
     """
-    alpha = _check_alpha(alpha)
-    lg = log_gamma(alpha)
-    v = np.ascontiguousarray(values, dtype=np.float64).ravel()
-    raw_codes = np.asarray(group_codes).ravel()
-    if raw_codes.shape != v.shape:
-        raise ValueError(f"{v.size} values but {raw_codes.size} group codes")
-    if raw_codes.size and raw_codes.dtype.kind not in "iu":
-        raise ValueError("group codes must be integers")
-    codes = raw_codes.astype(np.int64)
-    if n_groups < 0:
-        raise ValueError("n_groups must be >= 0")
-    fields = [percentile_field(p) for p in percentiles]
-    if len(set(fields)) != len(fields):
-        raise ValueError("a percentile is requested twice")
-    ps = [float(p) for p in percentiles]
-    if v.size == 0:
-        return [None] * n_groups
-    if not np.isfinite(v).all():
-        raise ValueError("values must be finite (found NaN or infinity)")
-    if int(codes.min()) < 0 or int(codes.max()) >= n_groups:
-        raise ValueError(f"group codes must be in [0, {n_groups})")
-    # -0.0 + 0.0 is +0.0: one zero, so min/max/sum cannot depend on the input order of zeros.
-    v = v + 0.0
-
-    order = _group_value_order(v, codes, n_groups)
-    sv = v[order]
-    sc = codes[order]
-    sizes = np.bincount(codes, minlength=n_groups)
-    ends = np.cumsum(sizes)
-    starts = ends - sizes
-    # Groups that will not be exported (k-anonymity) skip the per-group work entirely.
-    present = np.flatnonzero(sizes >= max(min_count, 1))
-    p_starts = starts[present]
-    p_ends = ends[present]
-    p_sizes = sizes[present]
-
-    mins = sv[p_starts].tolist()
-    maxs = sv[p_ends - 1].tolist()
-    pct_columns: list[list[float | None]] = []
-    size_f = p_sizes.astype(np.float64)
-    for p in ps:
-        rank = (np.floor(size_f * p / 100.0 + 0.5) - 1).astype(np.int64)
-        valid = (rank >= 0) & (rank < p_sizes)
-        picked = sv[p_starts + np.where(valid, rank, 0)]
-        column: list[float | None] = picked.tolist()
-        for k in np.flatnonzero(~valid).tolist():
-            column[k] = None
-        pct_columns.append(column)
-
-    sketches = _group_sketches(sv, sc, n_groups, present, p_sizes, alpha, lg)
-
-    # Iterating a memoryview yields Python floats without copying the values into a list.
-    flat = memoryview(sv.data)
-    fsum = math.fsum
-    rows = list(zip(*pct_columns, strict=True)) if pct_columns else [()] * present.size
+    grouped = GroupedValues(values, group_codes, n_groups, percentiles, alpha)
+    present = np.flatnonzero(grouped.sizes >= max(min_count, 1))
     out: list[GroupSummary | None] = [None] * n_groups
-    for g, a, b, n, lo, hi, row, sketch in zip(
-        present.tolist(),
-        p_starts.tolist(),
-        p_ends.tolist(),
-        p_sizes.tolist(),
-        mins,
-        maxs,
-        rows,
-        sketches,
-        strict=True,
-    ):
-        if None in row:
-            pct = {f: x for f, x in zip(fields, row, strict=True) if x is not None}
-        else:
-            pct = dict(zip(fields, row, strict=True))
-        out[g] = GroupSummary(n, fsum(flat[a:b]), lo, hi, pct, sketch)
+    for g, summary in zip(present.tolist(), grouped.summaries(present), strict=True):
+        out[g] = summary
     return out
 
 
-def _group_sketches(
-    sv: npt.NDArray[np.float64],
-    sc: npt.NDArray[np.int64],
-    n_groups: int,
-    present: npt.NDArray[np.intp],
-    sizes: npt.NDArray[np.int64],
-    alpha: float,
-    lg: float,
-) -> list[Sketch]:
-    """One sketch per present group, from values sorted by (group, value), in one pass."""
-    positive = sv > 0
-    negative = sv < 0
-    pos_bucket = bucket_indexes(sv[positive], lg)
-    neg_bucket = bucket_indexes(-sv[negative], lg)
-    pos_group = sc[positive]
-    neg_group = sc[negative]
-    zeros = np.bincount(sc[~(positive | negative)], minlength=n_groups)
+class GroupedValues:
+    """One window's values sorted by group, then by value: any group's summary, on demand.
 
-    def runs(
-        group: npt.NDArray[np.int64], bucket: npt.NDArray[np.int64]
-    ) -> tuple[
-        npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]
-    ]:
-        # Equal (group, bucket) pairs are adjacent because values are sorted within each group.
-        if group.size == 0:
-            return EMPTY, EMPTY, EMPTY, np.zeros(n_groups + 1, dtype=np.int64)
-        change = np.empty(group.size, dtype=bool)
-        change[0] = True
-        np.not_equal(group[1:], group[:-1], out=change[1:])
-        change[1:] |= bucket[1:] != bucket[:-1]
-        run_start = np.flatnonzero(change)
-        run_count = np.diff(np.append(run_start, group.size)).astype(np.int64)
-        run_group = group[run_start]
-        run_bucket = bucket[run_start]
-        bounds = np.zeros(n_groups + 1, dtype=np.int64)
-        np.cumsum(np.bincount(run_group, minlength=n_groups), out=bounds[1:])
-        run_bucket.flags.writeable = False
-        run_count.flags.writeable = False
-        return run_group, run_bucket, run_count, bounds
+    The constructor checks the input and does the work that spans every value (one sort, the
+    histogram buckets); `summaries` then costs only its own groups, so a window's summaries
+    can be made a slice of groups at a time while earlier ones are shipped, and each equals
+    what ``summarize_groups`` gives for that group. `sizes[g]` is group g's number of values.
+    Raises ValueError as ``summarize_groups`` does.
+    """
 
-    _, p_idx, p_cnt, p_bounds = runs(pos_group, pos_bucket)
-    _, n_idx_fwd, n_cnt_fwd, n_bounds = runs(neg_group, neg_bucket)
-    # Within a group negative values ascend, so their magnitudes' buckets descend; reversing the
-    # whole run list makes each group's buckets ascend (groups then descend, which slicing ignores).
-    n_idx = n_idx_fwd[::-1]
-    n_cnt = n_cnt_fwd[::-1]
-    n_total = int(n_bounds[-1])
+    def __init__(
+        self,
+        values: npt.ArrayLike,
+        group_codes: npt.ArrayLike,
+        n_groups: int,
+        percentiles: Sequence[float],
+        alpha: float,
+    ) -> None:
+        alpha = _check_alpha(alpha)
+        v = np.ascontiguousarray(values, dtype=np.float64).ravel()
+        raw_codes = np.asarray(group_codes).ravel()
+        if raw_codes.shape != v.shape:
+            raise ValueError(f"{v.size} values but {raw_codes.size} group codes")
+        if raw_codes.size and raw_codes.dtype.kind not in "iu":
+            raise ValueError("group codes must be integers")
+        codes = raw_codes.astype(np.int64)
+        if n_groups < 0:
+            raise ValueError("n_groups must be >= 0")
+        fields = [percentile_field(p) for p in percentiles]
+        if len(set(fields)) != len(fields):
+            raise ValueError("a percentile is requested twice")
+        if v.size and not np.isfinite(v).all():
+            raise ValueError("values must be finite (found NaN or infinity)")
+        if v.size and (int(codes.min()) < 0 or int(codes.max()) >= n_groups):
+            raise ValueError(f"group codes must be in [0, {n_groups})")
+        self.alpha = alpha
+        self._log_gamma = log_gamma(alpha)
+        self._fields = fields
+        self._percentiles = [float(p) for p in percentiles]
+        # -0.0 + 0.0 is +0.0: one zero, so min/max/sum cannot depend on the input order of zeros.
+        v = v + 0.0
+        order = _group_value_order(v, codes, n_groups) if v.size else codes
+        self._sorted = v[order]
+        self.sizes = np.bincount(codes, minlength=n_groups)
+        self._ends = np.cumsum(self.sizes)
+        self._starts = self._ends - self.sizes
+        self._buckets = _GroupBuckets(self._sorted, codes[order], n_groups, self._log_gamma)
 
-    zero_list = zeros.tolist()
-    p_b = p_bounds.tolist()
-    n_b = n_bounds.tolist()
-    make = Sketch._make
-    out: list[Sketch] = []
-    for g, n in zip(present.tolist(), sizes.tolist(), strict=True):
-        pa, pb = p_b[g], p_b[g + 1]
-        na, nb = n_b[g], n_b[g + 1]
-        if na == nb:
-            ni = nc = EMPTY
-        else:
-            ni = n_idx[n_total - nb : n_total - na]
-            nc = n_cnt[n_total - nb : n_total - na]
-        out.append(make(alpha, lg, n, zero_list[g], p_idx[pa:pb], p_cnt[pa:pb], ni, nc))
-    return out
+    def summaries(self, groups: npt.ArrayLike) -> list[GroupSummary]:
+        """The summary of each group of `groups` (codes of groups holding values), in order."""
+        present = np.asarray(groups, dtype=np.int64).ravel()
+        if present.size and int(self.sizes[present].min()) < 1:
+            raise ValueError("a group without values has no summary")
+        sv = self._sorted
+        p_starts = self._starts[present]
+        p_ends = self._ends[present]
+        p_sizes = self.sizes[present]
+        mins = sv[p_starts].tolist()
+        maxs = sv[p_ends - 1].tolist()
+        pct_columns: list[list[float | None]] = []
+        size_f = p_sizes.astype(np.float64)
+        for p in self._percentiles:
+            rank = (np.floor(size_f * p / 100.0 + 0.5) - 1).astype(np.int64)
+            valid = (rank >= 0) & (rank < p_sizes)
+            picked = sv[p_starts + np.where(valid, rank, 0)]
+            column: list[float | None] = picked.tolist()
+            for k in np.flatnonzero(~valid).tolist():
+                column[k] = None
+            pct_columns.append(column)
+        sketches = self._buckets.sketches(present, p_sizes, self.alpha)
+        fields = self._fields
+        # Iterating a memoryview yields Python floats without copying the values into a list.
+        flat = memoryview(sv.data)
+        fsum = math.fsum
+        rows = list(zip(*pct_columns, strict=True)) if pct_columns else [()] * present.size
+        out: list[GroupSummary] = []
+        for a, b, n, lo, hi, row, sketch in zip(
+            p_starts.tolist(),
+            p_ends.tolist(),
+            p_sizes.tolist(),
+            mins,
+            maxs,
+            rows,
+            sketches,
+            strict=True,
+        ):
+            if None in row:
+                pct = {f: x for f, x in zip(fields, row, strict=True) if x is not None}
+            else:
+                pct = dict(zip(fields, row, strict=True))
+            out.append(GroupSummary(n, fsum(flat[a:b]), lo, hi, pct, sketch))
+        return out
+
+
+class _GroupBuckets:
+    """The histogram buckets of values sorted by (group, value), counted in one pass: any
+    group's sketch is then two slices."""
+
+    def __init__(
+        self, sv: npt.NDArray[np.float64], sc: npt.NDArray[np.int64], n_groups: int, lg: float
+    ) -> None:
+        positive = sv > 0
+        negative = sv < 0
+        self._zeros = np.bincount(sc[~(positive | negative)], minlength=n_groups).tolist()
+        self._log_gamma = lg
+        _, self._p_idx, self._p_cnt, p_bounds = _runs(
+            sc[positive], bucket_indexes(sv[positive], lg), n_groups
+        )
+        _, n_idx_fwd, n_cnt_fwd, n_bounds = _runs(
+            sc[negative], bucket_indexes(-sv[negative], lg), n_groups
+        )
+        # Within a group negative values ascend, so their magnitudes' buckets descend;
+        # reversing the whole run list makes each group's buckets ascend (groups then descend,
+        # which slicing ignores).
+        self._n_idx = n_idx_fwd[::-1]
+        self._n_cnt = n_cnt_fwd[::-1]
+        self._n_total = int(n_bounds[-1])
+        self._p_b = p_bounds.tolist()
+        self._n_b = n_bounds.tolist()
+
+    def sketches(
+        self, present: npt.NDArray[np.int64], sizes: npt.NDArray[np.int64], alpha: float
+    ) -> list[Sketch]:
+        """One sketch per group of `present` (`sizes` its values)."""
+        p_b, n_b, n_total, lg = self._p_b, self._n_b, self._n_total, self._log_gamma
+        p_idx, p_cnt, n_idx, n_cnt = self._p_idx, self._p_cnt, self._n_idx, self._n_cnt
+        zero_list = self._zeros
+        make = Sketch._make
+        out: list[Sketch] = []
+        for g, n in zip(present.tolist(), sizes.tolist(), strict=True):
+            pa, pb = p_b[g], p_b[g + 1]
+            na, nb = n_b[g], n_b[g + 1]
+            if na == nb:
+                ni = nc = EMPTY
+            else:
+                ni = n_idx[n_total - nb : n_total - na]
+                nc = n_cnt[n_total - nb : n_total - na]
+            out.append(make(alpha, lg, n, zero_list[g], p_idx[pa:pb], p_cnt[pa:pb], ni, nc))
+        return out
+
+
+def _runs(
+    group: npt.NDArray[np.int64], bucket: npt.NDArray[np.int64], n_groups: int
+) -> tuple[
+    npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]
+]:
+    """Runs of equal (group, bucket) pairs (adjacent: values are sorted within each group):
+    each run's group, bucket and count, and where each group's runs start."""
+    if group.size == 0:
+        return EMPTY, EMPTY, EMPTY, np.zeros(n_groups + 1, dtype=np.int64)
+    change = np.empty(group.size, dtype=bool)
+    change[0] = True
+    np.not_equal(group[1:], group[:-1], out=change[1:])
+    change[1:] |= bucket[1:] != bucket[:-1]
+    run_start = np.flatnonzero(change)
+    run_count = np.diff(np.append(run_start, group.size)).astype(np.int64)
+    run_group = group[run_start]
+    run_bucket = bucket[run_start]
+    bounds = np.zeros(n_groups + 1, dtype=np.int64)
+    np.cumsum(np.bincount(run_group, minlength=n_groups), out=bounds[1:])
+    run_bucket.flags.writeable = False
+    run_count.flags.writeable = False
+    return run_group, run_bucket, run_count, bounds
 
 
 def apply_k_anonymity(
