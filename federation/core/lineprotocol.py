@@ -22,6 +22,8 @@ import math
 import re
 import time
 from collections.abc import Iterable
+from math import isfinite
+from typing import NamedTuple
 
 from federation.core.durations import NS_PER_UNIT
 from federation.core.points import FieldValue, Point
@@ -141,10 +143,11 @@ def serialize(points: Iterable[Point], precision: str = "ns") -> bytes:
     """
     multiplier = _multiplier(precision)
     out: list[str] = []
-    # Points of one write share most tags: each (key, value) is checked and escaped once.
-    pairs: dict[tuple[str, str], str] = {}
+    # Points of one write share most names: each measurement, (tag key, value) and field key
+    # is checked and escaped once.
+    names = _Names({}, {}, {})
     for index, point in enumerate(points):
-        out.append(_serialize_point(index, point, multiplier, pairs))
+        out.append(_serialize_point(index, point, multiplier, names))
     return "".join(out).encode("utf-8")
 
 
@@ -456,15 +459,20 @@ def _unescape(raw: str, escapable: frozenset[str]) -> str:
     return "".join(out)
 
 
-def _serialize_point(
-    index: int, point: Point, multiplier: int, pairs: dict[tuple[str, str], str]
-) -> str:
-    measurement = point.measurement
-    if not measurement or measurement[0] in "# \t":
-        raise InvalidInput(f"point {index}: measurement is empty or starts with '#' or a blank")
-    _check_name(index, measurement, _MEASUREMENT_ESC, "measurement")
-    escaped = "," in measurement or " " in measurement
-    parts = [measurement.translate(_MEASUREMENT_TABLE) if escaped else measurement]
+class _Names(NamedTuple):
+    """What one `serialize` call checked and escaped already."""
+
+    measurements: dict[str, str]
+    pairs: dict[tuple[str, str], str]  # (tag key, value) -> ",key=value"
+    fields: dict[str, str]  # field key -> "key="
+
+
+def _serialize_point(index: int, point: Point, multiplier: int, names: _Names) -> str:
+    measurement = names.measurements.get(point.measurement)
+    if measurement is None:
+        measurement = names.measurements[point.measurement] = _measurement(index, point)
+    parts = [measurement]
+    pairs = names.pairs
     for key in sorted(point.tags):
         value = point.tags[key]
         pair = pairs.get((key, value))
@@ -475,18 +483,28 @@ def _serialize_point(
             _check_name(index, value, _KEY_ESC, f"value of tag {key!r}")
             pair = pairs[(key, value)] = f",{_escape_key(key)}={_escape_key(value)}"
         parts.append(pair)
-    if not point.fields:
+    fields = point.fields
+    if not fields:
         raise InvalidInput(f"point {index}: no fields")
     separator = " "
-    for key in sorted(point.fields):
-        if not key or key == "time":
-            raise InvalidInput(f"point {index}: field key {key!r} is empty or 'time'")
-        _check_name(index, key, _KEY_ESC, "field key")
-        parts.append(separator)
+    field_names = names.fields
+    for key in sorted(fields):
+        name = field_names.get(key)
+        if name is None:
+            if not key or key == "time":
+                raise InvalidInput(f"point {index}: field key {key!r} is empty or 'time'")
+            _check_name(index, key, _KEY_ESC, "field key")
+            name = field_names[key] = _escape_key(key) + "="
+        field = fields[key]
+        # The common cases inline; `_format_value` decides everything else.
+        if type(field) is float and isfinite(field):
+            text = repr(field)
+        elif type(field) is str and '"' not in field and "\\" not in field:
+            text = '"' + field + '"'
+        else:
+            text = _format_value(index, key, field)
+        parts.append(separator + name + text)
         separator = ","
-        parts.append(_escape_key(key))
-        parts.append("=")
-        parts.append(_format_value(index, key, point.fields[key]))
     time_ns = point.time_ns
     if not TIME_MIN <= time_ns <= TIME_MAX:
         raise InvalidInput(f"point {index}: timestamp out of range")
@@ -495,6 +513,16 @@ def _serialize_point(
         raise InvalidInput(f"point {index}: timestamp is not a whole number of precision units")
     parts.append(f" {units}\n")
     return "".join(parts)
+
+
+def _measurement(index: int, point: Point) -> str:
+    """The measurement of `point` as line protocol writes it."""
+    measurement = point.measurement
+    if not measurement or measurement[0] in "# \t":
+        raise InvalidInput(f"point {index}: measurement is empty or starts with '#' or a blank")
+    _check_name(index, measurement, _MEASUREMENT_ESC, "measurement")
+    escaped = "," in measurement or " " in measurement
+    return measurement.translate(_MEASUREMENT_TABLE) if escaped else measurement
 
 
 def _format_value(index: int, key: str, value: FieldValue) -> str:
