@@ -27,8 +27,9 @@ from federation.core.stats import GroupedValues
 
 DimensionColumn = Sequence[str | None]
 
-SLICE_GROUPS = 1_000
-"""Groups whose summary points are made at a time while a window is shipped."""
+SLICE_GROUPS = 250
+"""Groups whose summary points are made at a time while a window is shipped: a fraction of the
+shipper's first batch, so that batch is ready as soon as its own groups are made."""
 
 
 class ManifestSpec(Protocol):
