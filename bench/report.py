@@ -209,11 +209,15 @@ def read_rollup_points(central: InfluxClient, config: FederationConfig, measurem
         ]
         source = ".".join(quote_ident(p) for p in (database, rp, measurement))
         dc_cond = " OR ".join(f"\"dc\" = '{d}'" for d in dcs)
-        q = (
-            f'SELECT "sketch", "version", "build" FROM {source} WHERE "tz" = \'UTC\' AND '
-            f"\"dims\" = 'customer' AND ({dc_cond}) AND time >= {month.start_ns} "
-            f'AND time < {month.end_ns} GROUP BY "customer", "dc"'
+        where = (
+            f"WHERE \"tz\" = 'UTC' AND \"dims\" = 'customer' AND ({dc_cond}) "
+            f"AND time >= {month.start_ns} AND time < {month.end_ns}"
         )
+        fields = '"sketch", "version", "build"'
+        if measurement == monthly_measurement(AGG):  # one point per series: read flat
+            q = f'SELECT {fields}, "customer"::tag, "dc"::tag FROM {source} {where}'
+        else:
+            q = f'SELECT {fields} FROM {source} {where} GROUP BY "customer", "dc"'
         for series in central.iter_series(q, database=database, chunk_size=10_000):
             rows += len(series.values)
     return rows

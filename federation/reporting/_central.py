@@ -161,13 +161,24 @@ def read_dc_rows(
     start_ns: int,
     end_ns: int,
     group_by: Sequence[str],
+    *,
+    flat: bool = False,
 ) -> Iterator[tuple[dict[str, str], list[Any]]]:
     """Each row of `measurement` from `dcs` in [start, end) as (series tags, [time, fields…]):
     one streamed query per central retention policy, `where` and a WHERE on the DCs stored
-    there."""
+    there. With `flat` (for points of one timestamp, see `flat_rows`) each row comes with its
+    own tags of `group_by`, a missing one `_none`."""
     database = config.fleet.central.database
     for rp, rp_dcs in dcs_by_retention_policy(config, dcs):
         conditions = (*where, dc_condition(rp_dcs))
+        if flat:
+            rows = flat_rows(
+                central, database, rp, measurement, fields, group_by, conditions, start_ns,
+                end_ns,
+            )  # fmt: skip
+            for values, row in rows:
+                yield dict(zip(group_by, values, strict=True)), row
+            continue
         q = select_query(database, rp, measurement, fields, conditions, start_ns, end_ns, group_by)
         yield from stream_rows(central, q, database)
 

@@ -261,7 +261,13 @@ def _read_rollups(
     counter: str,
 ) -> None:
     where = (f'"tz" = {quote_string(zone)}', f'"dims" = {quote_string(dims)}')
-    rows = _read_span(central, config, measurement, ("sketch", "version", "build"), where, by, span)
+    # A span of one period (a month of monthly rollups, a day) holds one point per series:
+    # read flat, the faster shape for that.
+    stamps = {t for dc, t in usable if dc in span.dcs and span.start_ns <= t < span.end_ns}
+    rows = _read_span(
+        central, config, measurement, ("sketch", "version", "build"), where, by, span,
+        flat=len(stamps) == 1,
+    )  # fmt: skip
     for tags, (t, text, version, build) in rows:
         dc = tags.get("dc", "")
         if usable.get((dc, int(t))) != build:
@@ -296,10 +302,13 @@ def _read_span(
     where: Sequence[str],
     by: Sequence[str],
     span: _Range,
+    *,
+    flat: bool = False,
 ) -> Iterator[tuple[dict[str, str], list[Any]]]:
-    """The rows of `span`'s DCs and time range, one series per group of `by` and DC."""
+    """The rows of `span`'s DCs and time range, one series per group of `by` and DC (`flat`:
+    one series, each row with its tags)."""
     group_by = tuple(dict.fromkeys([*by, "dc"]))
     return read_dc_rows(
         central, config, measurement, fields, where, span.dcs, span.start_ns, span.end_ns,
-        group_by,
+        group_by, flat=flat,
     )  # fmt: skip
