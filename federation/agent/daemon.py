@@ -51,6 +51,7 @@ from federation.agent.shipper import Shipper
 from federation.agent.window_choice import (
     catch_up_windows,
     ended_windows,
+    rerun_reach_ns,
     settle_ns,
     within_raw_retention,
 )
@@ -198,11 +199,16 @@ class Agent:
             since = last_complete_window(now, plan.window_ns).start_ns
             try:
                 view = self.coordinator.windows(self.dc, plan.aggregation, since)
+                held = [view]
+                latest = view.latest_shipped_ns
+                if latest is not None and (reach := rerun_reach_ns(plan, latest)) < since:
+                    held.append(self.coordinator.windows(self.dc, plan.aggregation, reach))
             except FederationError as exc:
                 log.warning("catch-up of %s skipped: %s", plan.aggregation, exc)
                 continue
+            shipped = {w.start_ns for v in held for w in v.windows if w.run is not None}
             windows = ended_windows(
-                catch_up_windows(plan, view.latest_shipped_ns, now, self._desired_retention),
+                catch_up_windows(plan, latest, now, self._desired_retention, shipped),
                 now,
                 settle_ns(plan, self.settings.settle_s),
             )

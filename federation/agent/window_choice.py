@@ -7,7 +7,7 @@ window that is still running on its own clock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from federation.agent.coordinator_client import DesiredRetentionState
 from federation.core.detection_plan import TrackedPlan
@@ -20,7 +20,13 @@ from federation.core.windows import (
     within_retention,
 )
 
-__all__ = ["catch_up_windows", "ended_windows", "settle_ns", "within_raw_retention"]
+__all__ = [
+    "catch_up_windows",
+    "ended_windows",
+    "rerun_reach_ns",
+    "settle_ns",
+    "within_raw_retention",
+]
 
 
 def settle_ns(plan: TrackedPlan, settle_s: float) -> int:
@@ -44,21 +50,34 @@ def catch_up_windows(
     latest_shipped_ns: int | None,
     now_ns: int,
     retention: DesiredRetentionState | None,
+    held: Collection[int] = (),
 ) -> list[Window]:
     """The windows to compute when the agent starts, oldest first.
 
     Every complete window after `latest_shipped_ns` (the start of the last window central
-    holds), and at least the look-back, as a scheduled run would. Windows whose raw data may
-    already be partly past the raw retention (`within_retention`, with one shard duration of
-    margin) are left out: those are the coordinator's to mark unrecoverable. When central holds
-    nothing yet, only the look-back: older history is the coordinator's to request as backfill.
+    holds), and at least the look-back, as a scheduled run would; and, among the windows
+    central holds (`held`: their starts), those within the look-back of that last one: their
+    look-back runs may not have run since (the agent stopped), and events landing late inside
+    their look-back would otherwise never reach central. Windows whose raw data may already be
+    partly past the raw retention (`within_retention`, with one shard duration of margin) are
+    left out: those are the coordinator's to mark unrecoverable. When central holds nothing
+    yet, only the look-back: older history is the coordinator's to request as backfill.
     """
     last = last_complete_window(now_ns, plan.window_ns)
     start = last.shifted(-(plan.lookback_windows - 1)).start_ns
+    again: list[Window] = []
     if latest_shipped_ns is not None:
         start = min(start, align(latest_shipped_ns, plan.window_ns) + plan.window_ns)
-    windows = windows_between(start, last.end_ns, plan.window_ns)
+        reach = rerun_reach_ns(plan, latest_shipped_ns)
+        again = [w for w in windows_between(reach, start, plan.window_ns) if w.start_ns in held]
+    windows = again + windows_between(start, last.end_ns, plan.window_ns)
     return within_raw_retention(plan, windows, now_ns, retention)
+
+
+def rerun_reach_ns(plan: TrackedPlan, latest_shipped_ns: int) -> int:
+    """The oldest window start `catch_up_windows` may run again after `latest_shipped_ns`."""
+    shipped = Window(align(latest_shipped_ns, plan.window_ns), plan.window_ns)
+    return shipped.shifted(-(plan.lookback_windows - 1)).start_ns
 
 
 def within_raw_retention(

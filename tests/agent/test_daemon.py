@@ -131,7 +131,13 @@ def test_start_catch_up_after_six_hours_down_and_backfill(
     assert sorted(manifest_hours(central, "delivery_direction", hour0)) == [-2, -1]
     agent.close()
 
-    # Down for six hours; on restart every window since the last one central holds is computed.
+    # Down for six hours; on restart every window since the last one central holds is computed,
+    # and the look-back of that last one again: events that landed late in hour -1, inside its
+    # look-back but while no agent ran, reach central.
+    from .conftest import write_events
+
+    with InfluxClient(dc_influxd.url) as dc:
+        write_events(dc, [Event(hour0 - HOUR + i * MINUTE, 700.0) for i in range(5)])
     clock.set(hour0 + 6 * HOUR + 5 * SECOND)
     agent = new_agent(fed, clock)
     agent.preflight()
@@ -140,14 +146,14 @@ def test_start_catch_up_after_six_hours_down_and_backfill(
     assert all(r.ok for r in results)
     assert sorted(manifest_hours(central, "delivery_latency", hour0)) == list(range(-3, 6))
     assert sorted(manifest_hours(central, "delivery_direction", hour0)) == list(range(-2, 6))
-    assert set(manifest_hours(central, "delivery_latency", hour0).values()) == {60}
+    held = manifest_hours(central, "delivery_latency", hour0)
+    assert held[-1] == 65
+    assert {h: n for h, n in held.items() if h != -1} == {h: 60 for h in range(-3, 6) if h != -1}
     view = agent.coordinator.windows(DC, "delivery_latency")
     assert view.latest_shipped_ns == hour0 + 5 * HOUR
     assert {w.state for w in view.windows} <= {"shipped", "verified"}
 
     # Late data for hour 1, long past the look-back: a backfill request ships it.
-    from .conftest import write_events
-
     with InfluxClient(dc_influxd.url) as dc:
         write_events(dc, [Event(hour0 + HOUR + i * MINUTE, 5000.0) for i in range(7)])
     request_backfill(
@@ -241,6 +247,24 @@ def test_catch_up_skips_windows_past_raw_retention() -> None:
     # Nothing at central yet: the look-back only.
     assert catch_up_windows(plan, None, now, retention) == [
         Window(100 * DAY - k * HOUR, HOUR) for k in (3, 2, 1)
+    ]
+
+
+def test_catch_up_runs_again_the_shipped_windows_within_the_look_back_of_the_last_one() -> None:
+    """The agent stopped after shipping hour 0's first run: the look-back runs of hours -2..0
+    (a look-back of 3 windows) did not all run, so events that landed late inside it are in
+    the DC only. On restart, long after, the ones central holds run again with every hour
+    since; one it never held is the coordinator's to ask for."""
+    plan = resolve_plan(_example_config(), "delivery_latency", DC)
+    assert plan.lookback_windows == 3
+    now = 30 * HOUR + 5 * SECOND
+    held = [-2 * HOUR, 0]
+    assert catch_up_windows(plan, 0, now, None, held) == [
+        Window(k * HOUR, HOUR) for k in (-2, *range(30))
+    ]
+    # Hour 28's look-back reaches one hour further back than the look-back of now.
+    assert catch_up_windows(plan, 28 * HOUR, now, None, [26 * HOUR, 28 * HOUR]) == [
+        Window(k * HOUR, HOUR) for k in (26, 27, 28, 29)
     ]
 
 
