@@ -55,7 +55,9 @@ from federation.errors import CoordinatorError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_POINTS = 5_000
+DEFAULT_BATCH_POINTS = 2_000
+"""The most points in one batch. A window's last batch is stored after every point was made,
+by one connection alone: the smaller it is, the sooner the manifest follows."""
 DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
 FIRST_BATCH_POINTS = 500
 """Points in a window's first batch; each next batch is twice as large, up to `batch_points`."""

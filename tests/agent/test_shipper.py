@@ -352,6 +352,7 @@ def test_a_windows_first_batch_is_small_and_each_next_twice_as_large() -> None:
         "http://gateway.test",
         dc="dc1",
         token="t",
+        batch_points=5_000,
         connections=1,
         transport=httpx.MockTransport(accept),
     ) as shipper:
