@@ -60,9 +60,19 @@ def test_15_killed_udf_processes_are_noticed_reloaded_and_backfilled(
     kfed.stop_agent("dub1")
     server = kfed.kapacitors["dub1"]
     tasks = [f"fed-{name}-dub1" for name in kfed.config.aggregations]
+    # The victim is the oldest of the live tasks' branches, once they run alone: a replay the
+    # agent started, or a task it was reloading, as it stopped may still be ending.
+    branches = len(tasks) * LOOKBACK
+    seen: list[list[int]] = [[], []]
+
+    def steady() -> bool:
+        seen[:] = [seen[1], server.udf_processes()]
+        return len(seen[1]) == branches and seen[0] == seen[1]
+
+    wait_for(steady, 30, f"kapacitord's UDF processes to be the {branches} live branches alone")
     with KapacitorClient(server.url) as client:
         before = {t: client.get_task(t).last_enabled for t in tasks}  # type: ignore[union-attr]
-        victim = server.udf_processes()[0]  # the oldest: a live task's branch
+        victim = seen[1][0]  # the oldest: a live task's branch
         os.kill(victim, signal.SIGKILL)
 
         def hit() -> dict[str, TaskHealth]:
