@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import pytest
 
+from federation.agent.task_watch import is_udf_node
 from federation.errors import KapacitorError
 from federation.kapacitor.client import KapacitorClient, TaskHealth
 
@@ -63,27 +64,36 @@ def test_15_killed_udf_processes_are_noticed_reloaded_and_backfilled(
     # The victim is the oldest of the live tasks' branches, once they run alone: a replay the
     # agent started, or a task it was reloading, as it stopped may still be ending.
     branches = len(tasks) * LOOKBACK
-    seen: list[list[int]] = [[], []]
+    pids: list[list[int]] = [[], []]
 
     def steady() -> bool:
-        seen[:] = [seen[1], server.udf_processes()]
-        return len(seen[1]) == branches and seen[0] == seen[1]
+        pids[:] = [pids[1], server.udf_processes()]
+        return len(pids[1]) == branches and pids[0] == pids[1]
 
     wait_for(steady, 30, f"kapacitord's UDF processes to be the {branches} live branches alone")
     with KapacitorClient(server.url) as client:
         before = {t: client.get_task(t).last_enabled for t in tasks}  # type: ignore[union-attr]
-        victim = seen[1][0]  # the oldest: a live task's branch
+        victim = pids[1][0]  # the oldest: a live task's branch
         os.kill(victim, signal.SIGKILL)
 
         def hit() -> dict[str, TaskHealth]:
             health = {t: client.task_health(t) for t in tasks}
-            return {t: h for t, h in health.items() if h.stalled or not h.executing}
+            return {t: h for t, h in health.items() if h.stalled or not h.executing or udf(h)}
+
+        def udf(health: TaskHealth) -> bool:
+            """A UDF node failed: `errors` counted (a failed write elsewhere is not one)."""
+            return any(is_udf_node(n) and node.errors for n, node in health.nodes.items())
 
         # Kapacitor 1.5.7 mostly keeps the task executing with no error while the branch
-        # stalls; it stops the task (with the node's error) only when that node is the last
-        # one the task waits for, or when every branch's UDF failed.
+        # stalls. When a batch reaches the dead UDF's node at once, the node fails instead
+        # (`write error: write |1: broken pipe`, an `errors` count) and its query node stops
+        # ("edge aborted"): nothing stalls, and the task still reads executing with no error.
+        # It stops the task (with the node's error) only when that node is the last one the
+        # task waits for, or when every branch's UDF failed.
         wait_for(
-            answered(lambda: bool(hit())), 60, "the dead UDF's branch to stall or its task to stop"
+            answered(lambda: bool(hit())),
+            60,
+            "the dead UDF's branch to stall or fail, or its task to stop",
         )
         seen = hit()
     stalled = {t for t, h in seen.items() if h.executing}
