@@ -100,3 +100,19 @@ def test_restart_keeps_data(influxd: InfluxServer) -> None:
             next(iter(rows(client.query("SELECT * FROM delivery", database="mail"))))["latency_ms"]
             == 3
         )
+
+
+def test_a_free_port_is_never_one_an_outgoing_connection_may_take() -> None:
+    """Servers get ports below the kernel's ephemeral range (outgoing connections take their
+    source ports from it, and one could take a server's port before the server binds it)."""
+    import socket
+
+    from federation.devstack.processes import ephemeral_ports, free_port
+
+    low, _ = ephemeral_ports()
+    ports = {free_port() for _ in range(50)}
+    assert all(10_000 <= p < low for p in ports), sorted(p for p in ports if p >= low)
+    assert len(ports) > 40  # random, not one port again and again
+    for port in list(ports)[:5]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))  # nothing listens there

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,8 +29,37 @@ from federation.errors import FederationError
 log = logging.getLogger(__name__)
 
 
+_PORTS_FROM = 10_000
+"""The lowest port `free_port` picks."""
+_ports = random.Random()  # this process's own sequence, whatever a test seeds
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes outgoing connections' source ports from (Linux's default
+    where it cannot be read)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Picked at random below the kernel's ephemeral range when there is room: a port `bind(0)`
+    hands out is one an outgoing connection may take as its source port before the server
+    binds it (seen: influxd failing with `bind: address already in use` while the tests ran on
+    two workers)."""
+    low, _ = ephemeral_ports()
+    for _ in range(64 if low - _PORTS_FROM >= 1000 else 0):
+        port = _ports.randrange(_PORTS_FROM, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
