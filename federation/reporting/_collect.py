@@ -6,11 +6,19 @@ monthly rollup is missing or stale) from daily rollups, and windows are read onl
 (where the range does not start or end on a rollup day boundary) and for (dc, day) pairs whose
 daily rollup is missing or stale.
 Histograms of different plan versions are never merged: every figure is keyed by version.
+
+A (dc, period) rollup is taken only whole. Its marker names the builds whose points are current
+(`builds`, always holding `fingerprint`; a marker without it: the fingerprint alone) and how many
+points each dimension set holds (`set_groups`). Points of another build are left out, and when the
+points taken of the set read are not exactly as many as the marker counts (replicas that raced, a
+refresh that died half-written) that period is read again from the level below - a month from its
+days' rollups, a day from windows - as if its marker had not matched, never with a group missing.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import logging
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,12 +46,18 @@ from federation.reporting.rollups import (
     rollup_measurement,
 )
 
+log = logging.getLogger(__name__)
+
 UNKNOWN_VERSION = "unknown"
 """The version of summary points whose window has no manifest at central."""
 
 GroupKey = tuple[str, ...]
 FigureKey = tuple[str, GroupKey]
 """(plan version, group values in `by` order)."""
+PeriodKey = tuple[str, int]
+"""(dc, period start) of a rollup."""
+RollupKey = tuple[str, str, int]
+"""(level: `monthly` or `daily`, dc, period start) of a rollup."""
 
 
 @dataclass
@@ -73,6 +87,15 @@ class Collected:
             f"{read['daily']} daily points); windows: {self.window_dc_days} dc-days "
             f"+ edges ({read['window']} points)"
         )
+
+
+@dataclass(frozen=True)
+class _Rollup:
+    """What a (dc, period)'s marker lets a report take: points of `builds`, `groups` of them in
+    the dimension set read."""
+
+    builds: frozenset[str]
+    groups: int
 
 
 @dataclass(frozen=True)
@@ -120,13 +143,41 @@ def collect(
     [start, end) from `dcs`, each (dc, window) counted exactly once.
 
     Rollups of `zones` are used where a whole local day lies in the range and the DC's rollup
-    of that day matches the manifests central holds now; everything else is read from windows.
-    Only the needed series (dc and rollup tags in the WHERE), time range and fields are read,
-    streamed, so memory follows the number of figures, not of points.
+    of that day matches the manifests central holds now and holds every point its marker
+    counts; everything else is read from windows. Only the needed series (dc and rollup tags in
+    the WHERE), time range and fields are read, streamed, so memory follows the number of
+    figures, not of points.
     """
-    dimensions = config.aggregations[aggregation].dimensions
     manifests = read_manifests(central, config, aggregation, dcs, start_ns, end_ns)
-    result = Collected({}, manifests)
+    not_whole: set[RollupKey] = set()
+    while True:
+        # A rollup found not whole is read from the level below on the next pass: each pass
+        # leaves out more, so this ends (at worst a month, then its days, then their windows).
+        result = Collected({}, manifests)
+        short = _collect_pass(
+            config, central, aggregation, start_ns, end_ns, by, dcs, zones, result, not_whole
+        )
+        if not short:
+            return result
+        not_whole |= short
+
+
+def _collect_pass(
+    config: FederationConfig,
+    central: CentralReader,
+    aggregation: str,
+    start_ns: int,
+    end_ns: int,
+    by: Sequence[str],
+    dcs: Sequence[str],
+    zones: Sequence[str],
+    result: Collected,
+    not_whole: set[RollupKey],
+) -> set[RollupKey]:
+    """Fill `result` (its manifests given), leaving out the rollups of `not_whole`; return the
+    rollups read that came out not whole instead (then `result` is not filled)."""
+    manifests = result.manifests
+    dimensions = config.aggregations[aggregation].dimensions
     merger: SketchMerger[FigureKey] = SketchMerger()
     ranges: list[_Range] = []
 
@@ -135,25 +186,27 @@ def collect(
     if zone is not None and dimension_set is not None:
         dims = dims_tag(dimension_set)
         months = whole_months(days, zone)
-        monthly: dict[tuple[str, int], str] = {}
+        monthly: dict[PeriodKey, _Rollup] = {}
         if months:
-            monthly = _usable_rollups(
+            found = _usable_rollups(
                 central, config, MONTHLY_MARKER_MEASUREMENT, aggregation, zone, dims, dcs,
                 months, manifests,
             )  # fmt: skip
+            monthly = {k: r for k, r in found.items() if ("monthly", *k) not in not_whole}
         month_of = {d.start_ns: m.start_ns for m in months for d in days if m.contains(d.start_ns)}
         left = {
             dc: [d for d in days if (dc, month_of.get(d.start_ns)) not in monthly] for dc in dcs
         }
         left_dcs = [dc for dc in dcs if left[dc]]
-        daily: dict[tuple[str, int], str] = {}
+        daily: dict[PeriodKey, _Rollup] = {}
         if left_dcs:
             found = _usable_rollups(
                 central, config, ROLLUP_MARKER_MEASUREMENT, aggregation, zone, dims, left_dcs,
                 days, manifests,
             )  # fmt: skip
             daily = {(dc, d.start_ns): found[(dc, d.start_ns)] for dc in left_dcs
-                     for d in left[dc] if (dc, d.start_ns) in found}  # fmt: skip
+                     for d in left[dc] if (dc, d.start_ns) in found
+                     and ("daily", dc, d.start_ns) not in not_whole}  # fmt: skip
         result.rollup_zone = zone
         result.rollup_dc_months = len(monthly)
         result.window_dc_days = sum(len(ds) for ds in left.values()) - len(daily)
@@ -162,14 +215,19 @@ def collect(
             (monthly_measurement(aggregation), monthly, months, "monthly"),
             (rollup_measurement(aggregation), daily, days, "daily"),
         )
+        short: set[RollupKey] = set()
         for measurement, usable, spans_of, counter in sources:
+            taken: Counter[PeriodKey] = Counter()
             wanted = _by_span({dc: [p for p in spans_of if (dc, p.start_ns) in usable]
                                for dc in dcs})  # fmt: skip
             for span in wanted:
                 _read_rollups(
                     central, config, measurement, zone, dims, by, span, usable, merger,
-                    result, counter,
+                    result, counter, taken,
                 )  # fmt: skip
+            short |= _not_whole(aggregation, zone, dims, counter, usable, taken, spans_of)
+        if short:
+            return short
         stale = {dc: [d for d in left[dc] if (dc, d.start_ns) not in daily] for dc in dcs}
         ranges += _by_span(stale)
         edges = [(start_ns, days[0].start_ns), (days[-1].end_ns, end_ns)]
@@ -179,7 +237,33 @@ def collect(
     for r in ranges:
         _read_windows(central, config, aggregation, by, r, manifests, merger, result)
     result.sketches = merger.results()
-    return result
+    return set()
+
+
+def _not_whole(
+    aggregation: str,
+    zone: str,
+    dims: str,
+    level: str,
+    usable: dict[PeriodKey, _Rollup],
+    taken: Counter[PeriodKey],
+    spans_of: Sequence[CalendarPeriod],
+) -> set[RollupKey]:
+    """The (level, dc, period start) of the rollups read whose points taken are not as many as
+    their marker counts, each logged (counts and names, never a group's values)."""
+    labels = {p.start_ns: p.label for p in spans_of}
+    short: set[RollupKey] = set()
+    for (dc, start), rollup in sorted(usable.items()):
+        if taken[(dc, start)] == rollup.groups:
+            continue
+        short.add((level, dc, start))
+        log.warning(
+            "%s rollup of %s tz=%s dc=%s %s: %d points of set %s are of a current build, its "
+            "marker counts %d; reading that period from %s instead",
+            level, aggregation, zone, dc, labels.get(start, start), taken[(dc, start)], dims,
+            rollup.groups, "daily rollups" if level == "monthly" else "windows",
+        )  # fmt: skip
+    return short
 
 
 def whole_months(days: Sequence[CalendarPeriod], zone: str) -> list[CalendarPeriod]:
@@ -225,22 +309,42 @@ def _usable_rollups(
     dcs: Sequence[str],
     days: Sequence[CalendarPeriod],
     manifests: dict[tuple[str, int], WindowManifest],
-) -> dict[tuple[str, int], str]:
-    """(dc, period start) -> build of each rollup of `days` (contiguous local days or months)
-    whose marker holds `dims` and matches the manifests of that DC and period."""
+) -> dict[PeriodKey, _Rollup]:
+    """(dc, period start) -> what to take of each rollup of `days` (contiguous local days or
+    months) whose marker matches the manifests of that DC and period and counts the points of
+    `dims`."""
     per_day = manifests_by_period(manifests.values(), days)
     markers = read_dc_rows(
-        central, config, marker_measurement, ("fingerprint", "dims"),
+        central, config, marker_measurement, ("fingerprint", "dims", "set_groups", "builds"),
         (f'"aggregation" = {quote_string(aggregation)}', f'"tz" = {quote_string(zone)}'),
         dcs, days[0].start_ns, days[-1].end_ns, ("dc",),
     )  # fmt: skip
-    usable: dict[tuple[str, int], str] = {}
-    for tags, (t, build, marker_dims) in markers:
+    usable: dict[PeriodKey, _Rollup] = {}
+    for tags, (t, build, marker_dims, set_groups, builds) in markers:
         key = (tags.get("dc", ""), int(t))
         held = per_day.get(key)
-        if held and dims in str(marker_dims).split("|") and build == fingerprint(held):
-            usable[key] = str(build)
+        if not held or build != fingerprint(held):
+            continue
+        groups = marker_set_groups(marker_dims, set_groups).get(dims)
+        if groups is not None:
+            usable[key] = _Rollup(marker_builds(str(build), builds), groups)
     return usable
+
+
+def marker_builds(fingerprint: str, builds: Any) -> frozenset[str]:
+    """The builds whose points are current for a rollup marker: its `builds` ("|"-joined) and
+    its fingerprint (a marker written before `builds` existed: the fingerprint alone)."""
+    return frozenset({fingerprint, *(b for b in str(builds or "").split("|") if b)})
+
+
+def marker_set_groups(dims: Any, set_groups: Any) -> dict[str, int]:
+    """`dims` tag -> how many points that dimension set holds, from a rollup marker's `dims`
+    and `set_groups` fields; empty when they are missing or do not line up."""
+    names = str(dims or "").split("|")
+    counts = str(set_groups or "").split("|")
+    if not set_groups or len(names) != len(counts) or not all(c.isdigit() for c in counts):
+        return {}
+    return dict(zip(names, map(int, counts), strict=True))
 
 
 def _group(tags: dict[str, str], by: Sequence[str]) -> GroupKey:
@@ -255,11 +359,14 @@ def _read_rollups(
     dims: str,
     by: Sequence[str],
     span: _Range,
-    usable: dict[tuple[str, int], str],
+    usable: dict[PeriodKey, _Rollup],
     merger: SketchMerger[FigureKey],
     result: Collected,
     counter: str,
+    taken: Counter[PeriodKey],
 ) -> None:
+    """Merge the points of `span` whose build their (dc, period) marker names current, each
+    counted in `taken`."""
     where = (f'"tz" = {quote_string(zone)}', f'"dims" = {quote_string(dims)}')
     # A span of one period (a month of monthly rollups, a day) holds one point per series:
     # read flat, the faster shape for that.
@@ -270,8 +377,11 @@ def _read_rollups(
     )  # fmt: skip
     for tags, (t, text, version, build) in rows:
         dc = tags.get("dc", "")
-        if usable.get((dc, int(t))) != build:
+        key = (dc, int(t))
+        rollup = usable.get(key)
+        if rollup is None or build not in rollup.builds:
             continue
+        taken[key] += 1
         merger.add_encoded(((str(version), _group(tags, by)),), text, (measurement, dc, t))
         result.points_read[counter] += 1
 
