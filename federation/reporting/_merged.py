@@ -1,26 +1,22 @@
-"""What each daily rollup merged, kept at central so that a changed window costs what changed.
+"""The previous content of windows, kept at central so that a changed window costs what changed.
 
 A day's rollup is the sum of its windows' histograms. When one window is re-shipped, central
 overwrites its points, so its previous content is gone; without it the day can only be re-merged
-from all of its windows. Two kinds of records keep what the rollups merged, in the
-`<aggregation>__merged` measurement beside the rollups (the DC's central retention policy):
+from all of its windows. A **window part** (in the `<aggregation>__merged` measurement beside the
+rollups, the DC's central retention policy; tags `dc`, `kind=window`; timestamp = window start)
+keeps the histogram of every group (every dimension) of one window, as a rollup merged it,
+labelled with that window's manifest entry (`start:run:version:events:suppressed`); the day's
+marker lists the entries it merged (`federation.reporting.daily`).
 
-- a **window part** (`kind=window`; timestamp = window start): the histogram of every group
-  (every dimension) of one window, as a rollup merged it, labelled with that window's manifest
-  entry (`start:run:version:events:suppressed`);
-- a **day part** (`kind=day`, `tz`; timestamp = the local day's start): the histogram of every
-  group of the day's rollup, labelled with the rollup's build (the digest of its manifests) and
-  listing those manifests' entries (`merged`).
-
-A day is then refreshed as its day part, minus the window parts of its changed windows, plus
-their new content: exact, since counts are integers. A label says which computation a record
-holds: a window part is written only from a read whose counts sum to its manifest's exported
-events (the check verification makes), and one window computation (a run of a version, with so
-many events) has one content; a day part is written only when all its windows were read so.
-Records are packed (the groups' values, then their histograms as `federation.core.sketch_pack`
-writes them, in chunks of at most 60,000 ASCII characters, InfluxDB's limit being 64 KiB), so a
-day of 32k groups is read and written as a few dozen points, not 32k, and read without decoding
-32k `sketch` texts. A record is used only when all of its chunks are there with one label.
+A day is then refreshed as its points, minus the window parts of its changed windows, plus their
+new content: exact, since counts are integers. A label says which computation a part holds: a
+window part is written only from a read whose counts sum to its manifest's exported events (the
+check verification makes), and one window computation (a run of a version, with so many events)
+has one content. Parts are packed (the groups' values, then their histograms as
+`federation.core.sketch_pack` writes them, in chunks of at most 60,000 ASCII characters,
+InfluxDB's limit being 64 KiB), so a window of 32k groups is read and written as a few dozen
+points, not 32k, and read without decoding 32k `sketch` texts. A part is used only when all of
+its chunks are there with one label.
 """
 
 from __future__ import annotations
@@ -31,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
-from federation.core.influxql import quote_string
 from federation.core.lineprotocol import serialize
 from federation.core.points import FieldValue, Point
 from federation.core.sketch import Sketch
@@ -40,7 +35,6 @@ from federation.reporting._central import (
     CentralWriter,
     WindowManifest,
     dc_condition,
-    fingerprint,
     select_query,
     stream_rows,
 )
@@ -54,7 +48,7 @@ GroupSketches = dict[tuple[str, ...], Sketch]
 
 
 def merged_measurement(aggregation: str) -> str:
-    """`<aggregation>__merged`: the measurement holding an aggregation's merged records."""
+    """`<aggregation>__merged`: the measurement holding an aggregation's window parts."""
     return aggregation + MERGED_SUFFIX
 
 
@@ -76,7 +70,7 @@ def manifest_of(dc: str, label: str) -> WindowManifest | None:
 
 
 def day_entries(dc: str, merged: str) -> list[WindowManifest] | None:
-    """The manifests a day part's `merged` field lists; None when it does not parse."""
+    """The manifests a day marker's `merged` field lists; None when it does not parse."""
     if not merged:
         return []
     found = [manifest_of(dc, label) for label in merged.split(";")]
@@ -85,10 +79,9 @@ def day_entries(dc: str, merged: str) -> list[WindowManifest] | None:
 
 @dataclass(frozen=True)
 class Packed:
-    """One whole record: its label, `merged` (day parts) and every group's histogram."""
+    """One whole window part: its label and every group's histogram."""
 
     label: str
-    merged: str
     sketches: GroupSketches
 
 
@@ -139,9 +132,8 @@ def packed_points(
     label: str,
     sketches: Mapping[tuple[str, ...], Sketch],
     time_ns: int,
-    merged: str = "",
 ) -> list[Point]:
-    """The points of one record (chunk 0 carries `merged`)."""
+    """The points of one window part."""
     body = _pack(sketches)
     chunks = [body[i : i + _CHUNK] for i in range(0, len(body), _CHUNK)]
     points = []
@@ -152,8 +144,6 @@ def packed_points(
             "groups": len(sketches),
             "body": chunk,
         }
-        if k == 0 and merged:
-            fields["merged"] = merged
         points.append(Point(measurement, {**tags, "chunk": str(k)}, fields, time_ns))
     return points
 
@@ -180,7 +170,7 @@ def read_packed(
     """Time -> the whole record there (all chunks present, of one label and group count),
     among the records `where` selects in [start, end). With `labels_only`, only chunk 0 is read
     and `texts` is empty: what is there, not whether it is whole."""
-    fields = ("label", "chunks", "groups", "merged") + (() if labels_only else ("body",))
+    fields = ("label", "chunks", "groups") + (() if labels_only else ("body",))
     conditions = list(where)
     if labels_only:
         conditions.append("\"chunk\" = '0'")
@@ -196,33 +186,20 @@ def read_packed(
         first = chunks.get(0)
         if first is None:
             continue
-        label, n, groups, merged = first[:4]
+        label, n, groups = first[:3]
         if labels_only:
-            found[t] = Packed(str(label), str(merged or ""), {})
+            found[t] = Packed(str(label), {})
             continue
         if sorted(chunks) != list(range(int(n or 0))) or any(
             c[:3] != [label, n, groups] for c in chunks.values()
         ):
             continue  # a record half overwritten by another: not whole
-        held = _unpack("".join(str(chunks[k][4] or "") for k in range(int(n))), width)
+        held = _unpack("".join(str(chunks[k][3] or "") for k in range(int(n))), width)
         if held is not None and len(held) == groups:
-            found[t] = Packed(str(label), str(merged or ""), held)
+            found[t] = Packed(str(label), held)
     return found
 
 
 def window_conditions(dc: str) -> list[str]:
     """The WHERE selecting a DC's window parts."""
     return [dc_condition([dc]), "\"kind\" = 'window'"]
-
-
-def day_conditions(dc: str, tz: str) -> list[str]:
-    """The WHERE selecting a DC's day parts of zone `tz`."""
-    return [dc_condition([dc]), "\"kind\" = 'day'", f'"tz" = {quote_string(tz)}']
-
-
-def day_label_matches(dc: str, part: Packed) -> list[WindowManifest] | None:
-    """The manifests a day part merged, when its label is their digest; else None."""
-    entries = day_entries(dc, part.merged)
-    if not entries or fingerprint(entries) != part.label:
-        return None
-    return entries

@@ -1,14 +1,17 @@
 """Re-merging a local day's rollups: whole, or by what changed since it was last merged.
 
-`remerge_day` merges all of a day's windows. `refresh_day` (what `refresh_rollups` runs) takes
-the day's merged record (`federation.reporting._merged`) and applies only the windows whose
-manifest differs from the ones it lists: minus each one's previous content (its window part),
-plus its content now. It re-merges the day whole whenever it cannot show that the result is
-the one a whole re-merge writes: no current record, a record of another version, a window part
-missing or of another label, a window gone, or a changed window whose points read do not sum
-to its manifest's exported events (a shipment still arriving). Both write the same points, the
-marker, and the day's record; the window parts they read are written only after every zone's
-day has been refreshed (`WindowParts.flush`), so no day loses the previous content it needs.
+`remerge_day` merges all of a day's windows. `refresh_day` (what `refresh_rollups` runs) starts
+from the windows the day's marker lists (`merged`, written with the rollup) and applies only
+the windows whose manifest differs: minus each one's previous content (its window part,
+`federation.reporting._merged`), plus its content now; only the groups whose histogram that
+changes are read and written again, the others keeping their points (the marker's `builds`,
+see `federation.reporting.rollups`). It re-merges the day whole whenever it cannot show that
+the result is the one a whole re-merge gives: a marker listing no windows or of another version
+or sets, a window part missing or of another label, a window gone, a changed window whose
+points read do not sum to its manifest's exported events (a shipment still arriving), a group
+that held content without a current point, or a group left empty. The window parts they read
+are written only after every zone's day has been refreshed (`WindowParts.flush`), so no day
+loses the previous content it needs.
 """
 
 from __future__ import annotations
@@ -35,15 +38,13 @@ from federation.reporting._central import (
     fingerprint,
     flat_rows,
     select_query,
-    signed_merge,
     stream_rows,
     tag_value,
 )
 from federation.reporting._merged import (
     GroupSketches,
     Packed,
-    day_conditions,
-    day_label_matches,
+    day_entries,
     merged_measurement,
     packed_points,
     read_packed,
@@ -52,7 +53,9 @@ from federation.reporting._merged import (
     write_packed,
 )
 from federation.reporting.rollups import (
+    MAX_FIELD_CHARS,
     ROLLUP_MARKER_MEASUREMENT,
+    Change,
     RemergeOutcome,
     _check_dimensions,
     _day_period,
@@ -60,6 +63,10 @@ from federation.reporting.rollups import (
     _project,
     _spec,
     _write_rollup,
+    apply_changes,
+    dims_tag,
+    net_change,
+    read_markers,
     rollup_dimension_sets,
     rollup_measurement,
 )
@@ -101,7 +108,7 @@ class WindowParts:
         self.database = database
         self.aggregation = aggregation
         self.expected = frozenset(expected)
-        """(dc, window start) said to have changed: read while a day's record is."""
+        """(dc, window start) said to have changed: read while a day's marker is."""
         self._old: dict[tuple[str, str, int], Packed | None] = {}
         self._new: dict[tuple[str, str, int], tuple[str, GroupSketches]] = {}
         self.now: dict[tuple[str, str], GroupSketches | None] = {}
@@ -160,8 +167,8 @@ def remerge_day(
     Guarantees, per DC: when all of the day's manifests name one plan version, the written
     rollup of each declared dimension set holds, per group, exactly the bucket counts of that
     day's window histograms (so a report from it equals one from the windows), then a marker
-    with the digest of those manifests, then the day's merged record and the window parts
-    whose content changed; a day with several versions or no manifest writes nothing. Raises
+    with the digest of those manifests and the windows it merged, then the window parts whose
+    content changed; a day with several versions or no manifest writes nothing. Raises
     CalendarError when the aggregation's windows cannot tile the day in `tz`, InvalidInput for
     an unknown aggregation, InfluxError when central fails (a partly written day keeps its old
     marker, which no longer matches, so reports read its windows).
@@ -184,11 +191,11 @@ def refresh_day(
     whole: bool = False,
 ) -> list[tuple[RemergeOutcome, DayChange | None]]:
     """Bring the rollups of one local day in `tz` up to the manifests central holds, for `dcs`
-    (default: every DC of the fleet), by the windows that changed since the day's merged record
-    (or whole, see the module docstring; always with `whole`).
+    (default: every DC of the fleet), by the windows that changed since the windows its marker
+    lists (or whole, see the module docstring; always with `whole`).
 
-    Guarantees: every point, marker and record written is the one `remerge_day` writes for
-    the same windows; a day found current writes nothing (status `unchanged`). The window
+    Guarantees: every point current afterwards holds what `remerge_day` writes for the same
+    windows, and the marker counts and lists the same; a day found current writes nothing (status `unchanged`). The window
     parts of changed windows are held in `parts` (the caller flushes them). Each outcome comes
     with the change applied, or None when the day was re-merged whole or not at all.
     """
@@ -257,28 +264,28 @@ class _Day:
         with ThreadPoolExecutor(1, thread_name_prefix="rollup-read") as reader:
             # Central answers both at once: the windows said to have changed are read (and
             # kept in `parts`), their content now and their previous part, while the day's
-            # record is.
+            # marker is.
             ahead: list[Future[object]] = [reader.submit(self._now, rp, m) for m in expected]
             ahead += [
                 reader.submit(self.parts.previous, rp, dc, m.start_ns, width) for m in expected
             ]
-            record = read_packed(
-                self.central, self.database, rp, self.aggregation, day_conditions(dc, self.tz),
-                start, start + 1, width,
-            ).get(start)  # fmt: skip
+            marker = read_markers(
+                self.central, self.database, rp, self.aggregation, self.tz, [dc], start,
+                start + 1, monthly=False,
+            ).get((dc, start))  # fmt: skip
             for future in ahead:
                 future.result()
-        entries = None if record is None else day_label_matches(dc, record)
-        if record is None or entries is None:
-            return "no whole merged record of the day"
-        if any(e.version != version for e in entries):
-            return "the day's merged record is of another version"
+        entries = None if marker is None else day_entries(dc, marker.merged)
+        if marker is None or not entries or fingerprint(entries) != marker.fingerprint:
+            return "the day's marker does not list the windows it merged"
+        if marker.version != version or any(e.version != version for e in entries):
+            return "the day was merged from another version"
+        if marker.dims != tuple(dims_tag(s) for s in self.sets):
+            return "the day was merged over other dimension sets"
         before = {e.start_ns: e for e in entries}
         now = {m.start_ns: m for m in manifests}
         if before.keys() - now.keys():
-            return "a window of the day's merged record has no manifest now"
-        if self._marker(rp, dc) != record.label:
-            return "the day's marker is not of its merged record"
+            return "a window the day merged has no manifest now"
         changed = [
             m
             for m in manifests
@@ -288,7 +295,7 @@ class _Day:
         if not changed:
             unchanged = self.outcome(dc, "unchanged", len(manifests), 0, version)
             return unchanged, DayChange(dc, start, build, build, [], [])
-        removed: list[tuple[Key, Sketch]] = []
+        removed: Change = []
         for m in changed:
             old = before.get(m.start_ns)
             if old is None or not _exported(old):
@@ -297,7 +304,7 @@ class _Day:
             if part is None or part.label != window_label(old):
                 return f"no whole window part of {old.start_ns} run {old.run}"
             removed += part.sketches.items()
-        added: list[tuple[Key, Sketch]] = []
+        added: Change = []
         content_now: dict[int, GroupSketches] = {}
         for m in changed:
             content = self._now(rp, m)
@@ -306,15 +313,22 @@ class _Day:
             content_now[m.start_ns] = content
             added += content.items()
         try:
-            finest = signed_merge([*record.sketches.items(), *added], removed)
+            added, removed = net_change(added, removed)
+            points, counts, kept = apply_changes(
+                self.central, self.database, rp, rollup_measurement(self.aggregation),
+                (f'"tz" = {quote_string(self.tz)}', dc_condition([dc])), self.dimensions,
+                self.sets, marker, start, added, removed,
+            )  # fmt: skip
         except (ValueError, SketchDecodeError) as exc:
             return str(exc)
-        groups = self._write(rp, dc, finest, manifests, version, build)
+        written = self._write(
+            rp, dc, points, manifests, version, build, builds=kept, set_groups=counts
+        )
         for m in changed:
             if _exported(m):
                 self.parts.keep(rp, m, content_now[m.start_ns])
-        written = self.outcome(dc, "written", len(manifests), groups, version)
-        return written, DayChange(dc, start, record.label, build, added, removed)
+        outcome = self.outcome(dc, "written", len(manifests), written, version)
+        return outcome, DayChange(dc, start, marker.fingerprint, build, added, removed)
 
     def _whole(
         self, rp: str, dc: str, manifests: Sequence[WindowManifest], version: str
@@ -336,8 +350,9 @@ class _Day:
         texts, totals = self._read(rp, dc, start, end, stale, merger)
         whole = {m.start_ns for m in manifests if totals.get(m.start_ns, 0) == _exported(m)}
         record = len(whole) == len(manifests) and set(totals) <= whole
+        points = _project(merger.results(), self.dimensions, self.sets)
         groups = self._write(
-            rp, dc, merger.results(), manifests, version, fingerprint(manifests), record=record
+            rp, dc, points, manifests, version, fingerprint(manifests), listed=record
         )
         for m in manifests:
             if _exported(m) and m.start_ns in stale and m.start_ns in whole:
@@ -399,45 +414,28 @@ class _Day:
                 key = tuple(tag_value(tags, d) for d in self.dimensions)
             yield key, row
 
-    def _marker(self, rp: str, dc: str) -> str | None:
-        """The fingerprint of the day's marker at central, if any."""
-        q = select_query(
-            self.database, rp, ROLLUP_MARKER_MEASUREMENT, ("fingerprint",),
-            (f'"aggregation" = {quote_string(self.aggregation)}',
-             f'"tz" = {quote_string(self.tz)}', dc_condition([dc])),
-            self.period.start_ns, self.period.start_ns + 1, (),
-        )  # fmt: skip
-        for _, (_, found) in stream_rows(self.central, q, self.database):
-            return str(found)
-        return None
-
     def _write(
         self,
         rp: str,
         dc: str,
-        finest: Mapping[Key, Sketch],
+        points: Mapping[tuple[int, Key], Sketch],
         manifests: Sequence[WindowManifest],
         version: str,
         build: str,
         *,
-        record: bool = True,
+        listed: bool = True,
+        builds: Iterable[str] = (),
+        set_groups: Sequence[int] | None = None,
     ) -> int:
-        """Write the day's points and marker, then (with `record`) its merged record; return
-        how many points were written."""
-        written = _write_rollup(
+        """Write the day's points (every one, or with `set_groups` the changed ones), then its
+        marker, listing the windows merged when `listed` (a later refresh starts from them);
+        return how many points were written."""
+        merged = ";".join(window_label(m) for m in manifests) if listed else ""
+        return _write_rollup(
             self.central, self.database, rp, rollup_measurement(self.aggregation),
-            ROLLUP_MARKER_MEASUREMENT, _project(finest, self.dimensions, self.sets), self.sets,
-            tz=self.tz, dc=dc, aggregation=self.aggregation, version=version, build=build,
-            start_ns=self.period.start_ns, manifests=manifests, marker_fields={},
+            ROLLUP_MARKER_MEASUREMENT, points, self.sets, tz=self.tz, dc=dc,
+            aggregation=self.aggregation, version=version, build=build,
+            start_ns=self.period.start_ns, manifests=manifests,
+            marker_fields={"merged": merged if len(merged) <= MAX_FIELD_CHARS else ""},
+            builds=sorted(builds), set_groups=set_groups,
         )  # fmt: skip
-        if record:
-            points = packed_points(
-                merged_measurement(self.aggregation),
-                {"dc": dc, "kind": "day", "tz": self.tz},
-                build,
-                finest,
-                self.period.start_ns,
-                merged=";".join(window_label(m) for m in manifests),
-            )
-            write_packed(self.central, self.database, rp, points)
-        return written

@@ -27,7 +27,8 @@ from typing import Any
 from federation.config import FederationConfig
 from federation.core.calendar import CalendarPeriod, period_windows, periods
 from federation.core.influxql import quote_string
-from federation.core.sketch import Sketch, decode_many
+from federation.core.points import FieldValue
+from federation.core.sketch import Sketch
 from federation.errors import CalendarError, SketchDecodeError
 from federation.reporting._central import (
     CentralWriter,
@@ -37,22 +38,21 @@ from federation.reporting._central import (
     fingerprint,
     flat_rows,
     manifests_by_period,
-    select_query,
-    signed_merge,
-    stream_rows,
 )
 from federation.reporting.daily import DayChange, WindowParts, refresh_day
 from federation.reporting.rollups import (
     MONTHLY_MARKER_MEASUREMENT,
-    ROLLUP_MARKER_MEASUREMENT,
+    Marker,
     RemergeOutcome,
     _check_dimensions,
     _manifests_per_dc,
     _spec,
     _write_rollup,
+    apply_changes,
     days_touched,
     dims_tag,
     monthly_measurement,
+    read_markers,
     rollup_dimension_sets,
     rollup_measurement,
 )
@@ -139,32 +139,10 @@ def _month_days(period: CalendarPeriod, tz: str) -> list[CalendarPeriod]:
     return periods("day", first, last, tz)
 
 
-@dataclass(frozen=True)
-class _DayMarker:
-    fingerprint: str
-    version: str
-    dims: tuple[str, ...]
-    set_groups: tuple[int, ...] | None  # points per set of `dims`; None: not recorded
-
-    def groups_of(self, sets: Sequence[tuple[str, ...]]) -> dict[int, int] | None:
-        """Set index (in `sets`) -> how many points that set holds, or None if unknown."""
-        if self.set_groups is None or len(self.set_groups) != len(self.dims):
-            return None
-        held = dict(zip(self.dims, self.set_groups, strict=True))
-        if any(dims_tag(s) not in held for s in sets):
-            return None
-        return {i: held[dims_tag(s)] for i, s in enumerate(sets)}
-
-
-@dataclass(frozen=True)
-class _MonthMarker(_DayMarker):
-    day_builds: tuple[str, ...]
-
-
 def _whole(
     read: Mapping[tuple[int, int], int],
     start: int,
-    marker: _DayMarker | _MonthMarker,
+    marker: Marker,
     sets: Sequence[tuple[str, ...]],
 ) -> bool:
     """Whether the points read of the period at `start` are every point its marker counts."""
@@ -190,10 +168,12 @@ def remerge_month(
     dimension set every day's rollup holds, per group exactly the sum of the bucket counts of
     those daily rollups (hence of the month's window histograms), then a marker whose
     fingerprint digests all of the month's manifests. Otherwise it writes nothing and the
-    outcome says why (`no data`, `mixed versions`, `incomplete`). Raises CalendarError when
-    the aggregation's windows cannot tile the month in `tz`, InvalidInput for an unknown
-    aggregation, InfluxError when central fails (a partly written month keeps its old marker,
-    which no longer matches, so reports read its days).
+    outcome says why (`no data`, `mixed versions`, `incomplete`). With `changes` (what the
+    refreshed days changed), only the groups those changes touch are written when the old month
+    was merged from those days as they were. Raises CalendarError when the aggregation's
+    windows cannot tile the month in `tz`, InvalidInput for an unknown aggregation, InfluxError
+    when central fails (a partly written month keeps its old marker, which no longer matches,
+    so reports read its days).
     """
     spec = _spec(config, aggregation)
     _check_dimensions(aggregation, spec.dimensions)
@@ -204,7 +184,10 @@ def remerge_month(
     sets = rollup_dimension_sets(spec.dimensions)
     outcomes: list[RemergeOutcome] = []
     for rp, rp_dcs, per_dc in _manifests_per_dc(central, config, aggregation, dcs, period):
-        markers = _read_markers(central, database, rp, aggregation, tz, rp_dcs, period, False)
+        markers = read_markers(
+            central, database, rp, aggregation, tz, rp_dcs, period.start_ns, period.end_ns,
+            monthly=False,
+        )  # fmt: skip
         for dc in rp_dcs:
             target = _Month(
                 central, database, rp, aggregation, tz, period, days, dc, tuple(spec.dimensions)
@@ -215,46 +198,6 @@ def remerge_month(
     return outcomes
 
 
-def _read_markers(
-    central: CentralWriter,
-    database: str,
-    rp: str,
-    aggregation: str,
-    tz: str,
-    dcs: Sequence[str],
-    period: CalendarPeriod,
-    monthly: bool,
-) -> dict[tuple[str, int], _DayMarker | _MonthMarker]:
-    """(dc, period start) -> the daily (or monthly) rollup markers of `dcs` in `period`."""
-    q = select_query(
-        database,
-        rp,
-        MONTHLY_MARKER_MEASUREMENT if monthly else ROLLUP_MARKER_MEASUREMENT,
-        ("fingerprint", "version", "dims", "set_groups", "day_builds") if monthly else
-        ("fingerprint", "version", "dims", "set_groups"),
-        (
-            f'"aggregation" = {quote_string(aggregation)}',
-            f'"tz" = {quote_string(tz)}',
-            dc_condition(dcs),
-        ),
-        period.start_ns,
-        period.end_ns,
-        ("dc",),
-    )  # fmt: skip
-    found: dict[tuple[str, int], _DayMarker | _MonthMarker] = {}
-    for tags, (t, build, version, dims, counts, *rest) in stream_rows(central, q, database):
-        split = tuple(str(dims or "").split("|"))
-        groups = tuple(int(n) for n in str(counts).split("|")) if counts else None
-        key = (tags.get("dc", ""), int(t))
-        if not monthly:
-            found[key] = _DayMarker(str(build), str(version or ""), split, groups)
-        elif rest and rest[0]:  # a month merged before day builds were recorded: no increment
-            found[key] = _MonthMarker(
-                str(build), str(version or ""), split, groups, tuple(str(rest[0]).split("|"))
-            )
-    return found
-
-
 def _read_daily(
     central: CentralWriter,
     database: str,
@@ -263,16 +206,16 @@ def _read_daily(
     tz: str,
     dc: str,
     sets: Sequence[tuple[str, ...]],
-    builds: Mapping[int, str],
+    builds: Mapping[int, frozenset[str]],
 ) -> tuple[dict[GroupKey, Sketch], dict[tuple[int, int], int]]:
     """Per group of `sets`, the sum of the daily rollups of the days `builds` names (day start
-    -> the build to read; points of any other build are stale and skipped), and how many
-    points were read per (day start, set index)."""
+    -> the builds whose points are current; points of any other build are stale and skipped),
+    and how many points were read per (day start, set index)."""
     merger: SketchMerger[GroupKey] = SketchMerger()
     read: dict[tuple[int, int], int] = defaultdict(int)
     index_of = {dims_tag(s): i for i, s in enumerate(sets)}
     daily = rollup_measurement(aggregation)
-    for start, build in sorted(builds.items()):
+    for start, current in sorted(builds.items()):
         where = (
             f'"tz" = {quote_string(tz)}',
             dc_condition([dc]),
@@ -281,7 +224,7 @@ def _read_daily(
         for index, key, (t, text, point_build) in _set_rows(
             central, database, rp, daily, where, sets, index_of, start
         ):
-            if point_build != build:
+            if point_build not in current:
                 continue
             merger.add_encoded(((index, key),), text, (daily, dc, t))
             read[(start, index)] += 1
@@ -338,7 +281,7 @@ class _Month:
         self,
         sets: Sequence[tuple[str, ...]],
         manifests: Sequence[WindowManifest],
-        markers: Mapping[tuple[str, int], _DayMarker | _MonthMarker],
+        markers: Mapping[tuple[str, int], Marker],
         changes: Sequence[DayChange],
     ) -> RemergeOutcome:
         n = len(manifests)
@@ -350,12 +293,13 @@ class _Month:
         version = versions.pop()
         per_day = manifests_by_period(manifests, self.days)
         builds: list[str] = []
+        current: dict[int, frozenset[str]] = {}
         held_dims = {dims_tag(s) for s in sets}
         for start in (d.start_ns for d in self.days):
             day = markers.get((self.dc, start))
             day_manifests = per_day.get((self.dc, start))
             if (
-                not isinstance(day, _DayMarker)
+                day is None
                 or not day_manifests
                 or day.version != version
                 or day.fingerprint != fingerprint(day_manifests)
@@ -364,37 +308,49 @@ class _Month:
                          self.period.label, self.dc)  # fmt: skip
                 return self.outcome("incomplete", n)
             builds.append(day.fingerprint)
+            current[start] = day.builds
             held_dims &= set(day.dims)
         month_sets = [s for s in sets if dims_tag(s) in held_dims]
         if not month_sets:
             return self.outcome("incomplete", n)
         build = fingerprint(manifests)
+        fields: dict[str, FieldValue] = {"days": len(self.days), "day_builds": "|".join(builds)}
         old = None
         if changes:  # refreshed days: the month may change by what they changed
-            old = _read_markers(
+            old = read_markers(
                 self.central, self.database, self.rp, self.aggregation, self.tz, [self.dc],
-                self.period, True,
+                self.period.start_ns, self.period.start_ns + 1, monthly=True,
             ).get((self.dc, self.period.start_ns))  # fmt: skip
             if (
-                isinstance(old, _MonthMarker)
-                and (old.fingerprint, old.version, list(old.day_builds)) == (build, version, builds)
+                old is not None
+                and (old.fingerprint, old.version, old.day_builds)
+                == (build, version, tuple(builds))
                 and old.dims == tuple(dims_tag(s) for s in month_sets)
                 and all(c.old_build == c.new_build for c in changes)
             ):
                 return self.outcome("unchanged", n, 0, version)
-        merged = self._increment(month_sets, version, builds, changes, old)
-        if merged is None:
-            day_builds = {d.start_ns: b for d, b in zip(self.days, builds, strict=True)}
-            merged, _ = _read_daily(
-                self.central, self.database, self.rp, self.aggregation, self.tz, self.dc,
-                month_sets, day_builds,
-            )  # fmt: skip
+            sparse = self._increment(month_sets, version, builds, changes, old)
+            if not isinstance(sparse, str):
+                written, counts, kept = sparse
+                points = _write_rollup(
+                    self.central, self.database, self.rp, monthly_measurement(self.aggregation),
+                    MONTHLY_MARKER_MEASUREMENT, written, month_sets, tz=self.tz, dc=self.dc,
+                    aggregation=self.aggregation, version=version, build=build,
+                    start_ns=self.period.start_ns, manifests=manifests, marker_fields=fields,
+                    builds=sorted(kept), set_groups=counts,
+                )  # fmt: skip
+                return self.outcome("written", n, points, version)
+            log.info("%s %s %s %s: month re-merged whole: %s", self.aggregation, self.tz,
+                     self.period.label, self.dc, sparse)  # fmt: skip
+        merged, _ = _read_daily(
+            self.central, self.database, self.rp, self.aggregation, self.tz, self.dc,
+            month_sets, current,
+        )  # fmt: skip
         points = _write_rollup(
             self.central, self.database, self.rp, monthly_measurement(self.aggregation),
             MONTHLY_MARKER_MEASUREMENT, merged, month_sets, tz=self.tz, dc=self.dc,
             aggregation=self.aggregation, version=version, build=build,
-            start_ns=self.period.start_ns, manifests=manifests,
-            marker_fields={"days": len(self.days), "day_builds": "|".join(builds)},
+            start_ns=self.period.start_ns, manifests=manifests, marker_fields=fields,
         )  # fmt: skip
         return self.outcome("written", n, points, version)
 
@@ -404,67 +360,36 @@ class _Month:
         version: str,
         builds: Sequence[str],
         changes: Sequence[DayChange],
-        old: _DayMarker | _MonthMarker | None,
-    ) -> dict[GroupKey, Sketch] | None:
-        """The month as the old one plus what the refreshed days added and minus what they
-        took away; None unless the old month was merged from exactly the days that are current
-        now but for the refreshed ones (as they were before), over the same sets, of the same
-        version."""
-        if not isinstance(old, _MonthMarker) or (
-            old.version != version
-            or old.dims != tuple(dims_tag(s) for s in sets)
-            or len(old.day_builds) != len(self.days)
+        old: Marker | None,
+    ) -> tuple[dict[GroupKey, Sketch], list[int], frozenset[str]] | str:
+        """The monthly points the refreshed days changed (the old point plus what the days
+        added, minus what they took away), each set's point count, and the builds of the
+        points left as they were; or why the month must be re-merged whole: the old month was
+        not merged from exactly the days that are current now but for the refreshed ones (as
+        they were before), over the same sets, of the same version."""
+        if (
+            old is None
+            or old.day_builds is None
+            or (
+                old.version != version
+                or old.dims != tuple(dims_tag(s) for s in sets)
+                or len(old.day_builds) != len(self.days)
+            )
         ):
-            return None
+            return "the old month was not merged from these days"
         by_day = {c.start_ns: c for c in changes}
         for day, build, old_build in zip(self.days, builds, old.day_builds, strict=True):
             change = by_day.get(day.start_ns)
             if (change is None and build != old_build) or (
                 change is not None and (change.old_build, change.new_build) != (old_build, build)
             ):
-                return None
-        month, read = self._read_month(sets, old.fingerprint)
-        if not _whole(read, self.period.start_ns, old, sets):
-            return None
-        picks = [[self.dimensions.index(d) for d in s] for s in sets]
-
-        def projected(
-            items: Sequence[tuple[tuple[str, ...], Sketch]],
-        ) -> list[tuple[GroupKey, Sketch]]:
-            return [
-                ((i, tuple(key[p] for p in pick)), sketch)
-                for key, sketch in items
-                for i, pick in enumerate(picks)
-            ]
-
-        minus: list[tuple[GroupKey, Sketch]] = []
+                return "a day changed that was not refreshed"
+        where = (f'"tz" = {quote_string(self.tz)}', dc_condition([self.dc]))
         try:
-            plus = list(zip(month, decode_many(month.values()), strict=True))
-            for change in changes:
-                plus += projected(change.added)
-                minus += projected(change.removed)
-            return signed_merge(plus, minus)
+            return apply_changes(
+                self.central, self.database, self.rp, monthly_measurement(self.aggregation),
+                where, self.dimensions, sets, old, self.period.start_ns,
+                [a for c in changes for a in c.added], [r for c in changes for r in c.removed],
+            )  # fmt: skip
         except (ValueError, SketchDecodeError) as exc:  # the old month did not hold those days
-            log.info("%s %s %s %s: month re-merged whole: %s", self.aggregation, self.tz,
-                     self.period.label, self.dc, exc)  # fmt: skip
-            return None
-
-    def _read_month(
-        self, sets: Sequence[tuple[str, ...]], build: str
-    ) -> tuple[dict[GroupKey, str], dict[tuple[int, int], int]]:
-        """The old monthly rollup of `sets` (texts of the points of `build`), and how many
-        points per set."""
-        index_of = {dims_tag(s): i for i, s in enumerate(sets)}
-        texts: dict[GroupKey, str] = {}
-        read: dict[tuple[int, int], int] = defaultdict(int)
-        rows = _set_rows(
-            self.central, self.database, self.rp, monthly_measurement(self.aggregation),
-            (f'"tz" = {quote_string(self.tz)}', dc_condition([self.dc])), sets, index_of,
-            self.period.start_ns,
-        )  # fmt: skip
-        for index, key, (_, text, point_build) in rows:
-            if point_build != build:
-                continue
-            texts[(index, key)] = text
-            read[(self.period.start_ns, index)] += 1
-        return texts, read
+            return str(exc)

@@ -28,6 +28,15 @@ the month stale as well as the day. `refresh_rollups` there refreshes the touche
 their months, by what changed (`federation.reporting.daily`, `federation.reporting._merged`:
 what each day merged is kept, so a late window costs that window, not its day).
 
+A refresh by what changed rewrites only the points whose histogram changed: the others keep the
+build they were written with. The marker's `builds` lists every build whose points are current
+(the fingerprint among them; a marker without it means the fingerprint alone), and readers take
+a point only when its build is listed and, per set, only when the points they took number what
+`set_groups` says: a point missing, or overwritten by a re-merge that raced with another or died
+half-way, makes the period read from the level below, never a report short of a group. A whole
+re-merge writes every point with the one build and starts the list again; so does a refresh once
+the list would pass `MAX_BUILDS`.
+
 Re-merging writes the same points again for the same windows, so it is idempotent and safe to
 run from more than one process; a re-merge that raced with a newer shipment leaves a marker that
 no longer matches, which costs speed (windows are read), never correctness.
@@ -37,22 +46,29 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
+from typing import Any
 
 from federation.config import Aggregation, FederationConfig
 from federation.core.calendar import CalendarPeriod, period_of, periods
+from federation.core.influxql import quote_ident, quote_string
 from federation.core.lineprotocol import serialize
 from federation.core.points import FieldValue, Point
-from federation.core.sketch import Sketch, encode_many, merge_all
+from federation.core.sketch import Sketch, decode_many, encode_many, merge_all
 from federation.errors import CalendarError, InvalidInput
 from federation.reporting._central import (
     CentralWriter,
     WindowManifest,
+    dc_condition,
     dcs_by_retention_policy,
+    flat_rows,
     read_manifests,
+    select_query,
+    signed_merge,
+    stream_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -65,6 +81,14 @@ ALL_DIMS = "_all"
 """The `dims` tag of the rollup over no dimension (one histogram per DC and day)."""
 _RESERVED_TAGS = frozenset({"tz", "dims", "dc"})
 _WRITE_BATCH = 5_000
+MAX_BUILDS = 24
+"""The most builds a marker lists; a refresh that would list more re-merges the period whole."""
+MAX_FIELD_CHARS = 60_000
+"""The longest string field written (InfluxDB's limit being 64 KiB)."""
+_GROUPS_PER_QUERY = 150
+"""Groups named in one query's WHERE (InfluxDB answers 200 in 0.07 s, 400 in 0.23 s)."""
+_READ_SET_WHOLE = 1_500
+"""From this many groups of one set on, the set is read whole instead of group by group."""
 
 
 def rollup_measurement(aggregation: str) -> str:
@@ -211,9 +235,15 @@ def _write_rollup(
     start_ns: int,
     manifests: Sequence[WindowManifest],
     marker_fields: dict[str, FieldValue],
+    builds: Sequence[str] = (),
+    set_groups: Sequence[int] | None = None,
 ) -> int:
     """Write one (zone, period, DC)'s merged rollup points, then its marker (so a reader never
-    trusts a rollup whose points are not all written); return how many points were written."""
+    trusts a rollup whose points are not all written); return how many points were written.
+
+    `merged` is every point of the period, or (with `set_groups`, how many points each set
+    holds now) only the ones that changed; `builds` lists the builds of the points left as they
+    were (`build` alone when empty)."""
     points: list[Point] = []
     ordered = sorted(merged.items())
     texts = encode_many([sketch for _, sketch in ordered])
@@ -239,11 +269,15 @@ def _write_rollup(
             pending = writer.submit(central.write, body, database=database, retention_policy=rp)
         if pending is not None:
             pending.result()
-    groups = [0] * len(sets)
-    for index, _ in merged:
-        groups[index] += 1
+    if set_groups is None:
+        groups = [0] * len(sets)
+        for index, _ in merged:
+            groups[index] += 1
+    else:
+        groups = list(set_groups)
     marker_values: dict[str, FieldValue] = {
         "fingerprint": build,
+        "builds": "|".join(dict.fromkeys([*builds, build])),
         "version": version,
         "windows": len(manifests),
         "events": sum(m.events for m in manifests),
@@ -260,3 +294,247 @@ def _write_rollup(
     )
     central.write(serialize([marker]), database=database, retention_policy=rp)
     return len(points)
+
+
+def group_condition(dimension_set: Sequence[str], key: Sequence[str]) -> str:
+    """The WHERE selecting the point of group `key` of `dimension_set` (every tag of it)."""
+    return (
+        "("
+        + " AND ".join(
+            f"{quote_ident(d)} = {quote_string(v)}" for d, v in zip(dimension_set, key, strict=True)
+        )
+        + ")"
+    )
+
+
+def read_groups(
+    central: CentralWriter,
+    database: str,
+    rp: str,
+    measurement: str,
+    where: Sequence[str],
+    sets: Sequence[Sequence[str]],
+    wanted: Mapping[int, Collection[tuple[str, ...]]],
+    start_ns: int,
+) -> dict[tuple[int, tuple[str, ...]], tuple[str, str]]:
+    """(set index, group) -> (`sketch`, `build`) of the rollup points at `start_ns` of the
+    `wanted` groups of each set (set index -> groups) that `where` selects and central holds.
+
+    A few groups are named in the WHERE, a query per `_GROUPS_PER_QUERY`; a set with many is
+    read whole (flat), which then costs what the set holds."""
+    found: dict[tuple[int, tuple[str, ...]], tuple[str, str]] = {}
+    for index, keys in sorted(wanted.items()):
+        if not keys:
+            continue
+        dimension_set = list(sets[index])
+        base = [*where, f'"dims" = {quote_string(dims_tag(dimension_set))}']
+        if not dimension_set or len(keys) >= _READ_SET_WHOLE:
+            queries = [base]
+        else:
+            ordered = sorted(keys)
+            queries = [
+                [*base, "(" + " OR ".join(
+                    group_condition(dimension_set, k) for k in ordered[i : i + _GROUPS_PER_QUERY]
+                ) + ")"]
+                for i in range(0, len(ordered), _GROUPS_PER_QUERY)
+            ]  # fmt: skip
+        chosen = keys if isinstance(keys, (set, frozenset, dict)) else set(keys)
+        for conditions in queries:
+            rows = flat_rows(
+                central, database, rp, measurement, ("sketch", "build"), dimension_set,
+                conditions, start_ns, start_ns + 1,
+            )  # fmt: skip
+            for key, (_, text, build) in rows:
+                if key in chosen:
+                    found[(index, key)] = (str(text), str(build))
+    return found
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What a daily or monthly rollup marker says of its period."""
+
+    fingerprint: str
+    version: str
+    dims: tuple[str, ...]
+    set_groups: tuple[int, ...] | None
+    """Points per set of `dims`; None: not recorded."""
+    builds: frozenset[str]
+    """The builds whose points are current (the fingerprint alone for markers without it)."""
+    merged: str = ""
+    """Days: the window labels the rollup merged (`;`-joined); empty when not recorded."""
+    day_builds: tuple[str, ...] | None = None
+    """Months: the build of each day's rollup merged, in day order; None when not recorded."""
+
+    def groups_of(self, sets: Sequence[Sequence[str]]) -> dict[int, int] | None:
+        """Set index (in `sets`) -> how many points that set holds, or None if unknown."""
+        if self.set_groups is None or len(self.set_groups) != len(self.dims):
+            return None
+        held = dict(zip(self.dims, self.set_groups, strict=True))
+        if any(dims_tag(s) not in held for s in sets):
+            return None
+        return {i: held[dims_tag(s)] for i, s in enumerate(sets)}
+
+
+def read_markers(
+    central: CentralWriter,
+    database: str,
+    rp: str,
+    aggregation: str,
+    tz: str,
+    dcs: Sequence[str],
+    start_ns: int,
+    end_ns: int,
+    *,
+    monthly: bool,
+) -> dict[tuple[str, int], Marker]:
+    """(dc, period start) -> the daily (or monthly) rollup markers of `dcs` in [start, end)."""
+    last = "day_builds" if monthly else "merged"
+    q = select_query(
+        database,
+        rp,
+        MONTHLY_MARKER_MEASUREMENT if monthly else ROLLUP_MARKER_MEASUREMENT,
+        ("fingerprint", "version", "dims", "set_groups", "builds", last),
+        (
+            f'"aggregation" = {quote_string(aggregation)}',
+            f'"tz" = {quote_string(tz)}',
+            dc_condition(dcs),
+        ),
+        start_ns,
+        end_ns,
+        ("dc",),
+    )  # fmt: skip
+    found: dict[tuple[str, int], Marker] = {}
+    for tags, (t, build, version, dims, counts, builds, extra) in stream_rows(central, q, database):
+        held = {str(build)} | (set(str(builds).split("|")) if builds else set())
+        marker = Marker(
+            str(build), str(version or ""), tuple(str(dims or "").split("|")),
+            tuple(int(n) for n in str(counts).split("|")) if counts else None, frozenset(held),
+        )  # fmt: skip
+        if monthly:
+            day_builds = tuple(str(extra).split("|")) if extra else None
+            marker = replace(marker, day_builds=day_builds)
+        else:
+            marker = replace(marker, merged=str(extra or ""))
+        found[(tags.get("dc", ""), int(t))] = marker
+    return found
+
+
+Change = list[tuple[tuple[str, ...], Sketch]]
+"""(finest group, histogram) pairs: content added to, or taken from, a period."""
+
+
+def net_change(added: Change, removed: Change) -> tuple[Change, Change]:
+    """Per finest group whose histogram changes, the sum of what is `added` and of what is
+    `removed`; groups whose sums are equal change nothing and are left out."""
+    plus, minus = signed_merge(added), signed_merge(removed)
+    changed = sorted(k for k in plus.keys() | minus.keys() if plus.get(k) != minus.get(k))
+    return (
+        [(k, plus[k]) for k in changed if k in plus],
+        [(k, minus[k]) for k in changed if k in minus],
+    )
+
+
+def apply_changes(
+    central: CentralWriter,
+    database: str,
+    rp: str,
+    measurement: str,
+    where: Sequence[str],
+    dimensions: Sequence[str],
+    sets: Sequence[tuple[str, ...]],
+    old: Marker,
+    start_ns: int,
+    added: Change,
+    removed: Change,
+) -> tuple[dict[tuple[int, tuple[str, ...]], Sketch], list[int], frozenset[str]]:
+    """The rollup points of a period (at `start_ns`, the ones `where` selects) that the finest
+    groups' `added` and `removed` content changes: each the point current under `old` plus
+    what was added and minus what was removed, in every set; then each set's point count and
+    the builds of the points left as they were.
+
+    Reads only those groups' points. Raises ValueError when the result cannot be shown to be
+    the whole re-merge's: `old` lists `MAX_BUILDS` builds or does not count its sets' points,
+    a group that held content has no current point, or a group would be left empty (its
+    point would have to go)."""
+    if len(old.builds) >= MAX_BUILDS:
+        raise ValueError(f"the marker lists {len(old.builds)} builds")
+    held = old.groups_of(sets)
+    if held is None:
+        raise ValueError("the marker does not count each set's points")
+    picks = [[list(dimensions).index(d) for d in s] for s in sets]
+
+    def projected(items: Change) -> list[tuple[tuple[int, tuple[str, ...]], Sketch]]:
+        return [
+            ((i, tuple(key[p] for p in pick)), sketch)
+            for key, sketch in items
+            for i, pick in enumerate(picks)
+        ]
+
+    plus, minus = projected(added), projected(removed)
+    affected: dict[int, set[tuple[str, ...]]] = defaultdict(set)
+    for (i, key), _ in (*plus, *minus):
+        affected[i].add(key)
+    had = {group for group, _ in minus}  # groups that held the content taken away
+    found = read_groups(central, database, rp, measurement, where, sets, affected, start_ns)
+    counts = [held[i] for i in range(len(sets))]
+    base: list[tuple[int, tuple[str, ...]]] = []
+    texts: list[str] = []
+    for i, keys in sorted(affected.items()):
+        for key in sorted(keys):
+            point = found.get((i, key))
+            if point is not None and point[1] in old.builds:
+                base.append((i, key))
+                texts.append(point[0])
+            elif (i, key) in had:
+                raise ValueError(f"a point of set {dims_tag(sets[i])} held before is not current")
+            else:
+                counts[i] += 1  # a group new to the period
+    merged = signed_merge([*zip(base, decode_many(texts), strict=True), *plus], minus)
+    if len(merged) != sum(len(keys) for keys in affected.values()):
+        raise ValueError("a group would be left empty")
+    return merged, counts, old.builds
+
+
+def current_rollups(
+    central: CentralWriter, database: str, rps: Iterable[str], aggregation: str, dc: str = ""
+) -> dict[str, list[tuple[list[tuple[str, str]], dict[str, Any]]]]:
+    """Every daily and monthly rollup point a reader takes as current (build in its marker's
+    `builds`) and every marker, of `aggregation` (of `dc` only, if given), by measurement, as
+    (sorted tags, fields by name), sorted; without the builds, which depend on how the points
+    were written, not on what they hold. For comparing two ways of making the same rollups."""
+    held: dict[str, list[tuple[list[tuple[str, str]], dict[str, Any]]]] = defaultdict(list)
+    builds: dict[tuple[str, str, str, Any], set[str]] = {}
+    where = f" AND {dc_condition([dc])}" if dc else ""
+    levels = (
+        (ROLLUP_MARKER_MEASUREMENT, rollup_measurement(aggregation)),
+        (MONTHLY_MARKER_MEASUREMENT, monthly_measurement(aggregation)),
+    )
+    for rp in sorted(set(rps)):
+        for marker_measurement, measurement in levels:
+            for source, condition in (
+                (marker_measurement, f'"aggregation" = {quote_string(aggregation)}'),
+                (measurement, "time >= 0"),
+            ):
+                q = (
+                    f"SELECT * FROM {quote_ident(rp)}.{quote_ident(source)} "
+                    f"WHERE {condition}{where} GROUP BY *"
+                )
+                for series in central.iter_series(q, database=database):
+                    for row in series.values:
+                        fields = {
+                            k: v for k, v in zip(series.columns, row, strict=True) if v is not None
+                        }
+                        key = (
+                            marker_measurement,
+                            series.tags.get("tz", ""),
+                            series.tags.get("dc", ""),
+                            fields["time"],
+                        )
+                        if source == marker_measurement:
+                            listed = str(fields.pop("builds", "") or "")
+                            builds[key] = {str(fields["fingerprint"]), *listed.split("|")}
+                        elif str(fields.pop("build", "")) not in builds.get(key, set()):
+                            continue
+                        held[source].append((sorted(series.tags.items()), fields))
+    return {name: sorted(rows, key=repr) for name, rows in held.items()}
