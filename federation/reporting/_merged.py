@@ -190,11 +190,11 @@ def read_packed(
         if labels_only:
             found[t] = Packed(str(label), {})
             continue
-        if sorted(chunks) != list(range(int(n or 0))) or any(
-            c[:3] != [label, n, groups] for c in chunks.values()
-        ):
-            continue  # a record half overwritten by another: not whole
-        held = _unpack("".join(str(chunks[k][3] or "") for k in range(int(n))), width)
+        # Chunks past the count are left from an earlier, longer part of the same window.
+        mine = [chunks.get(k) for k in range(int(n or 0))]
+        if any(c is None or c[:3] != [label, n, groups] for c in mine):
+            continue  # a part half overwritten by another: not whole
+        held = _unpack("".join(str(c[3] or "") for c in mine if c is not None), width)
         if held is not None and len(held) == groups:
             found[t] = Packed(str(label), held)
     return found
