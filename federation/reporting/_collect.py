@@ -42,6 +42,8 @@ from federation.reporting.rollups import (
     ROLLUP_MARKER_MEASUREMENT,
     covering_dimension_set,
     dims_tag,
+    marker_builds,
+    marker_set_groups,
     monthly_measurement,
     rollup_measurement,
 )
@@ -329,22 +331,6 @@ def _usable_rollups(
         if groups is not None:
             usable[key] = _Rollup(marker_builds(str(build), builds), groups)
     return usable
-
-
-def marker_builds(fingerprint: str, builds: Any) -> frozenset[str]:
-    """The builds whose points are current for a rollup marker: its `builds` ("|"-joined) and
-    its fingerprint (a marker written before `builds` existed: the fingerprint alone)."""
-    return frozenset({fingerprint, *(b for b in str(builds or "").split("|") if b)})
-
-
-def marker_set_groups(dims: Any, set_groups: Any) -> dict[str, int]:
-    """`dims` tag -> how many points that dimension set holds, from a rollup marker's `dims`
-    and `set_groups` fields; empty when they are missing or do not line up."""
-    names = str(dims or "").split("|")
-    counts = str(set_groups or "").split("|")
-    if not set_groups or len(names) != len(counts) or not all(c.isdigit() for c in counts):
-        return {}
-    return dict(zip(names, map(int, counts), strict=True))
 
 
 def _group(tags: dict[str, str], by: Sequence[str]) -> GroupKey:

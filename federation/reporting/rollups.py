@@ -10,13 +10,14 @@ aggregation (`rollup_dimension_sets`: all dimensions, each single one, and none)
   and the set's dimensions; fields `count` (int), `sketch`, `version` and `build`; timestamp =
   the day's local midnight (in UTC);
 - one `federation_rollup` marker per (aggregation, tz, dc, day): fields `fingerprint` (a digest
-  of the manifests the day was built from), `version`, `windows`, `events`, `dims` and
-  `set_groups` (how many points each of those sets holds).
+  of the manifests the day was built from), `version`, `windows`, `events`, `dims`,
+  `set_groups` (how many points each of those sets holds), `builds` (the builds whose points
+  are current) and `merged` (the manifest entries of the windows merged, `;`-joined).
 
 Points go to the DC's central retention policy, beside the windows they summarise. A report uses
 a DC's rollup for a day only when the marker's fingerprint equals the digest of the manifests
-central holds now, and only rollup points whose `build` is that fingerprint: so a late window or
-a backfill makes the old rollup stale (the report reads that day's windows instead) until
+central holds now, and only rollup points of a build the marker lists current (below): so a late
+window or a backfill makes the old rollup stale (the report reads that day's windows instead) until
 `refresh_rollups` re-merges the day. A day whose windows carry more than one plan version is not
 rolled up (versions are never merged), and its days are read from windows.
 
@@ -26,7 +27,8 @@ midnight of the 1st, in UTC) and one `federation_rollup_monthly` marker per (agg
 month) whose `fingerprint` digests every manifest of the month: a late window on any day makes
 the month stale as well as the day. `refresh_rollups` there refreshes the touched days, then
 their months, by what changed (`federation.reporting.daily`, `federation.reporting._merged`:
-what each day merged is kept, so a late window costs that window, not its day).
+the day's marker lists the windows it merged (`merged`) and each window's previous content is
+kept, so a late window costs that window and the groups it changed, not its day).
 
 A refresh by what changed rewrites only the points whose histogram changed: the others keep the
 build they were written with. The marker's `builds` lists every build whose points are current
@@ -357,8 +359,8 @@ class Marker:
     fingerprint: str
     version: str
     dims: tuple[str, ...]
-    set_groups: tuple[int, ...] | None
-    """Points per set of `dims`; None: not recorded."""
+    groups: Mapping[str, int]
+    """`dims` tag -> how many points that set holds (empty: not recorded)."""
     builds: frozenset[str]
     """The builds whose points are current (the fingerprint alone for markers without it)."""
     merged: str = ""
@@ -368,12 +370,25 @@ class Marker:
 
     def groups_of(self, sets: Sequence[Sequence[str]]) -> dict[int, int] | None:
         """Set index (in `sets`) -> how many points that set holds, or None if unknown."""
-        if self.set_groups is None or len(self.set_groups) != len(self.dims):
+        if any(dims_tag(s) not in self.groups for s in sets):
             return None
-        held = dict(zip(self.dims, self.set_groups, strict=True))
-        if any(dims_tag(s) not in held for s in sets):
-            return None
-        return {i: held[dims_tag(s)] for i, s in enumerate(sets)}
+        return {i: self.groups[dims_tag(s)] for i, s in enumerate(sets)}
+
+
+def marker_builds(fingerprint: str, builds: Any) -> frozenset[str]:
+    """The builds whose points are current for a rollup marker: its `builds` ("|"-joined) and
+    its fingerprint (a marker written before `builds` existed: the fingerprint alone)."""
+    return frozenset({fingerprint, *(b for b in str(builds or "").split("|") if b)})
+
+
+def marker_set_groups(dims: Any, set_groups: Any) -> dict[str, int]:
+    """`dims` tag -> how many points that dimension set holds, from a rollup marker's `dims`
+    and `set_groups` fields; empty when they are missing or do not line up."""
+    names = str(dims or "").split("|")
+    counts = str(set_groups or "").split("|")
+    if not set_groups or len(names) != len(counts) or not all(c.isdigit() for c in counts):
+        return {}
+    return dict(zip(names, map(int, counts), strict=True))
 
 
 def read_markers(
@@ -406,10 +421,9 @@ def read_markers(
     )  # fmt: skip
     found: dict[tuple[str, int], Marker] = {}
     for tags, (t, build, version, dims, counts, builds, extra) in stream_rows(central, q, database):
-        held = {str(build)} | (set(str(builds).split("|")) if builds else set())
         marker = Marker(
             str(build), str(version or ""), tuple(str(dims or "").split("|")),
-            tuple(int(n) for n in str(counts).split("|")) if counts else None, frozenset(held),
+            marker_set_groups(dims, counts), marker_builds(str(build), builds),
         )  # fmt: skip
         if monthly:
             day_builds = tuple(str(extra).split("|")) if extra else None
