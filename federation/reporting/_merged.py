@@ -12,15 +12,19 @@ A day is then refreshed as its points, minus the window parts of its changed win
 new content: exact, since counts are integers. A label says which computation a part holds: a
 window part is written only from a read whose counts sum to its manifest's exported events (the
 check verification makes), and one window computation (a run of a version, with so many events)
-has one content. Parts are packed (the groups' values, then their histograms as
-`federation.core.sketch_pack` writes them, in chunks of at most 60,000 ASCII characters,
-InfluxDB's limit being 64 KiB), so a window of 32k groups is read and written as a few dozen
-points, not 32k, and read without decoding 32k `sketch` texts. A part is used only when all of
+has one content. A part keeps each group's `sketch` text as central held it, so the groups a
+re-shipped window changed are the ones whose text differs, found without decoding any; it is
+packed (the groups' values, then the texts, zlib-compressed, in base64: ~1 MB for 32k groups)
+in chunks of at most 60,000 ASCII characters (InfluxDB's limit being 64 KiB), so a window of
+32k groups is read and written as a few dozen points, not 32k. A part is used only when all of
 its chunks are there with one label.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,8 +33,6 @@ from urllib.parse import quote, unquote
 
 from federation.core.lineprotocol import serialize
 from federation.core.points import FieldValue, Point
-from federation.core.sketch import Sketch
-from federation.core.sketch_pack import pack, unpack
 from federation.reporting._central import (
     CentralWriter,
     WindowManifest,
@@ -43,8 +45,10 @@ MERGED_SUFFIX = "__merged"
 _CHUNK = 60_000
 _WRITE_BATCH = 64
 
-GroupSketches = dict[tuple[str, ...], Sketch]
-"""Group (values of every dimension, in plan order) -> its histogram."""
+GroupTexts = dict[tuple[str, ...], str]
+"""Group (values of every dimension, in plan order) -> its `sketch` text."""
+_TEXTS = "z:"
+"""How a part's histograms begin: their `sketch` texts, zlib-compressed, in base64."""
 
 
 def merged_measurement(aggregation: str) -> str:
@@ -79,13 +83,13 @@ def day_entries(dc: str, merged: str) -> list[WindowManifest] | None:
 
 @dataclass(frozen=True)
 class Packed:
-    """One whole window part: its label and every group's histogram."""
+    """One whole window part: its label and every group's `sketch` text."""
 
     label: str
-    sketches: GroupSketches
+    texts: GroupTexts
 
 
-def _pack(sketches: Mapping[tuple[str, ...], Sketch]) -> str:
+def _pack(texts: Mapping[tuple[str, ...], str]) -> str:
     quoted: dict[str, str] = {}
 
     def q(value: str) -> str:
@@ -94,12 +98,13 @@ def _pack(sketches: Mapping[tuple[str, ...], Sketch]) -> str:
             found = quoted[value] = quote(value, safe="")
         return found
 
-    keys = sorted(sketches)
+    keys = sorted(texts)
     rows = "|".join(" ".join(map(q, key)) for key in keys)
-    return f"{len(keys)}|{rows}#{pack([sketches[k] for k in keys])}"
+    joined = "\n".join(texts[k] for k in keys).encode()
+    return f"{len(keys)}|{rows}#{_TEXTS}{base64.b64encode(zlib.compress(joined, 1)).decode()}"
 
 
-def _unpack(body: str, width: int) -> GroupSketches | None:
+def _unpack(body: str, width: int) -> GroupTexts | None:
     head, sep, packed = body.partition("#")
     n_text, _, rows = head.partition("|")
     if not sep or not n_text.isdigit():
@@ -120,28 +125,37 @@ def _unpack(body: str, width: int) -> GroupSketches | None:
         keys.append(tuple(key))
     if len(keys) != n or len(set(keys)) != n:
         return None
+    if not packed.startswith(_TEXTS):
+        return None  # a part of another format: not read
     try:
-        return dict(zip(keys, unpack(packed, n), strict=True))
-    except ValueError:
+        joined = zlib.decompress(base64.b64decode(packed[len(_TEXTS) :], validate=True))
+        texts = joined.decode().split("\n") if n else []
+    except (ValueError, binascii.Error, zlib.error):
         return None
+    if len(texts) != n:
+        return None
+    return dict(zip(keys, texts, strict=True))
 
 
 def packed_points(
     measurement: str,
     tags: Mapping[str, str],
     label: str,
-    sketches: Mapping[tuple[str, ...], Sketch],
+    texts: Mapping[tuple[str, ...], str],
     time_ns: int,
 ) -> list[Point]:
-    """The points of one window part."""
-    body = _pack(sketches)
+    """The points of one window part; ValueError when a text holds a line break (a part
+    could not give it back)."""
+    if any("\n" in text for text in texts.values()):
+        raise ValueError("a sketch text holds a line break")
+    body = _pack(texts)
     chunks = [body[i : i + _CHUNK] for i in range(0, len(body), _CHUNK)]
     points = []
     for k, chunk in enumerate(chunks):
         fields: dict[str, FieldValue] = {
             "label": label,
             "chunks": len(chunks),
-            "groups": len(sketches),
+            "groups": len(texts),
             "body": chunk,
         }
         points.append(Point(measurement, {**tags, "chunk": str(k)}, fields, time_ns))

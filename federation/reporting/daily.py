@@ -42,7 +42,7 @@ from federation.reporting._central import (
     tag_value,
 )
 from federation.reporting._merged import (
-    GroupSketches,
+    GroupTexts,
     Packed,
     day_entries,
     merged_measurement,
@@ -110,8 +110,8 @@ class WindowParts:
         self.expected = frozenset(expected)
         """(dc, window start) said to have changed: read while a day's marker is."""
         self._old: dict[tuple[str, str, int], Packed | None] = {}
-        self._new: dict[tuple[str, str, int], tuple[str, GroupSketches]] = {}
-        self.now: dict[tuple[str, str], GroupSketches | None] = {}
+        self._new: dict[tuple[str, str, int], tuple[str, GroupTexts]] = {}
+        self.now: dict[tuple[str, str], GroupTexts | None] = {}
         """Changed windows' content as read in this pass (None: it did not sum to its
         manifest), so that each is read once whichever zones' days it falls in."""
 
@@ -126,25 +126,29 @@ class WindowParts:
             self._old[key] = found.get(start_ns)
         return self._old[key]
 
-    def keep(self, rp: str, m: WindowManifest, sketches: GroupSketches) -> None:
+    def keep(self, rp: str, m: WindowManifest, texts: GroupTexts) -> None:
         """Hold the content of window `m` as merged now, for `flush` to write."""
-        self._new[(rp, m.dc, m.start_ns)] = (window_label(m), sketches)
+        self._new[(rp, m.dc, m.start_ns)] = (window_label(m), texts)
 
     def flush(self) -> None:
         """Write every window part held."""
         per_rp: dict[str, list[Point]] = defaultdict(list)
         measurement = merged_measurement(self.aggregation)
-        for (rp, dc, start), (label, sketches) in sorted(self._new.items()):
+        for (rp, dc, start), (label, texts) in sorted(self._new.items()):
             tags = {"dc": dc, "kind": "window"}
-            per_rp[rp] += packed_points(measurement, tags, label, sketches, start)
+            try:
+                per_rp[rp] += packed_points(measurement, tags, label, texts, start)
+            except ValueError as exc:  # not kept: a later refresh re-merges its days whole
+                log.warning("%s dc=%s window %s: no window part: %s", self.aggregation, dc,
+                            start, exc)  # fmt: skip
         for rp, points in sorted(per_rp.items()):
             write_packed(self.central, self.database, rp, points)
         self._new.clear()
 
 
-def _decoded(texts: Mapping[Key, str]) -> GroupSketches:
-    """Each group's histogram, its texts decoded together."""
-    return dict(zip(texts, decode_many(texts.values()), strict=True))
+def _decoded(items: Sequence[tuple[Key, str]]) -> Change:
+    """Each (group, text) as (group, histogram), the texts decoded together."""
+    return list(zip((k for k, _ in items), decode_many([t for _, t in items]), strict=True))
 
 
 def _exported(m: WindowManifest) -> int:
@@ -261,7 +265,7 @@ class _Day:
         start = self.period.start_ns
         width = len(self.dimensions)
         expected = [m for m in manifests if (dc, m.start_ns) in self.parts.expected]
-        with ThreadPoolExecutor(1, thread_name_prefix="rollup-read") as reader:
+        with ThreadPoolExecutor(2, thread_name_prefix="rollup-read") as reader:
             # Central answers both at once: the windows said to have changed are read (and
             # kept in `parts`), their content now and their previous part, while the day's
             # marker is.
@@ -295,24 +299,28 @@ class _Day:
         if not changed:
             unchanged = self.outcome(dc, "unchanged", len(manifests), 0, version)
             return unchanged, DayChange(dc, start, build, build, [], [])
-        removed: Change = []
+        # Per changed window, the groups whose text differs from its previous part's: only
+        # those are decoded, added and taken away.
+        removed_texts: list[tuple[Key, str]] = []
+        added_texts: list[tuple[Key, str]] = []
+        content_now: dict[int, GroupTexts] = {}
         for m in changed:
             old = before.get(m.start_ns)
-            if old is None or not _exported(old):
-                continue
-            part = self.parts.previous(rp, dc, m.start_ns, width)
-            if part is None or part.label != window_label(old):
-                return f"no whole window part of {old.start_ns} run {old.run}"
-            removed += part.sketches.items()
-        added: Change = []
-        content_now: dict[int, GroupSketches] = {}
-        for m in changed:
+            previous: GroupTexts = {}
+            if old is not None and _exported(old):
+                part = self.parts.previous(rp, dc, m.start_ns, width)
+                if part is None or part.label != window_label(old):
+                    return f"no whole window part of {old.start_ns} run {old.run}"
+                previous = part.texts
             content = self._now(rp, m)
             if content is None:  # still arriving, or inconsistent: as a whole re-merge reads it
                 return f"the points of window {m.start_ns} do not sum to its manifest"
             content_now[m.start_ns] = content
-            added += content.items()
+            removed_texts += [(k, t) for k, t in previous.items() if content.get(k) != t]
+            added_texts += [(k, t) for k, t in content.items() if previous.get(k) != t]
         try:
+            added = _decoded(added_texts)
+            removed = _decoded(removed_texts)
             added, removed = net_change(added, removed)
             points, counts, kept = apply_changes(
                 self.central, self.database, rp, rollup_measurement(self.aggregation),
@@ -356,16 +364,16 @@ class _Day:
         )
         for m in manifests:
             if _exported(m) and m.start_ns in stale and m.start_ns in whole:
-                self.parts.keep(rp, m, _decoded(texts.get(m.start_ns, {})))
+                self.parts.keep(rp, m, texts.get(m.start_ns, {}))
         return self.outcome(dc, "written", len(manifests), groups, version)
 
-    def _now(self, rp: str, m: WindowManifest) -> GroupSketches | None:
+    def _now(self, rp: str, m: WindowManifest) -> GroupTexts | None:
         """The content of window `m` now; None unless its counts sum to its exported events."""
         key = (rp, m.dc + "/" + window_label(m))
         if key not in self.parts.now:
             texts, totals = self._read(rp, m.dc, m.start_ns, m.start_ns + 1, {m.start_ns})
             whole = set(totals) <= {m.start_ns} and totals.get(m.start_ns, 0) == _exported(m)
-            self.parts.now[key] = _decoded(texts.get(m.start_ns, {})) if whole else None
+            self.parts.now[key] = texts.get(m.start_ns, {}) if whole else None
         return self.parts.now[key]
 
     def _read(

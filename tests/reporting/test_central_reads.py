@@ -60,9 +60,10 @@ def test_a_window_part_shorter_than_the_one_it_replaced_is_read_whole(
     influx.create_database("central")
     rng = np.random.default_rng(7)
 
-    def part(groups: int) -> dict[tuple[str, ...], Sketch]:
+    def part(groups: int) -> dict[tuple[str, ...], str]:
         return {
-            (f"c{g}",): Sketch.from_values(rng.lognormal(5, 1, 40), 0.01) for g in range(groups)
+            (f"c{g}",): Sketch.from_values(rng.lognormal(5, 1, 40), 0.01).encode()
+            for g in range(groups)
         }
 
     conditions = window_conditions("dub1")
@@ -74,7 +75,7 @@ def test_a_window_part_shorter_than_the_one_it_replaced_is_read_whole(
         write_packed(influx, "central", "autogen", points)
         found = read_packed(influx, "central", "autogen", "agg", conditions, T, T + 1, 1)
         assert found[T].label == label
-        assert found[T].sketches == sketches
+        assert found[T].texts == sketches
     assert len(packed_points(measurement, tags, "run1", long, T)) > 1  # chunks were left over
 
 
