@@ -164,7 +164,8 @@ def remerge_month(
     `dcs` (default: every DC of the fleet) from its daily rollups.
 
     Guarantees, per DC: only when every local day of the month has a daily rollup whose marker
-    matches the manifests central holds now, all of one plan version, it writes, for each
+    matches the manifests central holds now, all of one plan version, and (when merged whole)
+    whose current points number what its marker counts, it writes, for each
     dimension set every day's rollup holds, per group exactly the sum of the bucket counts of
     those daily rollups (hence of the month's window histograms), then a marker whose
     fingerprint digests all of the month's manifests. Otherwise it writes nothing and the
@@ -342,10 +343,20 @@ class _Month:
                 return self.outcome("written", n, points, version)
             log.info("%s %s %s %s: month re-merged whole: %s", self.aggregation, self.tz,
                      self.period.label, self.dc, sparse)  # fmt: skip
-        merged, _ = _read_daily(
+        merged, read = _read_daily(
             self.central, self.database, self.rp, self.aggregation, self.tz, self.dc,
             month_sets, current,
         )  # fmt: skip
+        short = [
+            d.label
+            for d in self.days
+            if not _whole(read, d.start_ns, markers[(self.dc, d.start_ns)], month_sets)
+        ]
+        if short:  # a point missing, or overwritten by a re-merge that raced with another
+            log.warning("%s %s %s %s: not merged: the rollups of %s do not hold every point "
+                        "their markers count", self.aggregation, self.tz, self.period.label,
+                        self.dc, ", ".join(short))  # fmt: skip
+            return self.outcome("incomplete", n)
         points = _write_rollup(
             self.central, self.database, self.rp, monthly_measurement(self.aggregation),
             MONTHLY_MARKER_MEASUREMENT, merged, month_sets, tz=self.tz, dc=self.dc,

@@ -25,17 +25,27 @@ from federation.core.clock import parse_rfc3339
 from federation.core.durations import HOUR_NS
 from federation.core.points import Point
 from federation.influx import InfluxClient
-from federation.reporting import percentile_report, refresh_rollups, remerge_day, remerge_month
+from federation.reporting import (
+    percentile_report,
+    refresh_rollups,
+    remerge_day,
+    remerge_month,
+    rollups,
+)
 from federation.reporting._merged import merged_measurement
 from federation.reporting.rollups import (
+    Marker,
     current_rollups,
     days_touched,
     monthly_measurement,
+    read_markers,
+    rollup_dimension_sets,
     rollup_measurement,
 )
 
 from .data import (
     CUSTOMERS,
+    DIMS,
     DIRECTIONS,
     MAILERS,
     Raw,
@@ -116,17 +126,25 @@ def _held(fed: Central) -> dict[str, list[Any]]:
 
 
 def _reship(
-    fed: Central, late: Sequence[tuple[str, int]], *, n: int = 30, new_group: bool = False
+    fed: Central,
+    late: Sequence[tuple[str, int]],
+    *,
+    n: int = 30,
+    new_group: bool = False,
+    largest: bool = False,
 ) -> int:
     """Ship the `late` windows again, with their exported events and `n` more (raw data only
     grows), as a later run; return their summary point count. With `new_group`, the events
-    added are of a group (customer `dove`) that no window had before."""
+    added are of a group (customer `dove`) that no window had before; with `largest`, of the
+    window's largest group (so they change what it exports)."""
     shipped = 0
     for dc, start in late:
         plan = resolve_plan(fed.config, AGG, dc)
         old_values, old_keys = fed.raw.windows.get((dc, start), (np.zeros(0), []))
         if new_group:
             added = [("out", "mx2", "dove")] * n
+        elif largest:
+            added = [max(old_keys, key=old_keys.count)] * n
         else:
             groups = list(itertools.product(DIRECTIONS, MAILERS, CUSTOMERS))
             added = [groups[i] for i in fed.rng.integers(0, len(groups), n)]
@@ -153,6 +171,12 @@ def _refresh_equals_whole(fed: Central, late: Sequence[tuple[str, int]], shipped
     ):
         written = sum(o.groups for o in outcomes if o.level == level)
         assert 0 < counting.rows[measurement] <= written
+    _equals_whole(fed, late)
+
+
+def _equals_whole(fed: Central, late: Sequence[tuple[str, int]]) -> None:
+    """A reader of central finds exactly what re-merging the days and months `late` touched
+    whole writes, and reports from rollups equal reports from windows."""
     refreshed = _held(fed)
     for tz in ZONES:
         _whole(fed, sorted({d for _, t in late for d in days_touched(t, HOUR_NS, tz)}), tz)
@@ -236,3 +260,101 @@ def test_without_a_window_part_the_day_is_remerged_whole(fed: Central) -> None:
     _whole(fed, [date(2027, 2, 22)], "UTC")
     assert _held(fed) == refreshed
     _whole(fed, [date(2027, 2, 22)], "America/Toronto")  # not refreshed here: whole again
+
+
+def _day_marker(fed: Central, dc: str, start_ns: int, tz: str = "UTC") -> Marker:
+    day = periods("day", *[days_touched(start_ns, HOUR_NS, tz)[0]] * 2, tz)[0]
+    rp = fed.config.policy_for(dc).central.retention_policy
+    found = read_markers(
+        fed.central, "federation", rp, AGG, tz, [dc], day.start_ns, day.start_ns + 1,
+        monthly=False,
+    )  # fmt: skip
+    return found[(dc, day.start_ns)]
+
+
+def test_late_events_in_a_few_groups_rewrite_only_those_groups_points(fed: Central) -> None:
+    late = [("dub1", parse_rfc3339("2027-02-08T11:00:00Z"))]
+    sets = len(rollup_dimension_sets(fed.config.aggregations[AGG].dimensions))
+    builds = [len(_day_marker(fed, *late[0]).builds)]
+    # Late events in one group, a look-back run that finds nothing new, one more late event:
+    # each refresh writes the points of the group it changed (one per set), no other.
+    written = []
+    for n in (3, 0, 1):
+        _reship(fed, late, n=n, largest=True)
+        outcomes = refresh_rollups(fed.config, fed.central, AGG, late, zones=ZONES)
+        assert {o.status for o in outcomes} == {"written"}
+        assert all(o.groups <= sets for o in outcomes)  # one group changed, or none
+        written.append(sum(o.groups for o in outcomes))
+        builds.append(len(_day_marker(fed, *late[0]).builds))
+    assert written[0] > 0 and written[1] == 0 and written[2] > 0
+    assert builds == [1, 2, 3, 4]  # the points left as they were keep their builds
+    _equals_whole(fed, late)
+    assert len(_day_marker(fed, *late[0]).builds) == 1
+
+
+def test_a_changed_group_without_a_current_point_makes_its_day_remerged_whole(
+    fed: Central,
+) -> None:
+    """As a re-merge that raced with another, or died half-way, can leave it: the points of
+    the groups a window changes are of a build the marker does not list."""
+    dc, start = "tor1", parse_rfc3339("2027-02-17T08:00:00Z")
+    damaged = _damage(fed, dc, "2027-02-17")
+    _reship(fed, [(dc, start)], n=3, largest=True)
+    outcomes = refresh_rollups(fed.config, fed.central, AGG, [(dc, start)], zones=ZONES)
+    [written] = [o for o in outcomes if (o.level, o.tz) == ("day", "UTC")]
+    assert written.groups == damaged  # every point of the day, written again
+    _equals_whole(fed, [(dc, start)])
+
+
+def test_a_marker_lists_at_most_max_builds_then_the_day_is_remerged_whole(
+    fed: Central, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rollups, "MAX_BUILDS", 3)
+    late = [("dub1", parse_rfc3339("2027-02-24T19:00:00Z"))]
+    listed = []
+    for _ in range(4):
+        _reship(fed, late, n=1)
+        refresh_rollups(fed.config, fed.central, AGG, late, zones=ZONES)
+        listed.append(len(_day_marker(fed, *late[0]).builds))
+    assert listed == [2, 3, 1, 2]
+    _equals_whole(fed, late)
+
+
+def _damage(fed: Central, dc: str, day: str, points: int | None = None) -> int:
+    """Overwrite the daily rollup points of `dc`'s UTC `day` (the first `points` of them) with
+    a build its marker does not list, as a re-merge that raced with another can leave them;
+    return how many."""
+    start = periods("day", day, day, "UTC")[0].start_ns
+    rp = fed.config.policy_for(dc).central.retention_policy
+    [series] = fed.central.query(
+        f'SELECT * FROM "federation"."{rp}"."{rollup_measurement(AGG)}" WHERE "dc" = \'{dc}\' '
+        f"AND \"tz\" = 'UTC' AND time = {start}"
+    )
+    damaged = []
+    for row in series.values[:points]:
+        point = dict(zip(series.columns, row, strict=True))
+        tags = {k: str(point.pop(k)) for k in list(point) if k in ("tz", "dims", "dc", *DIMS)}
+        tags = {k: v for k, v in tags.items() if v != "None"}
+        fields = {k: v for k, v in point.items() if k != "time" and v is not None}
+        damaged.append(Point(rollup_measurement(AGG), tags, {**fields, "build": "x"}, start))
+    write_points(fed.central, resolve_plan(fed.config, AGG, dc), damaged)
+    return len(damaged)
+
+
+def test_a_month_is_not_merged_from_a_day_missing_a_point(fed: Central) -> None:
+    def report() -> Any:
+        return percentile_report(
+            fed.config, fed.central, AGG, period="month", from_date="2027-02-01",
+            to_date="2027-02-28", tz="UTC", by=("customer", "dc"), percentiles=(50, 99),
+            use_rollups=True,
+        )  # fmt: skip
+
+    before = report()
+    _damage(fed, "dub1", "2027-02-19", points=1)
+    [outcome] = remerge_month(fed.config, fed.central, AGG, "UTC", "2027-02", dcs=["dub1"])
+    assert outcome.status == "incomplete"  # the month merged before stays, whole and current
+    assert report().rows == before.rows
+    remerge_day(fed.config, fed.central, AGG, "UTC", "2027-02-19", dcs=["dub1"])
+    [outcome] = remerge_month(fed.config, fed.central, AGG, "UTC", "2027-02", dcs=["dub1"])
+    assert outcome.status == "written"
+    assert report().rows == before.rows
