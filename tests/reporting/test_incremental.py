@@ -1,6 +1,6 @@
 """A late window costs what changed: `refresh_rollups` applies only the changed windows to a
-day's merged record, and the rollups it writes equal, point for point, those of re-merging the
-days and months whole.
+day and rewrites only the groups they changed, and the rollups a reader then takes equal, point
+for point, those of re-merging the days and months whole.
 
 Two DCs in two central retention policies, two reporting zones (UTC and Toronto, whose days and
 months start at other instants), a month of hourly windows; every test re-ships or adds windows,
