@@ -273,7 +273,8 @@ def rollup_points(central: InfluxClient, config: FederationConfig, dc: str) -> A
     database = config.fleet.central.database
     rp = config.policy_for(dc).central.retention_policy
     held: dict[str, Any] = dict(current_rollups(central, database, [rp], AGG, dc))
-    q = f"SELECT * FROM {quote_ident(rp)}.{quote_ident(merged_measurement(AGG))} WHERE \"dc\" = '{dc}'"
+    source = f"{quote_ident(rp)}.{quote_ident(merged_measurement(AGG))}"
+    q = f"SELECT * FROM {source} WHERE \"dc\" = '{dc}'"
     held["parts"] = sorted(
         (sorted(series.tags.items()), series.values)
         for series in central.iter_series(q + " GROUP BY *", database=database, chunk_size=10_000)

@@ -199,9 +199,10 @@ def refresh_day(
     lists (or whole, see the module docstring; always with `whole`).
 
     Guarantees: every point current afterwards holds what `remerge_day` writes for the same
-    windows, and the marker counts and lists the same; a day found current writes nothing (status `unchanged`). The window
-    parts of changed windows are held in `parts` (the caller flushes them). Each outcome comes
-    with the change applied, or None when the day was re-merged whole or not at all.
+    windows, and the marker counts and lists the same; a day found current writes nothing
+    (status `unchanged`). The window parts of changed windows are held in `parts` (the caller
+    flushes them). Each outcome comes with the change applied, or None when the day was
+    re-merged whole or not at all.
     """
     spec = _spec(config, aggregation)
     _check_dimensions(aggregation, spec.dimensions)
