@@ -322,7 +322,8 @@ class _Day:
         try:
             added = _decoded(added_texts)
             removed = _decoded(removed_texts)
-            added, removed = net_change(added, removed)
+            if len(changed) > 1:  # a group may change in several windows, and net to nothing
+                added, removed = net_change(added, removed)
             points, counts, kept = apply_changes(
                 self.central, self.database, rp, rollup_measurement(self.aggregation),
                 (f'"tz" = {quote_string(self.tz)}', dc_condition([dc])), self.dimensions,
