@@ -91,6 +91,10 @@ _GROUPS_PER_QUERY = 150
 """Groups named in one query's WHERE (InfluxDB answers 200 in 0.07 s, 400 in 0.23 s)."""
 _READ_SET_WHOLE = 1_500
 """From this many groups of one set on, the set is read whole instead of group by group."""
+_DENSE_SHARE = 0.5
+"""From this share of a period's finest groups changed on, every point is merged and written
+again (the coarser sets merged from the finest, as a whole re-merge does): cheaper then than
+adding each change to every set."""
 
 
 def rollup_measurement(aggregation: str) -> str:
@@ -316,21 +320,22 @@ def read_groups(
     measurement: str,
     where: Sequence[str],
     sets: Sequence[Sequence[str]],
-    wanted: Mapping[int, Collection[tuple[str, ...]]],
+    wanted: Mapping[int, Collection[tuple[str, ...]] | None],
     start_ns: int,
 ) -> dict[tuple[int, tuple[str, ...]], tuple[str, str]]:
     """(set index, group) -> (`sketch`, `build`) of the rollup points at `start_ns` of the
-    `wanted` groups of each set (set index -> groups) that `where` selects and central holds.
+    `wanted` groups of each set (set index -> groups; None: every group) that `where` selects
+    and central holds.
 
     A few groups are named in the WHERE, a query per `_GROUPS_PER_QUERY`; a set with many is
     read whole (flat), which then costs what the set holds."""
     found: dict[tuple[int, tuple[str, ...]], tuple[str, str]] = {}
     for index, keys in sorted(wanted.items()):
-        if not keys:
+        if keys is not None and not keys:
             continue
         dimension_set = list(sets[index])
         base = [*where, f'"dims" = {quote_string(dims_tag(dimension_set))}']
-        if not dimension_set or len(keys) >= _READ_SET_WHOLE:
+        if keys is None or not dimension_set or len(keys) >= _READ_SET_WHOLE:
             queries = [base]
         else:
             ordered = sorted(keys)
@@ -340,14 +345,14 @@ def read_groups(
                 ) + ")"]
                 for i in range(0, len(ordered), _GROUPS_PER_QUERY)
             ]  # fmt: skip
-        chosen = keys if isinstance(keys, (set, frozenset, dict)) else set(keys)
+        chosen = None if keys is None else keys if isinstance(keys, (set, frozenset)) else set(keys)
         for conditions in queries:
             rows = flat_rows(
                 central, database, rp, measurement, ("sketch", "build"), dimension_set,
                 conditions, start_ns, start_ns + 1,
             )  # fmt: skip
             for key, (_, text, build) in rows:
-                if key in chosen:
+                if chosen is None or key in chosen:
                     found[(index, key)] = (str(text), str(build))
     return found
 
@@ -467,7 +472,9 @@ def apply_changes(
     what was added and minus what was removed, in every set; then each set's point count and
     the builds of the points left as they were.
 
-    Reads only those groups' points. Raises ValueError when the result cannot be shown to be
+    Reads only those groups' points; when `_DENSE_SHARE` of the finest groups change, every
+    point instead (`_apply_densely`), and then no earlier build is left current. Raises
+    ValueError when the result cannot be shown to be
     the whole re-merge's: `old` lists `MAX_BUILDS` builds or does not count its sets' points,
     a group that held content has no current point, or a group would be left empty (its
     point would have to go)."""
@@ -476,6 +483,14 @@ def apply_changes(
     held = old.groups_of(sets)
     if held is None:
         raise ValueError("the marker does not count each set's points")
+    finest = next((i for i, s in enumerate(sets) if tuple(s) == tuple(dimensions)), None)
+    if finest is not None and len({k for k, _ in (*added, *removed)}) >= _DENSE_SHARE * max(
+        held[finest], 1
+    ):
+        return _apply_densely(
+            central, database, rp, measurement, where, dimensions, sets, old, start_ns, finest,
+            added, removed,
+        )  # fmt: skip
     picks = [[list(dimensions).index(d) for d in s] for s in sets]
 
     def projected(items: Change) -> list[tuple[tuple[int, tuple[str, ...]], Sketch]]:
@@ -508,6 +523,45 @@ def apply_changes(
     if len(merged) != sum(len(keys) for keys in affected.values()):
         raise ValueError("a group would be left empty")
     return merged, counts, old.builds
+
+
+def _apply_densely(
+    central: CentralWriter,
+    database: str,
+    rp: str,
+    measurement: str,
+    where: Sequence[str],
+    dimensions: Sequence[str],
+    sets: Sequence[tuple[str, ...]],
+    old: Marker,
+    start_ns: int,
+    finest: int,
+    added: Change,
+    removed: Change,
+) -> tuple[dict[tuple[int, tuple[str, ...]], Sketch], list[int], frozenset[str]]:
+    """`apply_changes` when most groups change: every point of the finest set (`finest`, the
+    set of every dimension) plus what was added minus what was removed, each coarser set
+    merged from those as a whole re-merge does; every point of every set is written again, so
+    no earlier build stays current (the builds returned are none)."""
+    held = old.groups_of(sets) or {}
+    every = read_groups(central, database, rp, measurement, where, sets, {finest: None}, start_ns)
+    current = [(key, text) for (_, key), (text, build) in every.items() if build in old.builds]
+    if len(current) != held.get(finest):
+        raise ValueError(
+            f"set {dims_tag(sets[finest])} holds {len(current)} current points, its marker "
+            f"counts {held.get(finest)}"
+        )
+    keys = [key for key, _ in current]
+    day = signed_merge(
+        [*zip(keys, decode_many([text for _, text in current]), strict=True), *added], removed
+    )
+    if len(day) != len({*keys, *(key for key, _ in added)}):
+        raise ValueError("a group would be left empty")
+    merged = _project(day, dimensions, sets)
+    counts = [0] * len(sets)
+    for index, _ in merged:
+        counts[index] += 1
+    return merged, counts, frozenset()
 
 
 def current_rollups(

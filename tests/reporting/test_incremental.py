@@ -358,3 +358,21 @@ def test_a_month_is_not_merged_from_a_day_missing_a_point(fed: Central) -> None:
     [outcome] = remerge_month(fed.config, fed.central, AGG, "UTC", "2027-02", dcs=["dub1"])
     assert outcome.status == "written"
     assert report().rows == before.rows
+
+
+@pytest.mark.parametrize("share", [0.0, 2.0], ids=["every-point-again", "changed-points-only"])
+def test_a_refresh_writes_what_a_whole_re_merge_does_whether_it_rewrites_every_point_or_not(
+    fed: Central, monkeypatch: pytest.MonkeyPatch, share: float
+) -> None:
+    monkeypatch.setattr(rollups, "_DENSE_SHARE", share)
+    late = [("tor1", parse_rfc3339("2027-02-26T03:00:00Z"))]
+    _reship(fed, late, n=3, largest=True)
+    outcomes = refresh_rollups(fed.config, fed.central, AGG, late, zones=ZONES)
+    marker = _day_marker(fed, *late[0])
+    held = sum(marker.groups.values())
+    day = [o for o in outcomes if (o.level, o.tz) == ("day", "UTC")]
+    if share == 0.0:
+        assert [o.groups for o in day] == [held] and len(marker.builds) == 1
+    else:
+        assert 0 < day[0].groups < held and len(marker.builds) == 2
+    _equals_whole(fed, late)
