@@ -41,6 +41,7 @@ from federation.reporting._central import (
     stream_rows,
     tag_value,
 )
+from federation.reporting._changes import Change, PeriodPoints, apply_changes, net_change
 from federation.reporting._merged import (
     GroupTexts,
     Packed,
@@ -55,7 +56,6 @@ from federation.reporting._merged import (
 from federation.reporting.rollups import (
     MAX_FIELD_CHARS,
     ROLLUP_MARKER_MEASUREMENT,
-    Change,
     RemergeOutcome,
     _check_dimensions,
     _day_period,
@@ -63,9 +63,7 @@ from federation.reporting.rollups import (
     _project,
     _spec,
     _write_rollup,
-    apply_changes,
     dims_tag,
-    net_change,
     read_markers,
     rollup_dimension_sets,
     rollup_measurement,
@@ -324,11 +322,12 @@ class _Day:
             removed = _decoded(removed_texts)
             if len(changed) > 1:  # a group may change in several windows, and net to nothing
                 added, removed = net_change(added, removed)
-            points, counts, kept = apply_changes(
+            at = PeriodPoints(
                 self.central, self.database, rp, rollup_measurement(self.aggregation),
                 (f'"tz" = {quote_string(self.tz)}', dc_condition([dc])), self.dimensions,
-                self.sets, marker, start, added, removed,
+                self.sets, marker, start,
             )  # fmt: skip
+            points, counts, kept = apply_changes(at, added, removed)
         except (ValueError, SketchDecodeError) as exc:
             return str(exc)
         written = self._write(

@@ -39,6 +39,7 @@ from federation.reporting._central import (
     flat_rows,
     manifests_by_period,
 )
+from federation.reporting._changes import PeriodPoints, apply_changes
 from federation.reporting.daily import DayChange, WindowParts, refresh_day
 from federation.reporting.rollups import (
     MONTHLY_MARKER_MEASUREMENT,
@@ -48,7 +49,6 @@ from federation.reporting.rollups import (
     _manifests_per_dc,
     _spec,
     _write_rollup,
-    apply_changes,
     days_touched,
     dims_tag,
     monthly_measurement,
@@ -397,10 +397,11 @@ class _Month:
                 return "a day changed that was not refreshed"
         where = (f'"tz" = {quote_string(self.tz)}', dc_condition([self.dc]))
         try:
-            return apply_changes(
+            at = PeriodPoints(
                 self.central, self.database, self.rp, monthly_measurement(self.aggregation),
                 where, self.dimensions, sets, old, self.period.start_ns,
-                [a for c in changes for a in c.added], [r for c in changes for r in c.removed],
             )  # fmt: skip
+            added = [a for c in changes for a in c.added]
+            return apply_changes(at, added, [r for c in changes for r in c.removed])
         except (ValueError, SketchDecodeError) as exc:  # the old month did not hold those days
             return str(exc)

@@ -37,7 +37,7 @@ a point only when its build is listed and, per set, only when the points they to
 `set_groups` says: a point missing, or overwritten by a re-merge that raced with another or died
 half-way, makes the period read from the level below, never a report short of a group. A whole
 re-merge writes every point with the one build and starts the list again; so does a refresh once
-the list would pass `MAX_BUILDS`.
+the list would pass `federation.reporting._changes.MAX_BUILDS`.
 
 Re-merging writes the same points again for the same windows, so it is idempotent and safe to
 run from more than one process; a re-merge that raced with a newer shipment leaves a marker that
@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
@@ -59,17 +59,15 @@ from federation.core.calendar import CalendarPeriod, period_of, periods
 from federation.core.influxql import quote_ident, quote_string
 from federation.core.lineprotocol import serialize
 from federation.core.points import FieldValue, Point
-from federation.core.sketch import Sketch, decode_many, encode_many, merge_all
+from federation.core.sketch import Sketch, encode_many, merge_all
 from federation.errors import CalendarError, InvalidInput
 from federation.reporting._central import (
     CentralWriter,
     WindowManifest,
     dc_condition,
     dcs_by_retention_policy,
-    flat_rows,
     read_manifests,
     select_query,
-    signed_merge,
     stream_rows,
 )
 
@@ -83,18 +81,8 @@ ALL_DIMS = "_all"
 """The `dims` tag of the rollup over no dimension (one histogram per DC and day)."""
 _RESERVED_TAGS = frozenset({"tz", "dims", "dc"})
 _WRITE_BATCH = 5_000
-MAX_BUILDS = 24
-"""The most builds a marker lists; a refresh that would list more re-merges the period whole."""
 MAX_FIELD_CHARS = 60_000
 """The longest string field written (InfluxDB's limit being 64 KiB)."""
-_GROUPS_PER_QUERY = 150
-"""Groups named in one query's WHERE (InfluxDB answers 200 in 0.07 s, 400 in 0.23 s)."""
-_READ_SET_WHOLE = 1_500
-"""From this many groups of one set on, the set is read whole instead of group by group."""
-_DENSE_SHARE = 0.5
-"""From this share of a period's finest groups changed on, every point is merged and written
-again (the coarser sets merged from the finest, as a whole re-merge does): cheaper then than
-adding each change to every set."""
 
 
 def rollup_measurement(aggregation: str) -> str:
@@ -302,61 +290,6 @@ def _write_rollup(
     return len(points)
 
 
-def group_condition(dimension_set: Sequence[str], key: Sequence[str]) -> str:
-    """The WHERE selecting the point of group `key` of `dimension_set` (every tag of it)."""
-    return (
-        "("
-        + " AND ".join(
-            f"{quote_ident(d)} = {quote_string(v)}" for d, v in zip(dimension_set, key, strict=True)
-        )
-        + ")"
-    )
-
-
-def read_groups(
-    central: CentralWriter,
-    database: str,
-    rp: str,
-    measurement: str,
-    where: Sequence[str],
-    sets: Sequence[Sequence[str]],
-    wanted: Mapping[int, Collection[tuple[str, ...]] | None],
-    start_ns: int,
-) -> dict[tuple[int, tuple[str, ...]], tuple[str, str]]:
-    """(set index, group) -> (`sketch`, `build`) of the rollup points at `start_ns` of the
-    `wanted` groups of each set (set index -> groups; None: every group) that `where` selects
-    and central holds.
-
-    A few groups are named in the WHERE, a query per `_GROUPS_PER_QUERY`; a set with many is
-    read whole (flat), which then costs what the set holds."""
-    found: dict[tuple[int, tuple[str, ...]], tuple[str, str]] = {}
-    for index, keys in sorted(wanted.items()):
-        if keys is not None and not keys:
-            continue
-        dimension_set = list(sets[index])
-        base = [*where, f'"dims" = {quote_string(dims_tag(dimension_set))}']
-        if keys is None or not dimension_set or len(keys) >= _READ_SET_WHOLE:
-            queries = [base]
-        else:
-            ordered = sorted(keys)
-            queries = [
-                [*base, "(" + " OR ".join(
-                    group_condition(dimension_set, k) for k in ordered[i : i + _GROUPS_PER_QUERY]
-                ) + ")"]
-                for i in range(0, len(ordered), _GROUPS_PER_QUERY)
-            ]  # fmt: skip
-        chosen = None if keys is None else keys if isinstance(keys, (set, frozenset)) else set(keys)
-        for conditions in queries:
-            rows = flat_rows(
-                central, database, rp, measurement, ("sketch", "build"), dimension_set,
-                conditions, start_ns, start_ns + 1,
-            )  # fmt: skip
-            for key, (_, text, build) in rows:
-                if chosen is None or key in chosen:
-                    found[(index, key)] = (str(text), str(build))
-    return found
-
-
 @dataclass(frozen=True)
 class Marker:
     """What a daily or monthly rollup marker says of its period."""
@@ -437,131 +370,6 @@ def read_markers(
             marker = replace(marker, merged=str(extra or ""))
         found[(tags.get("dc", ""), int(t))] = marker
     return found
-
-
-Change = list[tuple[tuple[str, ...], Sketch]]
-"""(finest group, histogram) pairs: content added to, or taken from, a period."""
-
-
-def net_change(added: Change, removed: Change) -> tuple[Change, Change]:
-    """Per finest group whose histogram changes, the sum of what is `added` and of what is
-    `removed`; groups whose sums are equal change nothing and are left out."""
-    plus, minus = signed_merge(added), signed_merge(removed)
-    changed = sorted(k for k in plus.keys() | minus.keys() if plus.get(k) != minus.get(k))
-    return (
-        [(k, plus[k]) for k in changed if k in plus],
-        [(k, minus[k]) for k in changed if k in minus],
-    )
-
-
-def apply_changes(
-    central: CentralWriter,
-    database: str,
-    rp: str,
-    measurement: str,
-    where: Sequence[str],
-    dimensions: Sequence[str],
-    sets: Sequence[tuple[str, ...]],
-    old: Marker,
-    start_ns: int,
-    added: Change,
-    removed: Change,
-) -> tuple[dict[tuple[int, tuple[str, ...]], Sketch], list[int], frozenset[str]]:
-    """The rollup points of a period (at `start_ns`, the ones `where` selects) that the finest
-    groups' `added` and `removed` content changes: each the point current under `old` plus
-    what was added and minus what was removed, in every set; then each set's point count and
-    the builds of the points left as they were.
-
-    Reads only those groups' points; when `_DENSE_SHARE` of the finest groups change, every
-    point instead (`_apply_densely`), and then no earlier build is left current. Raises
-    ValueError when the result cannot be shown to be
-    the whole re-merge's: `old` lists `MAX_BUILDS` builds or does not count its sets' points,
-    a group that held content has no current point, or a group would be left empty (its
-    point would have to go)."""
-    if len(old.builds) >= MAX_BUILDS:
-        raise ValueError(f"the marker lists {len(old.builds)} builds")
-    held = old.groups_of(sets)
-    if held is None:
-        raise ValueError("the marker does not count each set's points")
-    finest = next((i for i, s in enumerate(sets) if tuple(s) == tuple(dimensions)), None)
-    if finest is not None and len({k for k, _ in (*added, *removed)}) >= _DENSE_SHARE * max(
-        held[finest], 1
-    ):
-        return _apply_densely(
-            central, database, rp, measurement, where, dimensions, sets, old, start_ns, finest,
-            added, removed,
-        )  # fmt: skip
-    picks = [[list(dimensions).index(d) for d in s] for s in sets]
-
-    def projected(items: Change) -> list[tuple[tuple[int, tuple[str, ...]], Sketch]]:
-        return [
-            ((i, tuple(key[p] for p in pick)), sketch)
-            for key, sketch in items
-            for i, pick in enumerate(picks)
-        ]
-
-    plus, minus = projected(added), projected(removed)
-    affected: dict[int, set[tuple[str, ...]]] = defaultdict(set)
-    for (i, key), _ in (*plus, *minus):
-        affected[i].add(key)
-    had = {group for group, _ in minus}  # groups that held the content taken away
-    found = read_groups(central, database, rp, measurement, where, sets, affected, start_ns)
-    counts = [held[i] for i in range(len(sets))]
-    base: list[tuple[int, tuple[str, ...]]] = []
-    texts: list[str] = []
-    for i, keys in sorted(affected.items()):
-        for key in sorted(keys):
-            point = found.get((i, key))
-            if point is not None and point[1] in old.builds:
-                base.append((i, key))
-                texts.append(point[0])
-            elif (i, key) in had:
-                raise ValueError(f"a point of set {dims_tag(sets[i])} held before is not current")
-            else:
-                counts[i] += 1  # a group new to the period
-    merged = signed_merge([*zip(base, decode_many(texts), strict=True), *plus], minus)
-    if len(merged) != sum(len(keys) for keys in affected.values()):
-        raise ValueError("a group would be left empty")
-    return merged, counts, old.builds
-
-
-def _apply_densely(
-    central: CentralWriter,
-    database: str,
-    rp: str,
-    measurement: str,
-    where: Sequence[str],
-    dimensions: Sequence[str],
-    sets: Sequence[tuple[str, ...]],
-    old: Marker,
-    start_ns: int,
-    finest: int,
-    added: Change,
-    removed: Change,
-) -> tuple[dict[tuple[int, tuple[str, ...]], Sketch], list[int], frozenset[str]]:
-    """`apply_changes` when most groups change: every point of the finest set (`finest`, the
-    set of every dimension) plus what was added minus what was removed, each coarser set
-    merged from those as a whole re-merge does; every point of every set is written again, so
-    no earlier build stays current (the builds returned are none)."""
-    held = old.groups_of(sets) or {}
-    every = read_groups(central, database, rp, measurement, where, sets, {finest: None}, start_ns)
-    current = [(key, text) for (_, key), (text, build) in every.items() if build in old.builds]
-    if len(current) != held.get(finest):
-        raise ValueError(
-            f"set {dims_tag(sets[finest])} holds {len(current)} current points, its marker "
-            f"counts {held.get(finest)}"
-        )
-    keys = [key for key, _ in current]
-    day = signed_merge(
-        [*zip(keys, decode_many([text for _, text in current]), strict=True), *added], removed
-    )
-    if len(day) != len({*keys, *(key for key, _ in added)}):
-        raise ValueError("a group would be left empty")
-    merged = _project(day, dimensions, sets)
-    counts = [0] * len(sets)
-    for index, _ in merged:
-        counts[index] += 1
-    return merged, counts, frozenset()
 
 
 def current_rollups(

@@ -9,6 +9,7 @@ from federation.core.points import Point
 from federation.core.sketch import Sketch
 from federation.influx import InfluxClient
 from federation.reporting._central import flat_rows, select_query, stream_rows, tag_value
+from federation.reporting._changes import read_groups
 from federation.reporting._merged import (
     merged_measurement,
     packed_points,
@@ -16,7 +17,6 @@ from federation.reporting._merged import (
     window_conditions,
     write_packed,
 )
-from federation.reporting.rollups import read_groups
 
 T = 1_794_441_600_000_000_000
 DIMS = ("direction", "customer")

@@ -26,11 +26,11 @@ from federation.core.durations import HOUR_NS
 from federation.core.points import Point
 from federation.influx import InfluxClient
 from federation.reporting import (
+    _changes,
     percentile_report,
     refresh_rollups,
     remerge_day,
     remerge_month,
-    rollups,
 )
 from federation.reporting._merged import merged_measurement
 from federation.reporting.rollups import (
@@ -309,7 +309,7 @@ def test_a_changed_group_without_a_current_point_makes_its_day_remerged_whole(
 def test_a_marker_lists_at_most_max_builds_then_the_day_is_remerged_whole(
     fed: Central, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rollups, "MAX_BUILDS", 3)
+    monkeypatch.setattr(_changes, "MAX_BUILDS", 3)
     late = [("dub1", parse_rfc3339("2027-02-24T19:00:00Z"))]
     listed = []
     for _ in range(4):
@@ -364,7 +364,7 @@ def test_a_month_is_not_merged_from_a_day_missing_a_point(fed: Central) -> None:
 def test_a_refresh_writes_what_a_whole_re_merge_does_whether_it_rewrites_every_point_or_not(
     fed: Central, monkeypatch: pytest.MonkeyPatch, share: float
 ) -> None:
-    monkeypatch.setattr(rollups, "_DENSE_SHARE", share)
+    monkeypatch.setattr(_changes, "_DENSE_SHARE", share)
     late = [("tor1", parse_rfc3339("2027-02-26T03:00:00Z"))]
     _reship(fed, late, n=3, largest=True)
     outcomes = refresh_rollups(fed.config, fed.central, AGG, late, zones=ZONES)
