@@ -140,6 +140,7 @@ def collect(
     by: Sequence[str],
     dcs: Sequence[str],
     zones: Sequence[str] = (),
+    not_whole: frozenset[RollupKey] = frozenset(),
 ) -> Collected:
     """Per (version, group of `by`), the histogram of every event of the windows starting in
     [start, end) from `dcs`, each (dc, window) counted exactly once.
@@ -148,37 +149,12 @@ def collect(
     of that day matches the manifests central holds now and holds every point its marker
     counts; everything else is read from windows. Only the needed series (dc and rollup tags in
     the WHERE), time range and fields are read, streamed, so memory follows the number of
-    figures, not of points.
+    figures, not of points. The rollups of `not_whole` are left out: a rollup found not whole
+    is read again from the level below, collecting again without it (each pass leaves out
+    more, so this ends: at worst a month, then its days, then their windows).
     """
     manifests = read_manifests(central, config, aggregation, dcs, start_ns, end_ns)
-    not_whole: set[RollupKey] = set()
-    while True:
-        # A rollup found not whole is read from the level below on the next pass: each pass
-        # leaves out more, so this ends (at worst a month, then its days, then their windows).
-        result = Collected({}, manifests)
-        short = _collect_pass(
-            config, central, aggregation, start_ns, end_ns, by, dcs, zones, result, not_whole
-        )
-        if not short:
-            return result
-        not_whole |= short
-
-
-def _collect_pass(
-    config: FederationConfig,
-    central: CentralReader,
-    aggregation: str,
-    start_ns: int,
-    end_ns: int,
-    by: Sequence[str],
-    dcs: Sequence[str],
-    zones: Sequence[str],
-    result: Collected,
-    not_whole: set[RollupKey],
-) -> set[RollupKey]:
-    """Fill `result` (its manifests given), leaving out the rollups of `not_whole`; return the
-    rollups read that came out not whole instead (then `result` is not filled)."""
-    manifests = result.manifests
+    result = Collected({}, manifests)
     dimensions = config.aggregations[aggregation].dimensions
     merger: SketchMerger[FigureKey] = SketchMerger()
     ranges: list[_Range] = []
@@ -229,7 +205,10 @@ def _collect_pass(
                 )  # fmt: skip
             short |= _not_whole(aggregation, zone, dims, counter, usable, taken, spans_of)
         if short:
-            return short
+            return collect(
+                config, central, aggregation, start_ns, end_ns, by=by, dcs=dcs, zones=zones,
+                not_whole=not_whole | short,
+            )  # fmt: skip
         stale = {dc: [d for d in left[dc] if (dc, d.start_ns) not in daily] for dc in dcs}
         ranges += _by_span(stale)
         edges = [(start_ns, days[0].start_ns), (days[-1].end_ns, end_ns)]
@@ -239,7 +218,7 @@ def _collect_pass(
     for r in ranges:
         _read_windows(central, config, aggregation, by, r, manifests, merger, result)
     result.sketches = merger.results()
-    return set()
+    return result
 
 
 def _not_whole(
