@@ -7,6 +7,8 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
+import httpx
+
 from federation.core.clock import format_rfc3339
 from federation.core.detection_plan import TrackedPlan
 from federation.errors import KapacitorError
@@ -26,6 +28,15 @@ def replay_task_id(plan: TrackedPlan) -> str:
 def replay_plan(plan: TrackedPlan) -> TrackedPlan:
     """`plan` with a look-back of one window: its task has one branch, with offset 0."""
     return dataclasses.replace(plan, lookback_ns=plan.window_ns)
+
+
+KAPACITORD_GONE = (
+    "kapacitord stopped answering while the replay ran. Kapacitor 1.5.7 exits when a replay's "
+    "query fails after an earlier one of it succeeded, as when the DC's InfluxDB goes away "
+    "mid-replay ('panic: send on closed channel' in its output); the windows stay missing and "
+    "are replayed once kapacitord is running again"
+)
+"""What a replay's failure adds when kapacitord stopped answering while it ran."""
 
 
 class ReplayStopped(Exception):
@@ -64,7 +75,12 @@ def run_replay(
             replay_id,
         )
 
-        client.wait_replay(replay_id, timeout_s=timeout_s, poll_s=poll_s, sleep=sleep)
+        try:
+            client.wait_replay(replay_id, timeout_s=timeout_s, poll_s=poll_s, sleep=sleep)
+        except KapacitorError as exc:
+            if not isinstance(exc.__cause__, httpx.TransportError):
+                raise
+            raise KapacitorError(exc.url, f"{exc.message}: {KAPACITORD_GONE}", None) from exc
         try:
             client.delete_replay(replay_id)
         except KapacitorError as exc:

@@ -145,6 +145,9 @@ class KapacitorEmulator:
         self.requests: list[tuple[str, str]] = []
         self._enable_failures: dict[str, str] = {}
         self._replay_failure: str | None = None
+        self._exit_on_replay = False
+        self.exited = False
+        """The emulated kapacitord has exited: the in-process transport refuses to connect."""
         self._udf_failure: str | None = None
         self._lock = threading.Lock()
 
@@ -204,6 +207,12 @@ class KapacitorEmulator:
     def fail_replays(self, message: str | None = "query failed") -> None:
         """Make every replay that finishes from now on fail with `message` (None: succeed)."""
         self._replay_failure = message
+
+    def exit_when_a_replay_starts(self) -> None:
+        """Exit once the next replay has started, as kapacitord 1.5.7 does when a replay's
+        query fails after an earlier query of it succeeded (`panic: send on closed channel`):
+        from then on the in-process transport refuses every connection."""
+        self._exit_on_replay = True
 
     def running_script(self, task_id: str) -> str | None:
         """The script the task is running now (None when not executing)."""
@@ -508,6 +517,7 @@ class KapacitorEmulator:
             self.replay_polls,
         )
         self.replays[replay_id] = replay
+        self.exited = self._exit_on_replay
         return self._replay_json(replay)
 
     def _get_replay(self, replay_id: str) -> tuple[int, Any]:
@@ -543,6 +553,8 @@ class EmulatorTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Answer `request` in process, exactly as the served emulator would."""
+        if self.emulator.exited:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
         body = request.read()
         status, headers, content = self.emulator.handle(
             request.method, request.url.path, request.url.query.decode(), body

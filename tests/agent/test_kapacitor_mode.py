@@ -36,7 +36,7 @@ from federation.agent import (
 from federation.agent.coordinator_client import HeldCount
 from federation.agent.detection_executor import keep_findings, read_detection_window
 from federation.agent.kapacitor_mode import KapacitorMode
-from federation.agent.kapacitor_replay import replay_task_id
+from federation.agent.kapacitor_replay import KAPACITORD_GONE, replay_task_id
 from federation.config import FederationConfig, load_config
 from federation.config.resolve import resolve_detection, resolve_plan, resolve_tracked
 from federation.coordinator.app import run_verification
@@ -555,6 +555,23 @@ def test_a_failed_replay_surfaces_kapacitors_error_and_deletes_the_temporary_tas
     assert result.shipped == 0 and result.requested == 3
     assert sink.shipped == []
     assert emulator.tasks == {}
+    mode.close()
+
+
+def test_a_replay_under_which_kapacitord_exits_says_so(
+    client: KapacitorClient, emulator: KapacitorEmulator, dc: InfluxClient
+) -> None:
+    plan = make_plan()
+    t0 = recent_minute()
+    write_events(dc, [Event(t0 + k * SECOND, 10.0) for k in range(3)])
+    emulator.exit_when_a_replay_starts()
+    mode = new_mode(client, dc="dc1", source=dc, sink=RecordingSink([]))
+    result = mode.run_windows(plan, windows_between(t0, t0 + 3 * SECOND, SECOND), threading.Event())
+    assert not result.ok and result.shipped == 0
+    assert result.error is not None
+    assert result.error.startswith(f"replay of {format_rfc3339(t0)}..")
+    assert "ConnectError" in result.error
+    assert result.error.endswith(KAPACITORD_GONE)
     mode.close()
 
 

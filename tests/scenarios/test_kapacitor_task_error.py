@@ -24,6 +24,7 @@ from collections.abc import Callable
 import pytest
 import yaml
 
+from federation.agent.kapacitor_replay import REPLAY_SUFFIX
 from federation.kapacitor.client import KapacitorClient
 
 from .checks import Outcome, check_invariants
@@ -71,6 +72,18 @@ def cli_lines(fed: ScenarioFederation, *args: str, config: str | None = None) ->
     ]
 
 
+def no_replay_running(client: KapacitorClient) -> bool:
+    """No replay's temporary task exists in this Kapacitor (the agent creates it before the
+    replay and deletes it once the replay ended).
+
+    A live batch replay sends the batches of its queries while the next query runs; when one
+    fails, Kapacitor 1.5.7 closes the task's input while an earlier batch is still being sent,
+    and kapacitord dies (`panic: send on closed channel`, `replay.go` `replayBatchFromChan`).
+    Killing influxd under a replay would test that crash, not the failing scheduled queries.
+    """
+    return not client.list_tasks(pattern=f"*{REPLAY_SUFFIX}")
+
+
 def test_18_a_query_kapacitor_cannot_run_is_shown_then_backfilled(
     kfed: ScenarioFederation, record: Callable[[Outcome], None]
 ) -> None:
@@ -90,6 +103,10 @@ def test_18_a_query_kapacitor_cannot_run_is_shown_then_backfilled(
     feeding = run.feeder.traffic
     run.feeder.traffic = [t for t in feeding if t.dc != "dub1"]
     time.sleep(0.5)
+    # Not while the agent's catch-up replays: kapacitord 1.5.7 itself exits when a replay's
+    # query fails after an earlier one of it succeeded (see `no_replay_running`).
+    with KapacitorClient(kfed.kapacitors["dub1"].url) as client:
+        wait_for(lambda: no_replay_running(client), 6 * w / SECOND, "dub1's replays to end")
     influxd.kill()
     down_from = kfed.clock.now_ns()
 
