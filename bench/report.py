@@ -46,7 +46,7 @@ from federation.core.calendar import periods
 from federation.core.durations import HOUR_NS, format_influx_duration
 from federation.core.influxql import quote_ident
 from federation.core.lineprotocol import serialize
-from federation.core.plan import AggregationPlan
+from federation.core.plan import NONE_VALUE, AggregationPlan
 from federation.core.points import Point
 from federation.core.sketch import Sketch
 from federation.devstack.localstack import LocalStack
@@ -58,7 +58,7 @@ from federation.reporting import (
     remerge_day,
     remerge_month,
 )
-from federation.reporting._central import WindowManifest, fingerprint
+from federation.reporting._central import WindowManifest, fingerprint, flat_rows
 from federation.reporting._merged import merged_measurement
 from federation.reporting.rollups import (
     ROLLUP_MARKER_MEASUREMENT,
@@ -282,6 +282,44 @@ def rollup_points(central: InfluxClient, config: FederationConfig, dc: str) -> A
     return held
 
 
+def rewrite_floor(
+    central: InfluxClient, config: FederationConfig, dc: str, day: int, window: int
+) -> tuple[float, float, float, int]:
+    """What a refresh of a window that changed in every group cannot skip, each timed alone:
+    (reading the window's summaries, reading the day's and the month's rollup points, writing
+    those points again, how many). The points are written back as read: nothing changes."""
+    database = config.fleet.central.database
+    rp = config.policy_for(dc).central.retention_policy
+    dimensions = ("direction", "mailer", "customer")
+    where = [f"\"dc\" = '{dc}'"]
+    t_window, _ = timed(
+        lambda: sum(1 for _ in flat_rows(central, database, rp, AGG, ("sketch", "count"),
+                                         dimensions, where, window, window + 1))
+    )  # fmt: skip
+    month = periods("month", "2026-11-01", "2026-11-01", "UTC")[0].start_ns
+    tags = ("tz", "dims", "dc", *dimensions)
+    fields = ("count", "sketch", "version", "build")
+
+    def read() -> list[Point]:
+        points = []
+        for measurement, at in ((rollup_measurement(AGG), day), (monthly_measurement(AGG), month)):
+            for key, (t, *values) in flat_rows(
+                central, database, rp, measurement, fields, tags, where, at, at + 1
+            ):
+                held = {k: v for k, v in zip(tags, key, strict=True) if v != NONE_VALUE}
+                points.append(Point(measurement, held, dict(zip(fields, values, strict=True)), t))
+        return points
+
+    t_read, points = timed(read)
+
+    def write() -> None:
+        for i in range(0, len(points), BATCH):
+            central.write(serialize(points[i : i + BATCH]), database=database, retention_policy=rp)
+
+    t_write, _ = timed(write)
+    return t_window, t_read, t_write, len(points)
+
+
 LATE_CASES = (
     ("run again, nothing new (a look-back run)", 0.0),
     ("one late event in 1% of its groups", 0.01),
@@ -347,6 +385,8 @@ def late_window(
     t_day, _ = timed(lambda: remerge_day(config, central, AGG, "UTC", day.label, dcs=[dc]))
     t_month, _ = timed(lambda: remerge_month(config, central, AGG, "UTC", "2026-11", dcs=[dc]))
     t_whole = t_day + t_month
+    t_window, t_points, t_write, n_points = rewrite_floor(central, config, dc, day.start_ns, late)
+    floor = t_window + t_points + t_write
     assert rollup_points(central, config, dc) == refreshed, "refresh != whole re-merge"
     assert month_report(central, config).rows == after.rows, "reports differ"
     print(
@@ -356,10 +396,17 @@ def late_window(
     print(
         "  after the three refreshes, rollups a reader takes and reports equal the whole re-merge's"
     )
+    print(
+        f"  a change in every group reads the window's summaries ({t_window:.2f} s) and the "
+        f"day's and month's {n_points:,} rollup points ({t_points:.2f} s), and writes them again "
+        f"({t_write:.2f} s): {floor:.2f} s of reads and writes alone, each timed by itself"
+    )
     for label, t_merge in refreshes:
-        target = "" if label.endswith("(the worst case)") else (
-            f"; target < 2 s {'ok' if t_merge < 2 else 'MISSED'}"
-        )  # fmt: skip
+        target = (
+            f"; {t_merge / floor:.2f}x those reads and writes"
+            if label.endswith("(the worst case)")
+            else f"; target < 2 s {'ok' if t_merge < 2 else 'MISSED'}"
+        )
         print(
             f"  {label}: refresh {t_merge:.2f} s = {t_merge / t_whole:.3f}x the whole re-merge"
             f"{target}"
