@@ -14,10 +14,13 @@ fields sender, recipient, client_ip, helo) into a spawned influxd, then measures
 - the whole window: the agent's own path (`run_windows` into a `Shipper`) reads, computes and
   ships the window to a spawned central influxd, manifest accepted last; central runs on the
   same cores, so its parsing and storing is part of what the agent waits for;
+- central's store alone: the window's points, serialized beforehand, written to central as the
+  shipper writes them; no executor can start it before the read's last row, so the bare read
+  plus it is the floor of a whole window on these cores;
 - InfluxDB's own aggregate: count, sum, min, max and five percentile() GROUP BY time(1h),
   direction, mailer, customer.
 
-The three are run in interleaved rounds, the executor in a child process so its peak RSS is its
+The first four are run in interleaved rounds, the executor in a child process so its peak RSS is its
 own. It prints events/s, the peak RSS, where the executor's time goes, each round's ratios to its
 own bare read and their medians, against the targets (>= 3x faster than InfluxDB's aggregate; a
 whole window, shipping included, <= 1.15x the bare read; < 500 MB), and closes with one table
@@ -38,6 +41,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +199,38 @@ def executor_in_child(mode: str, dc_url: str, central_url: str, start: int) -> d
     return figures
 
 
+def window_bodies(client: InfluxClient, plan: AggregationPlan, start: int) -> list[bytes]:
+    """The window's points as the agent ships them: line protocol, in batches of the
+    shipper's size, the manifest last."""
+    from federation.agent import RunIds, compute_window
+    from federation.agent.shipper import DEFAULT_BATCH_POINTS
+    from federation.core.clock import SystemClock
+    from federation.core.lineprotocol import serialize
+    from federation.core.windows import Window
+
+    window = Window(start, plan.window_ns)
+    points = list(compute_window(client, plan, window, run_ids=RunIds(SystemClock())).points)
+    step = DEFAULT_BATCH_POINTS
+    return [serialize(points[i : i + step]) for i in range(0, len(points), step)]
+
+
+def central_store(central_url: str, plan: AggregationPlan, bodies: list[bytes]) -> float:
+    """Seconds central takes to store the window's points, and nothing else: the batches
+    made beforehand, two written at once as the shipper does (the same points each time)."""
+    with InfluxClient(central_url, timeout=1800) as central, ThreadPoolExecutor(2) as writers:
+        began = time.perf_counter()
+        for done in writers.map(
+            lambda body: central.write(
+                body,
+                database=plan.central_database,
+                retention_policy=plan.central_retention_policy,
+            ),
+            bodies,
+        ):
+            del done
+        return time.perf_counter() - began
+
+
 class PeakRss:
     """The peak resident memory of process `pid` while the block runs, sampled every 50 ms."""
 
@@ -319,13 +355,16 @@ def measure(
             # shipment of a window creates central's shard, which no later window pays.
             bare_read(client, plan, start)
             executor_in_child("whole", dc.url, central.url, start)
+            bodies = window_bodies(client, plan, start)
             reads: list[tuple[float, int]] = []
             computes: list[dict[str, float]] = []
             wholes: list[dict[str, float]] = []
+            stores: list[float] = []
             contenders: list[Callable[[], None]] = [
                 lambda: reads.append(bare_read(client, plan, start)),
                 lambda: computes.append(executor_in_child("compute", dc.url, central.url, start)),
                 lambda: wholes.append(executor_in_child("whole", dc.url, central.url, start)),
+                lambda: stores.append(central_store(central.url, plan, bodies)),
             ]
             for round_ in range(repeat):
                 # Interleaved, so a busy spell hits all three alike, and each round starts
@@ -373,6 +412,13 @@ def measure(
         return sorted(f["total_s"] / r for f, (r, _) in zip(runs, reads, strict=True))
 
     compute_ratios, whole_ratios = paired(computes), paired(wholes)
+    # What no executor can avoid after the read: central storing the points, which it can
+    # begin only once the read's last row has made every group final.
+    floor_ratios = sorted(1 + store / r for store, (r, _) in zip(stores, reads, strict=True))
+    print(f"central storing the window's {figures['points']:,} points alone, two batches at once: "
+          f"{statistics.median(stores):.2f}s (median of {repeat}); the bare read and that store, "
+          f"each round: {', '.join(f'{x:.2f}' for x in floor_ratios)}; median "
+          f"{statistics.median(floor_ratios):.2f}x the bare read")  # fmt: skip
     for label, ratios in (("read+compute", compute_ratios), ("read+compute+ship", whole_ratios)):
         print(f"each round's {label} / its own bare read, sorted: "
               f"{', '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f}x")  # fmt: skip
