@@ -17,7 +17,8 @@ them by name:
     `token`, default `agent-secret-<dc>`); both default to addresses nothing listens on, which
     is all that deploying and health checks need. `udf_timeout` (default `UDF_TIMEOUT`) is
     the UDF's keepalive deadline. The UDF goes through `udf_wrapper`, so
-    `RealKapacitor.break_udf` can make it fail to start.
+    `RealKapacitor.break_udf` can make it fail to start, and `stall_udf(server)` make it
+    never answer.
 
 `kapacitors` (function, parametrised `emulator` | `kapacitord`)
     A `KapacitorFactory`: `kapacitors.new(dc, influx_url=…, gateway_url=…, token=…)` gives a
@@ -108,11 +109,16 @@ def _refusal_frame(message: str) -> bytes:
     return encode_varint(len(body)) + body
 
 
+STALL_SWITCH = "udf-stalled"
+"""The file under a test kapacitord's root that makes its UDF stall (see `udf_wrapper`)."""
+
+
 def udf_wrapper(root: Path) -> tuple[Path, Path]:
     """A UDF program for kapacitord that runs `federation kapacitor-udf`, unless the returned
     switch file exists: then, after a moment, it refuses Kapacitor's init request with
     `UDF_BROKEN_MESSAGE` (Kapacitor keeps an early answer until it asks) and reads its input
-    until Kapacitor lets go.
+    until Kapacitor lets go. While `root / STALL_SWITCH` exists, it reads its input and never
+    answers, as a UDF still starting would: the UDF node then takes nothing from its input.
 
     A program that merely exited would fail either at once (a write to a closed pipe) or only
     at the keepalive timeout (Kapacitor ignores the end of a UDF's output), by chance. And
@@ -126,10 +132,17 @@ def udf_wrapper(root: Path) -> tuple[Path, Path]:
     program.write_text(
         "#!/bin/sh\n"
         f"if [ -e '{switch}' ]; then sleep 0.3; printf '{refusal}'; exec cat >/dev/null; fi\n"
+        f"if [ -e '{root / STALL_SWITCH}' ]; then exec cat >/dev/null; fi\n"
         f"exec '{federation_command()}' \"$@\"\n"
     )
     program.chmod(program.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return program, switch
+
+
+def stall_udf(server: KapacitorServer) -> None:
+    """From now on every UDF process `server` starts stalls (see `udf_wrapper`); the one it
+    ran at start-up to learn the UDF's options has answered already."""
+    (server.root / STALL_SWITCH).touch()
 
 
 def _dead_url() -> str:

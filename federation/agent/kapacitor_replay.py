@@ -32,9 +32,10 @@ def replay_plan(plan: TrackedPlan) -> TrackedPlan:
 
 KAPACITORD_GONE = (
     "kapacitord stopped answering while the replay ran. Kapacitor 1.5.7 exits when a replay's "
-    "query fails after an earlier one of it succeeded, as when the DC's InfluxDB goes away "
-    "mid-replay ('panic: send on closed channel' in its output); the windows stay missing and "
-    "are replayed once kapacitord is running again"
+    "query fails while batches of its earlier queries still wait to enter the task (its UDF "
+    "slower than its queries), as when the DC's InfluxDB goes away mid-replay ('panic: send on "
+    "closed channel' in its output); the windows stay missing and are replayed once kapacitord "
+    "is running again"
 )
 """What a replay's failure adds when kapacitord stopped answering while it ran."""
 

@@ -210,8 +210,9 @@ class KapacitorEmulator:
 
     def exit_when_a_replay_starts(self) -> None:
         """Exit once the next replay has started, as kapacitord 1.5.7 does when a replay's
-        query fails after an earlier query of it succeeded (`panic: send on closed channel`):
-        from then on the in-process transport refuses every connection."""
+        query fails while batches of its earlier queries still wait to enter the task (`panic:
+        send on closed channel`): from then on the in-process transport refuses every
+        connection."""
         self._exit_on_replay = True
 
     def running_script(self, task_id: str) -> str | None:

@@ -104,7 +104,7 @@ def test_18_a_query_kapacitor_cannot_run_is_shown_then_backfilled(
     run.feeder.traffic = [t for t in feeding if t.dc != "dub1"]
     time.sleep(0.5)
     # Not while the agent's catch-up replays: kapacitord 1.5.7 itself exits when a replay's
-    # query fails after an earlier one of it succeeded (see `no_replay_running`).
+    # query fails while an earlier one's batches wait (see `no_replay_running`).
     with KapacitorClient(kfed.kapacitors["dub1"].url) as client:
         wait_for(lambda: no_replay_running(client), 6 * w / SECOND, "dub1's replays to end")
     influxd.kill()
