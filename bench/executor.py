@@ -20,7 +20,9 @@ fields sender, recipient, client_ip, helo) into a spawned influxd, then measures
 - InfluxDB's own aggregate: count, sum, min, max and five percentile() GROUP BY time(1h),
   direction, mailer, customer.
 
-The first four are run in interleaved rounds, the executor in a child process so its peak RSS is its
+The first four are run in interleaved rounds (the CPU seconds of the DC's influxd, the reader or
+executor and central's influxd counted for the bare read and the whole window: what the machine's
+cores must do for each, whatever overlaps), the executor in a child process so its peak RSS is its
 own. It prints events/s, the peak RSS, where the executor's time goes, each round's ratios to its
 own bare read and their medians, against the targets (>= 3x faster than InfluxDB's aggregate; a
 whole window, shipping included, <= 1.15x the bare read; < 500 MB), and closes with one table
@@ -33,6 +35,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import random
 import resource
 import statistics
@@ -149,6 +152,7 @@ def child(mode: str, dc_url: str, central_url: str, start: int) -> None:
         Shipper(central_url, dc=DC, token="bench", timeout=1800) as shipper,
     ):
         began = time.perf_counter()
+        cpu_began = own_cpu_seconds()
         if mode == "compute":
             computed = compute_window(source, plan, window, run_ids=RunIds(SystemClock()))
             points = len(list(computed.points))
@@ -164,6 +168,7 @@ def child(mode: str, dc_url: str, central_url: str, start: int) -> None:
             read_s, compute_s, ship_s = w.read_s, w.compute_s, w.ship_s
             events, groups, suppressed, points = w.events, w.groups, w.suppressed_events, w.points
         total_s = time.perf_counter() - began
+        cpu_s = own_cpu_seconds() - cpu_began
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(
         json.dumps(
@@ -176,6 +181,7 @@ def child(mode: str, dc_url: str, central_url: str, start: int) -> None:
                 "compute_s": compute_s,
                 "ship_s": ship_s,
                 "total_s": total_s,
+                "cpu_s": cpu_s,
                 "peak_rss_mb": peak_kb / 1024,
                 "baseline_rss_mb": baseline_kb / 1024,
             }
@@ -197,6 +203,40 @@ def executor_in_child(mode: str, dc_url: str, central_url: str, start: int) -> d
     )
     figures: dict[str, float] = json.loads(answer.stdout.strip().splitlines()[-1])
     return figures
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds this process has used (user and system, every thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds process `pid` has used (user and system), from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Cpu:
+    """CPU seconds each process spent on one contender's run."""
+
+    dc: float = 0.0
+    central: float = 0.0
+    own: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.dc + self.central + self.own
+
+
+def with_cpu(servers: tuple[int, int], run: Callable[[], float]) -> Cpu:
+    """Run `run` (it returns its own process's CPU seconds) and add the DC's and central's
+    influxd CPU seconds meanwhile (`servers`: their pids)."""
+    before = [cpu_seconds(pid) for pid in servers]
+    own = run()
+    dc, central = (cpu_seconds(pid) - b for pid, b in zip(servers, before, strict=True))
+    return Cpu(dc, central, own)
 
 
 def window_bodies(client: InfluxClient, plan: AggregationPlan, start: int) -> list[bytes]:
@@ -360,10 +400,24 @@ def measure(
             computes: list[dict[str, float]] = []
             wholes: list[dict[str, float]] = []
             stores: list[float] = []
+            assert dc.process is not None and central.process is not None
+            servers = (dc.process.pid, central.process.pid)
+            read_cpu: list[Cpu] = []
+            whole_cpu: list[Cpu] = []
+
+            def read_once() -> float:
+                cpu_began = own_cpu_seconds()
+                reads.append(bare_read(client, plan, start))
+                return own_cpu_seconds() - cpu_began
+
+            def whole_once() -> float:
+                wholes.append(executor_in_child("whole", dc.url, central.url, start))
+                return wholes[-1]["cpu_s"]
+
             contenders: list[Callable[[], None]] = [
-                lambda: reads.append(bare_read(client, plan, start)),
+                lambda: read_cpu.append(with_cpu(servers, read_once)),
                 lambda: computes.append(executor_in_child("compute", dc.url, central.url, start)),
-                lambda: wholes.append(executor_in_child("whole", dc.url, central.url, start)),
+                lambda: whole_cpu.append(with_cpu(servers, whole_once)),
                 lambda: stores.append(central_store(central.url, plan, bodies)),
             ]
             for round_ in range(repeat):
@@ -415,6 +469,18 @@ def measure(
     # What no executor can avoid after the read: central storing the points, which it can
     # begin only once the read's last row has made every group final.
     floor_ratios = sorted(1 + store / r for store, (r, _) in zip(stores, reads, strict=True))
+    cores = os.cpu_count() or 1
+    work = statistics.median(c.total for c in whole_cpu)
+    print(
+        "CPU seconds, medians: the bare read: DC influxd "
+        f"{statistics.median(c.dc for c in read_cpu):.2f} + reader "
+        f"{statistics.median(c.own for c in read_cpu):.2f}; a whole window: DC influxd "
+        f"{statistics.median(c.dc for c in whole_cpu):.2f} + executor "
+        f"{statistics.median(c.own for c in whole_cpu):.2f} + central influxd "
+        f"{statistics.median(c.central for c in whole_cpu):.2f} = {work:.2f}, which "
+        f"{cores} cores cannot do in less than {work / cores:.2f}s = "
+        f"{work / cores / read_s:.2f}x the bare read"
+    )
     print(f"central storing the window's {figures['points']:,} points alone, two batches at once: "
           f"{statistics.median(stores):.2f}s (median of {repeat}); the bare read and that store, "
           f"each round: {', '.join(f'{x:.2f}' for x in floor_ratios)}; median "
