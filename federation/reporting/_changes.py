@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from federation.core.influxql import quote_ident, quote_string
@@ -31,6 +32,10 @@ _DENSE_SHARE = 0.5
 """From this share of a period's finest groups changed on, every point is merged and written
 again (the coarser sets merged from the finest, as a whole re-merge does): cheaper then than
 adding each change to every set."""
+
+
+Points = dict[tuple[int, tuple[str, ...]], tuple[str, str]]
+"""(set index, group) -> (`sketch`, `build`) of rollup points, as `read_groups` gives them."""
 
 
 def group_condition(dimension_set: Sequence[str], key: Sequence[str]) -> str:
@@ -53,14 +58,14 @@ def read_groups(
     sets: Sequence[Sequence[str]],
     wanted: Mapping[int, Collection[tuple[str, ...]] | None],
     start_ns: int,
-) -> dict[tuple[int, tuple[str, ...]], tuple[str, str]]:
+) -> Points:
     """(set index, group) -> (`sketch`, `build`) of the rollup points at `start_ns` of the
     `wanted` groups of each set (set index -> groups; None: every group) that `where` selects
     and central holds.
 
     A few groups are named in the WHERE, a query per `_GROUPS_PER_QUERY`; a set with many is
     read whole (flat), which then costs what the set holds."""
-    found: dict[tuple[int, tuple[str, ...]], tuple[str, str]] = {}
+    found: Points = {}
     for index, keys in sorted(wanted.items()):
         if keys is not None and not keys:
             continue
@@ -122,9 +127,7 @@ class PeriodPoints:
     old: Marker
     start_ns: int
 
-    def read(
-        self, wanted: Mapping[int, Collection[tuple[str, ...]] | None]
-    ) -> dict[tuple[int, tuple[str, ...]], tuple[str, str]]:
+    def read(self, wanted: Mapping[int, Collection[tuple[str, ...]] | None]) -> Points:
         """`read_groups` of these points."""
         return read_groups(
             self.central, self.database, self.rp, self.measurement, self.where, self.sets,
@@ -132,8 +135,18 @@ class PeriodPoints:
         )  # fmt: skip
 
 
+def densely_changed(at: PeriodPoints, groups: int) -> int | None:
+    """The index of the finest set (every dimension) when `groups` changed finest groups make
+    `apply_changes` merge every point again (`_DENSE_SHARE`); None when they do not."""
+    held = at.old.groups_of(at.sets)
+    finest = next((i for i, s in enumerate(at.sets) if tuple(s) == tuple(at.dimensions)), None)
+    if held is None or finest is None or groups < _DENSE_SHARE * max(held[finest], 1):
+        return None
+    return finest
+
+
 def apply_changes(
-    at: PeriodPoints, added: Change, removed: Change
+    at: PeriodPoints, added: Change, removed: Change, finest_read: Future[Points] | None = None
 ) -> tuple[Merged, list[int], frozenset[str]]:
     """The points of the period `at` that the finest groups' `added` and `removed` content
     changes: each the point current under `at.old` plus what was added and minus what was
@@ -141,7 +154,8 @@ def apply_changes(
     they were.
 
     Reads only those groups' points; when `_DENSE_SHARE` of the finest groups change, every
-    point instead (`_apply_densely`), and then no earlier build is left current. Raises
+    point instead (`_apply_densely`; `finest_read`, when given, is that read of the finest
+    set begun earlier), and then no earlier build is left current. Raises
     ValueError when the result cannot be shown to be the whole re-merge's: the marker lists
     `MAX_BUILDS` builds or does not count its sets' points, a group that held content has no
     current point, or a group would be left empty (its point would have to go)."""
@@ -151,10 +165,10 @@ def apply_changes(
     held = old.groups_of(sets)
     if held is None:
         raise ValueError("the marker does not count each set's points")
-    finest = next((i for i, s in enumerate(sets) if tuple(s) == tuple(at.dimensions)), None)
-    changed = len({k for k, _ in (*added, *removed)})
-    if finest is not None and changed >= _DENSE_SHARE * max(held[finest], 1):
-        return _apply_densely(at, finest, held[finest], added, removed)
+    finest = densely_changed(at, len({k for k, _ in (*added, *removed)}))
+    if finest is not None:
+        every = finest_read.result() if finest_read is not None else at.read({finest: None})
+        return _apply_densely(at, finest, held[finest], every, added, removed)
     picks = [[list(at.dimensions).index(d) for d in s] for s in sets]
 
     def projected(items: Change) -> list[tuple[tuple[int, tuple[str, ...]], Sketch]]:
@@ -190,13 +204,12 @@ def apply_changes(
 
 
 def _apply_densely(
-    at: PeriodPoints, finest: int, held: int, added: Change, removed: Change
+    at: PeriodPoints, finest: int, held: int, every: Points, added: Change, removed: Change
 ) -> tuple[Merged, list[int], frozenset[str]]:
     """`apply_changes` when most groups change: every point of the finest set (`finest`, the
-    set of every dimension; `held` points) plus what was added minus what was removed, each
-    coarser set merged from those as a whole re-merge does; every point of every set is
-    written again, so no earlier build stays current (the builds returned are none)."""
-    every = at.read({finest: None})
+    set of every dimension; `held` points; `every`, as read) plus what was added minus what was
+    removed, each coarser set merged from those as a whole re-merge does; every point of every
+    set is written again, so no earlier build stays current (the builds returned are none)."""
     current = [(key, text) for (_, key), (text, build) in every.items() if build in at.old.builds]
     if len(current) != held:
         raise ValueError(

@@ -41,7 +41,13 @@ from federation.reporting._central import (
     stream_rows,
     tag_value,
 )
-from federation.reporting._changes import Change, PeriodPoints, apply_changes, net_change
+from federation.reporting._changes import (
+    Change,
+    PeriodPoints,
+    apply_changes,
+    densely_changed,
+    net_change,
+)
 from federation.reporting._merged import (
     GroupTexts,
     Packed,
@@ -317,19 +323,25 @@ class _Day:
             content_now[m.start_ns] = content
             removed_texts += [(k, t) for k, t in previous.items() if content.get(k) != t]
             added_texts += [(k, t) for k, t in content.items() if previous.get(k) != t]
-        try:
-            added = _decoded(added_texts)
-            removed = _decoded(removed_texts)
-            if len(changed) > 1:  # a group may change in several windows, and net to nothing
-                added, removed = net_change(added, removed)
-            at = PeriodPoints(
-                self.central, self.database, rp, rollup_measurement(self.aggregation),
-                (f'"tz" = {quote_string(self.tz)}', dc_condition([dc])), self.dimensions,
-                self.sets, marker, start,
-            )  # fmt: skip
-            points, counts, kept = apply_changes(at, added, removed)
-        except (ValueError, SketchDecodeError) as exc:
-            return str(exc)
+        at = PeriodPoints(
+            self.central, self.database, rp, rollup_measurement(self.aggregation),
+            (f'"tz" = {quote_string(self.tz)}', dc_condition([dc])), self.dimensions,
+            self.sets, marker, start,
+        )  # fmt: skip
+        groups = len({k for k, _ in added_texts} | {k for k, _ in removed_texts})
+        finest = densely_changed(at, groups)
+        with ThreadPoolExecutor(1, thread_name_prefix="rollup-read") as reader:
+            # When every point is to be merged again, central reads them while the changes are
+            # decoded.
+            finest_read = None if finest is None else reader.submit(at.read, {finest: None})
+            try:
+                added = _decoded(added_texts)
+                removed = _decoded(removed_texts)
+                if len(changed) > 1:  # a group may change in several windows, net to nothing
+                    added, removed = net_change(added, removed)
+                points, counts, kept = apply_changes(at, added, removed, finest_read)
+            except (ValueError, SketchDecodeError) as exc:
+                return str(exc)
         written = self._write(
             rp, dc, points, manifests, version, build, builds=kept, set_groups=counts
         )
