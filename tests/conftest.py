@@ -145,10 +145,25 @@ def kapacitord_binary() -> str:
     return require_kapacitord()
 
 
+@pytest.fixture(scope="session")
+def quiet_dc_influxd(localstack: LocalStack) -> str:
+    """The URL of an influxd holding the example DCs' raw database and retention policy, empty:
+    the InfluxDB of a test's kapacitord when the test gives it no DC of its own. The example's
+    tasks run their queries at every full hour; against no InfluxDB at all they would fail
+    there, and a test that asserts a task healthy would fail with them."""
+    server = localstack.influxd("quiet-dc")
+    with InfluxClient(server.url) as client:
+        client.create_database("mail")
+        client.execute('CREATE RETENTION POLICY "raw" ON "mail" DURATION 1d REPLICATION 1')
+    return server.url
+
+
 @pytest.fixture
-def start_kapacitord(kapacitord_binary: str, tmp_path: Path) -> Iterator[StartKapacitord]:
+def start_kapacitord(
+    kapacitord_binary: str, tmp_path: Path, quiet_dc_influxd: str
+) -> Iterator[StartKapacitord]:
     """A factory of real kapacitords, each stopped when the test ends (`kapacitor_fixture`)."""
-    with kapacitord_starter(kapacitord_binary, tmp_path / "kapacitord") as start:
+    with kapacitord_starter(kapacitord_binary, tmp_path / "kapacitord", quiet_dc_influxd) as start:
         yield start
 
 

@@ -157,8 +157,12 @@ all started at once, can take longer than production's 10 s to answer their firs
 
 
 @contextlib.contextmanager
-def kapacitord_starter(binary: str, root: Path) -> Iterator[StartKapacitord]:
-    """The `start_kapacitord` factory: real kapacitords under `root`, stopped on exit."""
+def kapacitord_starter(
+    binary: str, root: Path, influx_url: str | None = None
+) -> Iterator[StartKapacitord]:
+    """The `start_kapacitord` factory: real kapacitords under `root`, stopped on exit; their
+    InfluxDB is `influx_url` unless a test names its own (none that answers when neither)."""
+    default_influx_url = influx_url
     started: list[KapacitorServer] = []
 
     def start(
@@ -175,7 +179,7 @@ def kapacitord_starter(binary: str, root: Path) -> Iterator[StartKapacitord]:
             binary,
             home,
             dc,
-            influx_url or _dead_url(),
+            influx_url or default_influx_url or _dead_url(),
             gateway_url or _dead_url(),
             token or f"agent-secret-{dc}",
             str(program),
