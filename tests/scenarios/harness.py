@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 from kapacitor_fixture import udf_wrapper
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -669,8 +669,32 @@ class ScenarioFederation:
         for server in self.kapacitors.values():
             server.kill()  # its tasks would go on shipping the look-back
         if self.coordinator is not None:
+            self.wait_for_last_shipments()
             run_verification(self.coordinator, self.central)
         self.stop_jobs()
+
+    def wait_for_last_shipments(self, quiet_s: float = 1.0, timeout_s: float = 15.0) -> None:
+        """Wait until the ledger has taken no shipment for `quiet_s`: one sent just before its
+        sender stopped can still be going through the gateway (waiting for its DC's turn), and
+        would otherwise land after the last verification."""
+        assert self.ledger is not None
+        deadline = time.monotonic() + timeout_s
+
+        def shipments() -> tuple[int, int | None, int | None]:
+            assert self.ledger is not None
+            with self.ledger.session() as session:
+                count, shipped, run = session.execute(
+                    select(func.count(), func.max(WindowRow.shipped_ns), func.max(WindowRow.run))
+                ).one()
+            return count, shipped, run
+
+        seen = shipments()
+        while time.monotonic() < deadline:
+            time.sleep(quiet_s)
+            now = shipments()
+            if now == seen:
+                return
+            seen = now
 
     def close(self) -> None:
         """Stop agents, coordinator and servers; the temporary directory is pytest's."""
