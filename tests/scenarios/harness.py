@@ -681,10 +681,16 @@ class ScenarioFederation:
         deadline = time.monotonic() + timeout_s
 
         def shipments() -> tuple[int, int | None, int | None]:
+            """Windows shipped, the latest shipment and run: what only a shipment changes (the
+            planner adds the rows of windows still expected all the while)."""
             assert self.ledger is not None
             with self.ledger.session() as session:
                 count, shipped, run = session.execute(
-                    select(func.count(), func.max(WindowRow.shipped_ns), func.max(WindowRow.run))
+                    select(
+                        func.count(WindowRow.shipped_ns),
+                        func.max(WindowRow.shipped_ns),
+                        func.max(WindowRow.run),
+                    )
                 ).one()
             return count, shipped, run
 
